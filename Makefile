@@ -1,0 +1,46 @@
+# ToM node. The two set-up commands of the README are `make node` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: node down status test pytest lint contract docs bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## node: install, create ~/.tom (identity, config, endpoints) if needed, start all services
+node: $(STAMP)
+	$(BIN)/tom node up
+
+down: $(STAMP)
+	$(BIN)/tom node down
+
+status: $(STAMP)
+	$(BIN)/tom node status
+
+## test: the whole suite (lint, then pytest); .ci/run calls exactly this
+test: lint pytest
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## contract: the black-box contract suite (TOM_CONTRACT_CMD selects the implementation)
+contract: $(STAMP)
+	$(BIN)/pytest tests/contract
+
+## docs: regenerate the message tables of docs/protocol.md from the wire models
+docs: $(STAMP)
+	$(BIN)/python -m shared.wire.docgen docs/protocol.md
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_bus
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Backup: store-and-forward for offline recipients (arrives with its own issue)."""

@@ -1,0 +1,1 @@
+"""The crypto service: the only process that opens the identity key file."""

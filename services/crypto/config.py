@@ -1,0 +1,8 @@
+from pydantic import Field
+
+from shared.config import Section
+
+
+class CryptoConfig(Section):
+    key_file: str = Field("identity.key", description="Identity seed file (raw 32 bytes, "
+                          "mode 0600), relative to the data directory unless absolute.")

@@ -1,0 +1,62 @@
+"""The identity key file: a raw 32-byte Ed25519 seed, readable by its owner only.
+
+This module does file I/O and is used by the crypto shell (to load) and by ``tom init``
+(to create); the crypto core receives the seed bytes, never the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+SEED_BYTES = 32
+
+
+class KeyFileError(Exception):
+    """The identity key file cannot be used; the message names the file and the fix."""
+
+
+def create(path: Path) -> bool:
+    """Create a new random seed at ``path`` (mode 0600, parents 0700) unless one exists.
+
+    :returns: True if a new identity was created.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, os.urandom(SEED_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def load(path: Path) -> bytes:
+    """Read the seed, refusing a file of the wrong size or one others can read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise KeyFileError(f"identity key file {path} does not exist; create one with "
+                           f"`tom init`") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot open identity key file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"identity key file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"identity key file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it must "
+                f"not be readable by group or others; fix it with `chmod 600 {path}`")
+        seed = os.read(fd, SEED_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(seed) != SEED_BYTES:
+        raise KeyFileError(f"identity key file {path} holds {st.st_size} bytes, expected a "
+                           f"raw {SEED_BYTES}-byte seed; restore the right file or move it "
+                           f"away and run `tom init` for a new identity")
+    return seed

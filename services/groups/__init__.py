@@ -1,0 +1,1 @@
+"""Groups: hub and member sides of group messaging (arrives with its own issue)."""

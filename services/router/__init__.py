@@ -1,0 +1,1 @@
+"""The router service: routing, topology, discovery, message tracking and the app API."""

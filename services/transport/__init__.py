@@ -1,0 +1,1 @@
+"""QUIC transport: the node's one UDP socket and its peer connections (QUIC arrives with its own issue)."""

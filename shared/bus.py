@@ -1,0 +1,108 @@
+"""ZeroMQ plumbing shared by services and clients: socket factories and a blocking client."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import zmq
+
+from .endpoints import Endpoints
+from .ids import MsgIds
+from .wire import BusTimeout, Decoded, DecodeError, Header, Message, RemoteError, decode, encode
+from .wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+from .wire.messages.sys import ErrorReply
+
+HARD_MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""ZeroMQ's own per-frame cap (ZMQ_MAXMSGSIZE): a peer sending more is disconnected by
+libzmq before the frame is read into memory. Frames under it but over ``bus.max_message_bytes``
+are answered with ``too_large``."""
+
+
+def socket(ctx: zmq.Context, kind: int, hwm: int = 10_000) -> zmq.Socket:
+    s = ctx.socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, hwm)
+    s.setsockopt(zmq.RCVHWM, hwm)
+    s.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_FRAME_BYTES)
+    return s
+
+
+class BusClient:
+    """Blocking request/reply client over DEALER sockets (CLI, tests, simple apps).
+
+    One DEALER per role, connected lazily. Replies are matched on ``parent_id``; late replies
+    to requests that already timed out are discarded.
+    """
+
+    def __init__(self, endpoints: Endpoints, src: str = "client",
+                 ctx: zmq.Context | None = None, timeout_s: float = 2.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.endpoints = endpoints
+        self.src = src
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._own_ctx = ctx is None
+        self._ctx = ctx or zmq.Context()
+        self._socks: dict[str, zmq.Socket] = {}
+        self._ids = MsgIds(os.urandom(8))
+
+    def sock(self, role: str) -> zmq.Socket:
+        s = self._socks.get(role)
+        if s is None:
+            s = self._socks[role] = socket(self._ctx, zmq.DEALER)
+            s.connect(self.endpoints[role].rpc)
+        return s
+
+    def send(self, role: str, body: Message, blobs: Iterable[bytes] = ()) -> bytes:
+        """Send a request without waiting; returns its msg_id."""
+        msg_id = self._ids.next()
+        header = Header(body.msg_type, msg_id, None, self.src, time.time())
+        self.sock(role).send_multipart([b"", *encode(body, header, tuple(blobs))])
+        return msg_id
+
+    def recv(self, role: str, msg_id: bytes, timeout_s: float | None = None) -> Decoded:
+        """Wait for the reply to ``msg_id``; raise BusTimeout or RemoteError."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        sock = self.sock(role)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                raise BusTimeout(
+                    f"no reply from {role} at {self.endpoints[role].rpc} within {timeout:g} s"
+                    " (is the service running? see `tom node status`)")
+            frames = sock.recv_multipart()
+            if frames and frames[0] == b"":
+                frames = frames[1:]
+            try:
+                msg = decode(frames, self.max_message_bytes)
+            except DecodeError:
+                continue  # not a reply we can read; it cannot be ours
+            if msg.header.parent_id != msg_id:
+                continue  # a late reply to an earlier request that timed out
+            if isinstance(msg.body, ErrorReply):
+                raise RemoteError(msg.body.code, msg.body.name, msg.body.message, role)
+            return msg
+
+    def call(self, role: str, body: Message, blobs: Iterable[bytes] = (),
+             timeout_s: float | None = None) -> Decoded:
+        return self.recv(role, self.send(role, body, blobs), timeout_s)
+
+    def request(self, role: str, body: Message, timeout_s: float | None = None) -> Message:
+        """Send ``body`` to ``role`` and return the reply body (or raise)."""
+        return self.call(role, body, timeout_s=timeout_s).body
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(0)
+        self._socks.clear()
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> BusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,121 @@
+"""Process entry points: one service per process, or several in one (all-in-one mode).
+
+``python -m services.<role> [--data DIR] [--config F] [--endpoints F] [--log-level L]``
+runs one service; ``python -m services [ROLE ...]`` runs several (default: all five) in one
+process over ``inproc://``, while still binding the endpoints file's addresses so that the
+CLI, apps and the contract suite reach each service exactly as in the five-process node.
+
+Exit status: 0 after SIGTERM, SIGINT or ``sys.shutdown``; 2 when the configuration, endpoints
+or identity cannot be used (the message says what to fix); 1 on a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import zmq
+
+from . import config as cfg
+from .endpoints import ROLES, Endpoints, EndpointsError, inproc
+from .endpoints import load as load_endpoints
+from .paths import DataDir, default_data_dir
+from .service import Service, ServiceContext, StartupError
+
+
+def service_class(role: str) -> type[Service]:
+    if role not in ROLES:
+        raise StartupError(f"unknown service {role!r}; choose from {', '.join(ROLES)}")
+    cls: type[Service] = importlib.import_module(f"services.{role}.shell").SERVICE
+    return cls
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--data", type=Path, default=None,
+                   help="node data directory (default: $TOM_HOME or ~/.tom)")
+    p.add_argument("--config", type=Path, default=None, help="node.toml (default: DATA/node.toml)")
+    p.add_argument("--endpoints", type=Path, default=None,
+                   help="endpoints file (default: DATA/endpoints.toml)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    return p
+
+
+def load_context(args: argparse.Namespace) -> ServiceContext:
+    data = DataDir(args.data or default_data_dir())
+    try:
+        config = cfg.read(args.config or data.config)
+        endpoints = load_endpoints(args.endpoints or data.endpoints)
+    except (cfg.ConfigError, EndpointsError) as e:
+        raise StartupError(str(e)) from None
+    return ServiceContext(data.root, endpoints, config)
+
+
+def setup_logging(context: ServiceContext, level: str | None, name: str) -> None:
+    node = context.section("node", cfg.NodeSection)
+    logging.basicConfig(
+        level=(level or node.log_level).upper(), stream=sys.stderr,
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+async def serve(services: list[Service]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for s in services:
+            s.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for s in services:
+                tg.create_task(s.run())
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def build(roles: list[str], context: ServiceContext, all_in_one: bool) -> list[Service]:
+    if not all_in_one:
+        return [service_class(roles[0])(context)]
+    zctx = zmq.Context.instance()
+    local = inproc()
+    connect = Endpoints({r: (local[r] if r in roles else context.endpoints[r])
+                         for r in context.endpoints.roles})
+    inner = ServiceContext(context.data_dir, connect, context.config, context.env)
+    return [service_class(r)(inner, zctx=zctx, binds=[context.endpoints[r]]) for r in roles]
+
+
+def run(roles: list[str], argv: list[str] | None, all_in_one: bool, prog: str) -> int:
+    p = parser(prog)
+    if all_in_one:
+        p.add_argument("roles", nargs="*", default=list(ROLES), help="services to run")
+    args = p.parse_args(argv)
+    if all_in_one:
+        roles = args.roles
+    try:
+        context = load_context(args)
+        setup_logging(context, args.log_level, prog)
+        services = build(roles, context, all_in_one)
+    except (StartupError, cfg.ConfigError, EndpointsError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(services))
+    except ExceptionGroup as eg:
+        failed = eg.subgroup(zmq.ZMQError)
+        if failed is None:
+            raise
+        print(f"{prog}: cannot open the bus sockets: {failed.exceptions[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(role: str, argv: list[str] | None = None) -> int:
+    return run([role], argv, all_in_one=False, prog=f"tom-{role}")

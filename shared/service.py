@@ -1,0 +1,408 @@
+"""The service base: a thin asyncio + ZeroMQ shell around a sans-I/O core.
+
+One :class:`Service` owns a ROUTER socket (requests), a PUB socket (events), one DEALER per
+service it calls (created on the first call) and one SUB per service it listens to. The
+sockets' file descriptors are watched with ``loop.add_reader``; every wake-up *drains* all
+sockets with non-blocking receives until none has a message left (awaiting each message is an
+order of magnitude slower, see docs/benchmarks.md). Because ZeroMQ descriptors are
+edge-triggered, every path that sends outside a drain ends by draining again.
+
+Per inbound request the base decodes the frame, answers ``sys.ping``, ``sys.status`` and
+``sys.shutdown`` itself, and hands anything else the core declares in ``Core.handles`` to
+``core.handle(input, now)``. Malformed input never reaches the core: it gets a ``sys.error``
+reply and is counted under ``decode_errors``. An exception raised by the core is a bug of ours:
+it is logged with its traceback, answered ``internal`` and counted, and the service keeps
+serving its other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import zmq
+
+from . import config as cfg
+from .bus import socket
+from .core import (
+    Action,
+    Call,
+    Core,
+    EventReceived,
+    Fail,
+    Input,
+    PeerFailed,
+    PeerReplied,
+    Publish,
+    Reply,
+    Request,
+)
+from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
+from .ids import MsgIds
+from .wire import DecodeError, ErrorCode, Header, Message, decode, encode, split_routing
+from .wire.messages.sys import (
+    ErrorReply,
+    Heartbeat,
+    Ping,
+    PingReply,
+    Ready,
+    Shutdown,
+    ShutdownReply,
+    Status,
+    StatusReply,
+)
+
+IMPL = "tom-node-python/0.1.0"
+
+
+class StartupError(Exception):
+    """The service cannot start; the message tells the user what to fix."""
+
+
+@dataclass
+class ServiceContext:
+    """What a service is started with: its data directory, config and endpoints."""
+
+    data_dir: Path
+    endpoints: Endpoints
+    config: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def section(self, name: str, model: type[cfg.S]) -> cfg.S:
+        return cfg.section(self.config, name, model, self.env)
+
+    @property
+    def bus(self) -> cfg.BusSection:
+        return self.section("bus", cfg.BusSection)
+
+
+@dataclass
+class _Pending:
+    token: Any
+    role: str
+    msg_type: str
+    timeout_s: float
+
+
+class Service:
+    """Base of every service shell. Subclasses set ``role`` and implement ``build_core``."""
+
+    role: ClassVar[str] = ""
+
+    def __init__(self, context: ServiceContext, *, zctx: zmq.Context | None = None,
+                 connect: Endpoints | None = None, binds: Iterable[RoleEndpoints] = (),
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.context = context
+        self.bus = context.bus
+        self.log = logging.getLogger(f"tom.{self.role}")
+        self.zctx = zctx or zmq.Context.instance()
+        self.connect_to = connect or context.endpoints
+        own = context.endpoints[self.role]
+        self.binds = [own, *binds]
+        self.clock = clock
+        self.wall = wall
+        self.core = self.build_core(context)
+        self.ids = MsgIds(os.urandom(8))
+        self.started = clock()
+        self.stats: Counter[str] = Counter()
+        self.errors_sent: Counter[str] = Counter()
+        self._pending: dict[bytes, _Pending] = {}
+        self._deadlines: list[tuple[float, bytes]] = []
+        self._dealers: dict[str, zmq.Socket] = {}
+        self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
+        self._stopped = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._again: asyncio.Handle | None = None
+        self._next_heartbeat = self.started + self.bus.heartbeat_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rpc: zmq.Socket | None = None
+        self.pub: zmq.Socket | None = None
+
+    def build_core(self, context: ServiceContext) -> Core:
+        raise NotImplementedError
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Bind, announce readiness, serve until stopped, then close everything."""
+        self._loop = asyncio.get_running_loop()
+        self.rpc = socket(self.zctx, zmq.ROUTER, self.bus.hwm)
+        self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.pub = socket(self.zctx, zmq.PUB, self.bus.hwm)
+        for ep in self.binds:
+            for sock, url in ((self.rpc, ep.rpc), (self.pub, ep.events)):
+                prepare_bind(url)
+                sock.bind(bind_address(url))
+        self._watch(self.rpc, self._on_request)
+        self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
+        self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid()))
+        if ready:
+            ready()
+        self._drain()
+        try:
+            await self._stopped.wait()
+        finally:
+            self._close()
+
+    def request_stop(self) -> None:
+        if not self._stopped.is_set():
+            self.log.info("stopping")
+            self._stopped.set()
+
+    def _close(self) -> None:
+        assert self._loop is not None
+        self._perform(self.core.close(self.clock()))
+        if self._timer:
+            self._timer.cancel()
+        if self._again:
+            self._again.cancel()
+        for sock, _ in self._inputs:
+            self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            sock.close(0)
+        if self.pub is not None:
+            self.pub.close(0)
+        self._inputs.clear()
+
+    def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
+        assert self._loop is not None
+        self._inputs.append((sock, handler))
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+
+    # -- the drain loop ----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Handle messages until every socket is empty or the batch budget is spent."""
+        self._again = None
+        budget = self.bus.max_batch
+        busy = True
+        while busy and budget > 0 and not self._stopped.is_set():
+            busy = False
+            for sock, handler in tuple(self._inputs):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                busy = True
+                budget -= 1
+                self.stats["frames_in"] += 1
+                handler(frames)
+        if budget <= 0 and self._again is None and self._loop is not None:
+            self._again = self._loop.call_soon(self._drain)  # more queued: yield, then go on
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._stopped.is_set() or self._loop is None:
+            return
+        when = self._next_heartbeat
+        while self._deadlines and self._deadlines[0][1] not in self._pending:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            when = min(when, self._deadlines[0][0])
+        core_at = self.core.next_deadline()
+        if core_at is not None:
+            when = min(when, core_at)
+        if when == self._timer_at:
+            return
+        if self._timer:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, msg_id = heapq.heappop(self._deadlines)
+            p = self._pending.pop(msg_id, None)
+            if p is not None:
+                self.stats["call_timeouts"] += 1
+                self._feed(PeerFailed(p.token, ErrorCode.PEER_TIMEOUT,
+                                      f"{p.role} did not answer {p.msg_type} within "
+                                      f"{p.timeout_s:g} s (is it running?)"))
+        if now >= self._next_heartbeat:
+            self._publish(Heartbeat(service=self.role, uptime_s=now - self.started))
+            self._next_heartbeat = now + self.bus.heartbeat_s
+        core_at = self.core.next_deadline()
+        if core_at is not None and core_at <= now:
+            self._run_core(lambda: self.core.on_timer(now), None)
+        self._drain()
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        route, rest = split_routing(frames)
+        try:
+            msg = decode(rest, self.bus.max_message_bytes)
+        except DecodeError as e:
+            self._reject(route, e.parent_id, e.code, e.message)
+            return
+        body, msg_id = msg.body, msg.header.msg_id
+        ctx = (route, msg_id)
+        if body.kind != "request":
+            self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
+                         f"{body.msg_type} is a {body.kind}, not a request")
+        elif isinstance(body, Ping):
+            self._reply(ctx, PingReply(service=self.role, impl=IMPL, pid=os.getpid()))
+        elif isinstance(body, Status):
+            self._reply(ctx, self.status())
+        elif isinstance(body, Shutdown):
+            self._reply(ctx, ShutdownReply())
+            self.request_stop()
+        elif type(body) in self.core.handles:
+            req = Request(ctx, body, msg.blobs, msg.header.src)
+            self._run_core(lambda: self.core.handle(req, self.clock()), ctx)
+        else:
+            self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
+                         f"{self.role} does not handle {body.msg_type}")
+
+    def _reject(self, route: list[bytes], parent_id: bytes | None, code: ErrorCode,
+                message: str) -> None:
+        self.stats["decode_errors"] += 1
+        self.log.debug("rejected frame: %s", message)
+        self._send_error(route, parent_id, code, message)
+
+    def _on_reply(self, role: str, frames: list[bytes]) -> None:
+        if frames and frames[0] == b"":
+            frames = frames[1:]
+        try:
+            msg = decode(frames, self.bus.max_message_bytes)
+        except DecodeError as e:
+            self.stats["decode_errors"] += 1
+            self.log.warning("unreadable reply from %s: %s", role, e.message)
+            return
+        p = self._pending.pop(msg.header.parent_id or b"", None)
+        if p is None:
+            self.stats["late_replies"] += 1
+            return
+        if isinstance(msg.body, ErrorReply):
+            try:
+                code = ErrorCode(msg.body.code)
+            except ValueError:
+                code = ErrorCode.FAILED
+            self._feed(PeerFailed(p.token, code, f"{role}: {msg.body.message}"))
+        else:
+            self._feed(PeerReplied(p.token, msg.body, msg.blobs))
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames[1:], self.bus.max_message_bytes)
+        except DecodeError as e:
+            self.stats["decode_errors"] += 1
+            self.log.warning("unreadable event: %s", e.message)
+            return
+        self._feed(EventReceived(msg.body, msg.blobs, msg.header.src))
+
+    def _feed(self, event: Input) -> None:
+        self._run_core(lambda: self.core.handle(event, self.clock()), None)
+
+    def _run_core(self, step: Callable[[], list[Action]], ctx: Any) -> None:
+        try:
+            actions = step()
+        except Exception:
+            self.stats["internal_errors"] += 1
+            self.log.exception("core failed")
+            if ctx is not None:
+                self._send_error(ctx[0], ctx[1], ErrorCode.INTERNAL,
+                                 f"{self.role} failed on this request; see its log")
+            return
+        self._perform(actions)
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        todo = deque(actions)
+        while todo:
+            a = todo.popleft()
+            if isinstance(a, Reply):
+                self._reply(a.ctx, a.body, a.blobs)
+            elif isinstance(a, Fail):
+                self._send_error(a.ctx[0], a.ctx[1], a.code, a.message)
+            elif isinstance(a, Publish):
+                self._publish(a.body, a.blobs)
+            elif isinstance(a, Call):
+                failure = self._call(a)
+                if failure is not None:
+                    todo.extend(self.core.handle(failure, self.clock()))
+
+    def _header(self, body: Message, parent_id: bytes | None) -> Header:
+        return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
+            self.stats["drops"] += 1
+            return False
+        self.stats["frames_out"] += 1
+        return True
+
+    def _reply(self, ctx: Any, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
+        route, parent_id = ctx
+        assert self.rpc is not None
+        self._send(self.rpc, [*route, *encode(body, self._header(body, parent_id), blobs)])
+
+    def _send_error(self, route: list[bytes], parent_id: bytes | None, code: ErrorCode,
+                    message: str) -> None:
+        name = code.name.lower()
+        self.errors_sent[name] += 1
+        self._reply((route, parent_id), ErrorReply(code=int(code), name=name, message=message))
+
+    def _publish(self, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
+        assert self.pub is not None
+        self._send(self.pub, [body.msg_type.encode(), *encode(body, self._header(body, None),
+                                                              blobs)])
+
+    def _call(self, a: Call) -> PeerFailed | None:
+        try:
+            sock = self._dealer(a.role)
+        except EndpointsError as e:
+            return PeerFailed(a.token, ErrorCode.UNAVAILABLE, str(e))
+        msg_id = self.ids.next()
+        header = Header(a.body.msg_type, msg_id, None, self.role, self.wall())
+        if not self._send(sock, [b"", *encode(a.body, header, a.blobs)]):
+            return PeerFailed(a.token, ErrorCode.OVERLOADED, f"queue to {a.role} is full")
+        timeout = a.timeout_s or self.bus.request_timeout_s
+        self._pending[msg_id] = _Pending(a.token, a.role, a.body.msg_type, timeout)
+        heapq.heappush(self._deadlines, (self.clock() + timeout, msg_id))
+        return None
+
+    def _dealer(self, role: str) -> zmq.Socket:
+        sock = self._dealers.get(role)
+        if sock is None:
+            url = self.connect_to[role].rpc
+            sock = self._dealers[role] = socket(self.zctx, zmq.DEALER, self.bus.hwm)
+            sock.connect(url)
+            self._watch(sock, lambda frames: self._on_reply(role, frames))
+        return sock
+
+    def subscribe(self, role: str, prefix: str = "") -> None:
+        """Receive ``role``'s events whose msg_type starts with ``prefix``."""
+        sock = socket(self.zctx, zmq.SUB, self.bus.hwm)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        sock.connect(self.connect_to[role].events)
+        self._watch(sock, self._on_event)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> StatusReply:
+        s = self.stats
+        return StatusReply(
+            service=self.role, impl=IMPL, pid=os.getpid(),
+            uptime_s=round(self.clock() - self.started, 3),
+            frames_in=s["frames_in"], frames_out=s["frames_out"],
+            decode_errors=s["decode_errors"], drops=s["drops"],
+            errors=dict(self.errors_sent),
+            queues={"pending_calls": len(self._pending), **self.core.queues()},
+            counters={k: v for k, v in s.items() if k not in (
+                "frames_in", "frames_out", "decode_errors", "drops")} | self.core.counters(),
+        )

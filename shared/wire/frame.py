@@ -1,0 +1,174 @@
+"""Frame layout of the local bus, and the codec.
+
+A bus message is one ZeroMQ multipart message::
+
+    [routing frames...] [b""]  -- only on ROUTER/DEALER: identities and an empty delimiter
+    [b"tom/1"]                 -- protocol tag and major version
+    [header]                   -- msgpack map: msg_type, msg_id, parent_id, src, ts
+    [body]                     -- msgpack map, validated by the msg_type's pydantic model
+    [blob] ...                 -- optional raw frames (opaque bytes that are never re-packed)
+
+On PUB/SUB the routing part is replaced by one topic frame equal to the msg_type, so that a
+subscription to ``"router."`` receives every router event.
+
+Sizes are checked before anything is unpacked. Decoding is done in two steps: a small strict
+header first, then the body by msg_type from the registry. Every failure raises
+:class:`DecodeError` with the error code to put in the reply; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+from pydantic import ValidationError
+
+from .errors import DecodeError, ErrorCode
+from .messages import REGISTRY, Message
+
+TAG_PREFIX = b"tom/"
+VERSION = 1
+TAG = TAG_PREFIX + str(VERSION).encode()
+
+MAX_HEADER_BYTES = 1024
+MAX_MSG_TYPE_LEN = 64
+MAX_SRC_LEN = 64
+MAX_ID_BYTES = 32
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_BLOBS = 16
+MAX_ROUTING_FRAMES = 8
+
+_UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The header frame: which message this is and what it answers."""
+
+    msg_type: str
+    msg_id: bytes
+    parent_id: bytes | None
+    src: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message taken off the bus: header, validated body, raw blobs."""
+
+    header: Header
+    body: Message
+    blobs: tuple[bytes, ...] = ()
+
+
+def pack_header(header: Header) -> bytes:
+    return msgpack.packb(
+        {
+            "msg_type": header.msg_type,
+            "msg_id": header.msg_id,
+            "parent_id": header.parent_id,
+            "src": header.src,
+            "ts": header.ts,
+        },
+        use_bin_type=True,
+    )
+
+
+def encode(body: Message, header: Header, blobs: tuple[bytes, ...] = ()) -> list[bytes]:
+    """Frames for ``body`` (tag, header, body, blobs), without routing frames."""
+    return [
+        TAG,
+        pack_header(header),
+        msgpack.packb(body.model_dump(), use_bin_type=True),
+        *blobs,
+    ]
+
+
+def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a ROUTER message into (routing frames incl. the empty delimiter, the rest).
+
+    A message with no delimiter is answered to its first (identity) frame, and its rest is
+    reported as malformed by :func:`decode`.
+    """
+    for i in range(1, min(len(frames), MAX_ROUTING_FRAMES + 1)):
+        if not frames[i]:
+            return frames[: i + 1], frames[i + 1 :]
+    return [frames[0], b""], []
+
+
+def decode_header(raw: bytes) -> Header:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise DecodeError(ErrorCode.TOO_LARGE, f"header of {len(raw)} bytes exceeds "
+                          f"{MAX_HEADER_BYTES}")
+    try:
+        h = msgpack.unpackb(raw, raw=False, use_list=False)
+    except _UNPACK_ERRORS as e:
+        raise DecodeError(ErrorCode.MALFORMED, f"header is not valid msgpack: {e}") from None
+    if not isinstance(h, dict):
+        raise DecodeError(ErrorCode.MALFORMED, "header is not a msgpack map")
+    msg_id = h.get("msg_id")
+    if not isinstance(msg_id, bytes) or not 0 < len(msg_id) <= MAX_ID_BYTES:
+        raise DecodeError(ErrorCode.MALFORMED, "header.msg_id must be 1-32 bytes (bin)")
+    msg_type = h.get("msg_type")
+    if not isinstance(msg_type, str) or not 0 < len(msg_type) <= MAX_MSG_TYPE_LEN:
+        raise DecodeError(ErrorCode.MALFORMED, "header.msg_type must be a short string",
+                          parent_id=msg_id)
+    parent_id = h.get("parent_id")
+    if parent_id is not None and (
+        not isinstance(parent_id, bytes) or len(parent_id) > MAX_ID_BYTES
+    ):
+        raise DecodeError(ErrorCode.MALFORMED, "header.parent_id must be bytes or nil",
+                          parent_id=msg_id)
+    src = h.get("src", "")
+    ts = h.get("ts", 0.0)
+    if not isinstance(src, str) or len(src) > MAX_SRC_LEN:
+        raise DecodeError(ErrorCode.MALFORMED, "header.src must be a short string",
+                          parent_id=msg_id)
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise DecodeError(ErrorCode.MALFORMED, "header.ts must be a number", parent_id=msg_id)
+    return Header(msg_type, msg_id, parent_id, src, float(ts))
+
+
+def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Decoded:
+    """Decode ``[tag, header, body, *blobs]`` into a validated message.
+
+    :raises DecodeError: for anything that is not a well-formed, registered, valid message.
+    """
+    total = sum(len(f) for f in frames)
+    if total > max_message_bytes:
+        raise DecodeError(ErrorCode.TOO_LARGE, f"message of {total} bytes exceeds the "
+                          f"{max_message_bytes}-byte limit")
+    if len(frames) < 3:
+        raise DecodeError(ErrorCode.MALFORMED, f"expected tag, header and body frames, "
+                          f"got {len(frames)} frame(s)")
+    tag = frames[0]
+    if tag != TAG:
+        if tag.startswith(TAG_PREFIX):
+            raise DecodeError(ErrorCode.VERSION_MISMATCH, f"protocol tag {tag[:16]!r}: this "
+                              f"service speaks {TAG!r}")
+        raise DecodeError(ErrorCode.BAD_TAG, f"not a ToM bus message (tag {tag[:16]!r}, "
+                          f"expected {TAG!r})")
+    if len(frames) - 3 > MAX_BLOBS:
+        raise DecodeError(ErrorCode.TOO_LARGE, f"{len(frames) - 3} blob frames exceed "
+                          f"the limit of {MAX_BLOBS}")
+    header = decode_header(frames[1])
+    cls = REGISTRY.get(header.msg_type)
+    if cls is None:
+        raise DecodeError(ErrorCode.UNSUPPORTED, f"unknown msg_type {header.msg_type!r}",
+                          parent_id=header.msg_id)
+    try:
+        raw_body = msgpack.unpackb(frames[2], raw=False)
+    except _UNPACK_ERRORS as e:
+        raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not valid "
+                          f"msgpack: {e}", parent_id=header.msg_id) from None
+    if not isinstance(raw_body, dict):
+        raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not a map",
+                          parent_id=header.msg_id)
+    try:
+        body = cls.model_validate(raw_body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise DecodeError(ErrorCode.INVALID, f"{header.msg_type}: {where}: {first['msg']}"
+                          f" ({e.error_count()} error(s))", parent_id=header.msg_id) from None
+    return Decoded(header, body, tuple(frames[3:]))

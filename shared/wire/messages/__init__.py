@@ -1,0 +1,9 @@
+"""All bus message models, registered by msg_type.
+
+Importing this package registers every model in :data:`REGISTRY`.
+"""
+
+from . import crypto, router, sys
+from .base import REGISTRY, Kind, Message, message
+
+__all__ = ["REGISTRY", "Kind", "Message", "message", "crypto", "router", "sys"]

@@ -1,0 +1,88 @@
+"""``sys.*``: messages every service answers in the service base, before any core work."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Message, message
+
+
+@message("sys.error", "reply")
+class ErrorReply(Message):
+    """The reply to any request that failed. Sent instead of the request's own reply."""
+
+    code: int = Field(description="Numeric error code (see the error code table).")
+    name: str = Field(description="Lowercase name of the code, e.g. `unsupported`.")
+    message: str = Field(description="What went wrong, written for the person who reads it.")
+
+
+@message("sys.ping_reply", "reply")
+class PingReply(Message):
+    """Answer to `sys.ping`: the service is alive and serving its request socket."""
+
+    service: str = Field(description="Role of the answering service, e.g. `router`.")
+    impl: str = Field(description="Name and version of the implementation.")
+    pid: int = Field(description="Operating-system process id of the service.")
+
+
+@message("sys.ping", "request", reply=PingReply)
+class Ping(Message):
+    """Liveness check. Handled before any queued work; also the readiness probe."""
+
+
+@message("sys.status_reply", "reply")
+class StatusReply(Message):
+    """Counters and queue depths of one service."""
+
+    service: str = Field(description="Role of the answering service.")
+    impl: str = Field(description="Name and version of the implementation.")
+    pid: int = Field(description="Operating-system process id.")
+    uptime_s: float = Field(description="Seconds since the service started.")
+    frames_in: int = Field(description="Messages received on all bus sockets.")
+    frames_out: int = Field(description="Messages sent on all bus sockets.")
+    decode_errors: int = Field(
+        description="Received messages rejected before reaching the core "
+        "(malformed, bad tag, oversize, unknown msg_type, invalid body)."
+    )
+    drops: int = Field(description="Outgoing messages dropped (peer gone or its queue full).")
+    errors: dict[str, int] = Field(
+        default_factory=dict, description="Error replies sent, by error name."
+    )
+    queues: dict[str, int] = Field(
+        default_factory=dict, description="Current depth of each bounded queue."
+    )
+    counters: dict[str, int] = Field(
+        default_factory=dict, description="Service-specific counters."
+    )
+
+
+@message("sys.status", "request", reply=StatusReply)
+class Status(Message):
+    """Ask for the service's counters (`tom node status` shows them)."""
+
+
+@message("sys.shutdown_reply", "reply")
+class ShutdownReply(Message):
+    """The service accepted the shutdown and will exit with status 0."""
+
+
+@message("sys.shutdown", "request", reply=ShutdownReply)
+class Shutdown(Message):
+    """Ask the service to stop cleanly, as SIGTERM does."""
+
+
+@message("sys.ready", "event")
+class Ready(Message):
+    """Published once the service has bound its sockets and serves requests."""
+
+    service: str = Field(description="Role of the service.")
+    impl: str = Field(description="Name and version of the implementation.")
+    pid: int = Field(description="Operating-system process id.")
+
+
+@message("sys.heartbeat", "event")
+class Heartbeat(Message):
+    """Published every `bus.heartbeat_s` seconds while the service runs."""
+
+    service: str = Field(description="Role of the service.")
+    uptime_s: float = Field(description="Seconds since the service started.")

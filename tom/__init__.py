@@ -1,0 +1,1 @@
+"""The `tom` command and the Python client side of a ToM node."""

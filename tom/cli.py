@@ -1,0 +1,175 @@
+"""The `tom` command.
+
+    tom init                      create the data directory: identity, node.toml, endpoints
+    tom id                        print the node id
+    tom node up [--all-in-one]    start the node under supervisord and wait until it serves
+    tom node down                 stop it
+    tom node status [--json]      each service's state, pid, uptime, ping and counters
+    tom ping SERVICE [-c N]       ping one service over the bus
+
+Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from shared import endpoints as ep
+from shared.bus import BusClient
+from shared.paths import DataDir, default_data_dir
+from shared.wire import WireError
+from shared.wire.messages.sys import Ping, PingReply
+
+from . import node
+
+
+def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
+    try:
+        return BusClient(ep.load(data.endpoints), src="tom-cli", timeout_s=timeout_s)
+    except ep.EndpointsError as e:
+        raise node.NodeError(str(e)) from None
+
+
+def cmd_init(data: DataDir, args: argparse.Namespace) -> int:
+    r = node.init(data)
+    print(f"{'created' if r.created_identity else 'kept'} identity {r.node_id.hex()}")
+    print(f"data directory {data.root} (config {data.config.name}, endpoints "
+          f"{data.endpoints.name}, run directory {data.run.name}/ with mode 0700)")
+    return 0
+
+
+def cmd_id(data: DataDir, args: argparse.Namespace) -> int:
+    client = client_for(data) if data.endpoints.exists() else None
+    try:
+        print(node.node_id(data, client).hex())
+    finally:
+        if client:
+            client.close()
+    return 0
+
+
+def cmd_up(data: DataDir, args: argparse.Namespace) -> int:
+    r = node.init(data)
+    sup = node.Supervisor(data)
+    if sup.running():
+        print("the node is already running")
+    else:
+        sup.start(args.all_in_one, args.foreground)
+    with client_for(data) as client:
+        late = node.wait_ready(client, sup, args.timeout)
+        print(f"node {r.node_id.hex()}")
+        print_status(sup, client, data)
+    if late:
+        logs = ", ".join(str(data.logs / f"{r}.log") for r in late)
+        print(f"not answering: {', '.join(late)} (see {logs})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_down(data: DataDir, args: argparse.Namespace) -> int:
+    node.Supervisor(data).stop()
+    print("node stopped")
+    return 0
+
+
+def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
+                 as_json: bool = False) -> bool:
+    rows = node.states(sup, client)
+    healthy = all(s.healthy for s in rows)
+    if as_json:
+        print(json.dumps([{
+            "service": s.role, "program": s.program, "state": s.state, "pid": s.pid,
+            "ping_ms": s.ping_ms, "error": s.error,
+            "status": s.status.model_dump() if s.status else None,
+        } for s in rows], indent=2))
+        return healthy
+    print(f"{'SERVICE':10} {'STATE':9} {'PID':>7} {'UPTIME':>9} {'PING':>8} {'IN':>8} "
+          f"{'OUT':>8} {'DECODE_ERR':>10} {'DROPS':>6}")
+    for s in rows:
+        st = s.status
+        up = f"{st.uptime_s:.1f}s" if st else "-"
+        ping = f"{s.ping_ms:.2f}ms" if s.ping_ms is not None else "-"
+        print(f"{s.role:10} {s.state:9} {s.pid or '-':>7} {up:>9} {ping:>8} "
+              f"{st.frames_in if st else '-':>8} {st.frames_out if st else '-':>8} "
+              f"{st.decode_errors if st else '-':>10} {st.drops if st else '-':>6}")
+    for s in rows:
+        if s.error:
+            print(f"  {s.role}: {s.error}")
+    print("healthy" if healthy else "NOT healthy")
+    return healthy
+
+
+def cmd_status(data: DataDir, args: argparse.Namespace) -> int:
+    sup = node.Supervisor(data)
+    if not sup.running() and not args.json:
+        print(f"supervisord is not running for {data.root} (start it with `tom node up`)")
+    with client_for(data) as client:
+        return 0 if print_status(sup, client, data, args.json) else 1
+
+
+def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
+    if args.service not in ep.ROLES:
+        raise node.NodeError(f"unknown service {args.service!r}; one of {', '.join(ep.ROLES)}")
+    rtts = []
+    with client_for(data, args.timeout) as client:
+        for _ in range(args.count):
+            t0 = time.perf_counter()
+            reply = client.request(args.service, Ping())
+            rtts.append((time.perf_counter() - t0) * 1000)
+    assert isinstance(reply, PingReply)
+    print(f"{args.service} answered {args.count} ping(s): "
+          f"median {statistics.median(rtts):.3f} ms, max {max(rtts):.3f} ms "
+          f"({reply.impl}, pid {reply.pid})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tom", description="Run and inspect a ToM node.")
+    p.add_argument("--data", type=Path, default=None,
+                   help="node data directory (default: $TOM_HOME or ~/.tom)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create the data directory, identity and config").set_defaults(
+        func=cmd_init)
+    sub.add_parser("id", help="print the node id").set_defaults(func=cmd_id)
+    n = sub.add_parser("node", help="run the node").add_subparsers(dest="action", required=True)
+    up = n.add_parser("up", help="start all services under supervisord")
+    up.add_argument("--all-in-one", action="store_true",
+                    help="run the five services in one process")
+    up.add_argument("--foreground", action="store_true",
+                    help="run supervisord in the foreground (containers)")
+    up.add_argument("--timeout", type=float, default=20.0,
+                    help="seconds to wait for every service to answer")
+    up.set_defaults(func=cmd_up)
+    n.add_parser("down", help="stop the node").set_defaults(func=cmd_down)
+    st = n.add_parser("status", help="show each service's state and counters")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    ping = sub.add_parser("ping", help="ping one service")
+    ping.add_argument("service", help=", ".join(ep.ROLES))
+    ping.add_argument("-c", "--count", type=int, default=1)
+    ping.add_argument("--timeout", type=float, default=2.0)
+    ping.set_defaults(func=cmd_ping)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = DataDir(args.data or default_data_dir())
+    try:
+        rc: int = args.func(data, args)
+        return rc
+    except (node.NodeError, WireError, ep.EndpointsError) as e:
+        print(f"tom: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

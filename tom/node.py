@@ -1,0 +1,212 @@
+"""Setting up a node's data directory and running it under supervisord."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.crypto import keyfile
+from services.crypto.config import CryptoConfig
+from services.crypto.shell import key_path
+from shared import config as cfg
+from shared import endpoints as ep
+from shared.bus import BusClient
+from shared.paths import DataDir
+from shared.service import ServiceContext
+from shared.wire import BusTimeout, WireError
+from shared.wire.messages.crypto import NodeId, NodeIdReply
+from shared.wire.messages.sys import Ping, Status, StatusReply
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+PROGRAMS = {False: "conf.d/*.ini", True: "allinone/node.ini"}
+CONFIG_SECTIONS: dict[str, type[cfg.Section]] = {
+    "node": cfg.NodeSection,
+    "bus": cfg.BusSection,
+    "crypto": CryptoConfig,
+}
+
+
+class NodeError(Exception):
+    """A node operation failed; the message says why and what to do."""
+
+
+@dataclass
+class InitResult:
+    data: DataDir
+    created_identity: bool
+    node_id: bytes
+
+
+def init(data: DataDir) -> InitResult:
+    """Create what a node needs, keeping anything that already exists."""
+    ep.ensure_private_dir(data.root)
+    ep.ensure_private_dir(data.run)
+    data.logs.mkdir(exist_ok=True)
+    if not data.config.exists():
+        data.config.write_text(cfg.sample(CONFIG_SECTIONS))
+    if not data.endpoints.exists():
+        ep.ipc(data.run).write(data.endpoints)
+    context = load_context(data)
+    path = key_path(context)
+    created = keyfile.create(path)
+    return InitResult(data, created, public_id(keyfile.load(path)))
+
+
+def public_id(seed: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+
+
+def load_context(data: DataDir) -> ServiceContext:
+    return ServiceContext(data.root, ep.load(data.endpoints), cfg.read(data.config))
+
+
+def node_id(data: DataDir, client: BusClient | None) -> bytes:
+    """The node id: from the crypto service if it answers, else from the key file."""
+    if client is not None:
+        try:
+            reply = client.request("crypto", NodeId(), timeout_s=1.0)
+            assert isinstance(reply, NodeIdReply)
+            return reply.node_id
+        except WireError:
+            pass
+    try:
+        return public_id(keyfile.load(key_path(load_context(data))))
+    except (keyfile.KeyFileError, ep.EndpointsError) as e:
+        raise NodeError(str(e)) from None
+
+
+class Supervisor:
+    """The node's supervisord: started with deploy/supervisord.conf, driven over XML-RPC."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+        self.sock = data.run / "supervisor.sock"
+
+    def env(self, all_in_one: bool) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TOM_DATA": str(self.data.root.resolve()),
+            "TOM_RUN": str(self.data.run.resolve()),
+            "TOM_PYTHON": sys.executable,
+            "TOM_PROGRAMS": PROGRAMS[all_in_one],
+        }
+
+    def rpc(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.sock}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def running(self) -> bool:
+        try:
+            return self.rpc().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def processes(self) -> list[dict[str, Any]]:
+        try:
+            return list(self.rpc().supervisor.getAllProcessInfo())
+        except (OSError, xmlrpc.client.Error):
+            return []
+
+    def start(self, all_in_one: bool, foreground: bool = False) -> None:
+        conf = DEPLOY / "supervisord.conf"
+        if not conf.exists():
+            raise NodeError(f"{conf} is missing: run tom from the project's checkout")
+        supervisord = Path(sys.executable).with_name("supervisord")
+        cmd = [str(supervisord), "-c", str(conf)] + (["-n"] if foreground else [])
+        if foreground:
+            os.execve(cmd[0], cmd, self.env(all_in_one))
+        result = subprocess.run(cmd, env=self.env(all_in_one), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NodeError(f"supervisord failed to start: {result.stderr.strip()}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        pidfile = self.data.run / "supervisord.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            pid = None
+        try:
+            self.rpc().supervisor.shutdown()
+        except (OSError, xmlrpc.client.Error) as e:
+            raise NodeError(f"the node is not running ({e})") from None
+        deadline = time.monotonic() + timeout_s
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)  # polling the supervisor's exit; nothing to subscribe to
+
+
+@dataclass
+class ServiceState:
+    role: str
+    program: str
+    state: str
+    pid: int | None
+    ping_ms: float | None
+    status: StatusReply | None
+    error: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("RUNNING", "STARTING") and self.ping_ms is not None
+
+
+def probe(client: BusClient, role: str, timeout_s: float) -> tuple[float | None,
+                                                                  StatusReply | None, str]:
+    try:
+        t0 = time.perf_counter()
+        client.request(role, Ping(), timeout_s=timeout_s)
+        ping_ms = (time.perf_counter() - t0) * 1000
+        status = client.request(role, Status(), timeout_s=timeout_s)
+        assert isinstance(status, StatusReply)
+        return ping_ms, status, ""
+    except WireError as e:
+        return None, None, str(e)
+
+
+def states(sup: Supervisor, client: BusClient, timeout_s: float = 1.0) -> list[ServiceState]:
+    procs = {p["name"]: p for p in sup.processes()}
+    out = []
+    for role in ep.ROLES:
+        program = role if role in procs else "node" if "node" in procs else role
+        p = procs.get(program, {})
+        ping_ms, status, error = probe(client, role, timeout_s)
+        out.append(ServiceState(role, program, p.get("statename", "STOPPED"),
+                                p.get("pid") or None, ping_ms, status, error))
+    return out
+
+
+def wait_ready(client: BusClient, sup: Supervisor, timeout_s: float) -> list[str]:
+    """Wait until every service answers ping; return the roles that did not.
+
+    The pings are queued by ZeroMQ until each service binds, so this waits on the
+    services' own answers, not on a fixed delay. A program that supervisord gave up on
+    (FATAL) is not waited for.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = {role: client.send(role, Ping()) for role in ep.ROLES}
+    while waiting and time.monotonic() < deadline:
+        for role, msg_id in list(waiting.items()):
+            try:
+                client.recv(role, msg_id, timeout_s=0.1)
+                del waiting[role]
+            except BusTimeout:
+                pass
+            except WireError:
+                del waiting[role]
+        fatal = {p["name"] for p in sup.processes() if p["statename"] == "FATAL"}
+        if "node" in fatal or any(role in fatal for role in waiting):
+            break
+    return list(waiting)
