@@ -64,6 +64,11 @@ def setup_logging(context: ServiceContext, level: str | None, name: str) -> None
 
 
 async def serve(services: list[Service]) -> None:
+    """Run the services until a signal arrives or one of them stops; then stop them all.
+
+    In the all-in-one mode the services share one process, so ``sys.shutdown`` sent to any
+    of them ends the process (and supervisord, if it runs the node, starts it again).
+    """
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -74,8 +79,9 @@ async def serve(services: list[Service]) -> None:
         loop.add_signal_handler(sig, stop)
     try:
         async with asyncio.TaskGroup() as tg:
-            for s in services:
-                tg.create_task(s.run())
+            tasks = [tg.create_task(s.run()) for s in services]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            stop()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
