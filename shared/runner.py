@@ -90,7 +90,7 @@ async def serve(services: list[Service]) -> None:
 def build(roles: list[str], context: ServiceContext, all_in_one: bool) -> list[Service]:
     if not all_in_one:
         return [service_class(roles[0])(context)]
-    zctx = zmq.Context.instance()
+    zctx: zmq.Context = zmq.Context.instance()
     local = inproc()
     connect = Endpoints({r: (local[r] if r in roles else context.endpoints[r])
                          for r in context.endpoints.roles})

@@ -167,7 +167,7 @@ class Service:
         if self._again:
             self._again.cancel()
         for sock, _ in self._inputs:
-            self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(sock.FD)
             sock.close(0)
         if self.pub is not None:
             self.pub.close(0)
@@ -176,7 +176,7 @@ class Service:
     def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
         assert self._loop is not None
         self._inputs.append((sock, handler))
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+        self._loop.add_reader(sock.FD, self._drain)
 
     # -- the drain loop ----------------------------------------------------------------------
 

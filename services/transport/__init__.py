@@ -1,1 +1,3 @@
-"""QUIC transport: the node's one UDP socket and its peer connections (QUIC arrives with its own issue)."""
+"""QUIC transport: the node's one UDP socket and its peer connections.
+
+QUIC arrives with its own issue."""

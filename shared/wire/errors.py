@@ -14,27 +14,35 @@ class ErrorCode(IntEnum):
     """Error codes of ``sys.error`` replies (HTTP-like, so they read at a glance)."""
 
     MALFORMED = 400
-    """The frame could not be decoded (missing delimiter, bad header, truncated msgpack)."""
     BAD_TAG = 401
-    """The protocol tag frame is not a ToM bus tag: the sender speaks another protocol."""
-    UNSUPPORTED = 404
-    """The msg_type is unknown to this service."""
-    VERSION_MISMATCH = 426
-    """The tag names a ToM bus major version this service does not speak."""
     TOO_LARGE = 413
-    """A frame or the whole message exceeds the size limits; it was not unpacked."""
+    UNSUPPORTED = 404
     INVALID = 422
-    """The body does not match the model of its msg_type."""
+    VERSION_MISMATCH = 426
     OVERLOADED = 429
-    """A bounded queue is full; retry later. Nothing was accepted."""
     INTERNAL = 500
-    """A bug in the service; the request was not carried out. See the service log."""
     UNAVAILABLE = 503
-    """A service this request needs is not running or is shutting down."""
     PEER_TIMEOUT = 504
-    """A service this request needs did not answer in time."""
     FAILED = 520
-    """The request was well formed but could not be carried out (see the message)."""
+
+
+ERROR_TEXT: dict[ErrorCode, str] = {
+    ErrorCode.MALFORMED: "The message could not be decoded: missing delimiter or frames, bad "
+    "header, truncated or non-map msgpack.",
+    ErrorCode.BAD_TAG: "The tag frame is not a ToM bus tag: the sender speaks another protocol.",
+    ErrorCode.TOO_LARGE: "The message, its header or its blob count exceeds the limits; "
+    "nothing was unpacked.",
+    ErrorCode.UNSUPPORTED: "This service does not handle the msg_type (unknown, or not a "
+    "request).",
+    ErrorCode.INVALID: "The body does not match the model of its msg_type.",
+    ErrorCode.VERSION_MISMATCH: "The tag names a bus major version this service does not "
+    "speak.",
+    ErrorCode.OVERLOADED: "A bounded queue is full; nothing was accepted; retry later.",
+    ErrorCode.INTERNAL: "A bug in the service; the request was not carried out (see its log).",
+    ErrorCode.UNAVAILABLE: "A service this request needs is unknown or unreachable.",
+    ErrorCode.PEER_TIMEOUT: "A service this request needs did not answer in time.",
+    ErrorCode.FAILED: "The request was well formed but could not be carried out.",
+}
 
 
 class WireError(Exception):

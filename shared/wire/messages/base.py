@@ -8,11 +8,15 @@ that document.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Kind = Literal["request", "reply", "event"]
+
+U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
+"""A counter, size or id that fits msgpack's unsigned 64-bit integers."""
 
 
 class Message(BaseModel):
@@ -35,7 +39,7 @@ M = TypeVar("M", bound=type[Message])
 
 def message(
     msg_type: str, kind: Kind, reply: type[Message] | None = None, blobs: str = ""
-):  # type: ignore[no-untyped-def]
+) -> Callable[[M], M]:
     """Register a model class as the body of ``msg_type``."""
 
     def register(cls: M) -> M:

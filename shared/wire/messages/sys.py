@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Message, message
+from .base import U64, Message, message
 
 
 @message("sys.error", "reply")
 class ErrorReply(Message):
     """The reply to any request that failed. Sent instead of the request's own reply."""
 
-    code: int = Field(description="Numeric error code (see the error code table).")
+    code: int = Field(ge=0, le=65535, description="Numeric error code (see the error code "
+                      "table).")
     name: str = Field(description="Lowercase name of the code, e.g. `unsupported`.")
     message: str = Field(description="What went wrong, written for the person who reads it.")
 
@@ -22,7 +23,7 @@ class PingReply(Message):
 
     service: str = Field(description="Role of the answering service, e.g. `router`.")
     impl: str = Field(description="Name and version of the implementation.")
-    pid: int = Field(description="Operating-system process id of the service.")
+    pid: U64 = Field(description="Operating-system process id of the service.")
 
 
 @message("sys.ping", "request", reply=PingReply)
@@ -36,22 +37,23 @@ class StatusReply(Message):
 
     service: str = Field(description="Role of the answering service.")
     impl: str = Field(description="Name and version of the implementation.")
-    pid: int = Field(description="Operating-system process id.")
-    uptime_s: float = Field(description="Seconds since the service started.")
-    frames_in: int = Field(description="Messages received on all bus sockets.")
-    frames_out: int = Field(description="Messages sent on all bus sockets.")
-    decode_errors: int = Field(
+    pid: U64 = Field(description="Operating-system process id.")
+    uptime_s: float = Field(ge=0, allow_inf_nan=False,
+                            description="Seconds since the service started.")
+    frames_in: U64 = Field(description="Messages received on all bus sockets.")
+    frames_out: U64 = Field(description="Messages sent on all bus sockets.")
+    decode_errors: U64 = Field(
         description="Received messages rejected before reaching the core "
         "(malformed, bad tag, oversize, unknown msg_type, invalid body)."
     )
-    drops: int = Field(description="Outgoing messages dropped (peer gone or its queue full).")
-    errors: dict[str, int] = Field(
+    drops: U64 = Field(description="Outgoing messages dropped (peer gone or its queue full).")
+    errors: dict[str, U64] = Field(
         default_factory=dict, description="Error replies sent, by error name."
     )
-    queues: dict[str, int] = Field(
+    queues: dict[str, U64] = Field(
         default_factory=dict, description="Current depth of each bounded queue."
     )
-    counters: dict[str, int] = Field(
+    counters: dict[str, U64] = Field(
         default_factory=dict, description="Service-specific counters."
     )
 
@@ -77,7 +79,7 @@ class Ready(Message):
 
     service: str = Field(description="Role of the service.")
     impl: str = Field(description="Name and version of the implementation.")
-    pid: int = Field(description="Operating-system process id.")
+    pid: U64 = Field(description="Operating-system process id.")
 
 
 @message("sys.heartbeat", "event")
@@ -85,4 +87,5 @@ class Heartbeat(Message):
     """Published every `bus.heartbeat_s` seconds while the service runs."""
 
     service: str = Field(description="Role of the service.")
-    uptime_s: float = Field(description="Seconds since the service started.")
+    uptime_s: float = Field(ge=0, allow_inf_nan=False,
+                            description="Seconds since the service started.")
