@@ -26,6 +26,9 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 10_000) -> zmq.Socket:
     s.setsockopt(zmq.SNDHWM, hwm)
     s.setsockopt(zmq.RCVHWM, hwm)
     s.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_FRAME_BYTES)
+    # ZMTP heartbeats: a tcp peer that vanished (container moved) is noticed and reconnected
+    s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
     return s
 
 

@@ -15,6 +15,7 @@ def default_data_dir() -> Path:
 @dataclass(frozen=True)
 class DataDir:
     root: Path
+    endpoints_override: Path | None = None
 
     @property
     def config(self) -> Path:
@@ -22,7 +23,7 @@ class DataDir:
 
     @property
     def endpoints(self) -> Path:
-        return self.root / "endpoints.toml"
+        return self.endpoints_override or self.root / "endpoints.toml"
 
     @property
     def run(self) -> Path:

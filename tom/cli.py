@@ -130,15 +130,20 @@ def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tom", description="Run and inspect a ToM node.")
-    p.add_argument("--data", type=Path, default=None,
-                   help="node data directory (default: $TOM_HOME or ~/.tom)")
+    # --data and --endpoints are accepted before or after the subcommand
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", type=Path, default=argparse.SUPPRESS,
+                        help="node data directory (default: $TOM_HOME or ~/.tom)")
+    common.add_argument("--endpoints", type=Path, default=argparse.SUPPRESS,
+                        help="endpoints file (default: DATA/endpoints.toml)")
+    p = argparse.ArgumentParser(prog="tom", description="Run and inspect a ToM node.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help="create the data directory, identity and config").set_defaults(
-        func=cmd_init)
-    sub.add_parser("id", help="print the node id").set_defaults(func=cmd_id)
+    sub.add_parser("init", parents=[common], help="create the data directory, identity and "
+                   "config").set_defaults(func=cmd_init)
+    sub.add_parser("id", parents=[common], help="print the node id").set_defaults(func=cmd_id)
     n = sub.add_parser("node", help="run the node").add_subparsers(dest="action", required=True)
-    up = n.add_parser("up", help="start all services under supervisord")
+    up = n.add_parser("up", parents=[common], help="start all services under supervisord")
     up.add_argument("--all-in-one", action="store_true",
                     help="run the five services in one process")
     up.add_argument("--foreground", action="store_true",
@@ -146,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=20.0,
                     help="seconds to wait for every service to answer")
     up.set_defaults(func=cmd_up)
-    n.add_parser("down", help="stop the node").set_defaults(func=cmd_down)
-    st = n.add_parser("status", help="show each service's state and counters")
+    n.add_parser("down", parents=[common], help="stop the node").set_defaults(func=cmd_down)
+    st = n.add_parser("status", parents=[common], help="show each service's state and counters")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    ping = sub.add_parser("ping", help="ping one service")
+    ping = sub.add_parser("ping", parents=[common], help="ping one service")
     ping.add_argument("service", help=", ".join(ep.ROLES))
     ping.add_argument("-c", "--count", type=int, default=1)
     ping.add_argument("--timeout", type=float, default=2.0)
@@ -160,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    data = DataDir(args.data or default_data_dir())
+    data = DataDir(getattr(args, "data", None) or default_data_dir(),
+                   getattr(args, "endpoints", None))
     try:
         rc: int = args.func(data, args)
         return rc

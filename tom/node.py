@@ -23,7 +23,18 @@ from shared.wire import BusTimeout, WireError
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.sys import Ping, Status, StatusReply
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+def deploy_dir() -> Path:
+    """deploy/: $TOM_DEPLOY, else the checkout's, else the copy installed under sys.prefix."""
+    for candidate in (os.environ.get("TOM_DEPLOY"),
+                      Path(__file__).resolve().parent.parent / "deploy",
+                      Path(sys.prefix) / "share" / "tom-node" / "deploy"):
+        if candidate and (Path(candidate) / "supervisord.conf").exists():
+            return Path(candidate)
+    raise NodeError("cannot find deploy/supervisord.conf: set TOM_DEPLOY to the project's "
+                    "deploy directory")
+
+
 PROGRAMS = {False: "conf.d/*.ini", True: "allinone/node.ini"}
 CONFIG_SECTIONS: dict[str, type[cfg.Section]] = {
     "node": cfg.NodeSection,
@@ -118,9 +129,7 @@ class Supervisor:
             return []
 
     def start(self, all_in_one: bool, foreground: bool = False) -> None:
-        conf = DEPLOY / "supervisord.conf"
-        if not conf.exists():
-            raise NodeError(f"{conf} is missing: run tom from the project's checkout")
+        conf = deploy_dir() / "supervisord.conf"
         supervisord = Path(sys.executable).with_name("supervisord")
         cmd = [str(supervisord), "-c", str(conf)] + (["-n"] if foreground else [])
         if foreground:

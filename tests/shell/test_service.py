@@ -1,0 +1,128 @@
+"""The service base over real ZeroMQ sockets, in-process, with small test cores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import zmq
+
+from shared import endpoints as ep
+from shared.bus import BusClient
+from shared.core import Action, Core, Input, Publish, Reply, Request
+from shared.service import Service, ServiceContext
+from shared.wire import ErrorCode, RemoteError
+from shared.wire.messages.crypto import NodeId, NodeIdReply
+from shared.wire.messages.sys import Heartbeat, Ping, PingReply, Status, StatusReply
+
+
+class ScriptedCore(Core):
+    """Handles crypto.node_id with a script; replies can be held until a timer fires."""
+
+    role = "crypto"
+    handles = frozenset({NodeId})
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.held: list[object] = []
+        self.deadline: float | None = None
+        self.timer_calls = 0
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        assert isinstance(event, Request)
+        if self.mode == "raise":
+            raise RuntimeError("a bug")
+        if self.mode == "hold":
+            self.held.append(event.ctx)
+            self.deadline = now + 0.3
+            return []
+        return [Reply(event.ctx, NodeIdReply(node_id=b"\1" * 32))]
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def on_timer(self, now: float) -> list[Action]:
+        self.timer_calls += 1
+        self.deadline = None
+        held, self.held = self.held, []
+        return [Reply(ctx, NodeIdReply(node_id=b"\2" * 32)) for ctx in held] + [
+            Publish(Heartbeat(service="crypto", uptime_s=0.0))]
+
+
+@contextmanager
+def serving(tmp: Path, make_core: Callable[[], Core]) -> Iterator[tuple[Service, BusClient]]:
+    run = Path(tmp) / "run"
+    context = ServiceContext(tmp, ep.ipc(run), {"bus": {"request_timeout_s": 0.5}}, {})
+
+    class TestService(Service):
+        role = "crypto"
+
+        def build_core(self, context: ServiceContext) -> Core:
+            return make_core()
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Service] = {}
+
+    async def main() -> None:
+        svc = holder["svc"] = TestService(context, zctx=zmq.Context())
+        await svc.run(ready.set)
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    client = BusClient(context.endpoints, timeout_s=5)
+    try:
+        yield holder["svc"], client
+    finally:
+        client.close()
+        loop.call_soon_threadsafe(holder["svc"].request_stop)
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_core_exception_is_answered_internal_and_counted(tmp_path: Path) -> None:
+    with serving(tmp_path, lambda: ScriptedCore("raise")) as (_, client):
+        with pytest.raises(RemoteError) as info:
+            client.request("crypto", NodeId())
+        assert info.value.code == ErrorCode.INTERNAL
+        assert isinstance(client.request("crypto", Ping()), PingReply)
+        status = client.request("crypto", Status())
+        assert isinstance(status, StatusReply)
+        assert status.counters["internal_errors"] == 1 and status.errors == {"internal": 1}
+
+
+def test_core_timer_fires_and_held_replies_go_out(tmp_path: Path) -> None:
+    core = ScriptedCore("hold")
+    with serving(tmp_path, lambda: core) as (_, client):
+        reply = client.request("crypto", NodeId(), timeout_s=5)
+        assert reply == NodeIdReply(node_id=b"\2" * 32)
+        assert core.timer_calls == 1
+
+
+def test_replies_to_a_vanished_client_are_counted_as_drops(tmp_path: Path) -> None:
+    with serving(tmp_path, lambda: ScriptedCore("hold")) as (_, client):
+        gone = BusClient(client.endpoints)
+        for _ in range(5):
+            gone.send("crypto", NodeId())
+        gone.request("crypto", Ping())  # the five requests are in the core now
+        gone.close()
+        deadline_wait = BusClient(client.endpoints)
+        try:
+            deadline_wait.request("crypto", NodeId(), timeout_s=5)  # held, answered by timer
+        finally:
+            deadline_wait.close()
+        status = client.request("crypto", Status())
+        assert isinstance(status, StatusReply) and status.drops == 5
+
+
+def test_pipelined_requests_are_all_answered(tmp_path: Path) -> None:
+    """More requests than one drain batch: the service yields and goes on."""
+    with serving(tmp_path, lambda: ScriptedCore("reply")) as (svc, client):
+        ids = [client.send("crypto", NodeId()) for _ in range(3 * svc.bus.max_batch)]
+        for msg_id in ids:
+            assert isinstance(client.recv("crypto", msg_id).body, NodeIdReply)
