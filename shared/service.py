@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import zmq
 
 from . import config as cfg
-from .bus import socket
+from .bus import readable, recv_frames, send_frames, socket
 from .core import (
     Action,
     Call,
@@ -48,6 +48,7 @@ from .core import (
 from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
 from .ids import MsgIds
 from .wire import DecodeError, ErrorCode, Header, Message, decode, encode, split_routing
+from .wire.frame import pack_body
 from .wire.messages.sys import (
     ErrorReply,
     Heartbeat,
@@ -125,6 +126,8 @@ class Service:
         self._again: asyncio.Handle | None = None
         self._next_heartbeat = self.started + self.bus.heartbeat_s
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pong = PingReply(service=self.role, impl=IMPL, pid=os.getpid())
+        self._pong_packed = pack_body(self._pong)
         self.rpc: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
 
@@ -188,8 +191,10 @@ class Service:
         while busy and budget > 0 and not self._stopped.is_set():
             busy = False
             for sock, handler in tuple(self._inputs):
+                if not readable(sock):
+                    continue
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_frames(sock)
                 except zmq.Again:
                     continue
                 busy = True
@@ -252,7 +257,7 @@ class Service:
             self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
                          f"{body.msg_type} is a {body.kind}, not a request")
         elif isinstance(body, Ping):
-            self._reply(ctx, PingReply(service=self.role, impl=IMPL, pid=os.getpid()))
+            self._reply(ctx, self._pong, packed=self._pong_packed)
         elif isinstance(body, Status):
             self._reply(ctx, self.status())
         elif isinstance(body, Shutdown):
@@ -339,17 +344,19 @@ class Service:
 
     def _send(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
         except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
             self.stats["drops"] += 1
             return False
         self.stats["frames_out"] += 1
         return True
 
-    def _reply(self, ctx: Any, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
+    def _reply(self, ctx: Any, body: Message, blobs: tuple[bytes, ...] = (),
+               packed: bytes | None = None) -> None:
         route, parent_id = ctx
         assert self.rpc is not None
-        self._send(self.rpc, [*route, *encode(body, self._header(body, parent_id), blobs)])
+        self._send(self.rpc, [*route, *encode(body, self._header(body, parent_id), blobs,
+                                              packed)])
 
     def _send_error(self, route: list[bytes], parent_id: bytes | None, code: ErrorCode,
                     message: str) -> None:

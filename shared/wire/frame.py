@@ -41,7 +41,7 @@ MAX_ROUTING_FRAMES = 8
 _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     """The header frame: which message this is and what it answers."""
 
@@ -52,13 +52,17 @@ class Header:
     ts: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decoded:
     """A message taken off the bus: header, validated body, raw blobs."""
 
     header: Header
     body: Message
     blobs: tuple[bytes, ...] = ()
+
+
+_EMPTY: dict[type[Message], Message] = {}
+"""Validated bodies of models that accept an empty map, shared (models are immutable)."""
 
 
 def pack_header(header: Header) -> bytes:
@@ -74,14 +78,22 @@ def pack_header(header: Header) -> bytes:
     )
 
 
-def encode(body: Message, header: Header, blobs: tuple[bytes, ...] = ()) -> list[bytes]:
-    """Frames for ``body`` (tag, header, body, blobs), without routing frames."""
-    return [
-        TAG,
-        pack_header(header),
-        msgpack.packb(body.model_dump(), use_bin_type=True),
-        *blobs,
-    ]
+def pack_body(body: Message) -> bytes:
+    if not type(body).model_fields:
+        return _PACKED_EMPTY
+    return msgpack.packb(body.model_dump(), use_bin_type=True)
+
+
+_PACKED_EMPTY = msgpack.packb({})
+
+
+def encode(body: Message, header: Header, blobs: tuple[bytes, ...] = (),
+           packed: bytes | None = None) -> list[bytes]:
+    """Frames for ``body`` (tag, header, body, blobs), without routing frames.
+
+    :param packed: ``pack_body(body)`` computed earlier, for bodies sent many times.
+    """
+    return [TAG, pack_header(header), packed or pack_body(body), *blobs]
 
 
 def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -165,7 +177,10 @@ def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYT
         raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not a map",
                           parent_id=header.msg_id)
     try:
-        body = cls.model_validate(raw_body)
+        if raw_body:
+            body = cls.model_validate(raw_body)
+        elif (body := _EMPTY.get(cls)) is None:  # type: ignore[assignment]
+            body = _EMPTY[cls] = cls.model_validate(raw_body)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
