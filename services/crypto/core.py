@@ -1,22 +1,213 @@
-"""Crypto core: answers with the node's identity. No I/O: it is given the seed bytes."""
+"""Crypto core: the identity key and every operation that needs it.
+
+Inputs are bus requests (``crypto.*``); the core is given the 32-byte seed, a random source
+``rng(n) -> bytes`` and a wall clock ``wall_ms() -> int``, so it never reads a file, the OS
+RNG or the time itself, and golden vectors can pin every random byte.
+
+Schemes (docs/protocol.md §9 has the byte layouts and golden vectors):
+
+- **sign**: Ed25519 over ``Envelope.signing_bytes()`` (domain-separated).
+- **seal**: encrypt-then-sign. The recipient's X25519 key is derived from its Ed25519 key
+  (libsodium's conversion); a fresh ephemeral X25519 key per message; ``K = HKDF-SHA256(
+  ikm = X25519(e, X_R), salt = none, info = "tom/e2e/1" || E || X_R)``; XChaCha20-Poly1305
+  with a random 24-byte nonce and the envelope header as associated data; then sign.
+- **open**: verify the signature first, always; then check the recipient; then decrypt.
+- **group**: XChaCha20-Poly1305 with the sender key (associated data: group id and sender),
+  then an Ed25519 signature over the group id, sender, nonce and ciphertext.
+- **bind_transport**: sign (node id, transport key, expiry) for the transport's handshake.
+
+Every failure is a specific error reply (see ``_ERRORS``) and is counted by name.
+"""
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
 
-from shared.core import Action, Core, Input, Reply, Request
-from shared.wire.messages.crypto import NodeId, NodeIdReply
+from shared import primitives as p
+from shared.core import Action, Core, Fail, Input, Reply, Request
+from shared.envelope import (
+    ID_BYTES,
+    EncryptedPayload,
+    Envelope,
+    EnvelopeError,
+    EnvelopeTooLarge,
+    Expired,
+    GroupCiphertext,
+    TransportBinding,
+    Unsigned,
+    decode,
+)
+from shared.wire import ErrorCode, Message
+from shared.wire.messages import crypto as m
+
+E2E_INFO = b"tom/e2e/1"
+X25519_CACHE = 1024
+
+
+class WrongRecipient(Exception):
+    pass
+
+
+class NotOurs(Exception):
+    pass
+
+
+class MissingBlob(Exception):
+    pass
+
+
+_ERRORS: list[tuple[type[Exception], ErrorCode]] = [
+    (EnvelopeTooLarge, ErrorCode.TOO_LARGE),
+    (Unsigned, ErrorCode.UNSIGNED),
+    (Expired, ErrorCode.EXPIRED),
+    (EnvelopeError, ErrorCode.BAD_ENVELOPE),
+    (p.BadSignature, ErrorCode.BAD_SIGNATURE),
+    (p.DecryptFailed, ErrorCode.DECRYPT_FAILED),
+    (p.BadKey, ErrorCode.BAD_KEY),
+    (WrongRecipient, ErrorCode.WRONG_RECIPIENT),
+    (NotOurs, ErrorCode.NOT_OURS),
+    (MissingBlob, ErrorCode.INVALID),
+]
+
+
+def e2e_key(shared_secret: bytes, ephemeral_pk: bytes, recipient_x: bytes) -> bytes:
+    return p.hkdf_sha256(shared_secret, E2E_INFO + ephemeral_pk + recipient_x)
+
+
+class Identity:
+    """The node's key and the schemes that use it (no I/O)."""
+
+    def __init__(self, seed: bytes, rng: Callable[[int], bytes]) -> None:
+        self._key = p.SigningKey(seed)
+        self.node_id = self._key.public
+        self._rng = rng
+        self._x_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self.x_public = self.x25519_of(self.node_id)
+
+    def x25519_of(self, node_id: bytes) -> bytes:
+        """The X25519 key of a node id (cached: the conversion is the costly part)."""
+        x = self._x_cache.get(node_id)
+        if x is None:
+            x = self._x_cache[node_id] = p.ed25519_pk_to_x25519(node_id)
+            if len(self._x_cache) > X25519_CACHE:
+                self._x_cache.popitem(last=False)
+        return x
+
+    def sign(self, env: Envelope) -> Envelope:
+        if env.sender != self.node_id:
+            raise NotOurs("the envelope's from is not this node")
+        return env.with_signature(self._key.sign(env.signing_bytes()))
+
+    def seal(self, to: bytes, msg_type: str, payload: bytes, timestamp_ms: int,
+             via: tuple[bytes, ...] = (), ttl: int = 4, encrypt: bool = True) -> Envelope:
+        env = Envelope(id=self._rng(ID_BYTES), sender=self.node_id, to=to, msg_type=msg_type,
+                       payload=payload, timestamp_ms=timestamp_ms, via=via, ttl=ttl,
+                       encrypted=encrypt)
+        if encrypt:
+            x_r = self.x25519_of(to)
+            e = self._rng(p.X25519_BYTES)
+            eph = p.x25519_base(e)
+            key = e2e_key(p.x25519(e, x_r), eph, x_r)
+            nonce = self._rng(p.XNONCE_BYTES)
+            ct = p.xchacha_seal(key, nonce, payload, env.aad())
+            env = replace(env, payload=EncryptedPayload(ct, nonce, eph).encode())
+        return self.sign(env)
+
+    def open(self, raw: bytes) -> tuple[Envelope, bytes]:
+        env = decode(raw)
+        env.verify()
+        if env.to != self.node_id:
+            raise WrongRecipient("the envelope is addressed to another node")
+        if not env.encrypted:
+            return env, env.payload
+        enc = EncryptedPayload.decode(env.payload)
+        key = e2e_key(self._key.x25519(enc.ephemeral_pk), enc.ephemeral_pk, self.x_public)
+        return env, p.xchacha_open(key, enc.nonce, enc.ciphertext, env.aad())
+
+    def group_seal(self, group_id: str, key: bytes, plaintext: bytes) -> GroupCiphertext:
+        nonce = self._rng(p.XNONCE_BYTES)
+        g = GroupCiphertext(group_id, self.node_id, nonce, b"")
+        g = replace(g, ciphertext=p.xchacha_seal(key, nonce, plaintext, g.aad()))
+        return replace(g, signature=self._key.sign(g.signing_bytes()))
+
+    @staticmethod
+    def group_open(key: bytes, raw: bytes) -> tuple[GroupCiphertext, bytes]:
+        g = GroupCiphertext.decode(raw)
+        g.verify()
+        return g, p.xchacha_open(key, g.nonce, g.ciphertext, g.aad())
+
+    def bind_transport(self, transport_key: bytes, not_after_s: int) -> TransportBinding:
+        b = TransportBinding(self.node_id, transport_key, not_after_s)
+        return replace(b, signature=self._key.sign(b.signing_bytes()))
+
+
+def info(env: Envelope, cls: type[m.EnvelopeInfo]) -> m.EnvelopeInfo:
+    return cls(id=env.id, sender=env.sender, to=env.to, via=list(env.via),
+               envelope_type=env.msg_type, timestamp_ms=env.timestamp_ms, ttl=env.ttl,
+               encrypted=env.encrypted)
 
 
 class CryptoCore(Core):
     role = "crypto"
-    handles = frozenset({NodeId})
+    handles = frozenset({m.NodeId, m.Sign, m.Seal, m.Open, m.Verify, m.GroupSeal,
+                         m.GroupOpen, m.BindTransport})
 
-    def __init__(self, seed: bytes) -> None:
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
-        self.node_id = self._key.public_key().public_bytes_raw()
+    def __init__(self, seed: bytes, rng: Callable[[int], bytes],
+                 wall_ms: Callable[[], int]) -> None:
+        self.identity = Identity(seed, rng)
+        self.node_id = self.identity.node_id
+        self._wall_ms = wall_ms
+        self._counts: Counter[str] = Counter()
 
     def handle(self, event: Input, now: float) -> list[Action]:
-        if isinstance(event, Request) and isinstance(event.body, NodeId):
-            return [Reply(event.ctx, NodeIdReply(node_id=self.node_id))]
-        return super().handle(event, now)
+        if not isinstance(event, Request) or type(event.body) not in self.handles:
+            return super().handle(event, now)
+        try:
+            body, blobs = self._do(event.body, event.blobs)
+        except tuple(e for e, _ in _ERRORS) as exc:
+            code = next(c for e, c in _ERRORS if isinstance(exc, e))
+            self._counts[f"rejected_{code.name.lower()}"] += 1
+            return [Fail(event.ctx, code, str(exc))]
+        self._counts[event.body.msg_type.removeprefix("crypto.")] += 1
+        return [Reply(event.ctx, body, blobs)]
+
+    def _do(self, req: Message, blobs: tuple[bytes, ...]) -> tuple[Message, tuple[bytes, ...]]:
+        ident = self.identity
+        match req:
+            case m.NodeId():
+                return m.NodeIdReply(node_id=self.node_id), ()
+            case m.Sign():
+                return m.SignReply(), (ident.sign(decode(_blob(blobs))).encode(),)
+            case m.Seal():
+                ts = self._wall_ms() if req.timestamp_ms is None else req.timestamp_ms
+                env = ident.seal(req.to, req.envelope_type, _blob(blobs), ts, tuple(req.via),
+                                 req.ttl, req.encrypt)
+                return m.SealReply(id=env.id), (env.encode(),)
+            case m.Open():
+                env, plaintext = ident.open(_blob(blobs))
+                return info(env, m.OpenReply), (plaintext,)
+            case m.Verify():
+                env = decode(_blob(blobs))
+                env.verify()
+                return info(env, m.VerifyReply), ()
+            case m.GroupSeal():
+                g = ident.group_seal(req.group_id, req.key, _blob(blobs))
+                return m.GroupSealReply(), (g.encode(),)
+            case m.GroupOpen():
+                g, plaintext = ident.group_open(req.key, _blob(blobs))
+                return m.GroupOpenReply(group_id=g.group_id, sender=g.sender), (plaintext,)
+            case m.BindTransport():
+                b = ident.bind_transport(req.transport_key, req.not_after_s)
+                return m.BindTransportReply(binding=b.encode()), ()
+        raise AssertionError(f"unhandled {req.msg_type}")
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def _blob(blobs: tuple[bytes, ...]) -> bytes:
+    if len(blobs) != 1:
+        raise MissingBlob(f"expected exactly one blob frame, got {len(blobs)}")
+    return blobs[0]

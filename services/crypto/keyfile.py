@@ -6,6 +6,7 @@ This module does file I/O and is used by the crypto shell (to load) and by ``tom
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -37,6 +38,29 @@ def create(path: Path) -> bool:
 
 def load(path: Path) -> bytes:
     """Read the seed, refusing a file of the wrong size or one others can read."""
+    fd, seed = _open(path)
+    os.close(fd)
+    return seed
+
+
+def hold(path: Path) -> tuple[int, bytes]:
+    """Read the seed and keep the file open with an exclusive lock for the process's life.
+
+    The lock makes a second crypto service for the same identity fail clearly instead of
+    both signing; the kernel releases it when the process ends, however it ends.
+    :returns: the open descriptor (close it to release the lock) and the seed.
+    """
+    fd, seed = _open(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise KeyFileError(f"identity key file {path} is held by another running crypto "
+                           f"service; stop it first (tom node down)") from None
+    return fd, seed
+
+
+def _open(path: Path) -> tuple[int, bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -53,10 +77,12 @@ def load(path: Path) -> bytes:
                 f"identity key file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it must "
                 f"not be readable by group or others; fix it with `chmod 600 {path}`")
         seed = os.read(fd, SEED_BYTES + 1)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
     if len(seed) != SEED_BYTES:
+        os.close(fd)
         raise KeyFileError(f"identity key file {path} holds {st.st_size} bytes, expected a "
                            f"raw {SEED_BYTES}-byte seed; restore the right file or move it "
                            f"away and run `tom init` for a new identity")
-    return seed
+    return fd, seed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from shared.core import Core
@@ -22,10 +24,14 @@ class CryptoService(Service):
 
     def build_core(self, context: ServiceContext) -> Core:
         try:
-            seed = keyfile.load(key_path(context))
+            self.key_fd, seed = keyfile.hold(key_path(context))
         except keyfile.KeyFileError as e:
             raise StartupError(str(e)) from None
-        return CryptoCore(seed)
+        return CryptoCore(seed, os.urandom, lambda: int(time.time() * 1000))
+
+    def _close(self) -> None:
+        super()._close()
+        os.close(self.key_fd)
 
 
 SERVICE = CryptoService

@@ -19,6 +19,14 @@ class ErrorCode(IntEnum):
     UNSUPPORTED = 404
     INVALID = 422
     VERSION_MISMATCH = 426
+    BAD_ENVELOPE = 440
+    UNSIGNED = 441
+    BAD_SIGNATURE = 442
+    WRONG_RECIPIENT = 443
+    DECRYPT_FAILED = 444
+    NOT_OURS = 445
+    BAD_KEY = 446
+    EXPIRED = 447
     OVERLOADED = 429
     INTERNAL = 500
     UNAVAILABLE = 503
@@ -37,6 +45,17 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.INVALID: "The body does not match the model of its msg_type.",
     ErrorCode.VERSION_MISMATCH: "The tag names a bus major version this service does not "
     "speak.",
+    ErrorCode.BAD_ENVELOPE: "The envelope (or signed object) does not decode: truncated, wrong "
+    "field count or types.",
+    ErrorCode.UNSIGNED: "The envelope carries no signature.",
+    ErrorCode.BAD_SIGNATURE: "The signature does not verify under the sender's key (forged or "
+    "altered).",
+    ErrorCode.WRONG_RECIPIENT: "The envelope is addressed to another node.",
+    ErrorCode.DECRYPT_FAILED: "Authenticated decryption failed: tampered ciphertext, wrong key, "
+    "or a ciphertext moved to another envelope.",
+    ErrorCode.NOT_OURS: "Asked to sign for a node id other than this node's.",
+    ErrorCode.BAD_KEY: "A public key is not a valid curve point (or is of small order).",
+    ErrorCode.EXPIRED: "A signed statement is past its validity period.",
     ErrorCode.OVERLOADED: "A bounded queue is full; nothing was accepted; retry later.",
     ErrorCode.INTERNAL: "A bug in the service; the request was not carried out (see its log).",
     ErrorCode.UNAVAILABLE: "A service this request needs is unknown or unreachable.",

@@ -1,19 +1,143 @@
-"""``crypto.*``: requests to the only process that holds the identity secret."""
+"""``crypto.*``: requests to the only process that holds the identity secret.
+
+Envelopes, payloads and ciphertexts travel as raw blob frames, never re-packed.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
-from .base import Message, message
+from .base import U64, Message, message
+
+NodeIdBytes = Annotated[bytes, Field(min_length=32, max_length=32)]
+Key32 = Annotated[bytes, Field(min_length=32, max_length=32)]
 
 
 @message("crypto.node_id_reply", "reply")
 class NodeIdReply(Message):
     """The node's identity."""
 
-    node_id: bytes = Field(description="32-byte Ed25519 public key: the NodeId.")
+    node_id: NodeIdBytes = Field(description="32-byte Ed25519 public key: the NodeId.")
 
 
 @message("crypto.node_id", "request", reply=NodeIdReply)
 class NodeId(Message):
     """Ask for the node's id (its Ed25519 public key)."""
+
+
+class EnvelopeInfo(Message):
+    """The clear fields of an envelope (its header), as reported after verification."""
+
+    id: bytes = Field(description="16-byte envelope id.")
+    sender: NodeIdBytes = Field(description="The envelope's `from`: the signing node.")
+    to: NodeIdBytes = Field(description="Final recipient.")
+    via: list[NodeIdBytes] = Field(default_factory=list, description="Relay chain, first "
+                                   "hop first.")
+    envelope_type: str = Field(description="The envelope's msg_type, e.g. `Chat`.")
+    timestamp_ms: U64 = Field(description="Sender's creation time, Unix milliseconds.")
+    ttl: U64 = Field(description="Remaining hop budget.")
+    encrypted: bool = Field(description="Whether the payload was end-to-end encrypted.")
+
+
+@message("crypto.sign_reply", "reply", blobs="1: the signed envelope")
+class SignReply(Message):
+    """The envelope, signed by this node."""
+
+
+@message("crypto.sign", "request", reply=SignReply, blobs="1: an envelope whose `from` is "
+         "this node (any signature in it is replaced)")
+class Sign(Message):
+    """Sign an envelope built elsewhere (for example after its `via` changed)."""
+
+
+@message("crypto.seal_reply", "reply", blobs="1: the envelope, encoded")
+class SealReply(Message):
+    """The new envelope, encrypted (if asked) and signed."""
+
+    id: bytes = Field(description="The new envelope's id.")
+
+
+@message("crypto.seal", "request", reply=SealReply, blobs="1: the payload (plaintext)")
+class Seal(Message):
+    """Build an envelope from this node: encrypt the payload to `to` (encrypt-then-sign)
+    unless `encrypt` is false, then sign it."""
+
+    to: NodeIdBytes = Field(description="Recipient node id.")
+    envelope_type: str = Field(min_length=1, max_length=32,
+                               description="The envelope's msg_type, e.g. `Chat`.")
+    via: list[NodeIdBytes] = Field(default_factory=list, max_length=4,
+                                   description="Relay chain (at most 4).")
+    ttl: int = Field(4, ge=0, le=4, description="Hop budget (at most 4).")
+    encrypt: bool = Field(True, description="Encrypt the payload end to end.")
+    timestamp_ms: U64 | None = Field(None, description="Creation time; default: now.")
+
+
+@message("crypto.open_reply", "reply", blobs="1: the payload (plaintext)")
+class OpenReply(EnvelopeInfo):
+    """The verified envelope's header and its decrypted payload."""
+
+
+@message("crypto.open", "request", reply=OpenReply, blobs="1: an envelope addressed to "
+         "this node")
+class Open(Message):
+    """Verify an envelope's signature (always first), then decrypt its payload if encrypted.
+    Fails with `unsigned`, `bad_signature`, `wrong_recipient`, `decrypt_failed`,
+    `bad_envelope` or `too_large`."""
+
+
+@message("crypto.verify_reply", "reply")
+class VerifyReply(EnvelopeInfo):
+    """The envelope's signature is valid; here is its header."""
+
+
+@message("crypto.verify", "request", reply=VerifyReply, blobs="1: an envelope (any "
+         "recipient)")
+class Verify(Message):
+    """Verify an envelope's signature without decrypting it."""
+
+
+@message("crypto.group_seal_reply", "reply", blobs="1: the group ciphertext, encoded")
+class GroupSealReply(Message):
+    """The group message, encrypted with the sender key and signed by this node."""
+
+
+@message("crypto.group_seal", "request", reply=GroupSealReply, blobs="1: the plaintext")
+class GroupSeal(Message):
+    """Encrypt a group message with a sender key and sign it."""
+
+    group_id: str = Field(min_length=1, max_length=64, description="The group's id.")
+    key: Key32 = Field(description="The 32-byte sender key (XChaCha20-Poly1305).")
+
+
+@message("crypto.group_open_reply", "reply", blobs="1: the plaintext")
+class GroupOpenReply(Message):
+    """The group message's sender (verified) and its plaintext."""
+
+    group_id: str = Field(description="The group's id.")
+    sender: NodeIdBytes = Field(description="The node that signed the message.")
+
+
+@message("crypto.group_open", "request", reply=GroupOpenReply,
+         blobs="1: a group ciphertext, encoded")
+class GroupOpen(Message):
+    """Verify a group message's signature, then decrypt it with the sender's key."""
+
+    key: Key32 = Field(description="The sender key of the message's sender.")
+
+
+@message("crypto.bind_transport_reply", "reply")
+class BindTransportReply(Message):
+    """The signed binding, to be shown to peers inside the QUIC connection."""
+
+    binding: bytes = Field(description="Encoded transport binding (see §9).")
+
+
+@message("crypto.bind_transport", "request", reply=BindTransportReply)
+class BindTransport(Message):
+    """Sign a statement that `transport_key` speaks for this node until `not_after_s`."""
+
+    transport_key: bytes = Field(min_length=1, max_length=512,
+                                 description="The transport's public key (e.g. its TLS key).")
+    not_after_s: U64 = Field(description="Expiry, Unix seconds.")

@@ -1,0 +1,52 @@
+"""NodeId: the node's 32-byte Ed25519 public key, and its text forms.
+
+Canonical text is 64 lowercase hex characters. Parsing also accepts upper-case hex and
+RFC 4648 base32 without padding (52 characters, any case). A parsed id must be a valid
+Ed25519 point of large order. The short form (first 10 hex characters) is for display only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from .primitives import PUBLIC_KEY_BYTES, valid_public_key
+
+SHORT_HEX = 10
+
+
+class InvalidNodeId(ValueError):
+    """Text or bytes that are not a node id."""
+
+
+def to_text(node_id: bytes) -> str:
+    return node_id.hex()
+
+
+def short(node_id: bytes) -> str:
+    return node_id.hex()[:SHORT_HEX]
+
+
+def to_base32(node_id: bytes) -> str:
+    return base64.b32encode(node_id).decode().rstrip("=").lower()
+
+
+def check(node_id: bytes) -> bytes:
+    if not valid_public_key(node_id):
+        raise InvalidNodeId(f"{node_id.hex()[:16]}… is not a valid Ed25519 public key")
+    return node_id
+
+
+def parse(text: str) -> bytes:
+    """Parse hex (64 chars) or base32 (52 chars) into a validated node id."""
+    s = text.strip()
+    try:
+        if len(s) == 2 * PUBLIC_KEY_BYTES:
+            raw = bytes.fromhex(s)
+        elif len(s) == 52:
+            raw = base64.b32decode(s.upper() + "====")
+        else:
+            raise InvalidNodeId(f"{text!r}: a node id is 64 hex or 52 base32 characters")
+    except (ValueError, binascii.Error):
+        raise InvalidNodeId(f"{text!r} is neither hex nor base32") from None
+    return check(raw)
