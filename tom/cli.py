@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from services.crypto import keyfile
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.config import ConfigError
 from shared.paths import DataDir, default_data_dir
 from shared.wire import WireError
 from shared.wire.messages.sys import Ping, PingReply
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc: int = args.func(data, args)
         return rc
-    except (node.NodeError, WireError, ep.EndpointsError) as e:
+    except (node.NodeError, WireError, ep.EndpointsError, keyfile.KeyFileError,
+            ConfigError) as e:
         print(f"tom: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,7 +23,9 @@ def create(path: Path) -> bool:
 
     :returns: True if a new identity was created.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for d in reversed(missing):  # mkdir(parents=True) would ignore the mode for parents
+        d.mkdir(mode=0o700, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -1,20 +1,140 @@
-"""Contract of the crypto role."""
+"""Contract of the crypto role: identity, envelopes, group messages, transport binding."""
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from __future__ import annotations
 
-from shared.wire.messages.crypto import NodeId, NodeIdReply
+import os
+
+import pytest
+
+from services.crypto.core import Identity
+from shared import envelope as e
+from shared import primitives as p
+from shared.wire import RemoteError
+from shared.wire.messages import crypto as m
 
 from .generic import RoleContract
 from .harness import SEED, Node
 
 ROLE = "crypto"
+NODE = p.SigningKey(SEED).public
+PEER_SEED = b"\x42" * 32
+PEER = p.SigningKey(PEER_SEED).public
+TS = 1_764_000_000_000
+
+
+def call(node: Node, body: m.Message, *blobs: bytes) -> tuple[m.Message, tuple[bytes, ...]]:
+    with node.client() as c:
+        msg = c.call(ROLE, body, blobs)
+    return msg.body, msg.blobs
+
+
+def error(node: Node, body: m.Message, *blobs: bytes) -> RemoteError:
+    with pytest.raises(RemoteError) as info:
+        call(node, body, *blobs)
+    return info.value
+
+
+def from_peer(payload: bytes, encrypt: bool = True, to: bytes = NODE) -> bytes:
+    return Identity(PEER_SEED, os.urandom).seal(to, "Chat", payload, TS,
+                                                encrypt=encrypt).encode()
 
 
 class TestCryptoContract(RoleContract):
     role = ROLE
 
     def test_node_id_is_the_public_key_of_the_seed(self, node: Node) -> None:
-        expected = Ed25519PrivateKey.from_private_bytes(SEED).public_key().public_bytes_raw()
-        with node.client() as c:
-            reply = c.request(ROLE, NodeId())
-        assert isinstance(reply, NodeIdReply) and reply.node_id == expected
+        reply, _ = call(node, m.NodeId())
+        assert isinstance(reply, m.NodeIdReply) and reply.node_id == NODE
+
+    def test_seal_then_the_recipient_opens(self, node: Node) -> None:
+        reply, blobs = call(node, m.Seal(to=PEER, envelope_type="Chat"), b"hello peer")
+        assert isinstance(reply, m.SealReply)
+        env, plaintext = Identity(PEER_SEED, os.urandom).open(blobs[0])
+        assert (plaintext, env.sender, env.id, env.encrypted) == (b"hello peer", NODE,
+                                                                  reply.id, True)
+        assert b"hello peer" not in blobs[0]
+
+    def test_seal_unencrypted_is_signed_only(self, node: Node) -> None:
+        _, blobs = call(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False,
+                                     timestamp_ms=TS, via=[PEER]), b"ack")
+        env = e.decode(blobs[0])
+        env.verify()
+        assert (env.payload, env.timestamp_ms, env.via, env.encrypted) == (b"ack", TS,
+                                                                           (PEER,), False)
+
+    def test_open_what_a_peer_sealed(self, node: Node) -> None:
+        reply, blobs = call(node, m.Open(), from_peer(b"for you"))
+        assert isinstance(reply, m.OpenReply)
+        assert blobs == (b"for you",) and reply.sender == PEER and reply.encrypted
+
+    def test_verify_any_envelope(self, node: Node) -> None:
+        reply, _ = call(node, m.Verify(), from_peer(b"x", to=PEER))
+        assert isinstance(reply, m.VerifyReply) and reply.to == PEER
+
+    def test_sign_our_envelope(self, node: Node) -> None:
+        env = e.Envelope(b"\x01" * 16, NODE, PEER, "Chat", b"x", TS, via=(PEER,))
+        _, blobs = call(node, m.Sign(), env.encode())
+        e.decode(blobs[0]).verify()
+
+    @pytest.mark.parametrize("case, code", [
+        ("unsigned", 441), ("forged", 442), ("tampered", 442), ("flipped_ciphertext", 442),
+        ("wrong_recipient", 443), ("moved_ciphertext", 444), ("truncated", 440),
+        ("garbage", 440), ("oversize", 413), ("no_blob", 422),
+    ])
+    def test_open_failures_are_specific_and_counted(self, node: Node, case: str,
+                                                    code: int) -> None:
+        good = from_peer(b"secret")
+        env = e.decode(good)
+        peer = Identity(PEER_SEED, os.urandom)
+        blobs: tuple[bytes, ...] = {
+            "unsigned": (env.with_signature(b"").encode(),),
+            "forged": (env.with_signature(p.SigningKey(b"\x43" * 32).sign(
+                env.signing_bytes())).encode(),),
+            "tampered": (e.Envelope(env.id, env.sender, env.to, "Ack", env.payload,
+                                    env.timestamp_ms, signature=env.signature,
+                                    encrypted=True).encode(),),
+            "flipped_ciphertext": (good[:-80] + bytes([good[-80] ^ 1]) + good[-79:],),
+            "wrong_recipient": (from_peer(b"x", to=PEER),),
+            "moved_ciphertext": (peer.sign(e.Envelope(b"\x07" * 16, PEER, NODE, "Chat",
+                                                      env.payload, TS + 1,
+                                                      encrypted=True)).encode(),),
+            "truncated": (good[: len(good) // 2],),
+            "garbage": (os.urandom(100),),
+            "oversize": (b"\x00" * (e.MAX_ENVELOPE_BYTES + 1),),
+            "no_blob": (),
+        }[case]
+        before = self.status(node).errors
+        err = error(node, m.Open(), *blobs)
+        assert err.code == code, err
+        after = self.status(node).errors
+        assert after.get(err.name, 0) == before.get(err.name, 0) + 1
+        assert self.status(node).counters.get(f"rejected_{err.name}", 0) >= 1
+
+    def test_sign_refuses_another_nodes_envelope(self, node: Node) -> None:
+        env = e.Envelope(b"\x01" * 16, PEER, NODE, "Chat", b"x", TS)
+        assert error(node, m.Sign(), env.encode()).name == "not_ours"
+
+    def test_seal_refuses_an_invalid_recipient_key(self, node: Node) -> None:
+        assert error(node, m.Seal(to=bytes(32), envelope_type="Chat"), b"x").name == "bad_key"
+
+    def test_group_seal_and_open(self, node: Node) -> None:
+        key = os.urandom(32)
+        _, sealed = call(node, m.GroupSeal(group_id="grp-1", key=key), b"to the group")
+        g, plaintext = Identity.group_open(key, sealed[0])
+        assert (g.sender, plaintext) == (NODE, b"to the group")
+        reply, opened = call(node, m.GroupOpen(key=key), sealed[0])
+        assert isinstance(reply, m.GroupOpenReply) and opened == (b"to the group",)
+        assert error(node, m.GroupOpen(key=os.urandom(32)), sealed[0]).name == \
+            "decrypt_failed"
+
+    def test_bind_transport(self, node: Node) -> None:
+        reply, _ = call(node, m.BindTransport(transport_key=b"k" * 32, not_after_s=2**40))
+        assert isinstance(reply, m.BindTransportReply)
+        binding = e.TransportBinding.decode(reply.binding)
+        binding.verify(now_s=1_800_000_000)
+        assert (binding.node_id, binding.transport_key) == (NODE, b"k" * 32)
+
+    def test_invalid_request_fields(self, node: Node) -> None:
+        assert error(node, m.Seal.model_construct(to=b"short", envelope_type="Chat",
+                                                  via=[], ttl=4, encrypt=True,
+                                                  timestamp_ms=None), b"x").code == 422

@@ -19,6 +19,7 @@ from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.paths import DataDir
 from shared.wire import WireError
+from shared.wire.messages.router import NodeInfo, NodeInfoReply
 from shared.wire.messages.sys import Ping, PingReply
 from tom.node import Supervisor
 
@@ -145,3 +146,34 @@ def test_down_stops_everything() -> None:
     finally:
         kill_leftovers(data)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def holders(path: Path) -> set[int]:
+    """Pids of every process on the machine that has ``path`` open."""
+    found = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) == str(path):
+                    found.add(int(fd_dir.parent.name))
+        except OSError:
+            continue  # the process ended or is not ours to inspect
+    return found
+
+
+def test_only_crypto_holds_the_key_file(running: tuple[Path, str, str]) -> None:
+    data, mode, _ = running
+    rows = {r["service"]: r["pid"] for r in status(data)}
+    assert holders((data / "identity.key").resolve()) == {rows["crypto"]}
+    if mode == "five-processes":
+        assert all(isinstance(pid, int) and pid != rows["crypto"]
+                   for role, pid in rows.items() if role != "crypto")
+
+
+def test_identity_survives_restarts(running: tuple[Path, str, str]) -> None:
+    data, mode, out = running
+    ident = tom(data, "id").stdout.strip()
+    assert f"node {ident}" in out
+    with BusClient(ep.load(data / "endpoints.toml")) as c:
+        reply = c.request("router", NodeInfo(), timeout_s=5)
+        assert isinstance(reply, NodeInfoReply) and reply.node_id.hex() == ident

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from pathlib import Path
 
 import msgpack
@@ -10,7 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.wire import REGISTRY, TAG, DecodeError, ErrorCode, Header, decode, encode, split_routing
+from shared.wire import (
+    REGISTRY,
+    TAG,
+    DecodeError,
+    ErrorCode,
+    Header,
+    Message,
+    decode,
+    encode,
+    split_routing,
+)
 from shared.wire.frame import MAX_HEADER_BYTES, pack_header
 from shared.wire.messages.sys import ErrorReply, Ping, StatusReply
 
@@ -18,12 +30,49 @@ GOLDEN = Path(__file__).parent / "golden" / "frames.json"
 HEADER = Header("sys.ping", bytes(range(16)), None, "tom-cli", 1_700_000_000.5)
 
 
+def strategy(annotation: object, metadata: list[object]) -> st.SearchStrategy[object]:
+    """Values for one model field, honouring its length and range constraints."""
+    bounds = {type(m).__name__: m for m in metadata}
+    lo = getattr(bounds.get("MinLen"), "min_length", 0)
+    hi = getattr(bounds.get("MaxLen"), "max_length", 64)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # constraints sit in FieldInfo objects or bare
+        extra = [m for a in args[1:] for m in getattr(a, "metadata", [a])]
+        return strategy(args[0], [*extra, *metadata])
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*(strategy(a, metadata) for a in args))
+    if annotation is type(None):
+        return st.none()
+    if origin is list:
+        return st.lists(strategy(args[0], []), min_size=lo, max_size=min(hi, 4))
+    if origin is dict:
+        return st.dictionaries(st.text(max_size=8), strategy(args[1], []), max_size=4)
+    if annotation is bytes:
+        return st.binary(min_size=lo, max_size=hi)
+    if annotation is str:
+        return st.text(min_size=max(lo, 1), max_size=min(hi, 32))
+    if annotation is bool:
+        return st.booleans()
+    if annotation is int:
+        ge = getattr(bounds.get("Ge"), "ge", 0)
+        le = getattr(bounds.get("Le"), "le", 2**64 - 1)
+        return st.integers(ge, le)
+    if annotation is float:
+        return st.floats(min_value=0, max_value=1e12)
+    raise TypeError(f"no strategy for {annotation!r}")
+
+
+def bodies(cls: type[Message]) -> st.SearchStrategy[Message]:
+    fields = {name: strategy(f.annotation, f.metadata) for name, f in cls.model_fields.items()}
+    return st.fixed_dictionaries(fields).map(cls.model_validate)
+
+
 @pytest.mark.parametrize("cls", sorted(REGISTRY.values(), key=lambda c: c.msg_type),
                          ids=lambda c: c.msg_type)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_every_model_round_trips(cls, data) -> None:  # type: ignore[no-untyped-def]
-    body = data.draw(st.builds(cls))
+    body = data.draw(bodies(cls))
     blobs = tuple(data.draw(st.lists(st.binary(max_size=64), max_size=3)))
     parent = data.draw(st.none() | st.binary(min_size=1, max_size=32))
     header = Header(cls.msg_type, b"\x01" * 16, parent, "test", 1.5)
