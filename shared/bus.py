@@ -94,10 +94,17 @@ class BusClient:
             s.connect(self.endpoints[role].rpc)
         return s
 
-    def send(self, role: str, body: Message, blobs: Iterable[bytes] = ()) -> bytes:
-        """Send a request without waiting; returns its msg_id."""
+    def send(self, role: str, body: Message, blobs: Iterable[bytes] = (),
+             timeout_s: float | None = None) -> bytes:
+        """Send a request without waiting; returns its msg_id.
+
+        The header carries a deadline (now + the timeout): a service that receives the
+        request later, e.g. because it was down and ZeroMQ kept it queued, drops it.
+        """
         msg_id = self._ids.next()
-        header = Header(body.msg_type, msg_id, None, self.src, time.time())
+        now = time.time()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        header = Header(body.msg_type, msg_id, None, self.src, now, now + timeout)
         sock = self.sock(role)
         frames = [b"", *encode(body, header, tuple(blobs))]
         try:
@@ -132,7 +139,7 @@ class BusClient:
 
     def call(self, role: str, body: Message, blobs: Iterable[bytes] = (),
              timeout_s: float | None = None) -> Decoded:
-        return self.recv(role, self.send(role, body, blobs), timeout_s)
+        return self.recv(role, self.send(role, body, blobs, timeout_s), timeout_s)
 
     def request(self, role: str, body: Message, timeout_s: float | None = None) -> Message:
         """Send ``body`` to ``role`` and return the reply body (or raise)."""

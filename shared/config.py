@@ -60,7 +60,10 @@ def section(data: Mapping[str, Any], name: str, model: type[S],
             env: Mapping[str, str] | None = None, where: str = "node.toml") -> S:
     """Build section ``name`` from the parsed file plus ``TOM_<NAME>__<FIELD>`` overrides."""
     env = os.environ if env is None else env
-    values = dict(data.get(name, {}))
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table, not {type(table).__name__}")
+    values = dict(table)
     prefix = f"TOM_{name.upper()}__"
     for key, value in env.items():
         if key.startswith(prefix):

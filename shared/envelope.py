@@ -1,6 +1,6 @@
 """The envelope: what travels between nodes, and how it is encoded, signed and bound.
 
-Our encoding (documented with golden vectors in docs/protocol.md §9) is a msgpack array of ten
+Our encoding (documented with golden vectors in docs/protocol.md §8) is a msgpack array of ten
 elements, bytes as ``bin`` and ids as raw bytes::
 
     [id: bin16, from: bin32, to: bin32, via: [bin32, ...], msg_type: str, payload: bin,

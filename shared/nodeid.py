@@ -45,6 +45,8 @@ def parse(text: str) -> bytes:
             raw = bytes.fromhex(s)
         elif len(s) == 52:
             raw = base64.b32decode(s.upper() + "====")
+            if to_base32(raw) != s.lower():  # the last 4 bits must be zero: one spelling
+                raise InvalidNodeId(f"{text!r} is not a canonical base32 node id")
         else:
             raise InvalidNodeId(f"{text!r}: a node id is 64 hex or 52 base32 characters")
     except (ValueError, binascii.Error):

@@ -115,10 +115,12 @@ def run(roles: list[str], argv: list[str] | None, all_in_one: bool, prog: str) -
     try:
         asyncio.run(serve(services))
     except ExceptionGroup as eg:
-        failed = eg.subgroup(zmq.ZMQError)
+        failed = eg.subgroup((zmq.ZMQError, StartupError))
         if failed is None:
             raise
-        print(f"{prog}: cannot open the bus sockets: {failed.exceptions[0]}", file=sys.stderr)
+        first = failed.exceptions[0]
+        why = "cannot open the bus sockets: " if isinstance(first, zmq.ZMQError) else ""
+        print(f"{prog}: {why}{first}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,11 +18,12 @@ serving its other clients.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import logging
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class ServiceContext:
 class _Pending:
     token: Any
     role: str
-    msg_type: str
+    request: type[Message]
     timeout_s: float
 
 
@@ -119,6 +120,7 @@ class Service:
         self._pending: dict[bytes, _Pending] = {}
         self._deadlines: list[tuple[float, bytes]] = []
         self._dealers: dict[str, zmq.Socket] = {}
+        self._locks: list[int] = []
         self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -142,6 +144,7 @@ class Service:
         self.rpc = socket(self.zctx, zmq.ROUTER, self.bus.hwm)
         self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.pub = socket(self.zctx, zmq.PUB, self.bus.hwm)
+        self._lock_ipc()
         for ep in self.binds:
             for sock, url in ((self.rpc, ep.rpc), (self.pub, ep.events)):
                 prepare_bind(url)
@@ -157,6 +160,27 @@ class Service:
         finally:
             self._close()
 
+    def _lock_ipc(self) -> None:
+        """Refuse to start beside a running instance of this role.
+
+        Binding an ipc endpoint replaces the socket file of a running instance, which would
+        keep running but be unreachable; an exclusive lock next to the socket prevents that.
+        The kernel releases it however the process ends, so a restart after kill -9 works.
+        """
+        for ep in self.binds:
+            if not ep.rpc.startswith("ipc://"):
+                continue
+            path = Path(ep.rpc[len("ipc://"):] + ".lock")
+            prepare_bind(ep.rpc)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StartupError(f"another {self.role} service is already serving "
+                                   f"{ep.rpc} (lock {path})") from None
+            self._locks.append(fd)
+
     def request_stop(self) -> None:
         if not self._stopped.is_set():
             self.log.info("stopping")
@@ -171,10 +195,14 @@ class Service:
             self._again.cancel()
         for sock, _ in self._inputs:
             self._loop.remove_reader(sock.FD)
-            sock.close(0)
+            # a moment for replies already queued (the sys.shutdown reply) to leave
+            sock.close(linger=200 if sock is self.rpc else 0)
         if self.pub is not None:
             self.pub.close(0)
         self._inputs.clear()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
 
     def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
         assert self._loop is not None
@@ -206,7 +234,11 @@ class Service:
                         break
                     busy = True
                     budget -= 1
-                    handler(frames)
+                    try:
+                        handler(frames)
+                    except Exception:  # a bug of ours: count it, keep serving the others
+                        self.stats["internal_errors"] += 1
+                        self.log.exception("failed to handle a message")
                     if self._stopped.is_set():
                         break
         self.stats["frames_in"] += self.bus.max_batch - budget
@@ -241,7 +273,7 @@ class Service:
             if p is not None:
                 self.stats["call_timeouts"] += 1
                 self._feed(PeerFailed(p.token, ErrorCode.PEER_TIMEOUT,
-                                      f"{p.role} did not answer {p.msg_type} within "
+                                      f"{p.role} did not answer {p.request.msg_type} within "
                                       f"{p.timeout_s:g} s (is it running?)"))
         if now >= self._next_heartbeat:
             self._publish(Heartbeat(service=self.role, uptime_s=now - self.started))
@@ -261,6 +293,9 @@ class Service:
             self._reject(route, e.parent_id, e.code, e.message)
             return
         body, msg_id = msg.body, msg.header.msg_id
+        if msg.header.deadline is not None and msg.header.deadline < self.wall():
+            self.stats["expired_requests"] += 1  # the caller gave up: nobody waits for it
+            return
         ctx = (route, msg_id)
         if body.kind != "request":
             self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
@@ -294,11 +329,17 @@ class Service:
             self.stats["decode_errors"] += 1
             self.log.warning("unreadable reply from %s: %s", role, e.message)
             return
-        p = self._pending.pop(msg.header.parent_id or b"", None)
-        if p is None:
+        parent = msg.header.parent_id or b""
+        p = self._pending.get(parent)
+        if p is None or p.role != role:
             self.stats["late_replies"] += 1
             return
-        if isinstance(msg.body, ErrorReply):
+        del self._pending[parent]
+        if not isinstance(msg.body, (ErrorReply, p.request.reply_type or ErrorReply)):
+            self.stats["unexpected_replies"] += 1
+            self._feed(PeerFailed(p.token, ErrorCode.FAILED, f"{role} answered "
+                                  f"{p.request.msg_type} with {msg.body.msg_type}"))
+        elif isinstance(msg.body, ErrorReply):
             try:
                 code = ErrorCode(msg.body.code)
             except ValueError:
@@ -334,9 +375,7 @@ class Service:
     # -- outbound ----------------------------------------------------------------------------
 
     def _perform(self, actions: list[Action]) -> None:
-        todo = deque(actions)
-        while todo:
-            a = todo.popleft()
+        for a in actions:
             if isinstance(a, Reply):
                 self._reply(a.ctx, a.body, a.blobs)
             elif isinstance(a, Fail):
@@ -346,7 +385,7 @@ class Service:
             elif isinstance(a, Call):
                 failure = self._call(a)
                 if failure is not None:
-                    todo.extend(self.core.handle(failure, self.clock()))
+                    self._feed(failure)
 
     def _header(self, body: Message, parent_id: bytes | None) -> Header:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
@@ -384,11 +423,12 @@ class Service:
         except EndpointsError as e:
             return PeerFailed(a.token, ErrorCode.UNAVAILABLE, str(e))
         msg_id = self.ids.next()
-        header = Header(a.body.msg_type, msg_id, None, self.role, self.wall())
+        timeout = a.timeout_s or self.bus.request_timeout_s
+        now = self.wall()
+        header = Header(a.body.msg_type, msg_id, None, self.role, now, now + timeout)
         if not self._send(sock, [b"", *encode(a.body, header, a.blobs)]):
             return PeerFailed(a.token, ErrorCode.OVERLOADED, f"queue to {a.role} is full")
-        timeout = a.timeout_s or self.bus.request_timeout_s
-        self._pending[msg_id] = _Pending(a.token, a.role, a.body.msg_type, timeout)
+        self._pending[msg_id] = _Pending(a.token, a.role, type(a.body), timeout)
         heapq.heappush(self._deadlines, (self.clock() + timeout, msg_id))
         return None
 

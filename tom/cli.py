@@ -131,6 +131,13 @@ def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --data and --endpoints are accepted before or after the subcommand
     common = argparse.ArgumentParser(add_help=False)
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
     ping = sub.add_parser("ping", parents=[common], help="ping one service")
     ping.add_argument("service", help=", ".join(ep.ROLES))
-    ping.add_argument("-c", "--count", type=int, default=1)
+    ping.add_argument("-c", "--count", type=positive, default=1)
     ping.add_argument("--timeout", type=float, default=2.0)
     ping.set_defaults(func=cmd_ping)
     return p

@@ -205,17 +205,19 @@ def wait_ready(client: BusClient, sup: Supervisor, timeout_s: float) -> list[str
     (FATAL) is not waited for.
     """
     deadline = time.monotonic() + timeout_s
-    waiting = {role: client.send(role, Ping()) for role in ep.ROLES}
+    waiting = set(ep.ROLES)
     while waiting and time.monotonic() < deadline:
-        for role, msg_id in list(waiting.items()):
+        # a fresh ping each round: one sent to a process that then crashed is lost with it
+        sent = {role: client.send(role, Ping(), timeout_s=1.0) for role in waiting}
+        for role, msg_id in sent.items():
             try:
-                client.recv(role, msg_id, timeout_s=0.1)
-                del waiting[role]
+                client.recv(role, msg_id, timeout_s=0.2)
+                waiting.discard(role)
             except BusTimeout:
                 pass
             except WireError:
-                del waiting[role]
+                waiting.discard(role)
         fatal = {p["name"] for p in sup.processes() if p["statename"] == "FATAL"}
-        if "node" in fatal or any(role in fatal for role in waiting):
+        if "node" in fatal or waiting & fatal:
             break
-    return list(waiting)
+    return sorted(waiting)

@@ -4,7 +4,7 @@ Inputs are bus requests (``crypto.*``); the core is given the 32-byte seed, a ra
 ``rng(n) -> bytes`` and a wall clock ``wall_ms() -> int``, so it never reads a file, the OS
 RNG or the time itself, and golden vectors can pin every random byte.
 
-Schemes (docs/protocol.md §9 has the byte layouts and golden vectors):
+Schemes (docs/protocol.md §8 has the byte layouts and golden vectors):
 
 - **sign**: Ed25519 over ``Envelope.signing_bytes()`` (domain-separated).
 - **seal**: encrypt-then-sign. The recipient's X25519 key is derived from its Ed25519 key
@@ -29,6 +29,7 @@ from shared import primitives as p
 from shared.core import Action, Core, Fail, Input, Reply, Request
 from shared.envelope import (
     ID_BYTES,
+    MAX_ENVELOPE_BYTES,
     EncryptedPayload,
     Envelope,
     EnvelopeError,
@@ -58,6 +59,23 @@ class MissingBlob(Exception):
     pass
 
 
+class OutOfBounds(Exception):
+    pass
+
+
+class WrongSender(p.BadSignature):
+    """Validly signed, but not by the member (or for the group) the caller expected."""
+
+
+MAX_BINDING_S = 7 * 24 * 3600
+
+
+def _fits(size: int, what: str) -> None:
+    if size > MAX_ENVELOPE_BYTES:
+        raise EnvelopeTooLarge(f"the {what} would be {size} bytes, over the "
+                               f"{MAX_ENVELOPE_BYTES}-byte limit peers accept")
+
+
 _ERRORS: list[tuple[type[Exception], ErrorCode]] = [
     (EnvelopeTooLarge, ErrorCode.TOO_LARGE),
     (Unsigned, ErrorCode.UNSIGNED),
@@ -69,6 +87,7 @@ _ERRORS: list[tuple[type[Exception], ErrorCode]] = [
     (WrongRecipient, ErrorCode.WRONG_RECIPIENT),
     (NotOurs, ErrorCode.NOT_OURS),
     (MissingBlob, ErrorCode.INVALID),
+    (OutOfBounds, ErrorCode.INVALID),
 ]
 
 
@@ -113,7 +132,9 @@ class Identity:
             nonce = self._rng(p.XNONCE_BYTES)
             ct = p.xchacha_seal(key, nonce, payload, env.aad())
             env = replace(env, payload=EncryptedPayload(ct, nonce, eph).encode())
-        return self.sign(env)
+        env = self.sign(env)
+        _fits(len(env.encode()), "envelope")
+        return env
 
     def open(self, raw: bytes) -> tuple[Envelope, bytes]:
         env = decode(raw)
@@ -130,15 +151,28 @@ class Identity:
         nonce = self._rng(p.XNONCE_BYTES)
         g = GroupCiphertext(group_id, self.node_id, nonce, b"")
         g = replace(g, ciphertext=p.xchacha_seal(key, nonce, plaintext, g.aad()))
-        return replace(g, signature=self._key.sign(g.signing_bytes()))
+        g = replace(g, signature=self._key.sign(g.signing_bytes()))
+        _fits(len(g.encode()), "group message")
+        return g
 
     @staticmethod
-    def group_open(key: bytes, raw: bytes) -> tuple[GroupCiphertext, bytes]:
+    def group_open(key: bytes, raw: bytes, group_id: str | None = None,
+                   sender: bytes | None = None) -> tuple[GroupCiphertext, bytes]:
+        """Verify, check it comes from the expected group and sender, then decrypt."""
         g = GroupCiphertext.decode(raw)
         g.verify()
+        if (group_id is not None and g.group_id != group_id) or (
+                sender is not None and g.sender != sender):
+            raise WrongSender(f"message of {g.sender.hex()[:10]} in {g.group_id!r}, expected "
+                              f"{(sender or g.sender).hex()[:10]} in {group_id or g.group_id!r}")
         return g, p.xchacha_open(key, g.nonce, g.ciphertext, g.aad())
 
-    def bind_transport(self, transport_key: bytes, not_after_s: int) -> TransportBinding:
+    def bind_transport(self, transport_key: bytes, not_after_s: int,
+                       now_s: int) -> TransportBinding:
+        if not now_s < not_after_s <= now_s + MAX_BINDING_S:
+            raise OutOfBounds(f"not_after_s must be in the next {MAX_BINDING_S} s "
+                              f"(now {now_s}); bindings are short-lived since they cannot "
+                              f"be revoked")
         b = TransportBinding(self.node_id, transport_key, not_after_s)
         return replace(b, signature=self._key.sign(b.signing_bytes()))
 
@@ -196,10 +230,12 @@ class CryptoCore(Core):
                 g = ident.group_seal(req.group_id, req.key, _blob(blobs))
                 return m.GroupSealReply(), (g.encode(),)
             case m.GroupOpen():
-                g, plaintext = ident.group_open(req.key, _blob(blobs))
+                g, plaintext = ident.group_open(req.key, _blob(blobs), req.group_id,
+                                                req.sender)
                 return m.GroupOpenReply(group_id=g.group_id, sender=g.sender), (plaintext,)
             case m.BindTransport():
-                b = ident.bind_transport(req.transport_key, req.not_after_s)
+                b = ident.bind_transport(req.transport_key, req.not_after_s,
+                                         self._wall_ms() // 1000)
                 return m.BindTransportReply(binding=b.encode()), ()
         raise AssertionError(f"unhandled {req.msg_type}")
 

@@ -26,15 +26,23 @@ def create(path: Path) -> bool:
     missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     for d in reversed(missing):  # mkdir(parents=True) would ignore the mode for parents
         d.mkdir(mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return False
+    # write a complete seed under a temporary name, then link it into place: a crash or a
+    # concurrent reader never sees a short file, and an existing identity is never replaced
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, os.urandom(SEED_BYTES))
         os.fsync(fd)
     finally:
         os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
     return True
 
 

@@ -11,6 +11,7 @@ and the next request tries again.
 from __future__ import annotations
 
 from shared.core import Action, Call, Core, Fail, Input, PeerFailed, PeerReplied, Reply, Request
+from shared.wire import ErrorCode
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.router import NodeInfo, NodeInfoReply
 
@@ -41,6 +42,10 @@ class RouterCore(Core):
             case PeerFailed(token=token, code=code, message=message) if token == _NODE_ID:
                 waiting, self._waiting = self._waiting, []
                 return [Fail(ctx, code, message) for ctx in waiting]
+            case PeerReplied(token=token, body=body) if token == _NODE_ID:
+                waiting, self._waiting = self._waiting, []
+                return [Fail(ctx, ErrorCode.FAILED, f"crypto answered {body.msg_type}")
+                        for ctx in waiting]
         return super().handle(event, now)
 
     def queues(self) -> dict[str, int]:

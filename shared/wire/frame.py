@@ -50,6 +50,8 @@ class Header:
     parent_id: bytes | None
     src: str
     ts: float
+    deadline: float | None = None
+    """Wall-clock time (Unix s) after which the sender no longer waits for a reply."""
 
 
 @dataclass(slots=True)
@@ -66,16 +68,16 @@ _EMPTY: dict[type[Message], Message] = {}
 
 
 def pack_header(header: Header) -> bytes:
-    return msgpack.packb(
-        {
-            "msg_type": header.msg_type,
-            "msg_id": header.msg_id,
-            "parent_id": header.parent_id,
-            "src": header.src,
-            "ts": header.ts,
-        },
-        use_bin_type=True,
-    )
+    h = {
+        "msg_type": header.msg_type,
+        "msg_id": header.msg_id,
+        "parent_id": header.parent_id,
+        "src": header.src,
+        "ts": header.ts,
+    }
+    if header.deadline is not None:
+        h["deadline"] = header.deadline
+    return msgpack.packb(h, use_bin_type=True)
 
 
 def pack_body(body: Message) -> bytes:
@@ -131,14 +133,20 @@ def decode_header(raw: bytes) -> Header:
     ):
         raise DecodeError(ErrorCode.MALFORMED, "header.parent_id must be bytes or nil",
                           parent_id=msg_id)
-    src = h.get("src", "")
-    ts = h.get("ts", 0.0)
+    src = h.get("src")
+    ts = h.get("ts")
+    deadline = h.get("deadline")
     if not isinstance(src, str) or len(src) > MAX_SRC_LEN:
         raise DecodeError(ErrorCode.MALFORMED, "header.src must be a short string",
                           parent_id=msg_id)
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        raise DecodeError(ErrorCode.MALFORMED, "header.ts must be a number", parent_id=msg_id)
-    return Header(msg_type, msg_id, parent_id, src, float(ts))
+    for name, value in (("ts", ts), ("deadline", deadline)):
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)) and not (
+                name == "deadline" and value is None):
+            raise DecodeError(ErrorCode.MALFORMED, f"header.{name} must be a number",
+                              parent_id=msg_id)
+    assert isinstance(ts, (int, float))
+    return Header(msg_type, msg_id, parent_id, src, float(ts),
+                  None if deadline is None else float(deadline))
 
 
 def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Decoded:

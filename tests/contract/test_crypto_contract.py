@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 
+import msgpack
 import pytest
 
 from services.crypto.core import Identity
 from shared import envelope as e
 from shared import primitives as p
-from shared.wire import RemoteError
+from shared.wire import TAG, RemoteError
 from shared.wire.messages import crypto as m
+from shared.wire.messages.sys import ErrorReply
 
-from .generic import RoleContract
+from .generic import RoleContract, dealer, header, recv_reply
 from .harness import SEED, Node
 
 ROLE = "crypto"
@@ -77,7 +80,7 @@ class TestCryptoContract(RoleContract):
         e.decode(blobs[0]).verify()
 
     @pytest.mark.parametrize("case, code", [
-        ("unsigned", 441), ("forged", 442), ("tampered", 442), ("flipped_ciphertext", 442),
+        ("unsigned", 441), ("forged", 442), ("tampered", 442), ("flipped_payload_byte", 442),
         ("wrong_recipient", 443), ("moved_ciphertext", 444), ("truncated", 440),
         ("garbage", 440), ("oversize", 413), ("no_blob", 422),
     ])
@@ -93,7 +96,7 @@ class TestCryptoContract(RoleContract):
             "tampered": (e.Envelope(env.id, env.sender, env.to, "Ack", env.payload,
                                     env.timestamp_ms, signature=env.signature,
                                     encrypted=True).encode(),),
-            "flipped_ciphertext": (good[:-80] + bytes([good[-80] ^ 1]) + good[-79:],),
+            "flipped_payload_byte": (good[:-80] + bytes([good[-80] ^ 1]) + good[-79:],),
             "wrong_recipient": (from_peer(b"x", to=PEER),),
             "moved_ciphertext": (peer.sign(e.Envelope(b"\x07" * 16, PEER, NODE, "Chat",
                                                       env.payload, TS + 1,
@@ -122,19 +125,40 @@ class TestCryptoContract(RoleContract):
         _, sealed = call(node, m.GroupSeal(group_id="grp-1", key=key), b"to the group")
         g, plaintext = Identity.group_open(key, sealed[0])
         assert (g.sender, plaintext) == (NODE, b"to the group")
-        reply, opened = call(node, m.GroupOpen(key=key), sealed[0])
+        reply, opened = call(node, m.GroupOpen(group_id="grp-1", sender=NODE, key=key),
+                             sealed[0])
         assert isinstance(reply, m.GroupOpenReply) and opened == (b"to the group",)
-        assert error(node, m.GroupOpen(key=os.urandom(32)), sealed[0]).name == \
-            "decrypt_failed"
+        wrong_key = m.GroupOpen(group_id="grp-1", sender=NODE, key=os.urandom(32))
+        assert error(node, wrong_key, sealed[0]).name == "decrypt_failed"
+        other_sender = m.GroupOpen(group_id="grp-1", sender=PEER, key=key)
+        assert error(node, other_sender, sealed[0]).name == "bad_signature"
 
     def test_bind_transport(self, node: Node) -> None:
-        reply, _ = call(node, m.BindTransport(transport_key=b"k" * 32, not_after_s=2**40))
+        not_after = int(time.time()) + 3600
+        reply, _ = call(node, m.BindTransport(transport_key=b"k" * 32, not_after_s=not_after))
         assert isinstance(reply, m.BindTransportReply)
         binding = e.TransportBinding.decode(reply.binding)
-        binding.verify(now_s=1_800_000_000)
+        binding.verify(now_s=time.time())
         assert (binding.node_id, binding.transport_key) == (NODE, b"k" * 32)
 
-    def test_invalid_request_fields(self, node: Node) -> None:
-        assert error(node, m.Seal.model_construct(to=b"short", envelope_type="Chat",
-                                                  via=[], ttl=4, encrypt=True,
-                                                  timestamp_ms=None), b"x").code == 422
+    @pytest.mark.parametrize("not_after", [0, 2**40])
+    def test_bind_transport_refuses_long_or_past_bindings(self, node: Node,
+                                                         not_after: int) -> None:
+        assert error(node, m.BindTransport(transport_key=b"k", not_after_s=not_after)).code \
+            == 422
+
+    def test_seal_refuses_oversize_payloads(self, node: Node) -> None:
+        big = b"x" * e.MAX_ENVELOPE_BYTES
+        assert error(node, m.Seal(to=PEER, envelope_type="Chat"), big).name == "too_large"
+        assert error(node, m.GroupSeal(group_id="g", key=b"k" * 32), big).name == "too_large"
+
+    @pytest.mark.parametrize("fields", [
+        {"to": b"short"}, {"to": "a" * 32}, {"encrypt": "yes"}, {"ttl": True}, {"ttl": "3"},
+        {"ttl": 5}, {"timestamp_ms": 1.0}, {"via": [PEER] * 5},
+    ])
+    def test_invalid_request_fields(self, node: Node, fields: dict[str, object]) -> None:
+        body = {"to": PEER, "envelope_type": "Chat", **fields}
+        with dealer(node, ROLE) as s:
+            s.send_multipart([b"", TAG, header("crypto.seal"), msgpack.packb(body), b"x"])
+            _, reply = recv_reply(s)
+        assert isinstance(reply, ErrorReply) and reply.code == 422, reply

@@ -180,13 +180,39 @@ def test_group_seal_open_and_provenance() -> None:
 
 
 def test_transport_binding() -> None:
-    b = Identity(SEED_A, p_rng()).bind_transport(b"tls-key", 2_000_000_000)
+    b = Identity(SEED_A, p_rng()).bind_transport(b"tls-key", 2_000_000_000, 1_999_999_000)
     decoded = e.TransportBinding.decode(b.encode())
     decoded.verify(1_900_000_000)
     with pytest.raises(e.Expired):
         decoded.verify(2_000_000_001)
     with pytest.raises(p.BadSignature):
         e.TransportBinding(B, b"tls-key", 2_000_000_000, b.signature).verify(0)
+
+
+@pytest.mark.parametrize("not_after", [1_000, 2_000_000_000 - 1, 2_000_000_000 + 8 * 86400])
+def test_transport_binding_must_be_short_lived(not_after: int) -> None:
+    from services.crypto.core import OutOfBounds
+
+    with pytest.raises(OutOfBounds):
+        Identity(SEED_A, p_rng()).bind_transport(b"k", not_after, 2_000_000_000 - 1)
+
+
+def test_group_open_checks_the_expected_sender_and_group() -> None:
+    key = b"\x07" * 32
+    raw = Identity(SEED_C, p_rng()).group_seal("grp-1", key, b"I am A").encode()
+    assert Identity.group_open(key, raw, "grp-1", C)[1] == b"I am A"
+    for group, sender in (("grp-1", A), ("grp-2", C)):
+        with pytest.raises(p.BadSignature):
+            Identity.group_open(key, raw, group, sender)
+
+
+def test_seal_refuses_what_no_peer_would_accept() -> None:
+    big = b"x" * e.MAX_ENVELOPE_BYTES
+    for encrypt in (False, True):
+        with pytest.raises(e.EnvelopeTooLarge):
+            Identity(SEED_A, p_rng()).seal(B, "Chat", big, TS, encrypt=encrypt)
+    with pytest.raises(e.EnvelopeTooLarge):
+        Identity(SEED_A, p_rng()).group_seal("g", b"\x07" * 32, big)
 
 
 def test_payload_codecs() -> None:

@@ -19,6 +19,7 @@ from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.paths import DataDir
 from shared.wire import WireError
+from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.router import NodeInfo, NodeInfoReply
 from shared.wire.messages.sys import Ping, PingReply
 from tom.node import Supervisor
@@ -171,9 +172,17 @@ def test_only_crypto_holds_the_key_file(running: tuple[Path, str, str]) -> None:
 
 
 def test_identity_survives_restarts(running: tuple[Path, str, str]) -> None:
+    """The id printed by `node up` is still the node's after crypto was killed and
+    restarted (the kill tests above ran first) and after a full down/up."""
     data, mode, out = running
     ident = tom(data, "id").stdout.strip()
     assert f"node {ident}" in out
     with BusClient(ep.load(data / "endpoints.toml")) as c:
         reply = c.request("router", NodeInfo(), timeout_s=5)
         assert isinstance(reply, NodeInfoReply) and reply.node_id.hex() == ident
+        crypto = c.request("crypto", NodeId(), timeout_s=5)
+        assert isinstance(crypto, NodeIdReply) and crypto.node_id.hex() == ident
+    assert tom(data, "node", "down").returncode == 0
+    args = ["node", "up"] + (["--all-in-one"] if mode == "all-in-one" else [])
+    again = tom(data, *args)
+    assert again.returncode == 0 and f"node {ident}" in again.stdout

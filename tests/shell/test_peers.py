@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -10,6 +12,7 @@ import pytest
 
 from shared.wire import ErrorCode, RemoteError
 from shared.wire.messages.router import NodeInfo, NodeInfoReply
+from shared.wire.messages.sys import Ping, PingReply
 from tests.contract.harness import IMPLEMENTATIONS, Node, prepare
 
 
@@ -36,3 +39,16 @@ def test_router_without_crypto_times_out_then_succeeds(node: Node) -> None:
         reply = c.request("router", NodeInfo())
         assert isinstance(reply, NodeInfoReply) and len(reply.node_id) == 32
 
+
+
+def test_a_second_instance_of_a_role_refuses_to_start(node: Node) -> None:
+    """Binding would silently take the ipc socket from the running instance."""
+    node.start("groups")
+    second = subprocess.run([sys.executable, "-m", "services.groups", "--data", str(node.data),
+                             "--endpoints", str(node.data / "endpoints.toml")],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 2
+    assert "another groups service is already serving" in second.stderr
+    with node.client() as c:
+        reply = c.request("groups", Ping())
+    assert isinstance(reply, PingReply) and reply.pid == node.procs["groups"].pid

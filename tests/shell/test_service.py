@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.core import Action, Core, Input, Publish, Reply, Request
 from shared.service import Service, ServiceContext
-from shared.wire import ErrorCode, RemoteError
+from shared.wire import ErrorCode, Header, RemoteError, encode
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.sys import Heartbeat, Ping, PingReply, Status, StatusReply
 
@@ -126,3 +127,16 @@ def test_pipelined_requests_are_all_answered(tmp_path: Path) -> None:
         ids = [client.send("crypto", NodeId()) for _ in range(3 * svc.bus.max_batch)]
         for msg_id in ids:
             assert isinstance(client.recv("crypto", msg_id).body, NodeIdReply)
+
+
+def test_requests_past_their_deadline_are_dropped_and_counted(tmp_path: Path) -> None:
+    """A request that waited in a queue longer than its sender waits is not carried out."""
+    with serving(tmp_path, lambda: ScriptedCore("reply")) as (_, client):
+        sock = client.sock("crypto")
+        old = Header("crypto.node_id", b"\x01" * 16, None, "test", time.time() - 10,
+                     time.time() - 5)
+        sock.send_multipart([b"", *encode(NodeId(), old)])
+        assert isinstance(client.request("crypto", Ping()), PingReply)  # answered after it
+        status = client.request("crypto", Status())
+        assert isinstance(status, StatusReply) and status.counters["expired_requests"] == 1
+        assert status.frames_out >= 2 and "internal_errors" not in status.counters

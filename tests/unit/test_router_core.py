@@ -36,3 +36,15 @@ def test_crypto_failure_fails_the_waiting_requests_and_the_next_one_retries() ->
 def test_unhandled_request_is_unsupported() -> None:
     [fail] = RouterCore().handle(Request("x", NodeId()), 0.0)
     assert isinstance(fail, Fail) and fail.code is ErrorCode.UNSUPPORTED
+
+
+def test_a_wrong_reply_fails_the_waiters_instead_of_wedging() -> None:
+    from shared.wire.messages.sys import PingReply
+
+    core = RouterCore()
+    [call] = core.handle(Request("a", NodeInfo()), 0.0)
+    assert isinstance(call, Call)
+    out = core.handle(PeerReplied(call.token, PingReply(service="x", impl="y", pid=1)), 0.1)
+    assert len(out) == 1 and isinstance(out[0], Fail) and out[0].code is ErrorCode.FAILED
+    assert core.queues() == {"waiting_node_id": 0}
+    assert isinstance(core.handle(Request("b", NodeInfo()), 0.2)[0], Call)

@@ -20,9 +20,10 @@ U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
 
 
 class Message(BaseModel):
-    """Base of every bus message body. Unknown fields are ignored (forward compatibility)."""
+    """Base of every bus message body. Unknown fields are ignored (forward compatibility);
+    known ones are strict: no coercion of strings to bytes or numbers, of floats to ints."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
     msg_type: ClassVar[str]
     kind: ClassVar[Kind]

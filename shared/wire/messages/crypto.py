@@ -84,7 +84,7 @@ class OpenReply(EnvelopeInfo):
 class Open(Message):
     """Verify an envelope's signature (always first), then decrypt its payload if encrypted.
     Fails with `unsigned`, `bad_signature`, `wrong_recipient`, `decrypt_failed`,
-    `bad_envelope` or `too_large`."""
+    `bad_key`, `bad_envelope`, `too_large` or `invalid` (no blob)."""
 
 
 @message("crypto.verify_reply", "reply")
@@ -122,21 +122,25 @@ class GroupOpenReply(Message):
 @message("crypto.group_open", "request", reply=GroupOpenReply,
          blobs="1: a group ciphertext, encoded")
 class GroupOpen(Message):
-    """Verify a group message's signature, then decrypt it with the sender's key."""
+    """Verify a group message's signature, check that it is from `sender` in `group_id`
+    (`bad_signature` otherwise), then decrypt it with that sender's key."""
 
-    key: Key32 = Field(description="The sender key of the message's sender.")
+    group_id: str = Field(min_length=1, max_length=64, description="The expected group.")
+    sender: NodeIdBytes = Field(description="The member whose sender key `key` is.")
+    key: Key32 = Field(description="The sender key of that member.")
 
 
 @message("crypto.bind_transport_reply", "reply")
 class BindTransportReply(Message):
     """The signed binding, to be shown to peers inside the QUIC connection."""
 
-    binding: bytes = Field(description="Encoded transport binding (see §9).")
+    binding: bytes = Field(description="Encoded transport binding (see §8.5).")
 
 
 @message("crypto.bind_transport", "request", reply=BindTransportReply)
 class BindTransport(Message):
-    """Sign a statement that `transport_key` speaks for this node until `not_after_s`."""
+    """Sign a statement that `transport_key` speaks for this node until `not_after_s`,
+    which must lie in the next 7 days (`invalid` otherwise)."""
 
     transport_key: bytes = Field(min_length=1, max_length=512,
                                  description="The transport's public key (e.g. its TLS key).")
