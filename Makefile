@@ -41,6 +41,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_bus
+	$(BIN)/python -m bench.bench_crypto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
