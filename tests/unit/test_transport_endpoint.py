@@ -1,0 +1,194 @@
+"""The QUIC endpoint, sans-I/O: two or three endpoints joined by an in-memory network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.crypto.core import Identity
+from services.transport.endpoint import (
+    Addr,
+    Endpoint,
+    Event,
+    PeerAuthenticated,
+    PeerClosed,
+    Received,
+    SendError,
+    channel_binding,
+    transport_public,
+)
+
+NOW_S = 1_800_000_000
+
+
+def endpoint(seed: bytes, key: Ed25519PrivateKey | None = None, binding_key: bytes | None = None,
+             not_after: int = NOW_S + 3600, **kw: float) -> Endpoint:
+    key = key or Ed25519PrivateKey.generate()
+    ident = Identity(seed, os.urandom)
+    binding = ident.bind_transport(binding_key or transport_public(key), not_after, NOW_S - 10)
+    return Endpoint(key, binding.encode(), lambda: NOW_S, **kw)
+
+
+class Net:
+    """Moves datagrams between endpoints by address; ``drop`` can filter them."""
+
+    def __init__(self, **eps: Endpoint) -> None:
+        self.addr = {name: (f"10.0.0.{i + 1}", 4433) for i, name in enumerate(eps)}
+        self.eps = {self.addr[n]: ep for n, ep in eps.items()}
+        self.events: dict[str, list[Event]] = {n: [] for n in eps}
+        self.name = {a: n for n, a in self.addr.items()}
+        self.now = 100.0
+        self.drop: Callable[[bytes, Addr, Addr], bool] = lambda d, src, dst: False
+
+    def run(self, rounds: int = 50, until: Callable[[], bool] | None = None) -> None:
+        for _ in range(rounds):
+            moved = False
+            for src, ep in self.eps.items():
+                for data, dst in ep.datagrams():
+                    moved = True
+                    if dst in self.eps and not self.drop(data, src, dst):
+                        self.eps[dst].receive(data, src, self.now)
+                self.events[self.name[src]] += ep.events()
+            if until and until():
+                return
+            if not moved:
+                timers = [t for ep in self.eps.values() if (t := ep.next_timer()) is not None]
+                if not timers:
+                    return
+                self.now = max(self.now, min(timers))
+                for ep in self.eps.values():
+                    ep.handle_timer(self.now)
+
+    def of(self, name: str, kind: type) -> list[Event]:
+        return [e for e in self.events[name] if isinstance(e, kind)]
+
+
+A_SEED, B_SEED, C_SEED = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+A_ID, B_ID, C_ID = (Identity(s, os.urandom).node_id for s in (A_SEED, B_SEED, C_SEED))
+
+
+def connected(**kw: float) -> Net:
+    net = Net(a=endpoint(A_SEED, **kw), b=endpoint(B_SEED, **kw))
+    net.eps[net.addr["a"]].dial(B_ID, net.addr["b"], net.now)
+    net.run(until=lambda: bool(net.of("a", PeerAuthenticated) and net.of("b", PeerAuthenticated)))
+    return net
+
+
+def test_both_sides_learn_who_the_other_is() -> None:
+    net = connected()
+    assert net.of("a", PeerAuthenticated) == [PeerAuthenticated(B_ID, net.addr["b"], True)]
+    assert net.of("b", PeerAuthenticated) == [PeerAuthenticated(A_ID, net.addr["a"], False)]
+
+
+def test_channel_binding_matches_on_both_sides() -> None:
+    """Guards the aioquic internals the authentication relies on."""
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    assert channel_binding(a.peers[B_ID].quic) == channel_binding(b.peers[A_ID].quic)
+
+
+def test_envelopes_both_ways_none_lost_or_duplicated() -> None:
+    """B never dials A: it answers over the connection A opened."""
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    for i in range(500):
+        a.send(B_ID, b"a%d" % i, net.now)
+        b.send(A_ID, b"b%d" % i, net.now)
+        if i % 50 == 0:
+            net.run(5)
+    net.run(200, until=lambda: len(net.of("a", Received)) == len(net.of("b", Received)) == 500)
+    assert sorted(e.data for e in net.of("b", Received)) == sorted(b"a%d" % i for i in range(500))
+    assert sorted(e.data for e in net.of("a", Received)) == sorted(b"b%d" % i for i in range(500))
+    assert {e.node_id for e in net.of("b", Received)} == {A_ID}
+    assert b.counters["dials"] == 0
+
+
+@pytest.mark.parametrize("case", ["wrong_key", "expired", "wrong_node"])
+def test_a_peer_that_cannot_prove_its_node_id_is_refused(case: str) -> None:
+    if case == "wrong_key":  # a binding for another transport key
+        b = endpoint(B_SEED, binding_key=b"\x09" * 32)
+    elif case == "expired":
+        b = endpoint(B_SEED, not_after=NOW_S - 1)
+    else:
+        b = endpoint(C_SEED)  # A dials expecting B, reaches C
+    net = Net(a=endpoint(A_SEED), b=b)
+    net.eps[net.addr["a"]].dial(B_ID, net.addr["b"], net.now)
+    net.run(200)
+    a = net.eps[net.addr["a"]]
+    assert not net.of("a", PeerAuthenticated) and not a.peers
+    assert a.counters["auth_failures"] == 1
+    assert net.of("a", PeerClosed) and net.of("a", PeerClosed)[0].node_id is None
+    with pytest.raises(SendError):
+        a.send(B_ID, b"x", net.now)
+
+
+def test_garbage_datagrams_are_counted_and_harmless() -> None:
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    rng = __import__("random").Random(7)
+    for _ in range(1000):
+        b.receive(bytes([rng.randrange(1, 256)]) + rng.randbytes(rng.randrange(0, 1300)),
+                  ("10.9.9.9", 1), net.now)
+    assert b.counters["garbage_datagrams"] + b.counters["unroutable_datagrams"] \
+        + b.counters["accepted"] >= 900
+    a.send(B_ID, b"still here", net.now)
+    net.run(50, until=lambda: bool(net.of("b", Received)))
+    assert net.of("b", Received)[-1].data == b"still here"
+
+
+def test_oversize_frames_are_refused_on_both_sides() -> None:
+    net = connected(max_frame_bytes=4096)
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    with pytest.raises(SendError):
+        a.send(B_ID, b"x" * 4097, net.now)
+    conn = a.peers[B_ID].quic  # a hostile sender skips the check
+    conn.send_stream_data(conn.get_next_available_stream_id(True), b"x" * 100_000, True)
+    a.send(B_ID, b"after", net.now)
+    net.run(300, until=lambda: bool(net.of("b", Received) and b.counters["oversize_frames"]))
+    assert b.counters["oversize_frames"] == 1
+    assert [e.data for e in net.of("b", Received)] == [b"after"]
+
+
+def test_a_restarted_peer_reconnects_and_replaces_the_stale_connection() -> None:
+    net = connected()
+    a = net.eps[net.addr["a"]]
+    net.eps[net.addr["b"]] = endpoint(B_SEED)  # B restarts: new transport key, same id
+    net.eps[net.addr["b"]].dial(A_ID, net.addr["a"], net.now + 5)
+    net.now += 5
+    net.events = {n: [] for n in net.events}
+    net.run(200, until=lambda: bool(net.of("a", PeerAuthenticated)))
+    assert net.of("a", PeerAuthenticated)[0].node_id == B_ID
+    a.send(B_ID, b"hello again", net.now)
+    net.run(100, until=lambda: bool(net.of("b", Received)))
+    assert net.of("b", Received)[0].data == b"hello again"
+    assert a.counters["replaced"] == 1 and len(a.peers) == 1
+
+
+def test_unauthenticated_connections_time_out() -> None:
+    """A client that completes TLS but never proves anything is closed."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED, auth_timeout_s=3))
+    a = net.eps[net.addr["a"]]
+    a._prove = lambda conn: None  # type: ignore[method-assign]  # a mute client
+    a.dial(B_ID, net.addr["b"], net.now)
+    net.run(500)
+    b = net.eps[net.addr["b"]]
+    assert b.counters["auth_timeouts"] == 1 and not b.peers
+
+
+def test_keep_alive_holds_a_silent_connection_open() -> None:
+    net = connected(idle_timeout_s=5.0)
+    start = net.now
+    net.run(2000, until=lambda: net.now > start + 30)
+    assert net.now > start + 30
+    assert not net.of("a", PeerClosed) and B_ID in net.eps[net.addr["a"]].peers
+
+
+def test_a_vanished_peer_is_noticed() -> None:
+    net = connected(idle_timeout_s=5.0)
+    net.drop = lambda data, src, dst: True
+    net.run(2000, until=lambda: bool(net.of("a", PeerClosed)))
+    assert net.of("a", PeerClosed)[0].node_id == B_ID
+    assert B_ID not in net.eps[net.addr["a"]].peers
