@@ -112,6 +112,11 @@ def cmd_status(data: DataDir, args: argparse.Namespace) -> int:
     if not sup.running() and not args.json:
         print(f"supervisord is not running for {data.root} (start it with `tom node up`)")
     with client_for(data) as client:
+        if not args.json:
+            try:
+                print(f"node {node.node_id(data, client).hex()}  data {data.root}")
+            except node.NodeError as e:
+                print(f"node id unknown: {e}")
         return 0 if print_status(sup, client, data, args.json) else 1
 
 
