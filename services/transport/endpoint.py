@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
+from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
@@ -65,6 +66,7 @@ CHANNEL_LABEL = b"tom cb"
 CID_LENGTH = 8
 MAX_AUTH_BYTES = 1024
 MAX_HELD_STREAMS = 64
+MAX_HELD_BYTES = 1024 * 1024
 SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
 CLOSE_AUTH_FAILED = 0x100
@@ -149,6 +151,8 @@ class _Conn:
     authenticated_at: float = 0.0
     closing: bool = False
     next_ping: float = 0.0
+    expires_wall: float = 0.0
+    """Wall-clock time at which the peer's binding ends (the connection is closed then)."""
     streams: dict[int, bytearray] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
     held: list[bytes] = field(default_factory=list)
@@ -194,12 +198,23 @@ class Endpoint:
             conn = self._accept(data, addr, header, now)
             if conn is None:
                 return
+            conn.quic.receive_datagram(data, addr, now)
+            tls_state = getattr(conn.quic.tls, "state", None)
+            if tls_state in (None, tls.State.SERVER_EXPECT_CLIENT_HELLO):
+                # not a readable ClientHello (random bytes shaped like an Initial): keep no
+                # state, so such datagrams cannot fill the half-open slots
+                self._forget(conn)
+                self.counters["unreadable_initials"] += 1
+                return
+            self._pump(conn, now)
+            return
         conn.quic.receive_datagram(data, addr, now)
         self._pump(conn, now)
 
     def dial(self, node_id: bytes, addr: Addr, now: float) -> None:
         """Open a connection to ``node_id`` at ``addr`` (no-op if one is up or being made)."""
-        if node_id in self.peers or any(c.expect == node_id for c in self._conns):
+        if node_id in self.peers or any(c.expect == node_id and not c.closing
+                                        for c in self._conns):
             return
         quic = QuicConnection(configuration=self._config(is_client=True))
         conn = _Conn(quic, addr, dialled=True, created=now, expect=node_id)
@@ -220,17 +235,29 @@ class Endpoint:
         self.counters["frames_sent"] += 1
         self._pump(conn, now)
 
+    def set_binding(self, binding: bytes) -> None:
+        """Use a renewed binding for new connections (same transport key and node id)."""
+        b = TransportBinding.decode(binding)
+        if b.node_id != self.node_id or b.transport_key != transport_public(self._key):
+            raise ValueError("the binding is for another node id or transport key")
+        self._binding = binding
+
     def close(self, node_id: bytes, now: float, reason: str = "closed") -> None:
-        conn = self.peers.get(node_id)
+        conn = self.peers.pop(node_id, None)
         if conn is not None:
+            conn.closing = True
             conn.quic.close(reason_phrase=reason)
             self._pump(conn, now)
+            self._events.append(PeerClosed(node_id, conn.addr, reason))
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self._conns):
             if (conn.node_id is None and not conn.closing
                     and now >= conn.created + self.auth_timeout_s):
                 self._fail(conn, "not authenticated in time", count="auth_timeouts")
+            if conn.node_id is not None and not conn.closing and \
+                    self._wall() >= conn.expires_wall:
+                self._fail(conn, "the peer's transport binding expired", count="expired")
             if conn.node_id is not None and not conn.closing and now >= conn.next_ping:
                 conn.quic.send_ping(0)  # keep-alive: idle timeout and NAT mappings
                 conn.next_ping = now + self.idle_timeout_s / 3
@@ -267,7 +294,8 @@ class Endpoint:
                 now: float) -> _Conn | None:
         version = header.version
         config = self._config(is_client=False)
-        if version not in (None, 0) and version not in config.supported_versions:
+        if version not in (None, 0) and version not in config.supported_versions \
+                and len(data) >= 1200:  # RFC 9000 5.2.2: never answer small packets
             self._out.append((encode_quic_version_negotiation(
                 source_cid=header.destination_cid,
                 destination_cid=header.source_cid,
@@ -276,7 +304,8 @@ class Endpoint:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
             self.counters["unroutable_datagrams"] += 1
             return None
-        if sum(1 for c in self._conns if c.node_id is None) >= self.max_unauthenticated:
+        if sum(1 for c in self._conns if c.node_id is None and not c.dialled) \
+                >= self.max_unauthenticated:
             self.counters["refused_half_open"] += 1
             return None
         quic = QuicConnection(configuration=config,
@@ -286,6 +315,11 @@ class Endpoint:
         self._add(conn)
         self.counters["accepted"] += 1
         return conn
+
+    def _forget(self, conn: _Conn) -> None:
+        for cid in [k for k, c in self._routes.items() if c is conn]:
+            del self._routes[cid]
+        self._conns.discard(conn)
 
     def _add(self, conn: _Conn) -> None:
         self._conns.add(conn)
@@ -307,6 +341,9 @@ class Endpoint:
                 self._prove(conn)
         elif isinstance(ev, qe.StreamDataReceived):
             self._on_stream(conn, ev, now)
+        elif isinstance(ev, qe.StreamReset):
+            conn.streams.pop(ev.stream_id, None)
+            conn.refused.discard(ev.stream_id)
         elif isinstance(ev, qe.ConnectionTerminated):
             self._terminated(conn, ev.reason_phrase or f"code {ev.error_code}")
 
@@ -316,28 +353,36 @@ class Endpoint:
         if ev.stream_id % 4 in (0, 1):  # bidirectional streams are not part of the protocol
             self._refuse(conn, ev.stream_id, "refused_streams")
             return
+        auth = ev.stream_id == self._peer_auth_stream(conn)
+        if auth and conn.auth_stream is not None:
+            return  # the proof was already read
         buf = conn.streams.setdefault(ev.stream_id, bytearray())
         buf += ev.data
-        limit = MAX_AUTH_BYTES if conn.node_id is None and conn.auth_stream is None else \
-            self.max_frame_bytes
-        if len(buf) > limit:
+        if len(buf) > (MAX_AUTH_BYTES if auth else self.max_frame_bytes):
             del conn.streams[ev.stream_id]
             self._refuse(conn, ev.stream_id, "oversize_frames")
             return
         if not ev.end_stream:
             return
         data = bytes(conn.streams.pop(ev.stream_id))
-        if conn.auth_stream is None:
+        if auth:
             conn.auth_stream = ev.stream_id
             self._authenticate(conn, data, now)
         elif conn.node_id is None:
-            if len(conn.held) >= MAX_HELD_STREAMS:
-                self._fail(conn, "too many streams before authentication")
-                return
+            # an envelope that overtook the peer's proof: hold it (bounded) until the proof
             conn.held.append(data)
+            if len(conn.held) > MAX_HELD_STREAMS or sum(map(len, conn.held)) > MAX_HELD_BYTES:
+                conn.held.clear()
+                if not conn.closing:
+                    self._fail(conn, "too much data before authentication")
         else:
             self.counters["frames_received"] += 1
             self._events.append(Received(conn.node_id, data))
+
+    @staticmethod
+    def _peer_auth_stream(conn: _Conn) -> int:
+        """The peer's first unidirectional stream: 2 if it is the client, 3 if the server."""
+        return 3 if conn.dialled else 2
 
     def _refuse(self, conn: _Conn, stream_id: int, counter: str) -> None:
         conn.refused.add(stream_id)
@@ -367,6 +412,7 @@ class Endpoint:
             self._fail(conn, f"authentication failed: {e}")
             return
         node_id = binding.node_id
+        conn.expires_wall = binding.not_after_s
         if conn.expect is not None and node_id != conn.expect:
             self._fail(conn, "the peer is not the node that was dialled")
             return
@@ -398,7 +444,8 @@ class Endpoint:
         """The newer connection replaces an older one (the peer restarted, or the path
         changed), except when both sides dialled at once: then both keep the connection
         dialled by the smaller node id, so they agree without talking."""
-        if old.dialled == new.dialled or now - old.authenticated_at > SIMULTANEOUS_S:
+        if old.closing or old.dialled == new.dialled \
+                or now - old.authenticated_at > SIMULTANEOUS_S:
             return True
         dialler_new = self.node_id if new.dialled else node_id
         return dialler_new == min(self.node_id, node_id)
@@ -410,9 +457,7 @@ class Endpoint:
         conn.quic.close(error_code=code, reason_phrase=reason)
 
     def _terminated(self, conn: _Conn, reason: str) -> None:
-        for cid in [k for k, c in self._routes.items() if c is conn]:
-            del self._routes[cid]
-        self._conns.discard(conn)
+        self._forget(conn)
         if conn.node_id is None:
             self._events.append(PeerClosed(None, conn.addr, reason))
         elif self.peers.get(conn.node_id) is conn:  # not for one that was replaced

@@ -192,3 +192,77 @@ def test_a_vanished_peer_is_noticed() -> None:
     net.run(2000, until=lambda: bool(net.of("a", PeerClosed)))
     assert net.of("a", PeerClosed)[0].node_id == B_ID
     assert B_ID not in net.eps[net.addr["a"]].peers
+
+
+def test_an_envelope_that_overtakes_the_proof_is_held_then_delivered() -> None:
+    """The server may send right after authenticating the client; if its envelope's packets
+    arrive before its proof's, the client holds the envelope until the proof verifies."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED))
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    a.dial(B_ID, net.addr["b"], net.now)
+    while A_ID not in b.peers:  # the handshake, until B has authenticated A
+        for data, _ in a.datagrams():
+            b.receive(data, net.addr["a"], net.now)
+        if A_ID not in b.peers:
+            for data, _ in b.datagrams():
+                a.receive(data, net.addr["b"], net.now)
+    b.send(A_ID, b"E" * 1500, net.now)  # right after B's proof, in packets of its own
+    batch = b.datagrams()
+    proof, envelope = batch[0], batch[1:]
+    for data, _ in envelope:  # the envelope's packets overtake the proof's
+        a.receive(data, net.addr["b"], net.now)
+    conn = next(iter(a._conns))
+    assert conn.node_id is None and len(conn.held) == 1  # held, not taken for a proof
+    a.receive(proof[0], net.addr["b"], net.now)
+    assert [e.data for e in a.events() if isinstance(e, Received)] == [b"E" * 1500]
+    assert a.counters["auth_failures"] == 0 and conn.held == []
+
+
+def test_reset_streams_leave_nothing_behind() -> None:
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    conn = a.peers[B_ID].quic  # a hostile peer: starts streams and abandons them
+    for _ in range(50):
+        sid = conn.get_next_available_stream_id(is_unidirectional=True)
+        conn.send_stream_data(sid, b"partial")
+        conn.reset_stream(sid, 0)
+    a.send(B_ID, b"done", net.now)
+    net.run(100, until=lambda: bool(net.of("b", Received)))
+    assert not b.peers[A_ID].streams
+
+
+def test_unreadable_initials_keep_no_state() -> None:
+    net = connected()
+    b = net.eps[net.addr["b"]]
+    rng = __import__("random").Random(3)
+    for i in range(500):  # long header, Initial type, version 1, random rest: not decryptable
+        junk = bytes([0xC0]) + (1).to_bytes(4, "big") + bytes([8]) + rng.randbytes(8) \
+            + bytes([8]) + rng.randbytes(1200)
+        b.receive(junk, ("10.9.9.9", 1000 + i), net.now)
+    assert b.counters["unreadable_initials"] > 0
+    assert b.counters["unreadable_initials"] + b.counters["garbage_datagrams"] == 500
+    assert len(b._conns) == 1
+    c = endpoint(C_SEED)
+    net.eps[("10.0.0.9", 4433)] = c
+    net.name[("10.0.0.9", 4433)] = "c"
+    net.events["c"] = []
+    c.dial(B_ID, net.addr["b"], net.now)
+    net.run(100, until=lambda: bool(net.of("c", PeerAuthenticated)))
+    assert net.of("c", PeerAuthenticated)
+
+
+def test_a_connection_ends_when_the_peer_binding_expires() -> None:
+    clock = [NOW_S]
+    key_a, key_b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    eps = {}
+    for name, seed, key in (("a", A_SEED, key_a), ("b", B_SEED, key_b)):
+        binding = Identity(seed, os.urandom).bind_transport(transport_public(key), NOW_S + 60,
+                                                            NOW_S)
+        eps[name] = Endpoint(key, binding.encode(), lambda: clock[0], idle_timeout_s=6.0)
+    net = Net(**eps)
+    eps["a"].dial(B_ID, net.addr["b"], net.now)
+    net.run(until=lambda: bool(net.of("a", PeerAuthenticated)))
+    clock[0] = NOW_S + 61
+    net.run(2000, until=lambda: bool(net.of("a", PeerClosed)))
+    assert eps["a"].counters["expired"] + eps["b"].counters["expired"] >= 1
+    assert B_ID not in eps["a"].peers
