@@ -43,7 +43,8 @@ class Net:
         self.now = 100.0
         self.drop: Callable[[bytes, Addr, Addr], bool] = lambda d, src, dst: False
 
-    def run(self, rounds: int = 50, until: Callable[[], bool] | None = None) -> None:
+    def run(self, rounds: int = 50, until: Callable[[], bool] | None = None,
+            timers: bool = True) -> None:
         for _ in range(rounds):
             moved = False
             for src, ep in self.eps.items():
@@ -55,10 +56,10 @@ class Net:
             if until and until():
                 return
             if not moved:
-                timers = [t for ep in self.eps.values() if (t := ep.next_timer()) is not None]
-                if not timers:
+                due = [t for ep in self.eps.values() if (t := ep.next_timer()) is not None]
+                if not due or not timers:
                     return
-                self.now = max(self.now, min(timers))
+                self.now = max(self.now, min(due))
                 for ep in self.eps.values():
                     ep.handle_timer(self.now)
 
@@ -266,3 +267,33 @@ def test_a_connection_ends_when_the_peer_binding_expires() -> None:
     net.run(2000, until=lambda: bool(net.of("a", PeerClosed)))
     assert eps["a"].counters["expired"] + eps["b"].counters["expired"] >= 1
     assert B_ID not in eps["a"].peers
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_sparse_high_offset_frames_cannot_grow_the_receive_buffers(authenticated: bool) -> None:
+    """aioquic alone doubles windows from the highest offset seen; a peer sending only the
+    last byte of each window made it allocate gigabytes. Windows now follow consumption."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED))
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    if not authenticated:
+        a._prove = lambda conn: None  # type: ignore[method-assign]
+    a.dial(B_ID, net.addr["b"], net.now)
+    net.run(50, until=lambda: all(c.quic._handshake_complete
+                                  for ep in (a, b) for c in ep._conns) and bool(b._conns)
+            and (not authenticated or A_ID in b.peers))
+    ca, cb = next(iter(a._conns)).quic, next(iter(b._conns)).quic
+    for _ in range(12):  # enough for unbounded windows to reach hundreds of MiB
+        for sid in range(2 + 4 * 10, 2 + 4 * 110, 4):  # streams past the proof's
+            s = ca._get_or_create_stream_for_send(sid)
+            credit = min(s.max_stream_data_remote, ca._remote_max_data
+                         - ca._remote_max_data_used + s.sender.highest_offset)
+            if credit - 1 > s.sender._buffer_stop:
+                ca.send_stream_data(sid, bytes(credit - s.sender._buffer_stop))
+                s.sender._pending.subtract(0, credit - 1)  # send only the last byte
+        a._pump(next(iter(a._conns)), net.now)
+        net.now += 0.01
+        net.run(3, timers=False)  # within the authentication deadline
+    assert b._conns, "the connection must still be open for the check to mean anything"
+    buffered = sum(len(s.receiver._buffer) for s in cb._streams.values())
+    assert buffered < 8 * 1024 * 1024
+    assert cb._local_max_data.value <= cb.consumed + 4 * 1024 * 1024
