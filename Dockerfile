@@ -25,7 +25,7 @@ RUN pip install --no-cache-dir . \
 # A named volume mounted on /data starts as a copy of this directory: owned by tom, mode 0700.
 USER tom
 
-# 4433/udp: the transport's QUIC socket (to come); 7100-7109: the bus (tcp:// endpoints of
+# 4433/udp: the transport's QUIC socket; 7100-7109: the bus (tcp:// endpoints of
 # deploy/endpoints.compose.toml), reached over the compose network only.
 EXPOSE 4433/udp 7100-7109
 

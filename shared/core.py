@@ -57,7 +57,12 @@ class EventReceived:
     src: str = ""
 
 
-Input = Request | PeerReplied | PeerFailed | EventReceived
+class ServiceInput:
+    """Base of inputs a service's shell feeds from outside the bus (the transport's
+    datagrams)."""
+
+
+Input = Request | PeerReplied | PeerFailed | EventReceived | ServiceInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,11 @@ class Call:
     blobs: tuple[bytes, ...] = ()
 
 
-Action = Reply | Fail | Publish | Call
+class ServiceAction:
+    """Base of actions a service's own shell carries out (the transport sends datagrams)."""
+
+
+Action = Reply | Fail | Publish | Call | ServiceAction
 
 
 class Core:
@@ -113,6 +122,11 @@ class Core:
     def next_deadline(self) -> float | None:
         """Monotonic time at which :meth:`on_timer` should run next, or None."""
         return None
+
+    def flush(self, now: float) -> list[Action]:
+        """Called after each batch of inputs: actions the core held back to do once per
+        batch (the transport builds its packets here)."""
+        return []
 
     def counters(self) -> dict[str, int]:
         """Service-specific counters for ``sys.status``."""

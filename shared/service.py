@@ -45,6 +45,8 @@ from .core import (
     Publish,
     Reply,
     Request,
+    ServiceAction,
+    ServiceInput,
 )
 from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
 from .ids import MsgIds
@@ -228,6 +230,7 @@ class Service:
         budget = self.bus.max_batch
         busy = True
         while busy and budget > 0 and not self._stopped.is_set():
+            self._perform(self.core.flush(self.clock()))
             self._flush()  # replies made outside a read batch (timer); reads follow
             busy = False
             for sock, handler in tuple(self._inputs):
@@ -247,6 +250,7 @@ class Service:
                         self.log.exception("failed to handle a message")
                     if self._stopped.is_set():
                         break
+                self._perform(self.core.flush(self.clock()))
                 self._flush()
         self.stats["frames_in"] += self.bus.max_batch - budget
         if budget <= 0 and self._again is None and self._loop is not None:
@@ -393,6 +397,19 @@ class Service:
                 failure = self._call(a)
                 if failure is not None:
                     self._feed(failure)
+            else:
+                self.perform_extra(a)
+
+    def perform_extra(self, action: ServiceAction) -> None:
+        """Carry out an action of a service's own (the transport sends datagrams)."""
+        raise TypeError(f"{self.role} cannot perform {action!r}")
+
+    def feed_external(self, event: ServiceInput) -> None:
+        """Hand the core an input from outside the bus (a datagram), then drain as usual."""
+        if self._stopped.is_set():
+            return
+        self._run_core(lambda: self.core.handle(event, self.clock()), None)
+        self._drain()
 
     def _header(self, body: Message, parent_id: bytes | None) -> Header:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())

@@ -136,6 +136,20 @@ def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
+    from shared.wire.messages.transport import Peers, PeersReply
+
+    with client_for(data) as client:
+        reply = client.request("transport", Peers())
+    assert isinstance(reply, PeersReply)
+    if not reply.peers:
+        print("no connected peers")
+    for p in reply.peers:
+        side = "dialled" if p.dialled else "accepted"
+        print(f"{p.node_id.hex()}  {p.host}:{p.port}  {p.path}  rtt {p.rtt_ms:.2f} ms  {side}")
+    return 0
+
+
 def positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -169,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = n.add_parser("status", parents=[common], help="show each service's state and counters")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    sub.add_parser("peers", parents=[common], help="connected peers with path and RTT"
+                   ).set_defaults(func=cmd_peers)
     ping = sub.add_parser("ping", parents=[common], help="ping one service")
     ping.add_argument("service", help=", ".join(ep.ROLES))
     ping.add_argument("-c", "--count", type=positive, default=1)

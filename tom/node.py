@@ -14,6 +14,7 @@ from typing import Any
 from services.crypto import keyfile
 from services.crypto.config import CryptoConfig
 from services.crypto.shell import key_path
+from services.transport.config import TransportConfig
 from shared import config as cfg
 from shared import endpoints as ep
 from shared.bus import BusClient
@@ -40,6 +41,7 @@ CONFIG_SECTIONS: dict[str, type[cfg.Section]] = {
     "node": cfg.NodeSection,
     "bus": cfg.BusSection,
     "crypto": CryptoConfig,
+    "transport": TransportConfig,
 }
 
 

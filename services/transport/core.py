@@ -1,10 +1,206 @@
-"""Transport core. So far it serves only the base's `sys.*` requests; its own requests and
-state machines are added by the issue that brings the capability."""
+"""Transport core: the QUIC endpoint (endpoint.py) behind the bus contract.
+
+Theory of operation. At start, and again at each binding's half-life, the core asks crypto
+to sign a binding of this process's transport key (``crypto.bind_transport``); until the
+first one arrives, requests that need peers fail with ``unavailable`` and retries follow
+every 2 s. Datagrams from the shell's UDP socket are fed to the endpoint; its datagrams
+become :class:`SendDatagram` actions and its events become bus events
+(``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.delivered``).
+``transport.connect`` is answered when the peer has proven its node id, or fails with the
+reason the connection ended.
+"""
 
 from __future__ import annotations
 
-from shared.core import Core
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shared.core import (
+    Action,
+    Call,
+    Core,
+    Fail,
+    Input,
+    PeerFailed,
+    PeerReplied,
+    Publish,
+    Reply,
+    Request,
+    ServiceAction,
+    ServiceInput,
+)
+from shared.wire import ErrorCode
+from shared.wire.messages import crypto as cm
+from shared.wire.messages import transport as m
+
+from .endpoint import (
+    Addr,
+    Endpoint,
+    PeerAuthenticated,
+    PeerClosed,
+    ProbeReceived,
+    Received,
+    SendError,
+    transport_public,
+)
+
+_BIND = "bind"
+BIND_RETRY_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived(ServiceInput):
+    data: bytes
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram(ServiceAction):
+    data: bytes
+    addr: Addr
 
 
 class TransportCore(Core):
     role = "transport"
+    handles = frozenset({m.Info, m.Connect, m.Send, m.Peers})
+
+    def __init__(self, key: Ed25519PrivateKey, wall: Callable[[], float], local: Addr,
+                 binding_s: float = 86400.0, idle_timeout_s: float = 30.0) -> None:
+        self._key = key
+        self._wall = wall
+        self.local = local
+        self.binding_s = binding_s
+        self.idle_timeout_s = idle_timeout_s
+        self.endpoint: Endpoint | None = None
+        self._next_bind: float | None = 0.0
+        self._connects: dict[bytes, list[object]] = {}
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        ep = self.endpoint
+        match event:
+            case DatagramReceived(data=data, addr=addr):
+                if ep is not None:
+                    ep.receive(data, addr, now)
+                return self._collect(now)
+            case PeerReplied(token=token, body=cm.BindTransportReply(binding=binding)) \
+                    if token == _BIND:
+                self._bound(binding, now)
+                return self._collect(now)
+            case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
+                self._next_bind = now + BIND_RETRY_S
+                return []
+            case Request(body=m.Info()):
+                node = ep.node_id if ep else b""
+                return [Reply(event.ctx, m.InfoReply(node_id=node, host=self.local[0],
+                                                     port=self.local[1], ready=ep is not None))]
+            case Request(body=m.Peers()):
+                return [Reply(event.ctx, m.PeersReply(peers=self._peers()))]
+            case Request() if ep is None:
+                return [Fail(event.ctx, ErrorCode.UNAVAILABLE, "the transport has no signed "
+                             "binding yet (is crypto running?)")]
+            case Request(body=m.Connect(peer=peer, host=host, port=port)):
+                assert ep is not None
+                if peer in ep.peers:
+                    return [Reply(event.ctx, m.ConnectReply())]
+                self._connects.setdefault(peer, []).append(event.ctx)
+                ep.dial(peer, (host, port), now)
+                return self._collect(now)
+            case Request(body=m.Send(peer=peer)):
+                assert ep is not None
+                if len(event.blobs) != 1:
+                    return [Fail(event.ctx, ErrorCode.INVALID, "expected one blob frame")]
+                try:
+                    ep.send(peer, event.blobs[0], now)
+                except SendError as e:
+                    code = ErrorCode.TOO_LARGE if "exceeds" in str(e) else ErrorCode.UNAVAILABLE
+                    return [Fail(event.ctx, code, str(e))]
+                return [Reply(event.ctx, m.SendReply())]  # packets leave in flush()
+        return super().handle(event, now)
+
+    def on_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._next_bind is not None and now >= self._next_bind:
+            self._next_bind = None  # one call in flight
+            actions.append(Call("crypto", cm.BindTransport(
+                transport_key=transport_public(self._key),
+                not_after_s=int(self._wall() + self.binding_s)), _BIND))
+        if self.endpoint is not None:
+            self.endpoint.handle_timer(now)
+        return actions + self._collect(now)
+
+    def flush(self, now: float) -> list[Action]:
+        return self._collect(now)
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self._next_bind,
+                             self.endpoint.next_timer() if self.endpoint else None)
+                 if t is not None]
+        return min(times, default=None)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.endpoint.counters) if self.endpoint else {}
+
+    def queues(self) -> dict[str, int]:
+        return {"pending_connects": sum(map(len, self._connects.values())),
+                "peers": len(self.endpoint.peers) if self.endpoint else 0}
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _bound(self, binding: bytes, now: float) -> None:
+        if self.endpoint is None:
+            self.endpoint = Endpoint(self._key, binding, self._wall,
+                                     idle_timeout_s=self.idle_timeout_s)
+        else:
+            self.endpoint.set_binding(binding)
+        self._next_bind = now + self.binding_s / 2
+
+    def _collect(self, now: float) -> list[Action]:
+        ep = self.endpoint
+        if ep is None:
+            return []
+        actions: list[Action] = [SendDatagram(d, a) for d, a in ep.datagrams()]
+        for ev in ep.events():
+            if isinstance(ev, Received):
+                actions.append(Publish(m.Delivered(peer=ev.node_id, path="direct"),
+                                       (ev.data,)))
+            elif isinstance(ev, PeerAuthenticated):
+                actions.append(Publish(m.PeerConnected(peer=ev.node_id, host=ev.addr[0],
+                                                       port=ev.addr[1], dialled=ev.dialled)))
+                actions += [Reply(ctx, m.ConnectReply())
+                            for ctx in self._connects.pop(ev.node_id, [])]
+            elif isinstance(ev, PeerClosed):
+                if ev.node_id is not None:
+                    actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
+                                                              reason=ev.reason)))
+                actions += self._fail_connects(ev.reason)
+            elif isinstance(ev, ProbeReceived):
+                pass  # hole punching arrives with the NAT traversal issue
+        return actions
+
+    def _fail_connects(self, reason: str) -> list[Action]:
+        """Fail the connects whose dial is no longer in progress."""
+        ep = self.endpoint
+        assert ep is not None
+        dialling = {c.expect for c in ep._conns if not c.closing}
+        failed: list[Action] = []
+        for peer in [p for p in self._connects if p not in dialling and p not in ep.peers]:
+            code = ErrorCode.PEER_TIMEOUT if "in time" in reason else ErrorCode.FAILED
+            failed += [Fail(ctx, code, f"could not connect: {reason}")
+                       for ctx in self._connects.pop(peer)]
+        return failed
+
+    def _peers(self) -> list[m.PeerInfo]:
+        ep = self.endpoint
+        if ep is None:
+            return []
+        out = []
+        for node_id, conn in ep.peers.items():
+            rtt = getattr(getattr(conn.quic, "_loss", None), "_rtt_smoothed", 0.0)
+            out.append(m.PeerInfo(node_id=node_id, host=conn.addr[0], port=conn.addr[1],
+                                  dialled=conn.dialled, path="direct",
+                                  rtt_ms=round(float(rtt) * 1000, 3)))
+        return out

@@ -218,6 +218,7 @@ class Endpoint:
         self._conns: set[_Conn] = set()
         self.peers: dict[bytes, _Conn] = {}
         self._out: list[tuple[bytes, Addr]] = []
+        self._dirty: dict[_Conn, float] = {}
         self._events: list[Event] = []
         self.counters: Counter[str] = Counter()
 
@@ -273,7 +274,8 @@ class Endpoint:
         sid = conn.quic.get_next_available_stream_id(is_unidirectional=True)
         conn.quic.send_stream_data(sid, data, end_stream=True)
         self.counters["frames_sent"] += 1
-        self._pump(conn, now)
+        self._dirty[conn] = now  # packets are built by datagrams(): envelopes sent together
+        # share packets instead of one datagram each
 
     def set_binding(self, binding: bytes) -> None:
         """Use a renewed binding for new connections (same transport key and node id)."""
@@ -309,6 +311,12 @@ class Endpoint:
     # -- outputs ---------------------------------------------------------------------------
 
     def datagrams(self) -> list[tuple[bytes, Addr]]:
+        """Datagrams to send now (this also builds the packets for envelopes sent since the
+        last call)."""
+        dirty, self._dirty = self._dirty, {}
+        for conn, now in dirty.items():
+            if conn in self._conns:
+                self._pump(conn, now)
         out, self._out = self._out, []
         return out
 

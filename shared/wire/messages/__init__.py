@@ -3,7 +3,7 @@
 Importing this package registers every model in :data:`REGISTRY`.
 """
 
-from . import crypto, router, sys
+from . import crypto, router, sys, transport
 from .base import REGISTRY, Kind, Message, message
 
-__all__ = ["REGISTRY", "Kind", "Message", "message", "crypto", "router", "sys"]
+__all__ = ["REGISTRY", "Kind", "Message", "message", "crypto", "router", "sys", "transport"]
