@@ -19,6 +19,7 @@ from shared.bus import BusClient, socket
 from shared.primitives import SigningKey
 from shared.wire import RemoteError, decode
 from shared.wire.messages import transport as m
+from shared.wire.messages.sys import Status, StatusReply
 from tests.contract.harness import IMPLEMENTATIONS, Node
 
 pytestmark = pytest.mark.slow
@@ -140,3 +141,32 @@ def test_the_wrong_node_at_an_address_is_refused(pair) -> None:  # type: ignore[
         with pytest.raises(RemoteError) as err2:
             ca.call("transport", m.Send(peer=b_id), [b"x"])
         assert err2.value.name == "unavailable"
+
+
+def test_garbage_datagrams_leave_the_node_serving_its_peers(pair) -> None:  # type: ignore[no-untyped-def]
+    import random
+    import socket as pysocket
+
+    a, b, a_id, b_id = pair
+    ib = info(b)
+    sub_b = subscriber(b)
+    got: list[bytes] = []
+    rng = random.Random(11)
+    with a.client(timeout_s=10) as ca, b.client(timeout_s=10) as cb:
+        ca.request("transport", m.Connect(peer=b_id, host=ib.host, port=ib.port))
+        with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as s:
+            for i in range(5000):  # random bytes, short packets, Initial-shaped junk
+                junk = rng.randbytes(rng.randrange(1, 1400))
+                if i % 3 == 0:
+                    junk = bytes([0xC0]) + (1).to_bytes(4, "big") + junk
+                s.sendto(junk, (ib.host, ib.port))
+        ca.call("transport", m.Send(peer=b_id), [b"after the storm"])
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            drain_delivered(sub_b, got, wait_ms=200)
+        status = cb.request("transport", Status())
+    assert got == [b"after the storm"]
+    assert isinstance(status, StatusReply)
+    c = status.counters
+    assert c.get("garbage_datagrams", 0) + c.get("unreadable_initials", 0) \
+        + c.get("unroutable_datagrams", 0) > 1000, c
