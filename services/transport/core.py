@@ -48,6 +48,9 @@ from .endpoint import (
 
 _BIND = "bind"
 BIND_RETRY_S = 2.0
+REDIAL_FIRST_S = 1.0
+REDIAL_MAX_S = 30.0
+REDIAL_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,10 @@ class TransportCore(Core):
         self.endpoint: Endpoint | None = None
         self._next_bind: float | None = 0.0
         self._connects: dict[bytes, list[object]] = {}
+        self._known: dict[bytes, Addr] = {}
+        """Last address of every peer that was connected: re-dialled when it is lost."""
+        self._redial: dict[bytes, tuple[float, int]] = {}
+        """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -129,6 +136,10 @@ class TransportCore(Core):
                 transport_key=transport_public(self._key),
                 not_after_s=int(self._wall() + self.binding_s)), _BIND))
         if self.endpoint is not None:
+            for node, (when, attempt) in list(self._redial.items()):
+                if now >= when and node not in self.endpoint.peers:
+                    self._redial[node] = (float("inf"), attempt)
+                    self.endpoint.dial(node, self._known[node], now)
             self.endpoint.handle_timer(now)
         return actions + self._collect(now)
 
@@ -139,6 +150,7 @@ class TransportCore(Core):
         times = [t for t in (self._next_bind,
                              self.endpoint.next_timer() if self.endpoint else None)
                  if t is not None]
+        times += [when for when, _ in self._redial.values() if when != float("inf")]
         return min(times, default=None)
 
     def counters(self) -> dict[str, int]:
@@ -168,6 +180,8 @@ class TransportCore(Core):
                 actions.append(Publish(m.Delivered(peer=ev.node_id, path="direct"),
                                        (ev.data,)))
             elif isinstance(ev, PeerAuthenticated):
+                self._known[ev.node_id] = ev.addr
+                self._redial.pop(ev.node_id, None)
                 actions.append(Publish(m.PeerConnected(peer=ev.node_id, host=ev.addr[0],
                                                        port=ev.addr[1], dialled=ev.dialled)))
                 actions += [Reply(ctx, m.ConnectReply())
@@ -176,10 +190,30 @@ class TransportCore(Core):
                 if ev.node_id is not None:
                     actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
                                                               reason=ev.reason)))
+                    if ev.node_id in self._known:
+                        self._schedule_redial(ev.node_id, now, first=True)
                 actions += self._fail_connects(ev.reason)
+                self._retry_failed_redials(now)
             elif isinstance(ev, ProbeReceived):
                 pass  # hole punching arrives with the NAT traversal issue
         return actions
+
+    def _schedule_redial(self, node: bytes, now: float, first: bool = False) -> None:
+        """Re-dial a lost peer at its last address, backing off; give up after a while
+        (the router's topology decides about peers that stay away)."""
+        attempt = 0 if first else self._redial.get(node, (0.0, 0))[1] + 1
+        if attempt >= REDIAL_ATTEMPTS:
+            self._redial.pop(node, None)
+            return
+        self._redial[node] = (now + min(REDIAL_FIRST_S * 2 ** attempt, REDIAL_MAX_S), attempt)
+
+    def _retry_failed_redials(self, now: float) -> None:
+        ep = self.endpoint
+        assert ep is not None
+        dialling = {c.expect for c in ep._conns if not c.closing}
+        for node, (when, _) in list(self._redial.items()):
+            if when == float("inf") and node not in dialling and node not in ep.peers:
+                self._schedule_redial(node, now)  # that attempt failed: back off
 
     def _fail_connects(self, reason: str) -> list[Action]:
         """Fail the connects whose dial is no longer in progress."""
