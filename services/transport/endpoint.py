@@ -72,6 +72,10 @@ MAX_HELD_STREAMS = 64
 MAX_HELD_BYTES = 1024 * 1024
 WINDOW_BEFORE_AUTH = 64 * 1024
 WINDOW_AFTER_AUTH = 4 * 1024 * 1024
+PING_INTERVAL_S = 2.0
+MISSED_PINGS = 3
+"""A peer that acknowledges none of this many pings in a row is considered gone (about 6 s,
+instead of the idle timeout)."""
 SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
 CLOSE_AUTH_FAILED = 0x100
@@ -191,6 +195,7 @@ class _Conn:
     authenticated_at: float = 0.0
     closing: bool = False
     next_ping: float = 0.0
+    unanswered_pings: int = 0
     expires_wall: float = 0.0
     """Wall-clock time at which the peer's binding ends (the connection is closed then)."""
     streams: dict[int, bytearray] = field(default_factory=dict)
@@ -211,6 +216,7 @@ class Endpoint:
         self._cert = self_signed(transport_key, datetime.datetime.fromtimestamp(
             wall(), datetime.UTC))
         self.idle_timeout_s = idle_timeout_s
+        self.ping_interval_s = min(idle_timeout_s / 3, PING_INTERVAL_S)
         self.auth_timeout_s = auth_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.max_unauthenticated = max_unauthenticated
@@ -301,8 +307,12 @@ class Endpoint:
                     self._wall() >= conn.expires_wall:
                 self._fail(conn, "the peer's transport binding expired", count="expired")
             if conn.node_id is not None and not conn.closing and now >= conn.next_ping:
-                conn.quic.send_ping(0)  # keep-alive: idle timeout and NAT mappings
-                conn.next_ping = now + self.idle_timeout_s / 3
+                if conn.unanswered_pings >= MISSED_PINGS:
+                    self._fail(conn, "the peer stopped answering", count="dead_peers")
+                else:  # keep-alive (idle timeout, NAT mappings) and liveness probe
+                    conn.unanswered_pings += 1
+                    conn.quic.send_ping(conn.unanswered_pings)
+                    conn.next_ping = now + self.ping_interval_s
             timer = conn.quic.get_timer()
             if timer is not None and timer <= now:
                 conn.quic.handle_timer(now)
@@ -391,6 +401,8 @@ class Endpoint:
                 self._prove(conn)
         elif isinstance(ev, qe.StreamDataReceived):
             self._on_stream(conn, ev, now)
+        elif isinstance(ev, qe.PingAcknowledged):
+            conn.unanswered_pings = 0
         elif isinstance(ev, qe.StreamReset):
             conn.streams.pop(ev.stream_id, None)
             conn.refused.discard(ev.stream_id)
@@ -477,7 +489,7 @@ class Endpoint:
         conn.node_id = node_id
         conn.quic.connection_window = WINDOW_AFTER_AUTH
         conn.authenticated_at = now
-        conn.next_ping = now + self.idle_timeout_s / 3
+        conn.next_ping = now + self.ping_interval_s
         self.peers[node_id] = conn
         if existing is not None:  # replaced: a stale connection, or the loser of a race
             self._fail(existing, "replaced by a newer connection", CLOSE_DUPLICATE,

@@ -297,3 +297,13 @@ def test_sparse_high_offset_frames_cannot_grow_the_receive_buffers(authenticated
     buffered = sum(len(s.receiver._buffer) for s in cb._streams.values())
     assert buffered < 8 * 1024 * 1024
     assert cb._local_max_data.value <= cb.consumed + 4 * 1024 * 1024
+
+
+def test_a_dead_peer_is_noticed_long_before_the_idle_timeout() -> None:
+    net = connected(idle_timeout_s=30.0)
+    start = net.now
+    net.drop = lambda data, src, dst: True
+    net.run(2000, until=lambda: bool(net.of("a", PeerClosed)))
+    assert net.of("a", PeerClosed)[0].reason == "the peer stopped answering"
+    assert net.now - start < 10
+    assert net.eps[net.addr["a"]].counters["dead_peers"] == 1
