@@ -42,6 +42,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_bus
 	$(BIN)/python -m bench.bench_crypto
+	$(BIN)/python -m bench.bench_transport
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
