@@ -19,6 +19,7 @@ from shared import config as cfg
 from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.paths import DataDir
+from shared.primitives import SigningKey
 from shared.service import ServiceContext
 from shared.wire import BusTimeout, WireError
 from shared.wire.messages.crypto import NodeId, NodeIdReply
@@ -72,9 +73,7 @@ def init(data: DataDir) -> InitResult:
 
 
 def public_id(seed: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return SigningKey(seed).public
 
 
 def load_context(data: DataDir) -> ServiceContext:

@@ -38,6 +38,7 @@ from shared.wire.messages import transport as m
 from .endpoint import (
     Addr,
     Endpoint,
+    FrameTooLarge,
     PeerAuthenticated,
     PeerClosed,
     ProbeReceived,
@@ -122,9 +123,10 @@ class TransportCore(Core):
                     return [Fail(event.ctx, ErrorCode.INVALID, "expected one blob frame")]
                 try:
                     ep.send(peer, event.blobs[0], now)
+                except FrameTooLarge as e:
+                    return [Fail(event.ctx, ErrorCode.TOO_LARGE, str(e))]
                 except SendError as e:
-                    code = ErrorCode.TOO_LARGE if "exceeds" in str(e) else ErrorCode.UNAVAILABLE
-                    return [Fail(event.ctx, code, str(e))]
+                    return [Fail(event.ctx, ErrorCode.UNAVAILABLE, str(e))]
                 return [Reply(event.ctx, m.SendReply())]  # packets leave in flush()
         return super().handle(event, now)
 
@@ -210,7 +212,7 @@ class TransportCore(Core):
     def _retry_failed_redials(self, now: float) -> None:
         ep = self.endpoint
         assert ep is not None
-        dialling = {c.expect for c in ep._conns if not c.closing}
+        dialling = ep.dialling()
         for node, (when, _) in list(self._redial.items()):
             if when == float("inf") and node not in dialling and node not in ep.peers:
                 self._schedule_redial(node, now)  # that attempt failed: back off
@@ -219,7 +221,7 @@ class TransportCore(Core):
         """Fail the connects whose dial is no longer in progress."""
         ep = self.endpoint
         assert ep is not None
-        dialling = {c.expect for c in ep._conns if not c.closing}
+        dialling = ep.dialling()
         failed: list[Action] = []
         for peer in [p for p in self._connects if p not in dialling and p not in ep.peers]:
             code = ErrorCode.PEER_TIMEOUT if "in time" in reason else ErrorCode.FAILED

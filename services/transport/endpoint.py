@@ -119,7 +119,11 @@ Event = PeerAuthenticated | PeerClosed | Received | ProbeReceived
 
 
 class SendError(Exception):
-    """An envelope cannot be sent: no authenticated connection, or too large."""
+    """An envelope cannot be sent: no authenticated connection to the peer."""
+
+
+class FrameTooLarge(SendError):
+    """An envelope larger than the frame limit; refused before anything is sent."""
 
 
 class BoundedQuicConnection(QuicConnection):
@@ -260,8 +264,7 @@ class Endpoint:
 
     def dial(self, node_id: bytes, addr: Addr, now: float) -> None:
         """Open a connection to ``node_id`` at ``addr`` (no-op if one is up or being made)."""
-        if node_id in self.peers or any(c.expect == node_id and not c.closing
-                                        for c in self._conns):
+        if node_id in self.peers or node_id in self.dialling():
             return
         quic = BoundedQuicConnection(configuration=self._config(is_client=True))
         conn = _Conn(quic, addr, dialled=True, created=now, expect=node_id)
@@ -273,7 +276,8 @@ class Endpoint:
     def send(self, node_id: bytes, data: bytes, now: float) -> None:
         """Send one envelope over the peer's connection (whoever opened it)."""
         if len(data) > self.max_frame_bytes:
-            raise SendError(f"envelope of {len(data)} bytes exceeds {self.max_frame_bytes}")
+            raise FrameTooLarge(f"envelope of {len(data)} bytes exceeds "
+                                f"{self.max_frame_bytes}")
         conn = self.peers.get(node_id)
         if conn is None:
             raise SendError("no authenticated connection to this peer")
@@ -282,6 +286,11 @@ class Endpoint:
         self.counters["frames_sent"] += 1
         self._dirty[conn] = now  # packets are built by datagrams(): envelopes sent together
         # share packets instead of one datagram each
+
+    def dialling(self) -> set[bytes]:
+        """Node ids this endpoint is dialling and not yet connected to."""
+        return {c.expect for c in self._conns
+                if c.expect is not None and c.node_id is None and not c.closing}
 
     def set_binding(self, binding: bytes) -> None:
         """Use a renewed binding for new connections (same transport key and node id)."""

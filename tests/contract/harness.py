@@ -97,14 +97,14 @@ class Node:
         return "\n".join(f.read_text(errors="replace")[-2000:] for f in self.data.glob("*.log"))
 
 
-def prepare(template: str) -> Node:
+def prepare(template: str, seed: bytes = SEED, node_toml: str = NODE_TOML) -> Node:
     """A fresh data directory (short path: ipc socket paths are limited to 107 bytes)."""
     data = Path(tempfile.mkdtemp(prefix="tomc-", dir="/tmp"))
     os.chmod(data, 0o700)
     key = data / "identity.key"
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, SEED)
+    os.write(fd, seed)
     os.close(fd)
-    (data / "node.toml").write_text(NODE_TOML)
+    (data / "node.toml").write_text(node_toml)
     ep.ipc(data / "run").write(data / "endpoints.toml")
     return Node(template, data)

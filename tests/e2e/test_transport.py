@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zmq
 
-from shared import endpoints as ep
 from shared.bus import BusClient, socket
 from shared.primitives import SigningKey
 from shared.wire import RemoteError, decode
 from shared.wire.messages import transport as m
 from shared.wire.messages.sys import Status, StatusReply
-from tests.contract.harness import IMPLEMENTATIONS, Node
+from tests.contract.harness import IMPLEMENTATIONS, Node, prepare
 
 pytestmark = pytest.mark.slow
 N = 10_000
@@ -35,14 +31,7 @@ port = 0
 
 
 def make_node(seed: bytes, toml: str = NODE_TOML) -> Node:
-    data = Path(tempfile.mkdtemp(prefix="tomt-", dir="/tmp"))
-    os.chmod(data, 0o700)
-    fd = os.open(data / "identity.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, seed)
-    os.close(fd)
-    (data / "node.toml").write_text(toml)
-    ep.ipc(data / "run").write(data / "endpoints.toml")
-    node = Node(IMPLEMENTATIONS["services"], data)
+    node = prepare(IMPLEMENTATIONS["services"], seed, toml)
     node.start("crypto", "transport")
     return node
 
