@@ -5,13 +5,22 @@ to sign a binding of this process's transport key (``crypto.bind_transport``); u
 first one arrives, requests that need peers fail with ``unavailable`` and retries follow
 every 2 s. Datagrams from the shell's UDP socket are fed to the endpoint; its datagrams
 become :class:`SendDatagram` actions and its events become bus events
-(``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.delivered``).
+(``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.path``).
 ``transport.connect`` is answered when the peer has proven its node id, or fails with the
 reason the connection ended.
+
+Envelopes from peers go to the router as ``router.deliver`` calls, at most
+``DELIVER_WINDOW`` in flight. The rest wait in a queue; once it holds ``DELIVER_QUEUE``
+envelopes or ``DELIVER_QUEUE_BYTES`` the endpoint stops reading its peers (``accepting``),
+so QUIC flow control makes them wait instead of anything being dropped, and it reads again
+when the queue is half empty.
+A call that times out or finds the router unavailable or overloaded is retried (the router
+drops duplicates by envelope id); any other error drops the envelope, counted.
 """
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,12 +42,15 @@ from shared.core import (
 )
 from shared.wire import ErrorCode
 from shared.wire.messages import crypto as cm
+from shared.wire.messages import router as rm
 from shared.wire.messages import transport as m
 
 from .endpoint import (
     Addr,
+    Backpressure,
     Endpoint,
     FrameTooLarge,
+    PathUpdated,
     PeerAuthenticated,
     PeerClosed,
     ProbeReceived,
@@ -52,6 +64,13 @@ BIND_RETRY_S = 2.0
 REDIAL_FIRST_S = 1.0
 REDIAL_MAX_S = 30.0
 REDIAL_ATTEMPTS = 8
+DELIVER = "deliver"
+DELIVER_WINDOW = 64
+DELIVER_QUEUE = 4096
+DELIVER_QUEUE_BYTES = 8 * 1024 * 1024
+DELIVER_TIMEOUT_S = 5.0
+DELIVER_RETRY_S = 0.5
+RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +103,13 @@ class TransportCore(Core):
         """Last address of every peer that was connected: re-dialled when it is lost."""
         self._redial: dict[bytes, tuple[float, int]] = {}
         """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
+        self._inbox: deque[tuple[bytes, bytes]] = deque()
+        """(peer, envelope) waiting for a ``router.deliver`` slot."""
+        self._inbox_bytes = 0
+        self._delivering = 0
+        self._deliver_after = 0.0
+        """After a retryable failure, no new calls before this time."""
+        self.stats: Counter[str] = Counter()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -101,6 +127,20 @@ class TransportCore(Core):
             case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
                 self._next_bind = now + BIND_RETRY_S
                 return []
+            case PeerReplied(token=(tag, _, _)) if tag == DELIVER:
+                self._delivering -= 1
+                self.stats["delivered"] += 1
+                return self._collect(now)
+            case PeerFailed(token=(tag, peer, data), code=code) if tag == DELIVER:
+                self._delivering -= 1
+                if code in RETRYABLE:
+                    self.stats["deliver_retries"] += 1
+                    self._inbox.appendleft((peer, data))
+                    self._inbox_bytes += len(data)
+                    self._deliver_after = now + DELIVER_RETRY_S
+                else:
+                    self.stats["deliveries_refused"] += 1
+                return self._collect(now)
             case Request(body=m.Info()):
                 node = ep.node_id if ep else b""
                 return [Reply(event.ctx, m.InfoReply(node_id=node, host=self.local[0],
@@ -125,6 +165,8 @@ class TransportCore(Core):
                     ep.send(peer, event.blobs[0], now)
                 except FrameTooLarge as e:
                     return [Fail(event.ctx, ErrorCode.TOO_LARGE, str(e))]
+                except Backpressure as e:
+                    return [Fail(event.ctx, ErrorCode.OVERLOADED, str(e))]
                 except SendError as e:
                     return [Fail(event.ctx, ErrorCode.UNAVAILABLE, str(e))]
                 return [Reply(event.ctx, m.SendReply())]  # packets leave in flush()
@@ -153,14 +195,18 @@ class TransportCore(Core):
                              self.endpoint.next_timer() if self.endpoint else None)
                  if t is not None]
         times += [when for when, _ in self._redial.values() if when != float("inf")]
+        if self._inbox and self._delivering < DELIVER_WINDOW:
+            times.append(self._deliver_after)
         return min(times, default=None)
 
     def counters(self) -> dict[str, int]:
-        return dict(self.endpoint.counters) if self.endpoint else {}
+        return dict(self.stats) | (dict(self.endpoint.counters) if self.endpoint else {})
 
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
-                "peers": len(self.endpoint.peers) if self.endpoint else 0}
+                "peers": len(self.endpoint.peers) if self.endpoint else 0,
+                "deliver_queue": len(self._inbox), "deliver_queue_bytes": self._inbox_bytes,
+                "delivering": self._delivering}
 
     # -- internals -------------------------------------------------------------------------
 
@@ -176,11 +222,18 @@ class TransportCore(Core):
         ep = self.endpoint
         if ep is None:
             return []
-        actions: list[Action] = [SendDatagram(d, a) for d, a in ep.datagrams()]
+        actions: list[Action] = []
+        if not ep.accepting and len(self._inbox) < DELIVER_QUEUE // 2 \
+                and self._inbox_bytes < DELIVER_QUEUE_BYTES // 2:
+            ep.resume(now)  # before taking events: what it parses is among them
         for ev in ep.events():
             if isinstance(ev, Received):
-                actions.append(Publish(m.Delivered(peer=ev.node_id, path="direct"),
-                                       (ev.data,)))
+                self._inbox.append((ev.node_id, ev.data))
+                self._inbox_bytes += len(ev.data)
+            elif isinstance(ev, PathUpdated):
+                actions.append(Publish(m.Path(peer=ev.node_id, host=ev.addr[0],
+                                              port=ev.addr[1], path="direct",
+                                              rtt_ms=ev.rtt_ms)))
             elif isinstance(ev, PeerAuthenticated):
                 self._known[ev.node_id] = ev.addr
                 self._redial.pop(ev.node_id, None)
@@ -198,7 +251,26 @@ class TransportCore(Core):
                 self._retry_failed_redials(now)
             elif isinstance(ev, ProbeReceived):
                 pass  # hole punching arrives with the NAT traversal issue
-        return actions
+        actions += self._deliver(now)
+        return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions
+
+    def _deliver(self, now: float) -> list[Action]:
+        """Hand queued envelopes to the router; stop or resume reading peers by queue size."""
+        ep = self.endpoint
+        assert ep is not None
+        calls: list[Action] = []
+        if now >= self._deliver_after:
+            while self._inbox and self._delivering < DELIVER_WINDOW:
+                peer, data = self._inbox.popleft()
+                self._inbox_bytes -= len(data)
+                self._delivering += 1
+                calls.append(Call("router", rm.Deliver(peer=peer, path="direct"),
+                                  (DELIVER, peer, data), DELIVER_TIMEOUT_S, (data,)))
+        if ep.accepting and (len(self._inbox) >= DELIVER_QUEUE
+                             or self._inbox_bytes >= DELIVER_QUEUE_BYTES):
+            ep.accepting = False
+            self.stats["paused_reading"] += 1
+        return calls
 
     def _schedule_redial(self, node: bytes, now: float, first: bool = False) -> None:
         """Re-dial a lost peer at its last address, backing off; give up after a while

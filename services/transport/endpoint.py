@@ -13,9 +13,22 @@ a socket or a clock: the shell calls
 then sends ``datagrams()`` and handles ``events()``. Wall-clock time (binding expiry) comes
 from the injected ``wall`` callable.
 
+Framing. Each side sends everything on one long-lived unidirectional stream, its *lane*
+(the client's first uni stream, id 2; the server's, id 3): frames of a 4-byte big-endian
+length and that many bytes. The first frame is the sender's proof of identity, every later
+one an envelope. A length of zero or above the limit (``MAX_AUTH_BYTES`` for the proof,
+``max_frame_bytes`` after it) closes the connection as soon as the 4-byte prefix is read,
+before the frame itself is buffered; so does any stream other than the peer's lane. One
+stream per direction instead of one per envelope: aioquic walks every open stream for each
+packet it builds, which made thousands of in-flight envelopes cost quadratic CPU (the
+benchmark in docs/benchmarks.md has the figures); one ordered lane also means an envelope can
+never overtake the proof. Flow control follows consumption: the lane's and the connection's
+receive windows grow only by what the endpoint has parsed, and the endpoint stops parsing
+while its owner has ``accepting`` off, so a slow consumer pushes back to the sending peer.
+
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
-Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, on
-its first unidirectional stream, msgpack ``[binding, proof]``: the binding signed by the crypto
+Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
+the first frame on its lane, msgpack ``[binding, proof]``: the binding signed by the crypto
 service (node id → transport key, short-lived) and ``proof = sign(transport key,
 "tom/transport-auth/1" 0x00 || role || cb)``, where ``cb`` is a secret derived from the TLS
 key schedule of this very connection (so a proof cannot be relayed into another connection)
@@ -24,13 +37,11 @@ the client has. A connection is attributed to a node id only once the peer's pro
 and a dialled connection must turn out to be the node that was dialled. Failures close the
 connection with a reason and are counted.
 
-Framing: one unidirectional stream per envelope, ended by FIN; a stream longer than
-``max_frame_bytes`` is stopped and discarded before it is read further, and the sender refuses
-such envelopes before sending. Streams that arrive before the peer is authenticated are held
-(bounded) and delivered after.
-
 One connection per peer, used in both directions: whoever dialled, envelopes to that node id
 go over it. When both sides dial at once, the connection dialled by the smaller node id wins.
+A connection that loses its place (to a restarted peer's or in a simultaneous dial) is
+*retired*, not cut: nothing new is sent on it, its lane is ended with FIN, and it closes once
+both lanes are finished or after ``DRAIN_S``, so envelopes already in flight on it arrive.
 """
 
 from __future__ import annotations
@@ -68,10 +79,12 @@ AUTH_CONTEXT = b"tom/transport-auth/1\x00"
 CHANNEL_LABEL = b"tom cb"
 CID_LENGTH = 8
 MAX_AUTH_BYTES = 1024
-MAX_HELD_STREAMS = 64
-MAX_HELD_BYTES = 1024 * 1024
+PREFIX = 4
 WINDOW_BEFORE_AUTH = 64 * 1024
-WINDOW_AFTER_AUTH = 4 * 1024 * 1024
+"""Connection receive window until the peer is authenticated."""
+MAX_BACKLOG = 8 * 1024 * 1024
+"""Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
+DRAIN_S = 10.0
 PING_INTERVAL_S = 2.0
 MISSED_PINGS = 3
 """A peer that acknowledges none of this many pings in a row is considered gone (about 6 s,
@@ -80,7 +93,7 @@ SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
-CLOSE_OVERSIZE = 0x102
+CLOSE_MALFORMED = 0x102
 
 Addr = tuple[str, int]
 
@@ -115,7 +128,16 @@ class ProbeReceived:
     data: bytes
 
 
-Event = PeerAuthenticated | PeerClosed | Received | ProbeReceived
+@dataclass(frozen=True, slots=True)
+class PathUpdated:
+    """The path to an authenticated peer: at authentication, then when its RTT moves."""
+
+    node_id: bytes
+    addr: Addr
+    rtt_ms: float
+
+
+Event = PeerAuthenticated | PeerClosed | Received | ProbeReceived | PathUpdated
 
 
 class SendError(Exception):
@@ -126,20 +148,25 @@ class FrameTooLarge(SendError):
     """An envelope larger than the frame limit; refused before anything is sent."""
 
 
+class Backpressure(SendError):
+    """The peer's lane already holds ``MAX_BACKLOG`` bytes not yet acknowledged."""
+
+
 class BoundedQuicConnection(QuicConnection):
     """A QuicConnection whose receive windows follow what the endpoint has consumed.
 
     aioquic doubles a stream's or the connection's receive window once half of it has been
     *seen* (highest offset), whether or not the data was read; a peer sending sparse frames
-    at high offsets can then make it allocate without bound. Here a stream's window never
-    grows past its initial size (``max_stream_data``, just above the largest frame), and the
-    connection's window is ``consumed + connection_window`` where ``consumed`` counts the
-    bytes aioquic has handed to the endpoint. The doubling is suppressed by hiding the
-    offsets aioquic tests while its limit writers run (aioquic 1.7.x internals; tests guard).
+    at high offsets can then make it allocate without bound, and a slow consumer could not
+    push back. Here the endpoint sets the lane's window itself (``max_stream_data_local``),
+    other streams keep their initial one, and the connection's window is ``consumed +
+    connection_window`` where ``consumed`` counts the bytes the endpoint has parsed. The
+    doubling is suppressed by hiding the offsets aioquic tests while its limit writers run
+    (aioquic 1.7.x internals; tests guard).
     """
 
     consumed = 0
-    connection_window = 64 * 1024
+    connection_window = WINDOW_BEFORE_AUTH
 
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace,
                              stream: QuicStream) -> None:
@@ -202,17 +229,23 @@ class _Conn:
     unanswered_pings: int = 0
     expires_wall: float = 0.0
     """Wall-clock time at which the peer's binding ends (the connection is closed then)."""
-    streams: dict[int, bytearray] = field(default_factory=dict)
-    refused: set[int] = field(default_factory=set)
-    held: list[bytes] = field(default_factory=list)
-    auth_stream: int | None = None
+    lane: int | None = None
+    """Our lane's stream id, once the proof is sent on it."""
+    rx: bytearray = field(default_factory=bytearray)
+    """The peer's lane: received, not yet parsed."""
+    parsed: int = 0
+    """Bytes of the peer's lane parsed so far (the lane's window is this plus the window)."""
+    lane_ended: bool = False
+    retired_until: float | None = None
+    """Set once the connection is retired: it closes when both lanes end, or then."""
+    rtt_reported: float = 0.0
 
 
 class Endpoint:
     def __init__(self, transport_key: Ed25519PrivateKey, binding: bytes,
                  wall: Callable[[], float], *, idle_timeout_s: float = 30.0,
                  auth_timeout_s: float = 10.0, max_frame_bytes: int = MAX_ENVELOPE_BYTES,
-                 max_unauthenticated: int = 64) -> None:
+                 max_unauthenticated: int = 64, max_backlog: int = MAX_BACKLOG) -> None:
         self._key = transport_key
         self._binding = binding
         self.node_id = TransportBinding.decode(binding).node_id
@@ -224,6 +257,12 @@ class Endpoint:
         self.auth_timeout_s = auth_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.max_unauthenticated = max_unauthenticated
+        self.max_backlog = max_backlog
+        self.window = 2 * (max_frame_bytes + PREFIX)
+        """Receive window of a lane and of an authenticated connection: two full frames."""
+        self.accepting = True
+        """While False, authenticated peers' lanes are not parsed (their windows stop
+        growing, so they stop sending); ``resume`` parses what waited."""
         self._routes: dict[bytes, _Conn] = {}
         self._conns: set[_Conn] = set()
         self.peers: dict[bytes, _Conn] = {}
@@ -275,17 +314,37 @@ class Endpoint:
 
     def send(self, node_id: bytes, data: bytes, now: float) -> None:
         """Send one envelope over the peer's connection (whoever opened it)."""
-        if len(data) > self.max_frame_bytes:
-            raise FrameTooLarge(f"envelope of {len(data)} bytes exceeds "
-                                f"{self.max_frame_bytes}")
+        size = len(data)
+        if size > self.max_frame_bytes:
+            raise FrameTooLarge(f"envelope of {size} bytes exceeds {self.max_frame_bytes}")
+        if not size:
+            raise SendError("an envelope cannot be empty")
         conn = self.peers.get(node_id)
-        if conn is None:
+        if conn is None or conn.lane is None or conn.closing:
             raise SendError("no authenticated connection to this peer")
-        sid = conn.quic.get_next_available_stream_id(is_unidirectional=True)
-        conn.quic.send_stream_data(sid, data, end_stream=True)
+        if self.backlog(node_id) > self.max_backlog:
+            self.counters["send_backpressure"] += 1
+            raise Backpressure(f"{self.backlog(node_id)} bytes already queued for this peer")
+        conn.quic.send_stream_data(conn.lane, size.to_bytes(PREFIX, "big") + data)
         self.counters["frames_sent"] += 1
         self._dirty[conn] = now  # packets are built by datagrams(): envelopes sent together
         # share packets instead of one datagram each
+
+    def backlog(self, node_id: bytes) -> int:
+        """Bytes queued on the peer's lane, not yet acknowledged by it."""
+        conn = self.peers.get(node_id)
+        if conn is None or conn.lane is None:
+            return 0
+        sender = conn.quic._streams[conn.lane].sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def resume(self, now: float) -> None:
+        """Accept envelopes again and parse what arrived while ``accepting`` was off."""
+        self.accepting = True
+        for conn in list(self._conns):
+            if conn.rx and conn.node_id is not None:
+                self._parse(conn, now)
+                self._dirty[conn] = now  # window updates go out with the next datagrams
 
     def dialling(self) -> set[bytes]:
         """Node ids this endpoint is dialling and not yet connected to."""
@@ -315,6 +374,10 @@ class Endpoint:
             if conn.node_id is not None and not conn.closing and \
                     self._wall() >= conn.expires_wall:
                 self._fail(conn, "the peer's transport binding expired", count="expired")
+            if conn.retired_until is not None and not conn.closing and (
+                    now >= conn.retired_until or conn.lane_ended and self._lane_done(conn)):
+                conn.closing = True
+                conn.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
             if conn.node_id is not None and not conn.closing and now >= conn.next_ping:
                 if conn.unanswered_pings >= MISSED_PINGS:
                     self._fail(conn, "the peer stopped answering", count="dead_peers")
@@ -347,6 +410,7 @@ class Endpoint:
         times = [t for c in self._conns if (t := c.quic.get_timer()) is not None]
         times += [c.created + self.auth_timeout_s if c.node_id is None else c.next_ping
                   for c in self._conns if not c.closing]
+        times += [c.retired_until for c in self._conns if c.retired_until is not None]
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------------
@@ -357,7 +421,7 @@ class Endpoint:
                                  private_key=self._key, verify_mode=ssl.CERT_NONE,
                                  max_datagram_frame_size=None,
                                  max_data=WINDOW_BEFORE_AUTH,
-                                 max_stream_data=self.max_frame_bytes + 1)
+                                 max_stream_data=self.window)
 
     def _accept(self, data: bytes, addr: Addr, header: QuicHeader,
                 now: float) -> _Conn | None:
@@ -401,75 +465,84 @@ class Endpoint:
         self._out.extend(conn.quic.datagrams_to_send(now))
 
     def _on_event(self, conn: _Conn, ev: qe.QuicEvent, now: float) -> None:
-        if isinstance(ev, qe.ConnectionIdIssued):
+        if isinstance(ev, qe.StreamDataReceived):
+            self._on_stream(conn, ev, now)
+        elif isinstance(ev, qe.ConnectionIdIssued):
             self._routes[ev.connection_id] = conn
         elif isinstance(ev, qe.ConnectionIdRetired):
             self._routes.pop(ev.connection_id, None)
         elif isinstance(ev, qe.HandshakeCompleted):
             if conn.dialled:
                 self._prove(conn)
-        elif isinstance(ev, qe.StreamDataReceived):
-            self._on_stream(conn, ev, now)
         elif isinstance(ev, qe.PingAcknowledged):
             conn.unanswered_pings = 0
-        elif isinstance(ev, qe.StreamReset):
-            conn.streams.pop(ev.stream_id, None)
-            conn.refused.discard(ev.stream_id)
+            self._report_rtt(conn)
+        elif isinstance(ev, qe.StreamReset | qe.StopSendingReceived):
+            self._malformed(conn, f"the peer aborted stream {ev.stream_id}")
         elif isinstance(ev, qe.ConnectionTerminated):
             self._terminated(conn, ev.reason_phrase or f"code {ev.error_code}")
 
     def _on_stream(self, conn: _Conn, ev: qe.StreamDataReceived, now: float) -> None:
-        conn.quic.consumed += len(ev.data)  # out of aioquic's buffers: credit it again
-        if ev.stream_id in conn.refused:
-            return  # the rest of a refused stream
-        if ev.stream_id % 4 in (0, 1):  # bidirectional streams are not part of the protocol
-            self._refuse(conn, ev.stream_id, "refused_streams")
+        if conn.closing:
             return
-        auth = ev.stream_id == self._peer_auth_stream(conn)
-        if auth and conn.auth_stream is not None:
-            return  # the proof was already read
-        buf = conn.streams.setdefault(ev.stream_id, bytearray())
-        buf += ev.data
-        if len(buf) > (MAX_AUTH_BYTES if auth else self.max_frame_bytes):
-            del conn.streams[ev.stream_id]
-            self._refuse(conn, ev.stream_id, "oversize_frames")
+        if ev.stream_id != (3 if conn.dialled else 2):  # only the peer's lane exists
+            self._malformed(conn, f"unexpected stream {ev.stream_id}")
             return
-        if not ev.end_stream:
-            return
-        data = bytes(conn.streams.pop(ev.stream_id))
-        if auth:
-            conn.auth_stream = ev.stream_id
-            self._authenticate(conn, data, now)
-        elif conn.node_id is None:
-            # an envelope that overtook the peer's proof: hold it (bounded) until the proof
-            conn.held.append(data)
-            if len(conn.held) > MAX_HELD_STREAMS or sum(map(len, conn.held)) > MAX_HELD_BYTES:
-                conn.held.clear()
-                if not conn.closing:
-                    self._fail(conn, "too much data before authentication")
-        else:
-            self.counters["frames_received"] += 1
-            self._events.append(Received(conn.node_id, data))
+        conn.rx += ev.data
+        if ev.end_stream:
+            conn.lane_ended = True
+        self._parse(conn, now)
 
-    @staticmethod
-    def _peer_auth_stream(conn: _Conn) -> int:
-        """The peer's first unidirectional stream: 2 if it is the client, 3 if the server."""
-        return 3 if conn.dialled else 2
-
-    def _refuse(self, conn: _Conn, stream_id: int, counter: str) -> None:
-        conn.refused.add(stream_id)
-        if len(conn.refused) > 4 * MAX_HELD_STREAMS:
-            self._fail(conn, "too many refused streams", CLOSE_OVERSIZE, count=counter)
+    def _parse(self, conn: _Conn, now: float) -> None:
+        """Take the complete frames off the peer's lane: the proof first, then envelopes."""
+        rx = conn.rx
+        pos, end = 0, len(rx)
+        node_id = conn.node_id
+        limit = self.max_frame_bytes if node_id is not None else MAX_AUTH_BYTES
+        frames: list[bytes] = []
+        while end - pos >= PREFIX and not conn.closing:
+            if node_id is not None and not self.accepting:
+                break
+            size = int.from_bytes(rx[pos:pos + PREFIX], "big")
+            if not 0 < size <= limit:
+                self._malformed(conn, f"frame length {size} outside 1..{limit}",
+                                "oversize_frames" if size else "malformed_frames")
+                return
+            if end - pos - PREFIX < size:
+                break
+            frame = bytes(rx[pos + PREFIX:pos + PREFIX + size])
+            pos += PREFIX + size
+            if node_id is None:
+                self._authenticate(conn, frame, now)
+                node_id = conn.node_id
+                limit = self.max_frame_bytes
+            else:
+                frames.append(frame)
+        del rx[:pos]
+        conn.parsed += pos
+        conn.quic.consumed += pos
+        if frames:
+            assert node_id is not None
+            self.counters["frames_received"] += len(frames)
+            self._events += [Received(node_id, f) for f in frames]
+        if conn.lane_ended and rx and not conn.closing and (self.accepting or node_id is None):
+            self._malformed(conn, "the peer's lane ended inside a frame")
             return
-        conn.quic.stop_stream(stream_id, CLOSE_OVERSIZE)
-        self.counters[counter] += 1
+        stream = conn.quic._streams.get(3 if conn.dialled else 2)
+        if stream is not None and node_id is not None \
+                and conn.parsed + self.window - stream.max_stream_data_local >= self.window // 4:
+            stream.max_stream_data_local = conn.parsed + self.window
+
+    def _malformed(self, conn: _Conn, reason: str, count: str = "malformed_streams") -> None:
+        if not conn.closing:
+            self._fail(conn, reason, CLOSE_MALFORMED, count=count)
 
     def _prove(self, conn: _Conn) -> None:
         role = b"c" if conn.dialled else b"s"
         proof = self._key.sign(AUTH_CONTEXT + role + channel_binding(conn.quic))
-        sid = conn.quic.get_next_available_stream_id(is_unidirectional=True)
-        conn.quic.send_stream_data(sid, msgpack.packb([self._binding, proof]), end_stream=True)
-        conn.proved = True
+        frame = msgpack.packb([self._binding, proof])
+        conn.lane = conn.quic.get_next_available_stream_id(is_unidirectional=True)
+        conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
 
     def _authenticate(self, conn: _Conn, data: bytes, now: float) -> None:
         try:
@@ -491,27 +564,45 @@ class Endpoint:
         if node_id == self.node_id:
             self._fail(conn, "connected to ourselves")
             return
-        existing = self.peers.get(node_id)
-        if existing is not None and not self._keep_new(existing, conn, node_id, now):
-            self._fail(conn, "duplicate connection", CLOSE_DUPLICATE, count="duplicates")
-            return
         conn.node_id = node_id
-        conn.quic.connection_window = WINDOW_AFTER_AUTH
+        conn.quic.connection_window = self.window
         conn.authenticated_at = now
         conn.next_ping = now + self.ping_interval_s
+        if conn.lane is None:
+            self._prove(conn)
+        existing = self.peers.get(node_id)
+        if existing is not None and not self._keep_new(existing, conn, node_id, now):
+            self.counters["duplicates"] += 1
+            self._retire(conn, now)
+            return
         self.peers[node_id] = conn
         if existing is not None:  # replaced: a stale connection, or the loser of a race
-            self._fail(existing, "replaced by a newer connection", CLOSE_DUPLICATE,
-                       count="replaced")
+            self.counters["replaced"] += 1
+            self._retire(existing, now)
             self._pump(existing, now)
-        if not conn.proved:
-            self._prove(conn)
         self.counters["authenticated"] += 1
         self._events.append(PeerAuthenticated(node_id, conn.addr, conn.dialled))
-        for held in conn.held:
-            self.counters["frames_received"] += 1
-            self._events.append(Received(node_id, held))
-        conn.held.clear()
+        self._report_rtt(conn)
+
+    def _retire(self, conn: _Conn, now: float) -> None:
+        """Send nothing new on this connection; let what is in flight arrive, then close."""
+        conn.retired_until = now + DRAIN_S
+        if conn.lane is not None:
+            conn.quic.send_stream_data(conn.lane, b"", end_stream=True)
+
+    @staticmethod
+    def _lane_done(conn: _Conn) -> bool:
+        """Our lane has ended and the peer acknowledged all of it."""
+        stream = None if conn.lane is None else conn.quic._streams.get(conn.lane)
+        return stream is None or stream.sender.is_finished  # aioquic drops finished streams
+
+    def _report_rtt(self, conn: _Conn) -> None:
+        rtt = float(conn.quic._loss._rtt_smoothed) * 1000
+        if conn.node_id is not None and self.peers.get(conn.node_id) is conn and (
+                conn.rtt_reported == 0.0 or abs(rtt - conn.rtt_reported) > max(
+                    1.0, conn.rtt_reported / 4)):
+            conn.rtt_reported = rtt
+            self._events.append(PathUpdated(conn.node_id, conn.addr, round(rtt, 3)))
 
     def _keep_new(self, old: _Conn, new: _Conn, node_id: bytes, now: float) -> bool:
         """The newer connection replaces an older one (the peer restarted, or the path

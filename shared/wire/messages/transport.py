@@ -42,13 +42,16 @@ class Connect(Message):
 
 @message("transport.send_reply", "reply")
 class SendReply(Message):
-    """The envelope was handed to the peer's connection."""
+    """The envelope is queued on the peer's connection; QUIC retransmits it until the peer
+    acknowledges it or the connection ends (end-to-end delivery is the router's ACK)."""
 
 
 @message("transport.send", "request", reply=SendReply, blobs="1: the envelope")
 class Send(Message):
     """Send an envelope to a connected peer, over whichever side opened the connection.
-    `unavailable` if there is no connection, `too_large` over the frame limit."""
+    `unavailable` if there is no connection, `too_large` over the frame limit,
+    `overloaded` while the peer's connection already holds 8 MiB not yet acknowledged
+    (retry later; counted as `send_backpressure`)."""
 
     peer: NodeIdBytes = Field(description="Recipient of this hop.")
 
@@ -94,9 +97,13 @@ class PeerDisconnected(Message):
     reason: str = Field(description="Why it ended.")
 
 
-@message("transport.delivered", "event", blobs="1: the envelope")
-class Delivered(Message):
-    """An envelope arrived from an authenticated peer."""
+@message("transport.path", "event")
+class Path(Message):
+    """The path to a connected peer: sent when it is authenticated, then whenever its
+    smoothed RTT moves by more than a quarter (at least 1 ms)."""
 
-    peer: NodeIdBytes = Field(description="The peer it came from (the last hop).")
+    peer: NodeIdBytes = Field(description="The peer.")
+    host: str = Field(description="Its address.")
+    port: U64 = Field(description="Its UDP port.")
     path: str = Field(description="`direct` or `relayed`.")
+    rtt_ms: float = Field(description="Smoothed round-trip time, milliseconds.")
