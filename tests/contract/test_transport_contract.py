@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from shared.envelope import MAX_ENVELOPE_BYTES
 from shared.primitives import SigningKey
 from shared.wire import RemoteError
 from shared.wire.messages import transport as m
@@ -65,7 +66,7 @@ class TestTransportContract(RoleContract):
 
     def test_send_checks_its_blob(self, node: Node) -> None:
         assert refused(node, m.Send(peer=PEER)) == "invalid"
-        assert refused(node, m.Send(peer=PEER), b"x" * (1024 * 1024 + 1)) == "too_large"
+        assert refused(node, m.Send(peer=PEER), b"x" * (MAX_ENVELOPE_BYTES + 1)) == "too_large"
 
     def test_connect_to_nobody_fails_with_peer_timeout(self, node: Node) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # drops everything
