@@ -180,7 +180,9 @@ class BoundedQuicConnection(QuicConnection):
     def _write_connection_limits(self, builder: QuicPacketBuilder,
                                  space: QuicPacketSpace) -> None:
         limit = self._local_max_data
-        limit.value = max(limit.value, self.consumed + self.connection_window)
+        target = self.consumed + self.connection_window
+        if target - limit.value >= self.connection_window // 4:  # in steps, not every packet
+            limit.value = target
         used, limit.used = limit.used, 0
         try:
             super()._write_connection_limits(builder, space)
