@@ -1,6 +1,6 @@
-"""Transport benchmark: two real nodes over QUIC on loopback against raw aioquic, in one run.
+"""Transport benchmark: two real nodes over QUIC on loopback vs raw aioquic and iroh, in one run.
 
-    .venv/bin/python -m bench.bench_transport
+    .venv/bin/python -m bench.bench_transport [--iroh-python /tmp/irohvenv/bin/python]
 
 Measured in one run, because absolute figures on the 2-vCPU development machine drift between
 runs (compare the ratios):
@@ -10,16 +10,23 @@ runs (compare the ratios):
    transport). (a) RTT: a 200-byte message on a new bidirectional stream, echoed back on it,
    p50/p99 over ``--rtt-n``; (b) bulk: ``--bulk-mib`` MiB on one stream, MB/s until the
    server's acknowledgement.
-2. our transport: two real nodes (crypto + transport processes each, as in
-   tests/e2e/test_transport.py). (a) RTT: A sends a 200-byte envelope to B
-   (``transport.send``, waiting for its reply); a responder process subscribed to B's
-   ``transport.delivered`` sends it straight back through B's ``transport.send``; A waits for
-   its own ``transport.delivered``. (b) throughput: A sends ``--tput-n`` envelopes of 200 B
-   and of 64 KiB with ``--window`` ``transport.send`` requests in flight; this process counts
-   B's ``transport.delivered`` events; envelopes/s and MB/s until the last delivery.
+2. our transport: two real nodes (crypto + transport processes each, ``make_node`` from
+   tests/e2e/test_transport.py). Each transport hands what it receives to its router with
+   ``router.deliver`` calls; the routers are played as in tests/contract/router_side.py: A's
+   by this process, B's by a process of its own. (a) RTT: A sends a 200-byte envelope to B
+   (``transport.send``, waiting for its reply); B's router answers the ``router.deliver`` and
+   sends the envelope straight back through B's ``transport.send``; this process waits for
+   A's ``router.deliver``. (b) throughput: A sends ``--tput-n`` envelopes of 200 B and of
+   64 KiB with ``--window`` ``transport.send`` requests in flight; when a send fails with
+   ``overloaded`` (A's lane to B holds more than 8 MiB not yet acknowledged) the sender pauses
+   for ``BACKOFF_S`` (doubling while sends go on failing), halves the requests it keeps in
+   flight (growing back by one per success) and retries the same envelope (retries counted).
+   B's router counts the envelopes; envelopes/s and MB/s until the last delivery.
+3. iroh, with ``--iroh-python`` (or ``TOM_IROH_PYTHON``): bench/bench_iroh.py run by that
+   interpreter in a network namespace with only loopback (``unshare -n``); its figures go
+   beside ours (its bulk figure is bound by the Python bindings, see its docstring).
 
 CPU seconds of every process involved are read from /proc for each phase (where time goes).
-iroh is not measured here (see docs/benchmarks.md).
 Targets: transport bulk MB/s >= 0.7x raw aioquic bulk; transport small RTT p50 <= 1.5x raw.
 Prints a table and a markdown table; writes bench/results/transport.json.
 """
@@ -32,6 +39,8 @@ import collections
 import datetime
 import json
 import os
+import select
+import shlex
 import shutil
 import signal
 import socket as pysocket
@@ -42,14 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from bench.bench_bus import cpu_seconds, machine, stop, summary
-from shared.endpoints import load as load_endpoints
 from shared.primitives import SigningKey
-from shared.wire import decode
+from shared.wire import RemoteError
 from shared.wire.messages import transport as m
-from shared.wire.messages.sys import Ping
+from shared.wire.messages.sys import Ping, Status, StatusReply
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "transport.json"
@@ -57,6 +63,8 @@ BULK_RATIO_TARGET = 0.7
 RTT_RATIO_TARGET = 1.5
 ALPN = "tom-bench"
 MIB = 1024 * 1024
+BACKOFF_S = 0.002  # pause after a transport.send fails with `overloaded`, doubled while it
+MAX_BACKOFF_S = 0.05  # goes on failing, up to this
 
 
 # -- raw aioquic -------------------------------------------------------------------------------
@@ -195,49 +203,78 @@ def cpu_delta(a: dict[str, float], b: dict[str, float], n: int,
 
 # -- our transport -----------------------------------------------------------------------------
 
-def responder(data: str, peer_hex: str) -> None:
-    """Send every envelope delivered to this node's transport straight back to ``peer``."""
-    from shared.bus import BusClient, socket
+def send_retrying(client: Any, body: m.Send, envelope: bytes) -> None:
+    """``transport.send``, retried after ``BACKOFF_S`` while it fails with ``overloaded``."""
+    while True:
+        try:
+            client.call("transport", body, [envelope])
+            return
+        except RemoteError as e:
+            if e.name != "overloaded":
+                raise
+            time.sleep(BACKOFF_S)
 
-    endpoints = load_endpoints(Path(data) / "endpoints.toml")
-    sub = socket(zmq.Context.instance(), zmq.SUB, hwm=100_000)
-    sub.setsockopt(zmq.SUBSCRIBE, b"transport.delivered")
-    sub.setsockopt(zmq.SUBSCRIBE, b"sys.heartbeat")
-    sub.connect(endpoints["transport"].events)
-    while sub.recv_multipart()[0] != b"sys.heartbeat":
-        pass
-    sub.setsockopt(zmq.UNSUBSCRIBE, b"sys.heartbeat")
-    client = BusClient(endpoints, src="bench-responder", timeout_s=10)
-    body = m.Send(peer=bytes.fromhex(peer_hex))
+
+def b_router(data: str, peer_hex: str, batch: str) -> None:
+    """Play B's router: answer every ``router.deliver``; send envelopes starting with ``E``
+    back to ``peer`` through B's transport; count the others, printing "count time" each
+    time ``batch`` more have arrived."""
+    from tests.contract.harness import Node
+    from tests.contract.router_side import RouterSide
+
+    node = Node("", Path(data))
+    side, client = RouterSide(node), node.client(timeout_s=10)
+    body, every, counted = m.Send(peer=bytes.fromhex(peer_hex)), int(batch), 0
     print("ready", flush=True)
     while True:
-        frames = sub.recv_multipart()
-        if frames[0] == b"transport.delivered":
-            client.call("transport", body, [decode(frames[1:]).blobs[0]])
+        side.pump(1000)
+        for _, envelope in side.got:
+            if envelope[:1] == b"E":
+                send_retrying(client, body, envelope)
+            else:
+                counted += 1
+                if counted % every == 0:
+                    print(counted, time.monotonic(), flush=True)
+        side.got.clear()
 
 
-def _delivered(sub: zmq.Socket, timeout_ms: int) -> bytes | None:
-    while sub.poll(timeout_ms):
-        frames = sub.recv_multipart()
-        if frames[0] == b"transport.delivered":
-            return decode(frames[1:]).blobs[0]
+def wait_count(proc: subprocess.Popen[bytes], count: int, deadline: float) -> float | None:
+    """When B's router had counted ``count`` envelopes (monotonic), or None at ``deadline``."""
+    pipe = proc.stdout
+    assert pipe is not None
+    while (left := deadline - time.monotonic()) > 0 and select.select([pipe], [], [], left)[0]:
+        counted, at = pipe.readline().split()
+        if int(counted) >= count:
+            return float(at)
     return None
 
 
+def counters(client: Any) -> collections.Counter[str]:
+    status = client.request("transport", Status())
+    assert isinstance(status, StatusReply)
+    return collections.Counter(status.counters)
+
+
 def run_transport(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.e2e.test_transport import info, make_node, subscriber
+    from tests.e2e.test_transport import info, make_node
 
     seeds = (b"\x1a" * 32, b"\x1b" * 32)
     a_id, b_id = (SigningKey(s).public for s in seeds)
-    nodes = []
-    resp: subprocess.Popen[bytes] | None = None
+    made = []
+    rb_proc: subprocess.Popen[bytes] | None = None
     try:
-        nodes = [make_node(s) for s in seeds]
-        a, b = nodes
+        made = [make_node(s) for s in seeds]
+        (a, ra), (b, rb) = made
+        rb.close()  # B's router is played by a process of its own (b_router)
+        rb_proc = subprocess.Popen([sys.executable, "-m", "bench.bench_transport", "--b-router",
+                                    str(b.data), a_id.hex(), str(args.tput_n)],
+                                   cwd=ROOT, stdout=subprocess.PIPE, bufsize=0)
+        assert rb_proc.stdout is not None and rb_proc.stdout.readline().strip() == b"ready"
         ia, ib = info(a), info(b)
         assert ia.ready and ib.ready, "transport binding not signed"
-        ta, tb = a.procs["transport"].pid, b.procs["transport"].pid
-        ca = a.client(timeout_s=30)
+        pids = (a.procs["transport"].pid, b.procs["transport"].pid, rb_proc.pid)
+        names = ("transport A", "transport B", "router B")
+        ca, cb = a.client(timeout_s=30), b.client(timeout_s=30)
         ca.request("transport", m.Connect(peer=b_id, host=ib.host, port=ib.port))
         out: dict[str, Any] = {}
 
@@ -252,111 +289,153 @@ def run_transport(args: argparse.Namespace) -> dict[str, Any]:
             samples[i] = clock() - t0
         out["bus_ping"] = summary(samples)
 
-        # (a) RTT through both transports, echoed by a responder process on B
-        resp = subprocess.Popen([sys.executable, "-m", "bench.bench_transport", "--responder",
-                                 str(b.data), a_id.hex()], cwd=ROOT, stdout=subprocess.PIPE)
-        assert resp.stdout is not None and resp.stdout.readline().strip() == b"ready"
-        sub_a = subscriber(a)
+        # (a) RTT through both transports, echoed by B's router; A's router is this process
         pad = os.urandom(args.payload - 8)
-        send = m.Send(peer=b_id)
+        to_b = m.Send(peer=b_id)
 
         def once(i: int) -> None:
-            env = b"%08d" % i + pad
-            ca.call("transport", send, [env])
-            while (got := _delivered(sub_a, 10_000)) != env:
-                assert got is not None, "echo not delivered within 10 s"
+            envelope = b"E%07d" % i + pad
+            ca.call("transport", to_b, [envelope])
+            ra.wait_for(1, 10)
+            assert ra.envelopes() == [envelope], "echo not delivered within 10 s"
+            ra.got.clear()
 
         for i in range(args.warmup):
             once(i)
-        c0 = cpu_all(ta, tb, resp.pid)
+        c0 = cpu_all(*pids)
         for i in range(args.rtt_n):
             t0 = clock()
             once(args.warmup + i)
             samples[i] = clock() - t0
-        out["rtt"] = summary(samples) | {"cpu": cpu_delta(
-            c0, cpu_all(ta, tb, resp.pid), args.rtt_n,
-            names=("transport A", "transport B", "responder"))}
-        stop(resp)
-        resp = None
-        sub_a.close(0)
+        out["rtt"] = summary(samples) | {"cpu": cpu_delta(c0, cpu_all(*pids), args.rtt_n,
+                                                          names=names)}
 
-        # (b) pipelined throughput A -> B, deliveries counted on B's PUB
-        sub_b = subscriber(b)
-        for size in (args.payload, 64 * 1024):
-            out[f"tput_{size}"] = blast(ca, b_id, sub_b, size, args, ta, tb)
+        # (b) pipelined throughput A -> B, counted by B's router
+        for k, size in enumerate((args.payload, 64 * 1024), 1):
+            out[f"tput_{size}"] = blast(ca, cb, b_id, rb_proc, k * args.tput_n, size, args,
+                                        pids, names)
         ca.close()
+        cb.close()
         return out
     except BaseException:
-        for n in nodes:
+        for n, _ in made:
             sys.stderr.write(n.log_tail()[-3000:] + "\n")
         raise
     finally:
-        stop(resp)
-        for n in nodes:
+        stop(rb_proc)
+        for n, r in made:
+            r.close()
             n.stop()
             shutil.rmtree(n.data, ignore_errors=True)
 
 
-def blast(ca: Any, peer: bytes, sub: zmq.Socket, size: int, args: argparse.Namespace,
-          ta: int, tb: int) -> dict[str, Any]:
+def blast(ca: Any, cb: Any, peer: bytes, rb_proc: subprocess.Popen[bytes], total: int,
+          size: int, args: argparse.Namespace, pids: tuple[int, ...],
+          names: tuple[str, ...]) -> dict[str, Any]:
+    """Send ``--tput-n`` envelopes of ``size`` bytes, ``--window`` in flight, until B's router
+    has counted ``total`` since it started."""
     n, window = args.tput_n, args.window
-    pool = [b"%08d" % i + os.urandom(size - 8) for i in range(16)]
+    pool = [b"T%07d" % i + os.urandom(size - 8) for i in range(16)]
+    todo = collections.deque(pool[i % 16] for i in range(n))
     body = m.Send(peer=peer)
-    inflight: collections.deque[bytes] = collections.deque()
-    got = 0
-
-    def drain() -> None:
-        nonlocal got
-        while sub.poll(0):
-            if sub.recv_multipart(copy=False)[0].bytes == b"transport.delivered":
-                got += 1
-
-    c0 = cpu_all(ta, tb)
-    t0 = time.perf_counter()
-    for i in range(n):
-        if len(inflight) >= window:
-            ca.recv("transport", inflight.popleft())
-            drain()
-        inflight.append(ca.send("transport", body, [pool[i % 16]]))
-    while inflight:
-        ca.recv("transport", inflight.popleft())
-    t_sent = time.perf_counter() - t0
-    deadline = time.monotonic() + args.deliver_timeout
-    while got < n and time.monotonic() < deadline:
-        if sub.poll(200):
-            drain()
-    elapsed = time.perf_counter() - t0
-    cpu = cpu_delta(c0, cpu_all(ta, tb), n, elapsed, names=("transport A", "transport B"))
+    inflight: collections.deque[tuple[bytes, bytes, float]] = collections.deque()
+    retries, delay, resume, limit = 0, BACKOFF_S, 0.0, window
+    a0, b0, c0 = counters(ca), counters(cb), cpu_all(*pids)
+    t0 = time.monotonic()
+    while todo or inflight:
+        if todo and len(inflight) < limit and time.monotonic() >= resume:
+            envelope = todo.popleft()
+            inflight.append((ca.send("transport", body, [envelope]), envelope,
+                             time.monotonic()))
+            continue
+        if not inflight:  # backing off
+            time.sleep(max(0.0, resume - time.monotonic()))
+            continue
+        msg_id, envelope, sent = inflight.popleft()
+        try:
+            ca.recv("transport", msg_id)
+            delay, limit = BACKOFF_S, min(window, limit + 1)
+        except RemoteError as e:
+            if e.name != "overloaded":
+                raise
+            retries += 1
+            todo.appendleft(envelope)
+            if sent >= resume:  # the first refusal since the last back-off: pause, and
+                resume = time.monotonic() + delay  # halve the requests in flight
+                delay, limit = min(2 * delay, MAX_BACKOFF_S), max(1, limit // 2)
+    t_sent = time.monotonic() - t0
+    done = wait_count(rb_proc, total, t0 + args.deliver_timeout)
+    elapsed = (done or time.monotonic()) - t0
+    cpu = cpu_delta(c0, cpu_all(*pids), n, elapsed, names=names)
+    a1, b1 = counters(ca), counters(cb)
+    got = n if done else b1["delivered"] - b0["delivered"]
     return {"n": n, "size": size, "window": window, "delivered": got, "elapsed_s": elapsed,
-            "send_replies_s": t_sent, "env_per_s": got / elapsed,
-            "mb_per_s": got * size / elapsed / 1e6, "cpu": cpu}
+            "send_replies_s": t_sent, "overloaded_retries": retries,
+            "env_per_s": got / elapsed, "mb_per_s": got * size / elapsed / 1e6, "cpu": cpu,
+            "counters": {"A send_backpressure": a1["send_backpressure"] - a0["send_backpressure"],
+                         **{f"B {k}": b1[k] - b0[k] for k in ("paused_reading",
+                                                              "deliver_retries")}}}
+
+
+# -- iroh --------------------------------------------------------------------------------------
+
+def run_iroh(python: str | None, args: argparse.Namespace) -> dict[str, Any] | None:
+    """bench/bench_iroh.py's JSON, run by ``python`` in a loopback-only network namespace;
+    None (with a note) if there is no such interpreter or the run fails."""
+    if not python or not shutil.which(python):
+        why = f"{python} not found" if python else "no --iroh-python or TOM_IROH_PYTHON"
+        print(f"iroh skipped: {why}", flush=True)
+        return None
+    cmd = (f"ip link set lo up && {shlex.quote(python)} bench/bench_iroh.py --json"
+           f" --rtt-n {args.rtt_n}")
+    try:
+        r = subprocess.run(["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        return result
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = repr(e)
+    except (ValueError, IndexError):
+        why = f"status {r.returncode}: {r.stderr.strip()[-500:]}"
+    print(f"iroh skipped: unshare -n sh -c '{cmd}' failed: {why}", flush=True)
+    return None
 
 
 # -- reporting ---------------------------------------------------------------------------------
 
 def rows(r: dict[str, Any]) -> list[list[str]]:
-    q, t, ra = r["aioquic"], r["transport"], r["ratios"]
+    q, t, ra, ir = r["aioquic"], r["transport"], r["ratios"], r["iroh"] or {}
     t200, t64 = t[f"tput_{r['params']['payload']}"], t["tput_65536"]
+
+    def iv(key: str, fmt: str = ".0f") -> str:
+        return format(ir[key], fmt) if key in ir else "–"
+
+    def sent(tp: dict[str, Any]) -> str:
+        return (f"delivered {tp['delivered']} of {tp['n']}, {tp['overloaded_retries']} "
+                f"`overloaded` retries")
+
     return [
         ["small RTT p50 (µs)", f"{q['rtt']['p50_us']:.0f}", f"{t['rtt']['p50_us']:.0f}",
-         f"{ra['rtt_p50']:.2f}×", "≤ 1.5×",
+         iv("rtt_p50_us"), f"{ra['rtt_p50']:.2f}×", "≤ 1.5×",
          "yes" if ra["rtt_p50"] <= RTT_RATIO_TARGET else "**no**"],
         ["small RTT p99 (µs)", f"{q['rtt']['p99_us']:.0f}", f"{t['rtt']['p99_us']:.0f}",
-         f"{ra['rtt_p99']:.2f}×", "", ""],
-        ["bulk MB/s (raw: one stream; ours: 64 KiB envelopes)",
-         f"{q['bulk']['mb_per_s']:.1f}", f"{t64['mb_per_s']:.2f}",
+         iv("rtt_p99_us"), f"{ra['rtt_p99']:.2f}×", "", ""],
+        ["small RTT p50 / p99 on one framed stream (µs)", "", "",
+         f"{iv('rtt_framed_p50_us')} / {iv('rtt_framed_p99_us')}", "", "", ""],
+        ["bulk MB/s (raw, iroh: one stream; ours: 64 KiB envelopes)",
+         f"{q['bulk']['mb_per_s']:.1f}", f"{t64['mb_per_s']:.1f}", iv("bulk_mb_s", ".1f"),
          f"{ra['bulk']:.2f}×", "≥ 0.7×", "yes" if ra["bulk"] >= BULK_RATIO_TARGET else "**no**"],
-        [f"64 KiB envelopes/s (delivered {t64['delivered']} of {t64['n']})", "",
-         f"{t64['env_per_s']:,.1f}", "", "", ""],
-        [f"{t200['size']} B envelopes/s, window {t200['window']} (delivered "
-         f"{t200['delivered']} of {t200['n']})", "", f"{t200['env_per_s']:,.0f}", "", "", ""],
-        [f"{t200['size']} B envelopes MB/s", "", f"{t200['mb_per_s']:.2f}", "", "", ""],
+        [f"64 KiB envelopes/s ({sent(t64)})", "", f"{t64['env_per_s']:,.0f}", "", "", "", ""],
+        [f"{t200['size']} B envelopes/s, window {t200['window']} ({sent(t200)})", "",
+         f"{t200['env_per_s']:,.0f}", "", "", "", ""],
+        [f"{t200['size']} B envelopes MB/s", "", f"{t200['mb_per_s']:.2f}", "", "", "", ""],
+        ["connect p50, fresh endpoint (ms)", "", "", iv("connect_p50_ms", ".2f"), "", "", ""],
         ["bus sys.ping RTT p50 to one transport (µs)", "", f"{t['bus_ping']['p50_us']:.0f}",
-         "", "", ""],
+         "", "", "", ""],
     ]
 
 
-HEAD = ["measurement", "raw aioquic", "our transport", "ours / raw", "target", "met"]
+HEAD = ["measurement", "raw aioquic", "our transport", "iroh", "ours / raw", "target", "met"]
 
 
 def text_table(r: dict[str, Any]) -> str:
@@ -369,19 +448,19 @@ def text_table(r: dict[str, Any]) -> str:
 
 
 def markdown_table(r: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * 4 + ":---:|"]
+    lines = ["| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * 5 + ":---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows(r)]
     return "\n".join(lines)
 
 
 def cpu_lines(r: dict[str, Any]) -> str:
     out = []
+    t = r["transport"]
     for name, cpu in (("raw aioquic RTT", r["aioquic"]["rtt"]["cpu"]),
                       ("raw aioquic bulk", r["aioquic"]["bulk"]["cpu"]),
-                      ("transport RTT", r["transport"]["rtt"]["cpu"]),
-                      ("transport 200 B tput", r["transport"][f"tput_{r['params']['payload']}"]
-                       ["cpu"]),
-                      ("transport 64 KiB tput", r["transport"]["tput_65536"]["cpu"])):
+                      ("transport RTT", t["rtt"]["cpu"]),
+                      ("transport 200 B tput", t[f"tput_{r['params']['payload']}"]["cpu"]),
+                      ("transport 64 KiB tput", t["tput_65536"]["cpu"])):
         parts = [f"{k} {v['us_per_op']:.0f} µs/op" + (f" ({v['pct']:.0f} %)" if "pct" in v
                                                         else "") for k, v in cpu.items()]
         out.append(f"- {name}: " + ", ".join(parts))
@@ -398,17 +477,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tput-n", type=int, default=5000, help="envelopes per throughput figure")
     p.add_argument("--window", type=int, default=200, help="transport.send requests in flight")
     p.add_argument("--deliver-timeout", type=float, default=60.0)
+    p.add_argument("--iroh-python", default=os.environ.get("TOM_IROH_PYTHON"),
+                   help="interpreter with the iroh bindings for bench/bench_iroh.py "
+                        "(default: $TOM_IROH_PYTHON; skipped if unset)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--aioquic-server", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--responder", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--b-router", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.aioquic_server:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         aioquic_server(args.aioquic_server)
         return 0
-    if args.responder:
+    if args.b_router:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-        responder(*args.responder)
+        b_router(*args.b_router)
         return 0
 
     t0 = time.monotonic()
@@ -416,16 +498,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw aioquic done ({time.monotonic() - t0:.0f} s)", flush=True)
     ours = run_transport(args)
     print(f"transport done ({time.monotonic() - t0:.0f} s)", flush=True)
+    iroh = run_iroh(args.iroh_python, args)
+    if iroh:
+        print(f"iroh done ({time.monotonic() - t0:.0f} s)", flush=True)
     ratios = {"rtt_p50": ours["rtt"]["p50_us"] / raw["rtt"]["p50_us"],
               "rtt_p99": ours["rtt"]["p99_us"] / raw["rtt"]["p99_us"],
               "bulk": ours["tput_65536"]["mb_per_s"] / raw["bulk"]["mb_per_s"]}
+    if iroh:
+        ratios |= {"iroh_rtt_p50": iroh["rtt_p50_us"] / raw["rtt"]["p50_us"],
+                   "iroh_bulk": iroh["bulk_mb_s"] / raw["bulk"]["mb_per_s"]}
     result = {
         "bench": "transport",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "bulk_mib",
                                                    "tput_n", "window")},
-        "aioquic": raw, "transport": ours, "ratios": ratios,
+        "aioquic": raw, "transport": ours, "iroh": iroh, "ratios": ratios,
         "targets": {"bulk_ge_0.7x_raw": {"value": ratios["bulk"],
                                          "met": ratios["bulk"] >= BULK_RATIO_TARGET},
                     "rtt_p50_le_1.5x_raw": {"value": ratios["rtt_p50"],

@@ -74,9 +74,10 @@ RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.
 
 
 @dataclass(frozen=True, slots=True)
-class DatagramReceived(ServiceInput):
-    data: bytes
-    addr: Addr
+class DatagramsReceived(ServiceInput):
+    """Datagrams read from the UDP socket in one go."""
+
+    batch: list[tuple[bytes, Addr]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +117,10 @@ class TransportCore(Core):
     def handle(self, event: Input, now: float) -> list[Action]:
         ep = self.endpoint
         match event:
-            case DatagramReceived(data=data, addr=addr):
+            case DatagramsReceived(batch=batch):
                 if ep is not None:
-                    ep.receive(data, addr, now)
+                    for data, addr in batch:
+                        ep.receive(data, addr, now)
                 return self._collect(now)
             case PeerReplied(token=token, body=cm.BindTransportReply(binding=binding)) \
                     if token == _BIND:
