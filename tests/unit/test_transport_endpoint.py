@@ -61,7 +61,8 @@ class Net:
                 due = [t for ep in self.eps.values() if (t := ep.next_timer()) is not None]
                 if not due or not timers:
                     return
-                self.now = max(self.now, min(due))
+                # at least 0.1 ms: a timer due now (an ACK held by the pacer) needs time
+                self.now = max(self.now + 1e-4, min(due))
                 for ep in self.eps.values():
                     ep.handle_timer(self.now)
 
