@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import zmq
@@ -15,6 +16,7 @@ from .wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 from .wire.messages.sys import ErrorReply
 
 HARD_MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_EARLY = 10_000
 """ZeroMQ's own per-frame cap (ZMQ_MAXMSGSIZE): a peer sending more is disconnected by
 libzmq before the frame is read into memory. Frames under it but over ``bus.max_message_bytes``
 are answered with ``too_large``."""
@@ -86,6 +88,9 @@ class BusClient:
         self._ctx = ctx or zmq.Context()
         self._socks: dict[str, zmq.Socket] = {}
         self._ids = MsgIds(os.urandom(8))
+        self._early: OrderedDict[bytes, Decoded] = OrderedDict()
+        """Replies that arrived while another was awaited (services may answer out of
+        order), kept for the next ``recv`` of their id; the oldest go beyond ``MAX_EARLY``."""
 
     def sock(self, role: str) -> zmq.Socket:
         s = self._socks.get(role)
@@ -118,7 +123,8 @@ class BusClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         sock = self.sock(role)
         deadline = time.monotonic() + timeout
-        while True:
+        msg = self._early.pop(msg_id, None)
+        while msg is None:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000) + 1):
                 raise BusTimeout(
@@ -132,10 +138,14 @@ class BusClient:
             except DecodeError:
                 continue  # not a reply we can read; it cannot be ours
             if msg.header.parent_id != msg_id:
-                continue  # a late reply to an earlier request that timed out
-            if isinstance(msg.body, ErrorReply):
-                raise RemoteError(msg.body.code, msg.body.name, msg.body.message, role)
-            return msg
+                if msg.header.parent_id is not None:  # another request's, or a late one's
+                    self._early[msg.header.parent_id] = msg
+                    if len(self._early) > MAX_EARLY:
+                        self._early.popitem(last=False)
+                msg = None
+        if isinstance(msg.body, ErrorReply):
+            raise RemoteError(msg.body.code, msg.body.name, msg.body.message, role)
+        return msg
 
     def call(self, role: str, body: Message, blobs: Iterable[bytes] = (),
              timeout_s: float | None = None) -> Decoded:

@@ -111,6 +111,7 @@ class TransportCore(Core):
         self._deliver_after = 0.0
         """After a retryable failure, no new calls before this time."""
         self.stats: Counter[str] = Counter()
+        self._send_replies: list[Action] = []
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -171,7 +172,10 @@ class TransportCore(Core):
                     return [Fail(event.ctx, ErrorCode.OVERLOADED, str(e))]
                 except SendError as e:
                     return [Fail(event.ctx, ErrorCode.UNAVAILABLE, str(e))]
-                return [Reply(event.ctx, m.SendReply())]  # packets leave in flush()
+                # packets are built in flush(), after the whole batch of requests (envelopes
+                # share packets); the replies follow the packets out
+                self._send_replies.append(Reply(event.ctx, m.SendReply()))
+                return []
         return super().handle(event, now)
 
     def on_timer(self, now: float) -> list[Action]:
@@ -254,7 +258,8 @@ class TransportCore(Core):
             elif isinstance(ev, ProbeReceived):
                 pass  # hole punching arrives with the NAT traversal issue
         actions += self._deliver(now)
-        return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions
+        replies, self._send_replies = self._send_replies, []
+        return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
 
     def _deliver(self, now: float) -> list[Action]:
         """Hand queued envelopes to the router; stop or resume reading peers by queue size."""
