@@ -22,12 +22,18 @@ runs (compare the ratios):
    for ``BACKOFF_S`` (doubling while sends go on failing), halves the requests it keeps in
    flight (growing back by one per success) and retries the same envelope (retries counted).
    B's router counts the envelopes; envelopes/s and MB/s until the last delivery.
-3. iroh, with ``--iroh-python`` (or ``TOM_IROH_PYTHON``): bench/bench_iroh.py run by that
+3. our endpoint without the bus: our sans-I/O ``Endpoint`` (services/transport/endpoint.py)
+   on a UDP socket of its own, driven by a minimal asyncio loop as the transport shell drives
+   it (read the socket until empty, feed the batch, handle events, send the datagrams, re-arm
+   the timer); echo server in another process, client here, both authenticated with real
+   bindings. RTT as in 1(a), a 200-byte envelope echoed: our QUIC code without the bus hops.
+4. iroh, with ``--iroh-python`` (or ``TOM_IROH_PYTHON``): bench/bench_iroh.py run by that
    interpreter in a network namespace with only loopback (``unshare -n``); its figures go
    beside ours (its bulk figure is bound by the Python bindings, see its docstring).
 
 CPU seconds of every process involved are read from /proc for each phase (where time goes).
-Targets: transport bulk MB/s >= 0.7x raw aioquic bulk; transport small RTT p50 <= 1.5x raw.
+Targets: transport bulk MB/s >= 0.7x raw aioquic bulk; small RTT p50 <= 1.5x raw (end to end
+and endpoint only).
 Prints a table and a markdown table; writes bench/results/transport.json.
 """
 
@@ -48,6 +54,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +139,7 @@ async def _aioquic_client(port: int, args: argparse.Namespace, srv_pid: int) -> 
             w.write_eof()
             assert await r.read() == payload
 
-        for _ in range(args.warmup):
-            await echo()
-        clock = time.perf_counter_ns
-        samples = [0] * args.rtt_n
-        c0 = cpu_all(srv_pid)
-        for i in range(args.rtt_n):
-            t0 = clock()
-            await echo()
-            samples[i] = clock() - t0
-        rtt = summary(samples) | {"cpu": cpu_delta(c0, cpu_all(srv_pid), args.rtt_n)}
+        rtt = await timed_rtt(echo, args, srv_pid)
 
         async def bulk(n: int) -> float:
             data = b"B" + bytes(n - 1)
@@ -161,21 +159,130 @@ async def _aioquic_client(port: int, args: argparse.Namespace, srv_pid: int) -> 
     return {"rtt": rtt, "bulk": bulk_r}
 
 
+async def timed_rtt(echo: Callable[[], Awaitable[None]], args: argparse.Namespace,
+                    srv_pid: int) -> dict[str, Any]:
+    """``--warmup`` untimed then ``--rtt-n`` timed ``echo()`` round trips; CPU per op."""
+    for _ in range(args.warmup):
+        await echo()
+    clock = time.perf_counter_ns
+    samples = [0] * args.rtt_n
+    c0 = cpu_all(srv_pid)
+    for i in range(args.rtt_n):
+        t0 = clock()
+        await echo()
+        samples[i] = clock() - t0
+    return summary(samples) | {"cpu": cpu_delta(c0, cpu_all(srv_pid), args.rtt_n)}
+
+
 def free_udp_port() -> int:
     with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def run_aioquic(args: argparse.Namespace) -> dict[str, Any]:
+def with_server(flag: str, client: Callable[[int, int], Coroutine[Any, Any, dict[str, Any]]]
+                ) -> dict[str, Any]:
+    """Run ``client(port, server pid)`` against this module started with ``flag port``."""
     port = free_udp_port()
-    srv = subprocess.Popen([sys.executable, "-m", "bench.bench_transport", "--aioquic-server",
-                            str(port)], cwd=ROOT, stdout=subprocess.PIPE)
+    srv = subprocess.Popen([sys.executable, "-m", "bench.bench_transport", flag, str(port)],
+                           cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
-        return asyncio.run(_aioquic_client(port, args, srv.pid))
+        return asyncio.run(client(port, srv.pid))
     finally:
         stop(srv)
+
+
+# -- our endpoint without the bus --------------------------------------------------------------
+
+ENDPOINT_SEEDS = (b"\x2a" * 32, b"\x2b" * 32)  # client, echo server
+
+
+class EndpointLoop:
+    """Our sans-I/O ``Endpoint`` on a non-blocking UDP socket, driven as the transport shell
+    drives it, without the bus: read the socket until it is empty and feed the whole batch,
+    then hand ``events()`` to ``on_event`` (which may ``send``), send ``datagrams()`` (the
+    batch's ACKs and replies share packets) and re-arm the timer from ``next_timer()``."""
+
+    def __init__(self, seed: bytes, port: int, on_event: Callable[[Any], None]) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from services.crypto.core import Identity
+        from services.transport.endpoint import Endpoint, transport_public
+
+        key, now = Ed25519PrivateKey.generate(), int(time.time())
+        binding = Identity(seed, os.urandom).bind_transport(transport_public(key), now + 3600,
+                                                            now - 10)
+        self.ep = Endpoint(key, binding.encode(), time.time)
+        self.sock = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.loop, self.on_event = asyncio.get_running_loop(), on_event
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        now = self.loop.time()  # the monotonic clock, as the endpoint expects
+        try:
+            while True:
+                data, addr = self.sock.recvfrom(65536)
+                self.ep.receive(data, addr, now)
+        except BlockingIOError:
+            pass
+        self.flush()
+
+    def _on_timer(self) -> None:
+        self.ep.handle_timer(self.loop.time())
+        self.flush()
+
+    def flush(self) -> None:
+        for ev in self.ep.events():
+            self.on_event(ev)
+        for data, addr in self.ep.datagrams():
+            self.sock.sendto(data, addr)
+        if self.timer:
+            self.timer.cancel()
+        when = self.ep.next_timer()
+        self.timer = None if when is None else self.loop.call_at(when, self._on_timer)
+
+
+def endpoint_server(port: int) -> None:
+    """Echo every envelope back to the peer that sent it."""
+    from services.transport.endpoint import Received
+
+    async def main() -> None:
+        def echo(ev: Any) -> None:
+            if isinstance(ev, Received):
+                el.ep.send(ev.node_id, ev.data, el.loop.time())
+
+        el = EndpointLoop(ENDPOINT_SEEDS[1], port, echo)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _endpoint_client(port: int, args: argparse.Namespace, srv_pid: int) -> dict[str, Any]:
+    from services.transport.endpoint import PeerAuthenticated, Received
+
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, PeerAuthenticated | Received):
+            got.put_nowait(ev)
+
+    el, peer = EndpointLoop(ENDPOINT_SEEDS[0], 0, on_event), SigningKey(ENDPOINT_SEEDS[1]).public
+    el.ep.dial(peer, ("127.0.0.1", port), el.loop.time())
+    el.flush()
+    assert isinstance(await asyncio.wait_for(got.get(), 10), PeerAuthenticated)
+    payload = b"E" + os.urandom(args.payload - 1)
+
+    async def echo() -> None:
+        el.ep.send(peer, payload, el.loop.time())
+        el.flush()
+        assert (await got.get()).data == payload
+
+    return {"rtt": await timed_rtt(echo, args, srv_pid)}
 
 
 # -- CPU accounting ----------------------------------------------------------------------------
@@ -405,6 +512,7 @@ def run_iroh(python: str | None, args: argparse.Namespace) -> dict[str, Any] | N
 
 def rows(r: dict[str, Any]) -> list[list[str]]:
     q, t, ra, ir = r["aioquic"], r["transport"], r["ratios"], r["iroh"] or {}
+    e = r["endpoint"]["rtt"]
     t200, t64 = t[f"tput_{r['params']['payload']}"], t["tput_65536"]
 
     def iv(key: str, fmt: str = ".0f") -> str:
@@ -414,17 +522,25 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
         return (f"delivered {tp['delivered']} of {tp['n']}, {tp['overloaded_retries']} "
                 f"`overloaded` retries")
 
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
     return [
-        ["small RTT p50 (µs)", f"{q['rtt']['p50_us']:.0f}", f"{t['rtt']['p50_us']:.0f}",
-         iv("rtt_p50_us"), f"{ra['rtt_p50']:.2f}×", "≤ 1.5×",
-         "yes" if ra["rtt_p50"] <= RTT_RATIO_TARGET else "**no**"],
-        ["small RTT p99 (µs)", f"{q['rtt']['p99_us']:.0f}", f"{t['rtt']['p99_us']:.0f}",
-         iv("rtt_p99_us"), f"{ra['rtt_p99']:.2f}×", "", ""],
+        ["small RTT p50 (µs), end to end", f"{q['rtt']['p50_us']:.0f}",
+         f"{t['rtt']['p50_us']:.0f}", iv("rtt_p50_us"), f"{ra['rtt_p50']:.2f}×", "≤ 1.5×",
+         met(ra["rtt_p50"] <= RTT_RATIO_TARGET)],
+        ["small RTT p99 (µs), end to end", f"{q['rtt']['p99_us']:.0f}",
+         f"{t['rtt']['p99_us']:.0f}", iv("rtt_p99_us"), f"{ra['rtt_p99']:.2f}×", "", ""],
+        ["small RTT p50 (µs), our endpoint without the bus", "", f"{e['p50_us']:.0f}", "",
+         f"{ra['endpoint_rtt_p50']:.2f}×", "≤ 1.5×",
+         met(ra["endpoint_rtt_p50"] <= RTT_RATIO_TARGET)],
+        ["small RTT p99 (µs), our endpoint without the bus", "", f"{e['p99_us']:.0f}", "",
+         f"{ra['endpoint_rtt_p99']:.2f}×", "", ""],
         ["small RTT p50 / p99 on one framed stream (µs)", "", "",
          f"{iv('rtt_framed_p50_us')} / {iv('rtt_framed_p99_us')}", "", "", ""],
         ["bulk MB/s (raw, iroh: one stream; ours: 64 KiB envelopes)",
          f"{q['bulk']['mb_per_s']:.1f}", f"{t64['mb_per_s']:.1f}", iv("bulk_mb_s", ".1f"),
-         f"{ra['bulk']:.2f}×", "≥ 0.7×", "yes" if ra["bulk"] >= BULK_RATIO_TARGET else "**no**"],
+         f"{ra['bulk']:.2f}×", "≥ 0.7×", met(ra["bulk"] >= BULK_RATIO_TARGET)],
         [f"64 KiB envelopes/s ({sent(t64)})", "", f"{t64['env_per_s']:,.0f}", "", "", "", ""],
         [f"{t200['size']} B envelopes/s, window {t200['window']} ({sent(t200)})", "",
          f"{t200['env_per_s']:,.0f}", "", "", "", ""],
@@ -458,6 +574,7 @@ def cpu_lines(r: dict[str, Any]) -> str:
     t = r["transport"]
     for name, cpu in (("raw aioquic RTT", r["aioquic"]["rtt"]["cpu"]),
                       ("raw aioquic bulk", r["aioquic"]["bulk"]["cpu"]),
+                      ("endpoint RTT", r["endpoint"]["rtt"]["cpu"]),
                       ("transport RTT", t["rtt"]["cpu"]),
                       ("transport 200 B tput", t[f"tput_{r['params']['payload']}"]["cpu"]),
                       ("transport 64 KiB tput", t["tput_65536"]["cpu"])):
@@ -483,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--aioquic-server", type=int, help=argparse.SUPPRESS)
     p.add_argument("--b-router", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--endpoint-server", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.aioquic_server:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -492,10 +610,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         b_router(*args.b_router)
         return 0
+    if args.endpoint_server:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        endpoint_server(args.endpoint_server)
+        return 0
 
     t0 = time.monotonic()
-    raw = run_aioquic(args)
+    raw = with_server("--aioquic-server", lambda port, pid: _aioquic_client(port, args, pid))
     print(f"raw aioquic done ({time.monotonic() - t0:.0f} s)", flush=True)
+    endpoint = with_server("--endpoint-server",
+                           lambda port, pid: _endpoint_client(port, args, pid))
+    print(f"endpoint done ({time.monotonic() - t0:.0f} s)", flush=True)
     ours = run_transport(args)
     print(f"transport done ({time.monotonic() - t0:.0f} s)", flush=True)
     iroh = run_iroh(args.iroh_python, args)
@@ -503,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iroh done ({time.monotonic() - t0:.0f} s)", flush=True)
     ratios = {"rtt_p50": ours["rtt"]["p50_us"] / raw["rtt"]["p50_us"],
               "rtt_p99": ours["rtt"]["p99_us"] / raw["rtt"]["p99_us"],
+              "endpoint_rtt_p50": endpoint["rtt"]["p50_us"] / raw["rtt"]["p50_us"],
+              "endpoint_rtt_p99": endpoint["rtt"]["p99_us"] / raw["rtt"]["p99_us"],
               "bulk": ours["tput_65536"]["mb_per_s"] / raw["bulk"]["mb_per_s"]}
     if iroh:
         ratios |= {"iroh_rtt_p50": iroh["rtt_p50_us"] / raw["rtt"]["p50_us"],
@@ -513,11 +640,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "bulk_mib",
                                                    "tput_n", "window")},
-        "aioquic": raw, "transport": ours, "iroh": iroh, "ratios": ratios,
+        "aioquic": raw, "endpoint": endpoint, "transport": ours, "iroh": iroh, "ratios": ratios,
         "targets": {"bulk_ge_0.7x_raw": {"value": ratios["bulk"],
                                          "met": ratios["bulk"] >= BULK_RATIO_TARGET},
                     "rtt_p50_le_1.5x_raw": {"value": ratios["rtt_p50"],
-                                            "met": ratios["rtt_p50"] <= RTT_RATIO_TARGET}},
+                                            "met": ratios["rtt_p50"] <= RTT_RATIO_TARGET},
+                    "endpoint_rtt_p50_le_1.5x_raw": {
+                        "value": ratios["endpoint_rtt_p50"],
+                        "met": ratios["endpoint_rtt_p50"] <= RTT_RATIO_TARGET}},
         "wall_s": time.monotonic() - t0,
     }
     print()
