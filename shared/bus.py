@@ -16,10 +16,11 @@ from .wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 from .wire.messages.sys import ErrorReply
 
 HARD_MAX_FRAME_BYTES = 64 * 1024 * 1024
-MAX_EARLY = 10_000
 """ZeroMQ's own per-frame cap (ZMQ_MAXMSGSIZE): a peer sending more is disconnected by
 libzmq before the frame is read into memory. Frames under it but over ``bus.max_message_bytes``
 are answered with ``too_large``."""
+MAX_EARLY_BYTES = 64 * 1024 * 1024
+"""What a client keeps of replies that arrived before the one it awaits."""
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -88,9 +89,13 @@ class BusClient:
         self._ctx = ctx or zmq.Context()
         self._socks: dict[str, zmq.Socket] = {}
         self._ids = MsgIds(os.urandom(8))
-        self._early: OrderedDict[bytes, Decoded] = OrderedDict()
-        """Replies that arrived while another was awaited (services may answer out of
-        order), kept for the next ``recv`` of their id; the oldest go beyond ``MAX_EARLY``."""
+        self._outstanding: set[bytes] = set()
+        """Requests sent and not yet received (a ``recv`` that times out gives up its id)."""
+        self._early: OrderedDict[bytes, tuple[Decoded, int]] = OrderedDict()
+        """Replies to outstanding requests that arrived while another was awaited (services
+        may answer out of order), kept for the ``recv`` of their id; beyond
+        ``MAX_EARLY_BYTES`` the oldest are dropped (their ``recv`` then times out)."""
+        self._early_bytes = 0
 
     def sock(self, role: str) -> zmq.Socket:
         s = self._socks.get(role)
@@ -116,6 +121,7 @@ class BusClient:
             send_frames(sock, frames)
         except zmq.Again:
             sock.send_multipart(frames)  # queue full: wait for room
+        self._outstanding.add(msg_id)
         return msg_id
 
     def recv(self, role: str, msg_id: bytes, timeout_s: float | None = None) -> Decoded:
@@ -123,10 +129,15 @@ class BusClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         sock = self.sock(role)
         deadline = time.monotonic() + timeout
-        msg = self._early.pop(msg_id, None)
+        early = self._early.pop(msg_id, None)
+        msg = None
+        if early is not None:
+            msg, size = early
+            self._early_bytes -= size
         while msg is None:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                self._outstanding.discard(msg_id)  # a late reply is discarded
                 raise BusTimeout(
                     f"no reply from {role} at {self.endpoints[role].rpc} within {timeout:g} s"
                     " (is the service running? see `tom node status`)")
@@ -138,14 +149,22 @@ class BusClient:
             except DecodeError:
                 continue  # not a reply we can read; it cannot be ours
             if msg.header.parent_id != msg_id:
-                if msg.header.parent_id is not None:  # another request's, or a late one's
-                    self._early[msg.header.parent_id] = msg
-                    if len(self._early) > MAX_EARLY:
-                        self._early.popitem(last=False)
+                self._keep_early(msg, sum(map(len, frames)))
                 msg = None
+        self._outstanding.discard(msg_id)
         if isinstance(msg.body, ErrorReply):
             raise RemoteError(msg.body.code, msg.body.name, msg.body.message, role)
         return msg
+
+    def _keep_early(self, msg: Decoded, size: int) -> None:
+        parent = msg.header.parent_id
+        if parent is None or parent not in self._outstanding or parent in self._early:
+            return  # not a reply to a request still awaited (a late one): discarded
+        self._early[parent] = (msg, size)
+        self._early_bytes += size
+        while self._early_bytes > MAX_EARLY_BYTES:
+            _, (_, dropped) = self._early.popitem(last=False)
+            self._early_bytes -= dropped
 
     def call(self, role: str, body: Message, blobs: Iterable[bytes] = (),
              timeout_s: float | None = None) -> Decoded:

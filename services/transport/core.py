@@ -10,12 +10,13 @@ become :class:`SendDatagram` actions and its events become bus events
 reason the connection ended.
 
 Envelopes from peers go to the router as ``router.deliver`` calls, at most
-``DELIVER_WINDOW`` in flight. The rest wait in a queue; once it holds ``DELIVER_QUEUE``
-envelopes or ``DELIVER_QUEUE_BYTES`` the endpoint stops reading its peers (``accepting``),
-so QUIC flow control makes them wait instead of anything being dropped, and it reads again
-when the queue is half empty.
-A call that times out or finds the router unavailable or overloaded is retried (the router
-drops duplicates by envelope id); any other error drops the envelope, counted.
+``DELIVER_WINDOW`` in flight. The rest wait in a queue that may cost ``DELIVER_QUEUE_COST``
+(each envelope its size, at least the endpoint's ``FRAME_COST``): that is the endpoint's
+budget, and once it is spent the endpoint stops reading its peers, so QUIC flow control makes
+them wait instead of anything being dropped; it reads again when the queue is half empty.
+A call that times out or finds the router unavailable or overloaded is retried, in the order
+the envelopes arrived (the router drops duplicates by envelope id); any other error drops the
+envelope, counted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from shared.wire.messages import router as rm
 from shared.wire.messages import transport as m
 
 from .endpoint import (
+    FRAME_COST,
     Addr,
     Backpressure,
     Endpoint,
@@ -66,8 +68,7 @@ REDIAL_MAX_S = 30.0
 REDIAL_ATTEMPTS = 8
 DELIVER = "deliver"
 DELIVER_WINDOW = 64
-DELIVER_QUEUE = 4096
-DELIVER_QUEUE_BYTES = 8 * 1024 * 1024
+DELIVER_QUEUE_COST = 8 * 1024 * 1024
 DELIVER_TIMEOUT_S = 5.0
 DELIVER_RETRY_S = 0.5
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
@@ -104,9 +105,13 @@ class TransportCore(Core):
         """Last address of every peer that was connected: re-dialled when it is lost."""
         self._redial: dict[bytes, tuple[float, int]] = {}
         """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
-        self._inbox: deque[tuple[bytes, bytes]] = deque()
-        """(peer, envelope) waiting for a ``router.deliver`` slot."""
-        self._inbox_bytes = 0
+        self._inbox: deque[tuple[int, bytes, bytes]] = deque()
+        """(arrival number, peer, envelope) waiting for a ``router.deliver`` slot."""
+        self._inbox_cost = 0
+        self._arrivals = 0
+        self._failed: list[tuple[int, bytes, bytes]] = []
+        """Deliveries to retry, put back at the head of the queue in arrival order."""
+        self._paused = False
         self._delivering = 0
         self._deliver_after = 0.0
         """After a retryable failure, no new calls before this time."""
@@ -130,16 +135,16 @@ class TransportCore(Core):
             case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
                 self._next_bind = now + BIND_RETRY_S
                 return []
-            case PeerReplied(token=(tag, _, _)) if tag == DELIVER:
+            case PeerReplied(token=(tag, _, _, _)) if tag == DELIVER:
                 self._delivering -= 1
                 self.stats["delivered"] += 1
                 return self._collect(now)
-            case PeerFailed(token=(tag, peer, data), code=code) if tag == DELIVER:
+            case PeerFailed(token=(tag, seq, peer, data), code=code) if tag == DELIVER:
                 self._delivering -= 1
                 if code in RETRYABLE:
                     self.stats["deliver_retries"] += 1
-                    self._inbox.appendleft((peer, data))
-                    self._inbox_bytes += len(data)
+                    self._failed.append((seq, peer, data))
+                    self._inbox_cost += max(len(data), FRAME_COST)
                     self._deliver_after = now + DELIVER_RETRY_S
                 else:
                     self.stats["deliveries_refused"] += 1
@@ -196,12 +201,23 @@ class TransportCore(Core):
     def flush(self, now: float) -> list[Action]:
         return self._collect(now)
 
+    def close(self, now: float) -> list[Action]:
+        """Tell every peer the connection ends (CONNECTION_CLOSE), so they notice at once
+        instead of after missed pings. Envelopes still queued for the router are lost with
+        the process; their senders' routers retry what is not acknowledged end to end."""
+        ep = self.endpoint
+        if ep is None:
+            return []
+        for node in list(ep.peers):
+            ep.close(node, now, "the peer's transport is shutting down")
+        return [SendDatagram(d, a) for d, a in ep.datagrams()]
+
     def next_deadline(self) -> float | None:
         times = [t for t in (self._next_bind,
                              self.endpoint.next_timer() if self.endpoint else None)
                  if t is not None]
         times += [when for when, _ in self._redial.values() if when != float("inf")]
-        if self._inbox and self._delivering < DELIVER_WINDOW:
+        if (self._inbox or self._failed) and self._delivering < DELIVER_WINDOW:
             times.append(self._deliver_after)
         return min(times, default=None)
 
@@ -211,7 +227,8 @@ class TransportCore(Core):
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
-                "deliver_queue": len(self._inbox), "deliver_queue_bytes": self._inbox_bytes,
+                "deliver_queue": len(self._inbox) + len(self._failed),
+                "deliver_queue_cost": self._inbox_cost,
                 "delivering": self._delivering}
 
     # -- internals -------------------------------------------------------------------------
@@ -229,13 +246,17 @@ class TransportCore(Core):
         if ep is None:
             return []
         actions: list[Action] = []
-        if not ep.accepting and len(self._inbox) < DELIVER_QUEUE // 2 \
-                and self._inbox_bytes < DELIVER_QUEUE_BYTES // 2:
-            ep.resume(now)  # before taking events: what it parses is among them
+        room = DELIVER_QUEUE_COST - self._inbox_cost
+        if not self._paused:
+            ep.budget = room
+        elif room >= DELIVER_QUEUE_COST // 2:
+            self._paused = False
+            ep.resume(now, room)  # before taking events: what it parses is among them
         for ev in ep.events():
             if isinstance(ev, Received):
-                self._inbox.append((ev.node_id, ev.data))
-                self._inbox_bytes += len(ev.data)
+                self._arrivals += 1
+                self._inbox.append((self._arrivals, ev.node_id, ev.data))
+                self._inbox_cost += max(len(ev.data), FRAME_COST)
             elif isinstance(ev, PathUpdated):
                 actions.append(Publish(m.Path(peer=ev.node_id, host=ev.addr[0],
                                               port=ev.addr[1], path="direct",
@@ -267,15 +288,18 @@ class TransportCore(Core):
         assert ep is not None
         calls: list[Action] = []
         if now >= self._deliver_after:
+            if self._failed:
+                self._failed.sort()
+                self._inbox.extendleft(reversed(self._failed))
+                self._failed = []
             while self._inbox and self._delivering < DELIVER_WINDOW:
-                peer, data = self._inbox.popleft()
-                self._inbox_bytes -= len(data)
+                seq, peer, data = self._inbox.popleft()
+                self._inbox_cost -= max(len(data), FRAME_COST)
                 self._delivering += 1
                 calls.append(Call("router", rm.Deliver(peer=peer, path="direct"),
-                                  (DELIVER, peer, data), DELIVER_TIMEOUT_S, (data,)))
-        if ep.accepting and (len(self._inbox) >= DELIVER_QUEUE
-                             or self._inbox_bytes >= DELIVER_QUEUE_BYTES):
-            ep.accepting = False
+                                  (DELIVER, seq, peer, data), DELIVER_TIMEOUT_S, (data,)))
+        if not self._paused and not ep.accepting:
+            self._paused = True
             self.stats["paused_reading"] += 1
         return calls
 

@@ -23,8 +23,11 @@ stream per direction instead of one per envelope: aioquic walks every open strea
 packet it builds, which made thousands of in-flight envelopes cost quadratic CPU (the
 benchmark in docs/benchmarks.md has the figures); one ordered lane also means an envelope can
 never overtake the proof. Flow control follows consumption: the lane's and the connection's
-receive windows grow only by what the endpoint has parsed, and the endpoint stops parsing
-while its owner has ``accepting`` off, so a slow consumer pushes back to the sending peer.
+receive windows grow only by what the endpoint has parsed, and the endpoint parses only
+while its owner's ``budget`` lasts (each envelope costs its size, at least ``FRAME_COST``, so
+tiny frames cannot flood the owner's queue), so a slow consumer pushes back to the sending
+peer. A retired connection (below) is always parsed: it holds at most a window, and its
+envelopes must not be lost when it closes.
 
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
 Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
@@ -41,13 +44,17 @@ One connection per peer, used in both directions: whoever dialled, envelopes to 
 go over it. When both sides dial at once, the connection dialled by the smaller node id wins.
 A connection that loses its place (to a restarted peer's or in a simultaneous dial) is
 *retired*, not cut: nothing new is sent on it, its lane is ended with FIN, and it closes once
-both lanes are finished or after ``DRAIN_S``, so envelopes already in flight on it arrive.
+both lanes are finished or after ``DRAIN_S`` without progress, so envelopes already in
+flight on it arrive; complete frames still buffered when any connection ends are handed over.
+A node id holds at most one retired connection beside its current one, and the endpoint at
+most ``max_connections`` authenticated connections.
 """
 
 from __future__ import annotations
 
 import datetime
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +88,8 @@ CHANNEL_LABEL = b"tom cb"
 CID_LENGTH = 8
 MAX_AUTH_BYTES = 1024
 PREFIX = 4
+FRAME_COST = 256
+"""What an envelope costs against the owner's budget at least (queue entries have overhead)."""
 WINDOW_BEFORE_AUTH = 64 * 1024
 """Connection receive window until the peer is authenticated."""
 MAX_BACKLOG = 8 * 1024 * 1024
@@ -255,7 +264,8 @@ class Endpoint:
     def __init__(self, transport_key: Ed25519PrivateKey, binding: bytes,
                  wall: Callable[[], float], *, idle_timeout_s: float = 30.0,
                  auth_timeout_s: float = 10.0, max_frame_bytes: int = MAX_ENVELOPE_BYTES,
-                 max_unauthenticated: int = 64, max_backlog: int = MAX_BACKLOG) -> None:
+                 max_unauthenticated: int = 64, max_backlog: int = MAX_BACKLOG,
+                 max_connections: int = 1024) -> None:
         self._key = transport_key
         self._binding = binding
         self.node_id = TransportBinding.decode(binding).node_id
@@ -268,11 +278,14 @@ class Endpoint:
         self.max_frame_bytes = max_frame_bytes
         self.max_unauthenticated = max_unauthenticated
         self.max_backlog = max_backlog
+        self.max_connections = max_connections
         self.window = 2 * (max_frame_bytes + PREFIX)
         """Receive window of a lane and of an authenticated connection: two full frames."""
-        self.accepting = True
-        """While False, authenticated peers' lanes are not parsed (their windows stop
-        growing, so they stop sending); ``resume`` parses what waited."""
+        self.budget = sys.maxsize
+        """What the owner still takes: each envelope parsed costs ``max(size, FRAME_COST)``.
+        At zero, authenticated peers' lanes are not parsed (their windows stop growing, so
+        they stop sending); ``resume`` sets a new budget and parses what waited."""
+        self._rotation = 0
         self._routes: dict[bytes, _Conn] = {}
         self._conns: set[_Conn] = set()
         self.peers: dict[bytes, _Conn] = {}
@@ -348,13 +361,23 @@ class Endpoint:
         sender = conn.quic._streams[conn.lane].sender
         return sender._buffer_stop - sender._buffer_start
 
-    def resume(self, now: float) -> None:
-        """Accept envelopes again and parse what arrived while ``accepting`` was off."""
-        self.accepting = True
-        for conn in list(self._conns):
-            if conn.rx and conn.node_id is not None:
-                self._parse(conn, now)
-                self._dirty[conn] = now  # window updates go out with the next datagrams
+    @property
+    def accepting(self) -> bool:
+        return self.budget > 0
+
+    def resume(self, now: float, budget: int = sys.maxsize) -> None:
+        """Take up to ``budget`` more and parse what waited, starting with a different
+        connection each time so that no peer is always served last."""
+        self.budget = budget
+        conns = [c for c in self._conns if c.rx and c.node_id is not None]
+        if not conns:
+            return
+        self._rotation = (self._rotation + 1) % len(conns)
+        for conn in conns[self._rotation:] + conns[:self._rotation]:
+            if self.budget <= 0:
+                break
+            self._parse(conn, now)
+            self._dirty[conn] = now  # window updates go out with the next datagrams
 
     def dialling(self) -> set[bytes]:
         """Node ids this endpoint is dialling and not yet connected to."""
@@ -385,7 +408,8 @@ class Endpoint:
                     self._wall() >= conn.expires_wall:
                 self._fail(conn, "the peer's transport binding expired", count="expired")
             if conn.retired_until is not None and not conn.closing and (
-                    now >= conn.retired_until or conn.lane_ended and self._lane_done(conn)):
+                    now >= conn.retired_until or conn.lane_ended and not conn.rx
+                    and self._lane_done(conn)):
                 conn.closing = True
                 conn.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
             if conn.node_id is not None and not conn.closing and now >= conn.next_ping:
@@ -427,7 +451,8 @@ class Endpoint:
         times = [t for c in self._conns if (t := c.quic.get_timer()) is not None]
         times += [c.created + self.auth_timeout_s if c.node_id is None else c.next_ping
                   for c in self._conns if not c.closing]
-        times += [c.retired_until for c in self._conns if c.retired_until is not None]
+        times += [c.retired_until for c in self._conns
+                  if c.retired_until is not None and not c.closing]
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------------
@@ -497,7 +522,7 @@ class Endpoint:
         elif isinstance(ev, qe.StreamReset | qe.StopSendingReceived):
             self._malformed(conn, f"the peer aborted stream {ev.stream_id}")
         elif isinstance(ev, qe.ConnectionTerminated):
-            self._terminated(conn, ev.reason_phrase or f"code {ev.error_code}")
+            self._terminated(conn, ev.reason_phrase or f"code {ev.error_code}", now)
 
     def _on_stream(self, conn: _Conn, ev: qe.StreamDataReceived, now: float) -> None:
         if conn.closing:
@@ -510,15 +535,18 @@ class Endpoint:
             conn.lane_ended = True
         self._parse(conn, now)
 
-    def _parse(self, conn: _Conn, now: float) -> None:
-        """Take the complete frames off the peer's lane: the proof first, then envelopes."""
+    def _parse(self, conn: _Conn, now: float, final: bool = False) -> None:
+        """Take the complete frames off the peer's lane: the proof first, then envelopes
+        (``final``: the connection has ended; hand over what is complete, whatever the
+        budget)."""
         rx = conn.rx
         pos, end = 0, len(rx)
         node_id = conn.node_id
         limit = self.max_frame_bytes if node_id is not None else MAX_AUTH_BYTES
         frames: list[bytes] = []
-        while end - pos >= PREFIX and not conn.closing:
-            if node_id is not None and not self.accepting:
+        metered = not final and conn.retired_until is None
+        while end - pos >= PREFIX and (final or not conn.closing):
+            if node_id is not None and metered and self.budget <= 0:
                 break
             size = int.from_bytes(rx[pos:pos + PREFIX], "big")
             if not 0 < size <= limit:
@@ -535,6 +563,8 @@ class Endpoint:
                 limit = self.max_frame_bytes
             else:
                 frames.append(frame)
+                if metered:
+                    self.budget -= max(size, FRAME_COST)
         del rx[:pos]
         conn.parsed += pos
         conn.quic.consumed += pos
@@ -542,7 +572,10 @@ class Endpoint:
             assert node_id is not None
             self.counters["frames_received"] += len(frames)
             self._events += [Received(node_id, f) for f in frames]
-        if conn.lane_ended and rx and not conn.closing and (self.accepting or node_id is None):
+            if conn.retired_until is not None and not final:
+                conn.retired_until = max(conn.retired_until, now + DRAIN_S)  # still draining
+        if conn.lane_ended and rx and not conn.closing and not final and (
+                node_id is None or not metered or self.budget > 0):
             self._malformed(conn, "the peer's lane ended inside a frame")
             return
         stream = conn.quic._streams.get(3 if conn.dialled else 2)
@@ -581,6 +614,10 @@ class Endpoint:
         if node_id == self.node_id:
             self._fail(conn, "connected to ourselves")
             return
+        if sum(1 for c in self._conns if c.node_id is not None and not c.closing) \
+                >= self.max_connections:
+            self._fail(conn, "too many connections", count="refused_connections")
+            return
         conn.node_id = node_id
         conn.quic.connection_window = self.window
         conn.authenticated_at = now
@@ -590,22 +627,32 @@ class Endpoint:
         existing = self.peers.get(node_id)
         if existing is not None and not self._keep_new(existing, conn, node_id, now):
             self.counters["duplicates"] += 1
-            self._retire(conn, now)
+            self._retire(conn, node_id, now)
             return
         self.peers[node_id] = conn
         if existing is not None:  # replaced: a stale connection, or the loser of a race
             self.counters["replaced"] += 1
-            self._retire(existing, now)
-            self._pump(existing, now)
+            self._retire(existing, node_id, now)
+            self._dirty[existing] = now
         self.counters["authenticated"] += 1
         self._events.append(PeerAuthenticated(node_id, conn.addr, conn.dialled))
         self._report_rtt(conn)
 
-    def _retire(self, conn: _Conn, now: float) -> None:
-        """Send nothing new on this connection; let what is in flight arrive, then close."""
+    def _retire(self, conn: _Conn, node_id: bytes, now: float) -> None:
+        """Send nothing new on this connection; let what is in flight arrive, then close.
+        An older retired connection of the same node is closed now (one per node)."""
+        for other in self._conns:
+            if other is not conn and other.node_id == node_id \
+                    and other.retired_until is not None and not other.closing:
+                other.closing = True
+                other.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
+                self._dirty[other] = now
         conn.retired_until = now + DRAIN_S
-        if conn.lane is not None:
-            conn.quic.send_stream_data(conn.lane, b"", end_stream=True)
+        if conn.lane is not None and not conn.closing:
+            try:
+                conn.quic.send_stream_data(conn.lane, b"", end_stream=True)
+            except (RuntimeError, ValueError):  # the lane was already reset or ended
+                pass
 
     @staticmethod
     def _lane_done(conn: _Conn) -> bool:
@@ -637,7 +684,9 @@ class Endpoint:
         conn.closing = True
         conn.quic.close(error_code=code, reason_phrase=reason)
 
-    def _terminated(self, conn: _Conn, reason: str) -> None:
+    def _terminated(self, conn: _Conn, reason: str, now: float) -> None:
+        if conn.node_id is not None and conn.rx:
+            self._parse(conn, now, final=True)  # acknowledged to the peer: hand it over
         self._forget(conn)
         if conn.node_id is None:
             self._events.append(PeerClosed(None, conn.addr, reason))

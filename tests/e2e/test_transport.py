@@ -136,7 +136,7 @@ def test_a_stalled_router_pushes_back_to_the_sending_peer(pair) -> None:  # type
             paused = status.counters.get("paused_reading", 0) >= 1
             time.sleep(0.05)
         assert paused, "B never stopped reading"
-        assert status.queues["deliver_queue_bytes"] <= 9 * 1024 * 1024
+        assert status.queues["deliver_queue_cost"] <= 9 * 1024 * 1024
         # bounded: at most B's window and A's backlog limit more, then refused again
         with pytest.raises(RemoteError, match="overloaded"):
             for _ in range(1000):

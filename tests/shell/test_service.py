@@ -16,7 +16,7 @@ from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.core import Action, Core, Input, Publish, Reply, Request
 from shared.service import Service, ServiceContext
-from shared.wire import ErrorCode, Header, RemoteError, encode
+from shared.wire import BusTimeout, ErrorCode, Header, RemoteError, encode
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.sys import Heartbeat, Ping, PingReply, Status, StatusReply
 
@@ -140,3 +140,18 @@ def test_requests_past_their_deadline_are_dropped_and_counted(tmp_path: Path) ->
         status = client.request("crypto", Status())
         assert isinstance(status, StatusReply) and status.counters["expired_requests"] == 1
         assert status.frames_out >= 2 and "internal_errors" not in status.counters
+
+
+def test_out_of_order_replies_are_kept_and_late_ones_discarded(tmp_path: Path) -> None:
+    """Held requests are answered together: awaiting the second finds the first's reply kept
+    for it; a reply to a request whose wait timed out is not kept."""
+    core = ScriptedCore("hold")
+    with serving(tmp_path, lambda: core) as (_, client):
+        gave_up = client.send("crypto", NodeId())
+        with pytest.raises(BusTimeout):
+            client.recv("crypto", gave_up, timeout_s=0.05)
+        first, second = client.send("crypto", NodeId()), client.send("crypto", NodeId())
+        assert isinstance(client.recv("crypto", second, timeout_s=5).body, NodeIdReply)
+        assert set(client._early) == {first}  # the late reply to gave_up was discarded
+        assert isinstance(client.recv("crypto", first, timeout_s=0.01).body, NodeIdReply)
+        assert not client._early and not client._early_bytes and not client._outstanding

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.crypto.core import Identity
 from services.transport.endpoint import (
+    FRAME_COST,
     Addr,
     Backpressure,
     Endpoint,
@@ -237,7 +238,7 @@ def test_a_consumer_that_stops_accepting_pushes_back_to_the_sender() -> None:
     Backpressure; when B resumes, everything arrives once, in order."""
     net = connected(max_frame_bytes=64 * 1024, max_backlog=256 * 1024)
     a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
-    b.accepting = False
+    b.budget = 0
     sent = 0
     with pytest.raises(Backpressure):
         for sent in range(10_000):  # noqa: B007
@@ -398,3 +399,89 @@ def test_a_dead_peer_is_noticed_long_before_the_idle_timeout() -> None:
     assert net.of("a", PeerClosed)[0].reason == "the peer stopped answering"
     assert net.now - start < 10
     assert net.eps[net.addr["a"]].counters["dead_peers"] == 1
+
+
+def add_endpoint(net: Net, name: str, ep: Endpoint, addr: Addr) -> Endpoint:
+    net.eps[addr], net.name[addr], net.events[name] = ep, name, []
+    return ep
+
+
+def test_a_new_connection_replaces_one_whose_lane_the_peer_stopped() -> None:
+    """Retiring a connection that is already closing (its lane stopped by the peer) must not
+    break the authentication of the new one."""
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    ca = a.peers[B_ID]
+    ca.quic.stop_stream(3, 0)  # A stops B's lane: B closes that connection as malformed
+    a._pump(ca, net.now)
+    net.run(10, until=lambda: b.counters["malformed_streams"] == 1)
+    a2 = add_endpoint(net, "a2", endpoint(A_SEED), ("10.0.0.7", 4433))
+    a2.dial(B_ID, net.addr["b"], net.now)
+    net.run(50, until=lambda: B_ID in a2.peers and A_ID in b.peers
+            and b.peers[A_ID].lane is not None and not b.peers[A_ID].closing)
+    a2.send(B_ID, b"hello", net.now)
+    net.run(50, until=lambda: bool(net.of("b", Received)))
+    assert [e.data for e in net.of("b", Received)] == [b"hello"]
+
+
+def test_one_node_id_holds_at_most_one_retired_connection() -> None:
+    net = Net(b=endpoint(B_SEED))
+    b = net.eps[net.addr["b"]]
+    for i in range(20):  # one identity opens connection after connection
+        a = add_endpoint(net, f"x{i}", endpoint(A_SEED), (f"10.1.0.{i + 1}", 4433))
+        a.dial(B_ID, net.addr["b"], net.now)
+        net.run(30, until=lambda a=a: B_ID in a.peers, timers=False)  # type: ignore[misc]
+    live = [c for c in b._conns if not c.closing]
+    assert len(live) == 2 and sum(c.retired_until is not None for c in live) == 1
+    assert b.counters["replaced"] == 19
+
+
+def test_connections_beyond_the_limit_are_refused() -> None:
+    net = Net(b=endpoint(B_SEED, max_connections=2), a=endpoint(A_SEED), c=endpoint(C_SEED))
+    b = net.eps[net.addr["b"]]
+    net.eps[net.addr["a"]].dial(B_ID, net.addr["b"], net.now)
+    net.eps[net.addr["c"]].dial(B_ID, net.addr["b"], net.now)
+    net.run(50, until=lambda: len(b.peers) == 2)
+    d = add_endpoint(net, "d", endpoint(b"\x04" * 32), ("10.0.0.9", 4433))
+    d.dial(B_ID, net.addr["b"], net.now)
+    net.run(50, until=lambda: b.counters["refused_connections"] == 1)
+    assert len(b.peers) == 2 and not d.peers
+
+
+def test_tiny_frames_are_charged_a_minimum_cost() -> None:
+    """A budget of 100 frame costs takes 100 one-byte envelopes, not 25,600; the rest wait
+    (unparsed, within the window) until the owner resumes."""
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    b.budget = 100 * FRAME_COST
+    for i in range(1000):
+        a.send(B_ID, bytes([i % 256]), net.now)
+    net.run(100)
+    assert len(net.of("b", Received)) == 100
+    b.resume(net.now)
+    net.run(100, until=lambda: len(net.of("b", Received)) == 1000)
+    assert [e.data for e in net.of("b", Received)] == [bytes([i % 256]) for i in range(1000)]
+
+
+def test_a_retired_connection_hands_over_everything_even_while_paused() -> None:
+    """Both dial at once while A's owner is paused: what B sent on the connection that loses
+    still reaches A (retired connections are drained regardless of the budget)."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED))
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    a.budget = 0
+    a.dial(B_ID, net.addr["b"], net.now)
+    b.dial(A_ID, net.addr["a"], net.now)
+    sent: list[bytes] = []
+
+    def chatter() -> bool:
+        if A_ID in b.peers and len(sent) < 20:
+            sent.append(b"env%d" % len(sent))
+            b.send(A_ID, sent[-1], net.now)
+        return False
+
+    net.run(400, until=chatter)
+    net.run(5000, until=lambda: len(a._conns) == len(b._conns) == 1)
+    a.resume(net.now)
+    net.run(200)
+    assert sorted(e.data for e in net.of("a", Received)) == sorted(sent)
+    assert len(sent) == 20

@@ -1,0 +1,62 @@
+"""The transport core's delivery queue towards the router, sans-I/O."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.transport.core import DELIVER, DELIVER_QUEUE_COST, TransportCore
+from services.transport.endpoint import FRAME_COST
+from shared.core import Call, PeerFailed, PeerReplied
+from shared.wire import ErrorCode
+from shared.wire.messages import router as rm
+
+from .test_transport_endpoint import A_ID, B_SEED, NOW_S, endpoint
+
+
+def core_with_inbox(n: int) -> TransportCore:
+    core = TransportCore(Ed25519PrivateKey.generate(), lambda: NOW_S, ("10.0.0.2", 4433))
+    core.endpoint, core._next_bind = endpoint(B_SEED), None
+    for i in range(n):
+        core._inbox.append((i, A_ID, b"e%d" % i))
+        core._inbox_cost += FRAME_COST
+    return core
+
+
+def deliveries(actions: list) -> list[bytes]:  # type: ignore[type-arg]
+    return [a.blobs[0] for a in actions if isinstance(a, Call) and a.token[0] == DELIVER]
+
+
+def test_failed_deliveries_are_retried_in_arrival_order() -> None:
+    core = core_with_inbox(70)
+    calls = [a for a in core.flush(1.0) if isinstance(a, Call)]
+    assert deliveries(calls) == [b"e%d" % i for i in range(64)]  # the window
+    assert all(isinstance(c.body, rm.Deliver) for c in calls)
+    for c in reversed(calls[::2]):  # the even ones time out, in any order
+        core.handle(PeerFailed(c.token, ErrorCode.PEER_TIMEOUT, "timeout"), 6.0)
+    for c in calls[1::2]:
+        core.handle(PeerReplied(c.token, rm.DeliverReply()), 6.0)
+    assert deliveries(core.flush(6.1)) == []  # backing off
+    retried = deliveries(core.on_timer(6.6))
+    assert retried == [b"e%d" % i for i in range(0, 64, 2)] + [b"e%d" % i for i in range(64, 70)]
+    assert core.stats["deliver_retries"] == 32 and core.stats["delivered"] == 32
+
+
+def test_a_refused_delivery_is_dropped_and_counted() -> None:
+    core = core_with_inbox(1)
+    (call,) = [a for a in core.flush(1.0) if isinstance(a, Call)]
+    core.handle(PeerFailed(call.token, ErrorCode.INVALID, "not an envelope"), 1.1)
+    assert deliveries(core.on_timer(2.0)) == []
+    assert core.stats["deliveries_refused"] == 1 and core.queues()["deliver_queue"] == 0
+
+
+def test_a_full_queue_stops_the_endpoint_reading_until_half_empty() -> None:
+    core = core_with_inbox(DELIVER_QUEUE_COST // FRAME_COST)
+    ep = core.endpoint
+    assert ep is not None
+    core.flush(1.0)  # 64 go out; the rest still cost more than half
+    assert not ep.accepting and core.stats["paused_reading"] == 1
+    while len(core._inbox) > DELIVER_QUEUE_COST // FRAME_COST // 2:
+        core._inbox.pop()
+        core._inbox_cost -= FRAME_COST
+    core.flush(2.0)
+    assert ep.accepting and core.stats["paused_reading"] == 1
