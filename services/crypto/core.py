@@ -121,8 +121,9 @@ class Identity:
         return env.with_signature(self._key.sign(env.signing_bytes()))
 
     def seal(self, to: bytes, msg_type: str, payload: bytes, timestamp_ms: int,
-             via: tuple[bytes, ...] = (), ttl: int = 4, encrypt: bool = True) -> Envelope:
-        env = Envelope(id=self._rng(ID_BYTES), sender=self.node_id, to=to, msg_type=msg_type,
+             via: tuple[bytes, ...] = (), ttl: int = 4, encrypt: bool = True,
+             env_id: bytes | None = None) -> Envelope:
+        env = Envelope(id=env_id or self._rng(ID_BYTES), sender=self.node_id, to=to, msg_type=msg_type,
                        payload=payload, timestamp_ms=timestamp_ms, via=via, ttl=ttl,
                        encrypted=encrypt)
         if encrypt:
@@ -219,7 +220,7 @@ class CryptoCore(Core):
             case m.Seal():
                 ts = self._wall_ms() if req.timestamp_ms is None else req.timestamp_ms
                 env = ident.seal(req.to, req.envelope_type, _blob(blobs), ts, tuple(req.via),
-                                 req.ttl, req.encrypt)
+                                 req.ttl, req.encrypt, req.id)
                 return m.SealReply(id=env.id), (env.encode(),)
             case m.Open():
                 env, plaintext = ident.open(_blob(blobs))

@@ -72,6 +72,8 @@ class Seal(Message):
     ttl: int = Field(4, ge=0, le=4, description="Hop budget (at most 4).")
     encrypt: bool = Field(True, description="Encrypt the payload end to end.")
     timestamp_ms: U64 | None = Field(None, description="Creation time; default: now.")
+    id: bytes | None = Field(None, min_length=16, max_length=16,
+                             description="Envelope id; default: 16 random bytes.")
 
 
 @message("crypto.open_reply", "reply", blobs="1: the payload (plaintext)")

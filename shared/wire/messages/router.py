@@ -1,11 +1,20 @@
-"""``router.*``: the router's requests (the app API grows here)."""
+"""``router.*``: the app API, and the transport's hand-over of envelopes."""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field
 
-from .base import Message, message
+from .base import U64, Message, message
 from .crypto import NodeIdBytes
+
+EnvelopeId = Annotated[bytes, Field(min_length=16, max_length=16)]
+Status = Literal["pending", "sent", "relayed", "delivered", "read", "failed"]
+"""Message status as the sender sees it: `pending` (accepted and stored, not yet handed to a
+peer), `sent` (handed to the first hop), `relayed` (a relay forwarded it), `delivered` (the
+recipient acknowledged it), `read` (the recipient's app read it), or `failed` (terminal,
+with a reason). It only moves forward; `failed` only from before `delivered`."""
 
 
 @message("router.node_info_reply", "reply")
@@ -33,7 +42,169 @@ class Deliver(Message):
     transport keeps a bounded queue, retries after `peer_timeout`, `unavailable` or
     `overloaded`, and stops reading from its peers (QUIC flow control pushes back to them)
     while the queue is full. Any other error drops the envelope, counted as
-    `deliveries_refused`."""
+    `deliveries_refused`. The router answers once it has taken the envelope (verified,
+    rejected, queued for forwarding or stored); rejections are counted, not returned."""
 
     peer: NodeIdBytes = Field(description="The peer it came from (the last hop).")
     path: str = Field(description="`direct` or `relayed`.")
+
+
+# -- the app API ------------------------------------------------------------------------------
+
+@message("router.send_reply", "reply")
+class SendReply(Message):
+    """The message is stored (it survives a router restart) and will be retried until it
+    is delivered or fails; its status changes arrive as `router.status` events."""
+
+    id: EnvelopeId = Field(description="The message's envelope id.")
+
+
+@message("router.send", "request", reply=SendReply, blobs="1: the payload (plaintext)")
+class Send(Message):
+    """Send a chat message to a node: encrypted end to end (unless `encrypt` is false),
+    signed, routed directly or through relays, retried until acknowledged. Fails with
+    `invalid` (sending to ourselves, no blob), `too_large` (payload over 200 KiB) or
+    `overloaded` (too many undelivered messages)."""
+
+    to: NodeIdBytes = Field(description="Recipient node id.")
+    id: EnvelopeId | None = Field(None, description="Envelope id chosen by the app (16 "
+                                  "bytes), so that re-sending after a lost reply is "
+                                  "idempotent; default: a fresh random id.")
+    encrypt: bool = Field(True, description="Encrypt end to end.")
+
+
+@message("router.read_reply", "reply")
+class ReadReply(Message):
+    """The read receipt is on its way (best effort: receipts are not retried)."""
+
+
+@message("router.read", "request", reply=ReadReply)
+class Read(Message):
+    """The app has shown a received message to its user: send a read receipt to the
+    sender. Fails with `not_found` for a message that is not in the inbox."""
+
+    id: EnvelopeId = Field(description="The received message's envelope id.")
+    sender: NodeIdBytes = Field(description="Who sent it.")
+
+
+class MessageState(Message):
+    """Where one sent message stands."""
+
+    id: EnvelopeId = Field(description="Envelope id.")
+    to: NodeIdBytes = Field(description="Recipient.")
+    status: Status = Field(description="See `router.status`.")
+    reason: str = Field("", description="Why it failed (empty otherwise).")
+    updated_ms: U64 = Field(description="When the status last changed, Unix milliseconds.")
+
+
+@message("router.outbox_reply", "reply")
+class OutboxReply(Message):
+    """The statuses asked for (unknown ids are left out)."""
+
+    messages: list[MessageState] = Field(description="One per known id.")
+
+
+@message("router.outbox", "request", reply=OutboxReply)
+class Outbox(Message):
+    """Statuses of sent messages: those listed, or (no ids) the most recent ones."""
+
+    ids: list[EnvelopeId] = Field(default_factory=list, max_length=1000,
+                                  description="Message ids; empty: the latest `limit`.")
+    limit: int = Field(100, ge=1, le=1000, description="How many, when no ids are given.")
+
+
+class Received(Message):
+    """A message received, verified and decrypted (the payload travels as a blob)."""
+
+    seq: U64 = Field(description="Position in this node's inbox, increasing: an app that "
+                     "remembers the last one it handled fetches from there after a gap.")
+    id: EnvelopeId = Field(description="Envelope id.")
+    sender: NodeIdBytes = Field(description="Who sent it (its signature verified).")
+    timestamp_ms: U64 = Field(description="The sender's creation time, Unix milliseconds.")
+    encrypted: bool = Field(description="Whether it was end-to-end encrypted.")
+    relayed: bool = Field(description="Whether it came through one or more relays.")
+    verified: bool = Field(True, description="Always true: unsigned or forged envelopes "
+                           "never reach an app.")
+
+
+@message("router.inbox_reply", "reply", blobs="n: the payloads, in the order of `messages`")
+class InboxReply(Message):
+    """Received messages after `after`, oldest first."""
+
+    messages: list[Received] = Field(description="At most `limit`.")
+
+
+@message("router.inbox", "request", reply=InboxReply)
+class Inbox(Message):
+    """Received messages with `seq` above `after` (the inbox keeps 24 h)."""
+
+    after: U64 = Field(0, description="Last seq already handled; 0: from the start.")
+    limit: int = Field(100, ge=1, le=1000, description="At most this many.")
+
+
+class PeerEntry(Message):
+    """A node this router knows about."""
+
+    node_id: NodeIdBytes
+    username: str = Field("", description="From its signed announcement.")
+    status: Literal["online", "stale", "offline"] = Field(
+        description="`online`: connected or heard from in the last 20 s; `stale`: silent "
+        "20-45 s; `offline`: longer (forgotten after an hour).")
+    connected: bool = Field(description="A transport connection to it is up.")
+    route: list[NodeIdBytes] = Field(default_factory=list, description="Relays a message "
+                                     "to it would go through now (empty: direct or none).")
+    host: str = Field("", description="Last known address.")
+    port: int = Field(0, description="Last known port.")
+    rtt_ms: float | None = Field(None, description="Transport RTT when connected.")
+    last_seen_ms: U64 = Field(0, description="Last time we heard from or about it.")
+
+
+@message("router.peers_reply", "reply")
+class PeersReply(Message):
+    peers: list[PeerEntry]
+
+
+@message("router.peers", "request", reply=PeersReply)
+class Peers(Message):
+    """Every node the router knows: connected ones, and those learned from announcements."""
+
+
+@message("router.add_peer_reply", "reply")
+class AddPeerReply(Message):
+    """The peer is remembered; the connection is made in the background (watch
+    `router.peer`)."""
+
+
+@message("router.add_peer", "request", reply=AddPeerReply)
+class AddPeer(Message):
+    """Introduce a node (a bootstrap peer): the router connects to it, keeps it, and learns
+    the rest of the network through it."""
+
+    node_id: NodeIdBytes
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(ge=1, le=65535)
+
+
+@message("router.message", "event", blobs="1: the payload (plaintext)")
+class MessageReceived(Received):
+    """A message arrived for the app. Events can be missed (an app that was not
+    subscribed); `router.inbox` returns them by `seq`."""
+
+
+@message("router.status", "event")
+class StatusChanged(Message):
+    """A sent message's status moved (see `router.send`)."""
+
+    id: EnvelopeId
+    to: NodeIdBytes
+    status: Status
+    reason: str = ""
+
+
+@message("router.peer", "event")
+class PeerChanged(Message):
+    """A node came online, went stale or offline, or was discovered."""
+
+    node_id: NodeIdBytes
+    status: Literal["online", "stale", "offline", "discovered"]
+    username: str = ""
