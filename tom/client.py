@@ -53,7 +53,7 @@ class Client:
         that arrive from now on)."""
         self.endpoints = ep.load(data.endpoints)
         self.bus = BusClient(self.endpoints, src="tom-app", timeout_s=timeout_s)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
         self.after = after
 

@@ -123,8 +123,9 @@ class Identity:
     def seal(self, to: bytes, msg_type: str, payload: bytes, timestamp_ms: int,
              via: tuple[bytes, ...] = (), ttl: int = 4, encrypt: bool = True,
              env_id: bytes | None = None) -> Envelope:
-        env = Envelope(id=env_id or self._rng(ID_BYTES), sender=self.node_id, to=to, msg_type=msg_type,
-                       payload=payload, timestamp_ms=timestamp_ms, via=via, ttl=ttl,
+        env = Envelope(id=env_id or self._rng(ID_BYTES), sender=self.node_id, to=to,
+                       msg_type=msg_type, payload=payload, timestamp_ms=timestamp_ms, via=via,
+                       ttl=ttl,
                        encrypted=encrypt)
         if encrypt:
             x_r = self.x25519_of(to)

@@ -1,52 +1,751 @@
-"""Router core.
+"""Router core: routing, delivery guarantees, topology and discovery, and the app API.
 
-Theory of operation (grows with the routing issues): the router answers app requests on its
-ROUTER socket and asks other services for what it does not hold itself. It never holds the
-identity secret, so "who am I" is a call to crypto, cached once answered. Requests that arrive
-while that call is in flight wait for the same answer; if crypto fails or does not answer in
-time, every waiting request fails with that reason (``peer_timeout`` while crypto is down)
-and the next request tries again.
+Theory of operation. The router never holds the identity secret: it asks crypto for its node
+id at start, to seal (encrypt and sign) what it originates and to open what is addressed to
+it. Until the node id is known, requests that need it fail with ``unavailable``.
+
+Incoming (``router.deliver`` from the transport). Every envelope is decoded and its
+signature verified in-process before anything else; unsigned, forged, malformed and oversize
+envelopes are rejected and counted (``rejected_*``). Then:
+
+* addressed to us: the timestamp must lie in the replay window (``replay_window_s`` back,
+  5 min ahead). A ``Chat`` that is already in the inbox (same sender and id) is not
+  delivered again but acknowledged again, so a sender whose ACK was lost stops retrying; a
+  new one goes to crypto.open, is stored in the inbox (SQLite) and only then acknowledged
+  and the transport's call answered, so a crash loses nothing (the transport retries). The
+  inbox is the dedup record, kept as long as the replay window: older copies fail the
+  freshness check instead. ``Ack`` and ``ReadReceipt`` move the tracker, and only when they
+  come from the node that can vouch for them (the recipient; a relay on the path for
+  ``RelayForwarded``). ``PeerAnnounce`` carries gossip.
+* we are in its ``via``: forwarded to the next hop with ttl − 1 (ttl 0 → rejected), once per
+  ``FORWARD_DEDUP_S`` (the sender's retries come later and pass), and for a ``Chat`` a
+  ``RelayForwarded`` ACK goes back along the path. Relays forward nothing else: an envelope
+  neither for us nor naming us is rejected (``rejected_not_for_us``): no open relay.
+
+Outgoing (``router.send``). The message is sealed by crypto with the path of the moment, then
+stored in the outbox (SQLite) before the app's request is answered; the store is committed
+once per batch in :meth:`flush`, and the replies wait for it. The tracker moves a message
+Pending → Sent (first hop took it) → Relayed → Delivered → Read, or Failed with a reason; it
+is retried with backoff (5 s, doubling to 60 s, immediately when a peer connects) until it
+is acknowledged or ``message_lifetime_s`` passes. A retry keeps the id; when the path has
+changed, crypto re-signs the envelope with the new ``via``. After a restart the open
+messages are loaded and retried at once.
+
+Paths: direct when connected; otherwise the shortest chain of at most four relays in the
+graph of announced neighbours (services/router/topology.py), while a direct connection is
+dialled in the background when an address is known.
 """
 
 from __future__ import annotations
 
-from shared.core import Action, Call, Core, Fail, Input, PeerFailed, PeerReplied, Reply, Request
-from shared.wire import ErrorCode
-from shared.wire.messages.crypto import NodeId, NodeIdReply
-from shared.wire.messages.router import NodeInfo, NodeInfoReply
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
-_NODE_ID = "node_id"  # token of the call to crypto
+import msgpack
+
+from shared.core import (
+    Action,
+    Call,
+    Core,
+    Fail,
+    Input,
+    PeerFailed,
+    PeerReplied,
+    Publish,
+    Reply,
+    Request,
+)
+from shared.core import EventReceived as BusEvent
+from shared.envelope import (
+    DEFAULT_TTL,
+    AckPayload,
+    AckType,
+    Envelope,
+    EnvelopeError,
+    EnvelopeTooLarge,
+    MessageType,
+    ReadReceiptPayload,
+    Unsigned,
+    decode,
+)
+from shared.primitives import BadSignature
+from shared.wire import ErrorCode
+from shared.wire.messages import crypto as cm
+from shared.wire.messages import router as rm
+from shared.wire.messages import transport as tm
+
+from .store import OutRow, Store
+from .topology import Topology, announce_payload, read_announce
+
+PENDING, SENT, RELAYED, DELIVERED, READ, FAILED = range(6)
+STATUS = ("pending", "sent", "relayed", "delivered", "read", "failed")
+MAX_PAYLOAD = 200 * 1024
+MAX_FUTURE_MS = 300_000
+FORWARD_DEDUP_S = 2.0
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 60.0
+TICK_S = 1.0
+LIVENESS_S = 5.0
+ANNOUNCE_S = 60.0
+GOSSIP_SAMPLE = 20
+CONNECT_RETRY_S = 5.0
+RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
+_NODE_ID = "node_id"
+
+
+@dataclass
+class RouterSettings:
+    username: str = "anonymous"
+    replay_window_s: float = 86_400 + 600
+    message_lifetime_s: float = 86_400
+    gossip_interval_s: float = 5.0
+    max_open_messages: int = 100_000
+    bootstrap: tuple[tuple[bytes, str, int], ...] = ()
+
+
+@dataclass
+class OutMsg:
+    id: bytes
+    to: bytes
+    env: Envelope
+    status: int
+    created_ms: int
+    attempts: int = 0
+    next_try: float = 0.0
+    busy: bool = False
+    """A crypto or transport call about this message is in flight."""
 
 
 class RouterCore(Core):
     role = "router"
-    handles = frozenset({NodeInfo})
+    handles = frozenset({rm.NodeInfo, rm.Deliver, rm.Send, rm.Read, rm.Outbox, rm.Inbox,
+                         rm.Peers, rm.AddPeer})
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store, wall: Callable[[], float],
+                 settings: RouterSettings | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.wall = wall
+        self.settings = settings or RouterSettings()
+        self.rng = rng or random.Random()
         self.node_id: bytes | None = None
+        self.topo: Topology | None = None
         self._waiting: list[object] = []
+        self._asked_id = False
+        self.out: dict[bytes, OutMsg] = {}
+        self._sealing: set[bytes] = set()
+        self._held_replies: list[Action] = []
+        """Replies that wait for the store's commit (flush)."""
+        self._opening: set[tuple[bytes, bytes]] = set()
+        self._forwarded: dict[tuple[bytes, bytes], float] = {}
+        self._connecting: dict[bytes, float] = {}
+        self._next_tick = 0.0
+        self._next_liveness = 0.0
+        self._next_gossip = 0.0
+        self._next_announce = 0.0
+        self._announce_dirty = True
+        self._own_announce = b""
+        self._local_addr = ("", 0)
+        self.stats: Counter[str] = Counter()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.wall() * 1000)
 
     def handle(self, event: Input, now: float) -> list[Action]:
         match event:
-            case Request(body=NodeInfo()):
+            case Request(body=rm.NodeInfo()):
                 if self.node_id is not None:
-                    return [Reply(event.ctx, NodeInfoReply(node_id=self.node_id))]
+                    return [Reply(event.ctx, rm.NodeInfoReply(node_id=self.node_id))]
                 self._waiting.append(event.ctx)
-                if len(self._waiting) == 1:
-                    return [Call("crypto", NodeId(), _NODE_ID)]
-                return []
-            case PeerReplied(token=token, body=NodeIdReply(node_id=node_id)) if token == _NODE_ID:
-                self.node_id = node_id
-                waiting, self._waiting = self._waiting, []
-                return [Reply(ctx, NodeInfoReply(node_id=node_id)) for ctx in waiting]
+                return self._ask_id()
+            case PeerReplied(token=token, body=cm.NodeIdReply(node_id=node_id)) \
+                    if token == _NODE_ID:
+                return self._started(node_id, now)
             case PeerFailed(token=token, code=code, message=message) if token == _NODE_ID:
+                self._asked_id = False
                 waiting, self._waiting = self._waiting, []
                 return [Fail(ctx, code, message) for ctx in waiting]
             case PeerReplied(token=token, body=body) if token == _NODE_ID:
+                self._asked_id = False
                 waiting, self._waiting = self._waiting, []
                 return [Fail(ctx, ErrorCode.FAILED, f"crypto answered {body.msg_type}")
                         for ctx in waiting]
+            case Request() if self.node_id is None:
+                return [Fail(event.ctx, ErrorCode.UNAVAILABLE, "the router does not know its "
+                             "node id yet (is crypto running?)")] + self._ask_id()
+            case Request(body=rm.Deliver(peer=peer)):
+                return self._deliver(event, peer, now)
+            case Request(body=rm.Send()):
+                return self._send(event, now)
+            case Request(body=rm.Read(id=msg_id, sender=sender)):
+                return self._read(event.ctx, msg_id, sender, now)
+            case Request(body=rm.Outbox(ids=ids, limit=limit)):
+                return [Reply(event.ctx, rm.OutboxReply(messages=self._states(ids, limit)))]
+            case Request(body=rm.Inbox(after=after, limit=limit)):
+                rows = self.store.inbox_after(after, limit)
+                return [Reply(event.ctx, rm.InboxReply(messages=[rm.Received(
+                    seq=r.seq, id=r.id, sender=r.sender, timestamp_ms=r.timestamp_ms,
+                    encrypted=r.encrypted, relayed=r.relayed) for r in rows]),
+                    tuple(r.payload for r in rows))]
+            case Request(body=rm.Peers()):
+                return [Reply(event.ctx, rm.PeersReply(peers=self._peer_entries()))]
+            case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):
+                if node == self.node_id:
+                    return [Fail(event.ctx, ErrorCode.INVALID, "that is this node's own id")]
+                self._add_bootstrap(node, host, port)
+                return [Reply(event.ctx, rm.AddPeerReply())] + self._connect(node, now)
+            case PeerReplied(token=(kind, *rest)) | PeerFailed(token=(kind, *rest)):
+                return self._answered(kind, rest, event, now)
+            case BusEvent(body=body):
+                return self._transport_event(body, now)
         return super().handle(event, now)
 
+    def _ask_id(self) -> list[Action]:
+        if self._asked_id:
+            return []
+        self._asked_id = True
+        return [Call("crypto", cm.NodeId(), _NODE_ID)]
+
+    def _started(self, node_id: bytes, now: float) -> list[Action]:
+        self.node_id = node_id
+        self.topo = Topology(node_id)
+        waiting, self._waiting = self._waiting, []
+        actions: list[Action] = [Reply(ctx, rm.NodeInfoReply(node_id=node_id))
+                                 for ctx in waiting]
+        for node, host, port, boot, seen in self.store.peers():
+            p = self.topo.peer(node)
+            p.host, p.port, p.bootstrap, p.last_seen_ms = host, port, boot, seen
+        for node, host, port in self.settings.bootstrap:
+            self._add_bootstrap(node, host, port)
+        for row in self.store.open_out(DELIVERED):
+            self.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
+                                      row.created_ms, row.attempts, next_try=now)
+        self.stats["restored_messages"] += len(self.out)
+        actions.append(Call("transport", tm.Peers(), ("tpeers",)))
+        actions.append(Call("transport", tm.Info(), ("tinfo",)))
+        return actions
+
+    def _add_bootstrap(self, node: bytes, host: str, port: int) -> None:
+        assert self.topo is not None
+        if node == self.node_id:
+            return
+        p = self.topo.peer(node)
+        p.bootstrap = True
+        if not p.connected:
+            p.host, p.port = host, port
+        self.store.put_peer(node, host, port, True, p.last_seen_ms)
+
+    # -- incoming envelopes -------------------------------------------------------------------
+
+    def _reject(self, reason: str) -> None:
+        self.stats[f"rejected_{reason}"] += 1
+
+    def _deliver(self, req: Request, peer: bytes, now: float) -> list[Action]:
+        ok: list[Action] = [Reply(req.ctx, rm.DeliverReply())]
+        if len(req.blobs) != 1:
+            return [Fail(req.ctx, ErrorCode.INVALID, "expected one blob: the envelope")]
+        raw = req.blobs[0]
+        try:
+            env = decode(raw)
+            env.verify()
+        except EnvelopeTooLarge:
+            self._reject("oversize")
+            return ok
+        except Unsigned:
+            self._reject("unsigned")
+            return ok
+        except BadSignature:
+            self._reject("forged")
+            return ok
+        except EnvelopeError:
+            self._reject("malformed")
+            return ok
+        assert self.topo is not None and self.node_id is not None
+        now_ms = self.now_ms()
+        self.topo.seen(peer, now_ms)
+        if env.to == self.node_id:
+            if not self._fresh(env, now_ms):
+                return ok
+            self.topo.seen(env.sender, now_ms)
+            match env.msg_type:
+                case MessageType.CHAT:
+                    return self._receive_chat(req, env, raw, now)
+                case MessageType.ACK:
+                    return ok + self._on_ack(env, now)
+                case MessageType.READ_RECEIPT:
+                    return ok + self._on_receipt(env, now)
+                case MessageType.PEER_ANNOUNCE:
+                    return ok + self._on_gossip(env, peer, now)
+            self._reject("unsupported_type")
+            return ok
+        if self.node_id in env.via:
+            return ok + self._forward(env, now)
+        self._reject("not_for_us")
+        return ok
+
+    def _fresh(self, env: Envelope, now_ms: int) -> bool:
+        if env.timestamp_ms > now_ms + MAX_FUTURE_MS:
+            self._reject("future")
+            return False
+        if env.timestamp_ms < now_ms - self.settings.replay_window_s * 1000:
+            self._reject("stale")
+            return False
+        return True
+
+    def _receive_chat(self, req: Request, env: Envelope, raw: bytes,
+                      now: float) -> list[Action]:
+        key = (env.sender, env.id)
+        if key in self._opening:
+            self.stats["duplicates"] += 1
+            return [Reply(req.ctx, rm.DeliverReply())]
+        if self.store.has_in(env.sender, env.id):
+            self.stats["duplicates"] += 1  # delivered before: acknowledge again, once more
+            return [Reply(req.ctx, rm.DeliverReply())] + self._ack(env)
+        self._opening.add(key)
+        return [Call("crypto", cm.Open(), ("open", req.ctx, env), blobs=(raw,))]
+
+    def _opened(self, ctx: object, env: Envelope, event: PeerReplied | PeerFailed,
+                now: float) -> list[Action]:
+        self._opening.discard((env.sender, env.id))
+        if isinstance(event, PeerFailed):
+            if event.code in RETRYABLE:  # crypto is away: the transport retries later
+                return [Fail(ctx, ErrorCode.UNAVAILABLE, event.message)]
+            self._reject(ErrorCode(event.code).name.lower())
+            return [Reply(ctx, rm.DeliverReply())]
+        seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
+                                bool(env.via), event.blobs[0], self.now_ms())
+        actions: list[Action] = []
+        if seq is not None:
+            self.stats["received"] += 1
+            actions.append(Publish(rm.MessageReceived(
+                seq=seq, id=env.id, sender=env.sender, timestamp_ms=env.timestamp_ms,
+                encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
+        self._held_replies.append(Reply(ctx, rm.DeliverReply()))  # after the commit
+        return actions + self._ack(env)
+
+    def _ack(self, env: Envelope) -> list[Action]:
+        """The delivery ACK, back along the reversed path."""
+        payload = AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode()
+        return self._control(env.sender, MessageType.ACK, payload, tuple(reversed(env.via)))
+
+    def _control(self, to: bytes, kind: str, payload: bytes,
+                 via: tuple[bytes, ...]) -> list[Action]:
+        """Seal (sign, not encrypt) a control envelope and send it to its first hop; best
+        effort: the sender's retries cover a lost one."""
+        hop = via[0] if via else to
+        return [Call("crypto", cm.Seal(to=to, envelope_type=kind, via=list(via),
+                                       encrypt=False), ("ctl", hop), blobs=(payload,))]
+
+    def _on_ack(self, env: Envelope, now: float) -> list[Action]:
+        try:
+            ack = AckPayload.decode(env.payload)
+        except EnvelopeError:
+            self._reject("malformed_ack")
+            return []
+        msg = self._outgoing(ack.original_id)
+        if msg is None:
+            self.stats["unknown_acks"] += 1
+            return []
+        if ack.ack_type == AckType.RECIPIENT_RECEIVED:
+            if env.sender != msg.to:
+                self._reject("ack_not_from_recipient")
+                return []
+            return self._advance(msg, DELIVERED)
+        if env.sender not in msg.env.via:
+            self._reject("ack_not_from_relay")
+            return []
+        return self._advance(msg, RELAYED)
+
+    def _on_receipt(self, env: Envelope, now: float) -> list[Action]:
+        try:
+            rr = ReadReceiptPayload.decode(env.payload)
+        except EnvelopeError:
+            self._reject("malformed_receipt")
+            return []
+        msg = self._outgoing(rr.original_id)
+        if msg is None or env.sender != msg.to:
+            self._reject("receipt_unknown")
+            return []
+        return self._advance(msg, READ)
+
+    def _forward(self, env: Envelope, now: float) -> list[Action]:
+        assert self.node_id is not None and self.topo is not None
+        if not self._fresh(env, self.now_ms()):
+            return []
+        if env.ttl == 0:
+            self._reject("ttl_exhausted")
+            return []
+        key = (env.sender, env.id)
+        if now - self._forwarded.get(key, -1e9) < FORWARD_DEDUP_S:
+            self.stats["forward_duplicates"] += 1
+            return []
+        self._forwarded[key] = now
+        pos = env.via.index(self.node_id)
+        hop = env.via[pos + 1] if pos + 1 < len(env.via) else env.to
+        if hop == self.node_id or hop == env.sender:
+            self._reject("loop")
+            return []
+        peer = self.topo.peers.get(hop)
+        if peer is None or not peer.connected:
+            self.stats["forward_unreachable"] += 1
+            return self._connect(hop, now)
+        self.stats["forwarded"] += 1
+        actions: list[Action] = [Call("transport", tm.Send(peer=hop), ("fwd",),
+                                      blobs=(replace(env, ttl=env.ttl - 1).encode(),))]
+        if env.msg_type == MessageType.CHAT:  # not for ACKs: no ACKs of ACKs
+            back = tuple(reversed(env.via[:pos]))
+            payload = AckPayload(env.id, AckType.RELAY_FORWARDED).encode()
+            actions += self._control(env.sender, MessageType.ACK, payload, back)
+        return actions
+
+    # -- outgoing messages --------------------------------------------------------------------
+
+    def _send(self, req: Request, now: float) -> list[Action]:
+        body = req.body
+        assert isinstance(body, rm.Send) and self.topo is not None
+        if len(req.blobs) != 1:
+            return [Fail(req.ctx, ErrorCode.INVALID, "expected one blob: the payload")]
+        if body.to == self.node_id:
+            return [Fail(req.ctx, ErrorCode.INVALID, "cannot send a message to this node "
+                         "itself")]
+        if len(req.blobs[0]) > MAX_PAYLOAD:
+            return [Fail(req.ctx, ErrorCode.TOO_LARGE, f"payload of {len(req.blobs[0])} "
+                         f"bytes exceeds {MAX_PAYLOAD}")]
+        if body.id is not None and (body.id in self.out or body.id in self._sealing
+                                    or self.store.get_out(body.id) is not None):
+            if body.id in self._sealing:  # the first copy is being sealed: answer later
+                return [Fail(req.ctx, ErrorCode.OVERLOADED, "this id is being stored; "
+                             "retry")]
+            return [Reply(req.ctx, rm.SendReply(id=body.id))]  # idempotent
+        if len(self.out) >= self.settings.max_open_messages:
+            return [Fail(req.ctx, ErrorCode.OVERLOADED, f"{len(self.out)} messages are "
+                         "not delivered yet")]
+        via = self.topo.route(body.to) or ()
+        msg_id = body.id or self.rng.randbytes(16)
+        self._sealing.add(msg_id)
+        return [Call("crypto", cm.Seal(to=body.to, envelope_type=MessageType.CHAT,
+                                       via=list(via), encrypt=body.encrypt, id=msg_id),
+                     ("seal", req.ctx, msg_id), blobs=req.blobs)]
+
+    def _sealed(self, ctx: object, msg_id: bytes, event: PeerReplied | PeerFailed,
+                now: float) -> list[Action]:
+        self._sealing.discard(msg_id)
+        if isinstance(event, PeerFailed):
+            return [Fail(ctx, event.code, event.message)]
+        env = decode(event.blobs[0])
+        now_ms = self.now_ms()
+        msg = OutMsg(msg_id, env.to, env, PENDING, now_ms, next_try=now)
+        self.out[msg_id] = msg
+        self.store.put_out(OutRow(msg_id, env.to, event.blobs[0], PENDING, "", now_ms,
+                                  now_ms, 0))
+        self.stats["accepted"] += 1
+        self._held_replies.append(Reply(ctx, rm.SendReply(id=msg_id)))
+        return [Publish(rm.StatusChanged(id=msg_id, to=env.to, status="pending"))] + \
+            self._attempt(msg, now)
+
+    def _attempt(self, msg: OutMsg, now: float) -> list[Action]:
+        """Send (or re-send) a message along the best path of the moment."""
+        assert self.topo is not None
+        if msg.busy or msg.status >= DELIVERED:
+            return []
+        if self.wall() * 1000 - msg.created_ms > self.settings.message_lifetime_s * 1000:
+            return self._advance(msg, FAILED, "not acknowledged within "
+                                 f"{self.settings.message_lifetime_s:g} s")
+        route = self.topo.route(msg.to)
+        actions: list[Action] = []
+        if route != ():
+            actions += self._connect(msg.to, now)  # a direct path, for later messages
+        if route is None:
+            msg.next_try = now + RETRY_FIRST_S  # or as soon as a peer connects
+            self.stats["no_route"] += 1
+            return actions
+        msg.busy = True
+        if route != msg.env.via:  # a new path: crypto signs the new via
+            unsigned = replace(msg.env, via=route, ttl=DEFAULT_TTL, signature=b"")
+            return actions + [Call("crypto", cm.Sign(), ("resign", msg.id),
+                                   blobs=(unsigned.encode(),))]
+        msg.attempts += 1
+        msg.next_try = now + min(RETRY_FIRST_S * 2 ** (msg.attempts - 1), RETRY_MAX_S)
+        if msg.attempts > 1:
+            self.stats["retries"] += 1
+        hop = route[0] if route else msg.to
+        return actions + [Call("transport", tm.Send(peer=hop), ("xmit", msg.id),
+                               blobs=(msg.env.encode(),))]
+
+    def _resigned(self, msg_id: bytes, event: PeerReplied | PeerFailed,
+                  now: float) -> list[Action]:
+        msg = self.out.get(msg_id)
+        if msg is None:
+            return []
+        msg.busy = False
+        if isinstance(event, PeerFailed):
+            msg.next_try = now + RETRY_FIRST_S
+            return []
+        msg.env = decode(event.blobs[0])
+        self.store.update_out(msg.id, msg.status, "", self.now_ms(), msg.attempts,
+                              event.blobs[0])
+        return self._attempt(msg, now)
+
+    def _transmitted(self, msg_id: bytes, event: PeerReplied | PeerFailed,
+                     now: float) -> list[Action]:
+        msg = self.out.get(msg_id)
+        if msg is None:
+            return []
+        msg.busy = False
+        if isinstance(event, PeerReplied):
+            return self._advance(msg, SENT)
+        self.stats["send_failures"] += 1
+        if event.code == ErrorCode.TOO_LARGE:
+            return self._advance(msg, FAILED, event.message)
+        msg.next_try = now + (0.5 if event.code == ErrorCode.OVERLOADED else 1.0)
+        return []
+
+    def _outgoing(self, msg_id: bytes) -> OutMsg | None:
+        msg = self.out.get(msg_id)
+        if msg is None:
+            row = self.store.get_out(msg_id)
+            if row is None or row.status >= READ:
+                return None
+            msg = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
+                         row.created_ms, row.attempts)
+            self.out[msg_id] = msg
+        return msg
+
+    def _advance(self, msg: OutMsg, status: int, reason: str = "") -> list[Action]:
+        if msg.status == FAILED or status <= msg.status or (
+                status == FAILED and msg.status >= DELIVERED):
+            self.stats["stale_status_updates"] += 1
+            return []
+        msg.status = status
+        self.store.update_out(msg.id, status, reason, self.now_ms(), msg.attempts)
+        if status >= READ or status == FAILED:
+            del self.out[msg.id]
+        self.stats[STATUS[status]] += 1
+        return [Publish(rm.StatusChanged(id=msg.id, to=msg.to, status=STATUS[status],  # type: ignore[arg-type]
+                                         reason=reason))]
+
+    def _read(self, ctx: object, msg_id: bytes, sender: bytes, now: float) -> list[Action]:
+        assert self.topo is not None
+        if not self.store.mark_read(sender, msg_id):
+            if not self.store.has_in(sender, msg_id):
+                return [Fail(ctx, ErrorCode.INVALID, "no such message in the inbox")]
+            return [Reply(ctx, rm.ReadReply())]  # read before: one receipt is enough
+        via = self.topo.route(sender) or ()
+        self._held_replies.append(Reply(ctx, rm.ReadReply()))
+        return self._control(sender, MessageType.READ_RECEIPT,
+                             ReadReceiptPayload(msg_id, self.now_ms()).encode(), via)
+
+    def _states(self, ids: list[bytes], limit: int) -> list[rm.MessageState]:
+        rows = [r for i in ids if (r := self.store.get_out(i)) is not None] if ids \
+            else self.store.latest_out(limit)
+        return [rm.MessageState(id=r.id, to=r.recipient, status=STATUS[r.status],  # type: ignore[arg-type]
+                                reason=r.reason, updated_ms=r.updated_ms) for r in rows]
+
+    # -- answers to our calls -----------------------------------------------------------------
+
+    def _answered(self, kind: str, rest: list[Any], event: PeerReplied | PeerFailed,
+                  now: float) -> list[Action]:
+        ok = isinstance(event, PeerReplied)
+        match kind:
+            case "seal":
+                return self._sealed(rest[0], rest[1], event, now)
+            case "open":
+                return self._opened(rest[0], rest[1], event, now)
+            case "resign":
+                return self._resigned(rest[0], event, now)
+            case "xmit":
+                return self._transmitted(rest[0], event, now)
+            case "ctl" if ok:
+                assert isinstance(event, PeerReplied)
+                return [Call("transport", tm.Send(peer=rest[0]), ("ctl_sent",),
+                             blobs=event.blobs)]
+            case "announce" if ok:
+                assert isinstance(event, PeerReplied)
+                self._own_announce = event.blobs[0]
+                return []
+            case "announce":
+                self._announce_dirty = True
+                return []
+            case "gossip" if ok:
+                assert isinstance(event, PeerReplied)
+                return [Call("transport", tm.Send(peer=rest[0]), ("ctl_sent",),
+                             blobs=event.blobs)]
+            case "tpeers" if isinstance(event, PeerReplied) \
+                    and isinstance(event.body, tm.PeersReply):
+                for p in event.body.peers:
+                    self._connected(p.node_id, p.host, p.port, p.rtt_ms)
+                return self._peer_up(now)
+            case "tinfo" if isinstance(event, PeerReplied) \
+                    and isinstance(event.body, tm.InfoReply):
+                self._local_addr = (event.body.host, event.body.port)
+                self._announce_dirty = True
+                return []
+            case "connect":
+                self._connecting.pop(rest[0], None) if not ok else None
+                return []
+        if not ok:
+            assert isinstance(event, PeerFailed)
+            self.stats[f"{kind}_failures"] += 1
+        return []
+
+    # -- topology, discovery ------------------------------------------------------------------
+
+    def _transport_event(self, body: Any, now: float) -> list[Action]:
+        if self.topo is None:
+            return []
+        match body:
+            case tm.PeerConnected(peer=peer, host=host, port=port):
+                self._connected(peer, host, port, None)
+                self._connecting.pop(peer, None)
+                self.store.put_peer(peer, host, port, self.topo.peers[peer].bootstrap,
+                                    self.now_ms())
+                return self._peer_up(now) + self._gossip_to(peer)
+            case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
+                gone = self.topo.peers[peer]
+                gone.connected, gone.rtt_ms = False, None
+                self._announce_dirty = True
+            case tm.Path(peer=peer, rtt_ms=rtt) if peer in self.topo.peers:
+                self.topo.peers[peer].rtt_ms = rtt
+        return []
+
+    def _connected(self, node: bytes, host: str, port: int, rtt: float | None) -> None:
+        assert self.topo is not None
+        p = self.topo.peer(node)
+        p.connected, p.host, p.port, p.rtt_ms = True, host, port, rtt
+        p.last_seen_ms = self.now_ms()
+        self._announce_dirty = True
+
+    def _peer_up(self, now: float) -> list[Action]:
+        """A path may have appeared: retry what waits for one."""
+        actions: list[Action] = []
+        for msg in list(self.out.values()):
+            if msg.status < SENT and not msg.busy:
+                actions += self._attempt(msg, now)
+        return actions
+
+    def _connect(self, node: bytes, now: float) -> list[Action]:
+        assert self.topo is not None
+        p = self.topo.peers.get(node)
+        if p is None or p.connected or not p.host or not p.port \
+                or now < self._connecting.get(node, -1e9):
+            return []
+        self._connecting[node] = now + CONNECT_RETRY_S
+        return [Call("transport", tm.Connect(peer=node, host=p.host, port=p.port),
+                     ("connect", node), timeout_s=10.0)]
+
+    def _on_gossip(self, env: Envelope, peer: bytes, now: float) -> list[Action]:
+        assert self.topo is not None
+        now_ms = self.now_ms()
+        try:
+            items = msgpack.unpackb(env.payload, raw=False)
+            if not isinstance(items, list) or len(items) > GOSSIP_SAMPLE + 1:
+                raise ValueError
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self._reject("malformed_gossip")
+            return []
+        actions: list[Action] = []
+        for item in items:
+            try:
+                raw, host, port = item
+                inner = decode(raw)
+                inner.verify()
+                ann = read_announce(inner, now_ms)
+                hint = (host, port) if isinstance(host, str) and isinstance(port, int) \
+                    and 0 < port < 65536 else ("", 0)
+            except (ValueError, TypeError, EnvelopeError, BadSignature):
+                self._reject("bad_announcement")
+                continue
+            if self.topo.learn(ann, raw, hint, now_ms):
+                self.stats["discovered"] += 1
+                actions.append(Publish(rm.PeerChanged(node_id=ann.node_id,
+                                                      status="discovered",
+                                                      username=ann.username)))
+        return actions + self._peer_up(now)
+
+    def _gossip_to(self, peer: bytes) -> list[Action]:
+        assert self.topo is not None
+        items = [[self._own_announce, "", 0]] if self._own_announce else []
+        for p in self.topo.sample(peer, GOSSIP_SAMPLE):
+            addr = (p.host, p.port) if p.connected else ("", 0)
+            items.append([p.announce, *addr])
+        if not items:
+            return []
+        return [Call("crypto", cm.Seal(to=peer, envelope_type=MessageType.PEER_ANNOUNCE,
+                                       ttl=0, encrypt=False), ("gossip", peer),
+                     blobs=(msgpack.packb(items, use_bin_type=True),))]
+
+    def _peer_entries(self) -> list[rm.PeerEntry]:
+        assert self.topo is not None
+        return [rm.PeerEntry(node_id=p.node_id, username=p.username, status=p.status,  # type: ignore[arg-type]
+                             connected=p.connected, route=list(self.topo.route(n) or ()),
+                             host=p.host, port=p.port, rtt_ms=p.rtt_ms,
+                             last_seen_ms=max(0, p.last_seen_ms))
+                for n, p in sorted(self.topo.peers.items())]
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.topo is None:
+            return None if self._asked_id else self._next_tick
+        return self._next_tick
+
+    def on_timer(self, now: float) -> list[Action]:
+        if self.topo is None:  # ask crypto who we are (again, every 2 s, while it fails)
+            self._next_tick = now + 2.0
+            return self._ask_id()
+        self._next_tick = now + TICK_S
+        actions: list[Action] = []
+        for msg in list(self.out.values()):
+            if not msg.busy and msg.status < DELIVERED and now >= msg.next_try:
+                actions += self._attempt(msg, now)
+        for node, p in list(self.topo.peers.items()):
+            if p.bootstrap and not p.connected:
+                actions += self._connect(node, now)
+        if now >= self._next_announce or self._announce_dirty:
+            self._next_announce = now + ANNOUNCE_S
+            self._announce_dirty = False
+            host, port = self._local_addr
+            payload = announce_payload(self.settings.username, host, port,
+                                       self.topo.connected())
+            assert self.node_id is not None
+            actions.append(Call("crypto", cm.Seal(
+                to=self.node_id, envelope_type=MessageType.PEER_ANNOUNCE, ttl=0,
+                encrypt=False), ("announce",), blobs=(payload,)))
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.settings.gossip_interval_s
+            for peer in self.topo.connected():
+                actions += self._gossip_to(peer)
+        if now >= self._next_liveness:
+            self._next_liveness = now + LIVENESS_S
+            actions += [Publish(rm.PeerChanged(node_id=n, status=s))  # type: ignore[arg-type]
+                        for n, s in self.topo.liveness(self.now_ms())]
+            self._forwarded = {k: t for k, t in self._forwarded.items()
+                               if now - t < FORWARD_DEDUP_S}
+            cutoff = self.now_ms() - int(self.settings.replay_window_s * 1000)
+            self.stats["inbox_purged"] += self.store.purge_in(cutoff)
+            self.stats["outbox_purged"] += self.store.purge_out(
+                cutoff - int(self.settings.message_lifetime_s * 1000))
+        return actions
+
+    def flush(self, now: float) -> list[Action]:
+        """Once per batch: commit what the batch stored, then answer what waited for it."""
+        self.store.commit()
+        held, self._held_replies = self._held_replies, []
+        return held
+
+    def close(self, now: float) -> list[Action]:
+        self.store.close()
+        return []
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
     def queues(self) -> dict[str, int]:
-        return {"waiting_node_id": len(self._waiting)}
+        return {"waiting_node_id": len(self._waiting), "open_messages": len(self.out),
+                "opening": len(self._opening), "known_peers": len(self.topo.peers)
+                if self.topo else 0}

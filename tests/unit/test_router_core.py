@@ -1,50 +1,259 @@
-"""Router core, driven directly: no event loop, no sockets."""
+"""Router cores with real crypto, over the in-memory transport of router_sim."""
 
-from services.router.core import RouterCore
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from services.crypto.core import Identity
+from services.router.core import RouterCore, RouterSettings
+from services.router.store import Store
 from shared.core import Call, Fail, PeerFailed, PeerReplied, Reply, Request
+from shared.envelope import AckPayload, AckType, Envelope, MessageType, decode
 from shared.wire import ErrorCode
+from shared.wire.messages import router as rm
 from shared.wire.messages.crypto import NodeId, NodeIdReply
-from shared.wire.messages.router import NodeInfo, NodeInfoReply
+
+from .router_sim import Sim
 
 NODE = b"\x07" * 32
 
 
+def core() -> RouterCore:
+    return RouterCore(Store(":memory:"), lambda: 1_800_000_000.0)
+
+
 def test_node_info_asks_crypto_once_and_answers_everyone_waiting() -> None:
-    core = RouterCore()
-    first = core.handle(Request("a", NodeInfo()), 0.0)
+    c = core()
+    first = c.handle(Request("a", rm.NodeInfo()), 0.0)
     assert len(first) == 1 and isinstance(first[0], Call)
     call = first[0]
     assert call.role == "crypto" and call.body == NodeId()
-    assert core.handle(Request("b", NodeInfo()), 0.1) == []
-    assert core.queues() == {"waiting_node_id": 2}
-    out = core.handle(PeerReplied(call.token, NodeIdReply(node_id=NODE)), 0.2)
-    assert out == [Reply("a", NodeInfoReply(node_id=NODE)), Reply("b", NodeInfoReply(node_id=NODE))]
-    assert core.handle(Request("c", NodeInfo()), 0.3) == [Reply("c", NodeInfoReply(node_id=NODE))]
+    assert c.handle(Request("b", rm.NodeInfo()), 0.1) == []
+    out = c.handle(PeerReplied(call.token, NodeIdReply(node_id=NODE)), 0.2)
+    assert out[:2] == [Reply("a", rm.NodeInfoReply(node_id=NODE)),
+                       Reply("b", rm.NodeInfoReply(node_id=NODE))]
+    assert c.handle(Request("c", rm.NodeInfo()), 0.3) == [
+        Reply("c", rm.NodeInfoReply(node_id=NODE))]
 
 
 def test_crypto_failure_fails_the_waiting_requests_and_the_next_one_retries() -> None:
-    core = RouterCore()
-    [call] = core.handle(Request("a", NodeInfo()), 0.0)
+    c = core()
+    [call] = c.handle(Request("a", rm.NodeInfo()), 0.0)
     assert isinstance(call, Call)
-    out = core.handle(PeerFailed(call.token, ErrorCode.PEER_TIMEOUT, "crypto did not answer"),
-                      2.0)
+    out = c.handle(PeerFailed(call.token, ErrorCode.PEER_TIMEOUT, "crypto did not answer"), 2.0)
     assert out == [Fail("a", ErrorCode.PEER_TIMEOUT, "crypto did not answer")]
-    again = core.handle(Request("b", NodeInfo()), 3.0)
+    again = c.handle(Request("b", rm.NodeInfo()), 3.0)
     assert len(again) == 1 and isinstance(again[0], Call)
 
 
-def test_unhandled_request_is_unsupported() -> None:
-    [fail] = RouterCore().handle(Request("x", NodeId()), 0.0)
-    assert isinstance(fail, Fail) and fail.code is ErrorCode.UNSUPPORTED
+def test_requests_before_the_node_id_is_known_fail_unavailable() -> None:
+    c = core()
+    out = c.handle(Request("x", rm.Deliver(peer=NODE, path="direct"), (b"e",)), 0.0)
+    assert isinstance(out[0], Fail) and out[0].code is ErrorCode.UNAVAILABLE
 
 
-def test_a_wrong_reply_fails_the_waiters_instead_of_wedging() -> None:
-    from shared.wire.messages.sys import PingReply
+def send(sim: Sim, src: str, dst: str, text: bytes, **kw: object) -> bytes:
+    reply = sim.call(src, rm.Send(to=sim.nodes[dst].id, **kw), (text,))  # type: ignore[arg-type]
+    assert isinstance(reply, Reply), reply
+    return reply.body.id  # type: ignore[no-any-return]
 
-    core = RouterCore()
-    [call] = core.handle(Request("a", NodeInfo()), 0.0)
-    assert isinstance(call, Call)
-    out = core.handle(PeerReplied(call.token, PingReply(service="x", impl="y", pid=1)), 0.1)
-    assert len(out) == 1 and isinstance(out[0], Fail) and out[0].code is ErrorCode.FAILED
-    assert core.queues() == {"waiting_node_id": 0}
-    assert isinstance(core.handle(Request("b", NodeInfo()), 0.2)[0], Call)
+
+def read_all(sim: Sim, name: str) -> None:
+    node = sim.nodes[name]
+    for ev, _ in node.delivered:
+        assert isinstance(sim.call(name, rm.Read(id=ev.id, sender=ev.sender)), Reply)
+
+
+def test_direct_message_goes_sent_delivered_read() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    msg = send(sim, "a", "b", b"hello")
+    assert sim.nodes["b"].received() == [b"hello"]
+    ev = sim.nodes["b"].delivered[0][0]
+    assert ev.encrypted and ev.verified and not ev.relayed and ev.sender == sim.nodes["a"].id
+    read_all(sim, "b")
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "delivered", "read"]
+
+
+def test_a_node_learned_by_gossip_is_reached_through_a_relay() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")  # a and c cannot reach each other
+    sim.run(12)  # announcements travel
+    peers = {p.node_id: p for p in sim.call("a", rm.Peers()).body.peers}
+    assert sim.nodes["c"].id in peers and peers[sim.nodes["c"].id].route == [
+        sim.nodes["b"].id]
+    msg = send(sim, "a", "c", b"via b")
+    assert sim.nodes["c"].received() == [b"via b"]
+    assert sim.nodes["c"].delivered[0][0].relayed
+    read_all(sim, "c")
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed", "delivered", "read"]
+    assert sim.nodes["b"].router.stats["forwarded"] >= 2  # the message and the ACK back
+
+
+def test_multi_hop_path_over_three_relays() -> None:
+    sim = Sim("a", "b", "c", "d", "e")
+    for x, y in ("ab", "bc", "cd", "de"):
+        sim.connect(x, y)
+    sim.run(30)
+    msg = send(sim, "a", "e", b"far")
+    sim.run(1)
+    assert sim.nodes["e"].received() == [b"far"]
+    assert "delivered" in sim.nodes["a"].statuses(msg)
+    env = decode(sim.nodes["a"].router.store.get_out(msg).envelope)  # type: ignore[union-attr]
+    assert env.via == tuple(sim.nodes[n].id for n in "bcd")
+
+
+def test_a_lost_message_is_retried_and_delivered_once() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    sim.drop_sends.add(frozenset("ab"))  # everything between them vanishes...
+    msg = send(sim, "a", "b", b"once")
+    assert sim.nodes["b"].received() == []
+    sim.drop_sends.clear()
+    sim.run(6)  # retried after 5 s
+    assert sim.nodes["b"].received() == [b"once"]
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "delivered"]
+    assert sim.nodes["a"].router.stats["retries"] == 1
+
+
+def test_retry_after_a_lost_ack_is_acknowledged_again_not_delivered_again() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    b = sim.nodes["b"]
+    original = b.router._ack
+
+    def lose_first(env: Envelope) -> list:  # type: ignore[type-arg]
+        b.router._ack = original  # type: ignore[method-assign]
+        return []
+
+    b.router._ack = lose_first  # type: ignore[method-assign]
+    msg = send(sim, "a", "b", b"x")
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+    sim.run(6)
+    assert b.received() == [b"x"] and b.router.stats["duplicates"] == 1
+    assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
+
+
+def test_sending_again_with_the_same_id_stores_one_message() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    msg_id = os.urandom(16)
+    assert send(sim, "a", "b", b"x", id=msg_id) == msg_id
+    assert send(sim, "a", "b", b"x", id=msg_id) == msg_id
+    sim.run(10)
+    assert sim.nodes["b"].received() == [b"x"]
+
+
+def test_messages_wait_for_a_peer_and_go_when_it_connects() -> None:
+    sim = Sim("a", "b")
+    sim.reachable.add(frozenset("ab"))
+    a = sim.nodes["a"]
+    assert isinstance(sim.call("a", rm.AddPeer(node_id=sim.nodes["b"].id, host="10.0.0.1",
+                                               port=5001)), Reply)
+    msg = send(sim, "a", "b", b"late")
+    sim.run(2)
+    assert sim.nodes["b"].received() == [b"late"]
+    assert a.statuses(msg)[-1] == "delivered"
+
+
+def test_outbox_survives_a_router_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", db={"a": db})
+    sim.connect("a", "b")
+    sim.drop_sends.add(frozenset("ab"))
+    ids = [send(sim, "a", "b", b"m%d" % i) for i in range(20)]
+    sim.drop_sends.clear()
+    # the router process dies: a new core on the same file
+    sim.nodes["a"].router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: sim.nodes["a"].router.on_timer(sim.now))
+    sim.run(2)
+    assert sorted(sim.nodes["b"].received()) == sorted(b"m%d" % i for i in range(20))
+    states = sim.call("a", rm.Outbox(ids=ids)).body.messages
+    assert [s.status for s in states] == ["delivered"] * 20
+
+
+class Forger:
+    """Builds envelopes by hand, as a hostile or broken peer would."""
+
+    def __init__(self, sim: Sim, src: str, dst: str) -> None:
+        self.sim, self.src, self.dst = sim, src, dst
+        self.ident = Identity(bytes([list(sim.nodes).index(src) + 1]) * 32, os.urandom)
+
+    def env(self, **kw: object) -> Envelope:
+        fields: dict[str, object] = dict(
+            id=os.urandom(16), sender=self.ident.node_id, to=self.sim.nodes[self.dst].id,
+            msg_type="Chat", payload=b"plain", timestamp_ms=int(self.sim.wall * 1000))
+        fields.update(kw)
+        return self.ident.sign(Envelope(**fields))  # type: ignore[arg-type]
+
+    def deliver(self, raw: bytes, via: str | None = None) -> None:
+        to = self.sim.nodes[via or self.dst]
+        req = Request(("deliver", "x"), rm.Deliver(peer=self.ident.node_id, path="direct"),
+                      (raw,))
+        self.sim.feed(to.name, lambda: to.router.handle(req, self.sim.now))
+        self.sim.run()
+
+
+@pytest.mark.parametrize("case", ["unsigned", "forged", "malformed", "oversize", "stale",
+                                  "future", "not_for_us", "ttl_exhausted"])
+def test_bad_envelopes_are_rejected_counted_and_never_reach_the_app(case: str) -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    f = Forger(sim, "a", "b")
+    good = f.env()
+    now_ms = int(sim.wall * 1000)
+    raw = {
+        "unsigned": replace(good, signature=b"").encode(),
+        "forged": replace(good, payload=b"changed").encode(),
+        "malformed": b"\x93garbage",
+        "oversize": good.encode() + b"\x00" * (256 * 1024),
+        "stale": f.env(timestamp_ms=now_ms - 86_400_000 - 601_000).encode(),
+        "future": f.env(timestamp_ms=now_ms + 600_000).encode(),
+        "not_for_us": f.env(to=sim.nodes["c"].id).encode(),
+        "ttl_exhausted": f.env(to=sim.nodes["c"].id, via=(sim.nodes["b"].id,), ttl=0).encode(),
+    }[case]
+    f.deliver(raw)
+    b = sim.nodes["b"]
+    assert b.received() == [] and sim.nodes["c"].received() == []
+    assert b.router.stats[f"rejected_{case}"] == 1
+
+
+def test_a_replay_is_not_delivered_twice_and_is_refused_after_the_window() -> None:
+    sim = Sim("a", "b", replay_window_s=60.0)
+    sim.connect("a", "b")
+    f = Forger(sim, "a", "b")
+    raw = f.env(payload=b"once").encode()
+    f.deliver(raw)
+    f.deliver(raw)
+    b = sim.nodes["b"]
+    assert b.received() == [b"once"] and b.router.stats["duplicates"] == 1
+    sim.run(70)  # past the window: the inbox forgot it, the timestamp is too old now
+    f.deliver(raw)
+    assert b.received() == [b"once"] and b.router.stats["rejected_stale"] == 1
+
+
+def test_acks_count_only_from_the_recipient() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("a", "c")
+    sim.drop_sends.add(frozenset("ab"))
+    msg = send(sim, "a", "b", b"x")
+    fake = Forger(sim, "c", "a")
+    fake.deliver(fake.env(msg_type=MessageType.ACK, payload=AckPayload(
+        msg, AckType.RECIPIENT_RECEIVED).encode()).encode())
+    assert sim.nodes["a"].router.stats["rejected_ack_not_from_recipient"] == 1
+    assert "delivered" not in sim.nodes["a"].statuses(msg)
+
+
+def test_a_message_that_cannot_be_delivered_fails_with_a_reason() -> None:
+    sim = Sim("a", "b", message_lifetime_s=30.0)
+    msg = send(sim, "a", "b", b"nobody")
+    sim.run(40)
+    [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
+    assert state.status == "failed" and "30" in state.reason
+    assert sim.nodes["a"].statuses(msg) == ["pending", "failed"]

@@ -1,0 +1,167 @@
+"""The router's SQLite file: outbox (sent messages and their status), inbox (received
+messages, which is also the replay-protection record), and known peers.
+
+The core calls it synchronously (SQLite is a local library call, not a socket); writes are
+committed by :meth:`Store.commit`, which the core runs once per batch of inputs before it
+answers the requests of that batch, so "accepted" always means "on disk". WAL with
+``synchronous=NORMAL``: a committed transaction survives the process being killed (not
+necessarily a power cut). Unit tests use ``":memory:"``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
+    status INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (status);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, sender BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL, encrypted INTEGER NOT NULL, relayed INTEGER NOT NULL,
+    payload BLOB NOT NULL, received_ms INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender, id)
+);
+CREATE INDEX IF NOT EXISTS inbox_age ON inbox (received_ms);
+CREATE TABLE IF NOT EXISTS peers (
+    node_id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
+    bootstrap INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class OutRow:
+    id: bytes
+    recipient: bytes
+    envelope: bytes
+    status: int
+    reason: str
+    created_ms: int
+    updated_ms: int
+    attempts: int
+
+
+@dataclass
+class InRow:
+    seq: int
+    id: bytes
+    sender: bytes
+    timestamp_ms: int
+    encrypted: bool
+    relayed: bool
+    payload: bytes
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level="DEFERRED")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+        self.dirty = False
+
+    def commit(self) -> None:
+        if self.dirty:
+            self.db.commit()
+            self.dirty = False
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def put_out(self, r: OutRow) -> None:
+        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?)",
+                        (r.id, r.recipient, r.envelope, r.status, r.reason, r.created_ms,
+                         r.updated_ms, r.attempts))
+        self.dirty = True
+
+    def update_out(self, msg_id: bytes, status: int, reason: str, updated_ms: int,
+                   attempts: int, envelope: bytes | None = None) -> None:
+        if envelope is None:
+            self.db.execute("UPDATE outbox SET status=?, reason=?, updated_ms=?, attempts=? "
+                            "WHERE id=?", (status, reason, updated_ms, attempts, msg_id))
+        else:
+            self.db.execute("UPDATE outbox SET status=?, reason=?, updated_ms=?, attempts=?, "
+                            "envelope=? WHERE id=?",
+                            (status, reason, updated_ms, attempts, envelope, msg_id))
+        self.dirty = True
+
+    def get_out(self, msg_id: bytes) -> OutRow | None:
+        row = self.db.execute("SELECT * FROM outbox WHERE id=?", (msg_id,)).fetchone()
+        return OutRow(*row) if row else None
+
+    def open_out(self, below: int) -> Iterator[OutRow]:
+        """Messages whose status is below ``below`` (not yet delivered nor failed)."""
+        for row in self.db.execute("SELECT * FROM outbox WHERE status < ?", (below,)):
+            yield OutRow(*row)
+
+    def latest_out(self, limit: int) -> list[OutRow]:
+        rows = self.db.execute("SELECT * FROM outbox ORDER BY created_ms DESC LIMIT ?",
+                               (limit,)).fetchall()
+        return [OutRow(*r) for r in rows]
+
+    def purge_out(self, before_ms: int) -> int:
+        n = self.db.execute("DELETE FROM outbox WHERE updated_ms < ?", (before_ms,)).rowcount
+        self.dirty = self.dirty or n > 0
+        return n
+
+    # -- inbox ----------------------------------------------------------------------------
+
+    def has_in(self, sender: bytes, msg_id: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM inbox WHERE sender=? AND id=?",
+                               (sender, msg_id)).fetchone() is not None
+
+    def put_in(self, msg_id: bytes, sender: bytes, timestamp_ms: int, encrypted: bool,
+               relayed: bool, payload: bytes, received_ms: int) -> int | None:
+        """Store a received message; its seq, or None if it was already there."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO inbox (id, sender, timestamp_ms, encrypted, relayed, "
+            "payload, received_ms) VALUES (?,?,?,?,?,?,?)",
+            (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms))
+        self.dirty = True
+        return cur.lastrowid if cur.rowcount else None
+
+    def inbox_after(self, after: int, limit: int) -> list[InRow]:
+        rows = self.db.execute(
+            "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload FROM inbox "
+            "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
+
+    def mark_read(self, sender: bytes, msg_id: bytes) -> bool:
+        """Mark a received message read; False if unknown or already read."""
+        n = self.db.execute("UPDATE inbox SET read=1 WHERE sender=? AND id=? AND read=0",
+                            (sender, msg_id)).rowcount
+        self.dirty = self.dirty or n > 0
+        return n > 0
+
+    def purge_in(self, before_ms: int) -> int:
+        """Forget messages received before ``before_ms`` (the replay window has passed:
+        the freshness check refuses them now)."""
+        n = self.db.execute("DELETE FROM inbox WHERE received_ms < ?", (before_ms,)).rowcount
+        self.dirty = self.dirty or n > 0
+        return n
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def put_peer(self, node_id: bytes, host: str, port: int, bootstrap: bool,
+                 last_seen_ms: int) -> None:
+        self.db.execute(
+            "INSERT INTO peers VALUES (?,?,?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
+            "host=excluded.host, port=excluded.port, last_seen_ms=excluded.last_seen_ms, "
+            "bootstrap=max(bootstrap, excluded.bootstrap)",
+            (node_id, host, port, int(bootstrap), last_seen_ms))
+        self.dirty = True
+
+    def peers(self) -> list[tuple[bytes, str, int, bool, int]]:
+        return [(n, h, p, bool(b), s) for n, h, p, b, s in
+                self.db.execute("SELECT * FROM peers")]

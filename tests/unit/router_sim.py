@@ -1,0 +1,206 @@
+"""Router cores with real crypto cores, joined by an in-memory transport (sans-I/O).
+
+Each node is a RouterCore (SQLite in memory) and a CryptoCore; ``transport.*`` calls are
+carried out here: ``connect`` succeeds when the two nodes are ``reachable`` from each other,
+``send`` hands the envelope to the other router as a ``router.deliver`` request when they
+are connected. The end-to-end tests run the same cores in real processes over QUIC.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.crypto.core import CryptoCore
+from services.router.core import RouterCore, RouterSettings
+from services.router.store import Store
+from shared.core import (
+    Action,
+    Call,
+    EventReceived,
+    Fail,
+    PeerFailed,
+    PeerReplied,
+    Publish,
+    Reply,
+    Request,
+)
+from shared.wire import ErrorCode
+from shared.wire.messages import router as rm
+from shared.wire.messages import transport as tm
+
+
+@dataclass
+class SimNode:
+    name: str
+    router: RouterCore
+    crypto: CryptoCore
+    port: int
+    events: list[Any] = field(default_factory=list)
+    delivered: list[tuple[Any, tuple[bytes, ...]]] = field(default_factory=list)
+    replies: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> bytes:
+        return self.crypto.node_id
+
+    def received(self) -> list[bytes]:
+        return [blobs[0] for ev, blobs in self.delivered]
+
+    def statuses(self, msg_id: bytes) -> list[str]:
+        return [e.status for e in self.events
+                if isinstance(e, rm.StatusChanged) and e.id == msg_id]
+
+
+class Sim:
+    def __init__(self, *names: str, db: dict[str, str] | None = None,
+                 **settings: Any) -> None:
+        self.now = 1000.0
+        self.wall = 1_800_000_000.0
+        self.nodes: dict[str, SimNode] = {}
+        self.reachable: set[frozenset[str]] = set()
+        self.links: set[frozenset[str]] = set()
+        self.queue: deque[tuple[str, Action]] = deque()
+        self.drop_sends: set[frozenset[str]] = set()
+        self.settings = settings
+        self._ctx = 0
+        for i, name in enumerate(names):
+            self.add(name, i, (db or {}).get(name, ":memory:"))
+        self.run()  # each router learns its node id
+
+    def add(self, name: str, i: int, db: str = ":memory:") -> SimNode:
+        seed = bytes([i + 1]) * 32
+        crypto = CryptoCore(seed, os.urandom, lambda: int(self.wall * 1000))
+        router = RouterCore(Store(db), lambda: self.wall, RouterSettings(**self.settings))
+        node = self.nodes[name] = SimNode(name, router, crypto, 5000 + i)
+        self.feed(name, lambda: router.on_timer(self.now))
+        return node
+
+    def by_id(self, node_id: bytes) -> SimNode | None:
+        return next((n for n in self.nodes.values() if n.id == node_id), None)
+
+    # -- driving --------------------------------------------------------------------------
+
+    def feed(self, name: str, step: Any) -> None:
+        for a in step():
+            self.queue.append((name, a))
+
+    def request(self, name: str, body: Any, blobs: tuple[bytes, ...] = ()) -> Any:
+        """An app request; returns its ctx (the answer lands in node.replies[ctx])."""
+        self._ctx += 1
+        ctx = ("app", self._ctx)
+        node = self.nodes[name]
+        self.feed(name, lambda: node.router.handle(Request(ctx, body, blobs), self.now))
+        return ctx
+
+    def call(self, name: str, body: Any, blobs: tuple[bytes, ...] = ()) -> Any:
+        ctx = self.request(name, body, blobs)
+        self.run()
+        return self.nodes[name].replies.pop(ctx)
+
+    def run(self, seconds: float = 0.0, step: float = 0.5) -> None:
+        """Carry out actions until quiet, then advance time in steps, firing timers."""
+        end = self.now + seconds
+        while True:
+            self._drain()
+            if self.now >= end:
+                return
+            self.now = min(end, self.now + step)
+            self.wall += step
+            for name, node in self.nodes.items():
+                due = node.router.next_deadline()
+                if due is not None and due <= self.now:
+                    self.feed(name, lambda r=node.router: r.on_timer(self.now))
+
+    def _drain(self) -> None:
+        while self.queue:
+            while self.queue:
+                name, action = self.queue.popleft()
+                self._do(name, action)
+            for name, node in self.nodes.items():
+                self.feed(name, lambda r=node.router: r.flush(self.now))
+
+    def connect(self, a: str, b: str) -> None:
+        self.reachable.add(frozenset((a, b)))
+        self._link(a, b)
+        self.run()
+
+    def disconnect(self, a: str, b: str) -> None:
+        self.links.discard(frozenset((a, b)))
+        for x, y in ((a, b), (b, a)):
+            ev = tm.PeerDisconnected(peer=self.nodes[y].id, reason="test")
+            node = self.nodes[x]
+            self.feed(x, lambda n=node, e=ev: n.router.handle(EventReceived(e), self.now))
+        self.run()
+
+    def _link(self, a: str, b: str) -> None:
+        if frozenset((a, b)) in self.links:
+            return
+        self.links.add(frozenset((a, b)))
+        for x, y, dialled in ((a, b, True), (b, a, False)):
+            peer = self.nodes[y]
+            ev = tm.PeerConnected(peer=peer.id, host="10.0.0.1", port=peer.port,
+                                  dialled=dialled)
+            node = self.nodes[x]
+            self.feed(x, lambda n=node, e=ev: n.router.handle(EventReceived(e), self.now))
+
+    # -- the actions ----------------------------------------------------------------------
+
+    def _answer(self, name: str, token: Any, result: Any) -> None:
+        router = self.nodes[name].router
+        self.feed(name, lambda: router.handle(result, self.now))
+
+    def _do(self, name: str, a: Action) -> None:
+        node = self.nodes[name]
+        if isinstance(a, Publish):
+            node.events.append(a.body)
+            if isinstance(a.body, rm.MessageReceived):
+                node.delivered.append((a.body, a.blobs))
+        elif isinstance(a, Reply | Fail):
+            node.replies[a.ctx] = a
+        elif isinstance(a, Call) and a.role == "crypto":
+            [r] = node.crypto.handle(Request("c", a.body, a.blobs), self.now)
+            self._answer(name, a.token, PeerReplied(a.token, r.body, r.blobs)
+                         if isinstance(r, Reply) else PeerFailed(a.token, r.code, r.message))
+        elif isinstance(a, Call) and a.role == "transport":
+            self._transport(name, a)
+        else:
+            raise AssertionError(f"unexpected action {a!r}")
+
+    def _transport(self, name: str, a: Call) -> None:
+        node = self.nodes[name]
+        body = a.body
+        if isinstance(body, tm.Peers):
+            peers = [tm.PeerInfo(node_id=self.nodes[o].id, host="10.0.0.1",
+                                 port=self.nodes[o].port, dialled=True, path="direct",
+                                 rtt_ms=1.0)
+                     for link in self.links if name in link for o in link - {name}]
+            self._answer(name, a.token, PeerReplied(a.token, tm.PeersReply(peers=peers)))
+        elif isinstance(body, tm.Info):
+            self._answer(name, a.token, PeerReplied(a.token, tm.InfoReply(
+                node_id=node.id, host="0.0.0.0", port=node.port, ready=True)))
+        elif isinstance(body, tm.Connect):
+            other = self.by_id(body.peer)
+            if other is None or frozenset((name, other.name)) not in self.reachable:
+                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,
+                                                       "unreachable"))
+                return
+            self._link(name, other.name)
+            self._answer(name, a.token, PeerReplied(a.token, tm.ConnectReply()))
+        elif isinstance(body, tm.Send):
+            other = self.by_id(body.peer)
+            pair = frozenset((name, other.name)) if other else frozenset()
+            if other is None or pair not in self.links:
+                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.UNAVAILABLE,
+                                                       "no connection"))
+                return
+            self._answer(name, a.token, PeerReplied(a.token, tm.SendReply()))
+            if pair in self.drop_sends:
+                return
+            req = Request(("deliver", name), rm.Deliver(peer=node.id, path="direct"),
+                          a.blobs)
+            self.feed(other.name, lambda: other.router.handle(req, self.now))
+        else:
+            raise AssertionError(f"unexpected transport call {body!r}")
