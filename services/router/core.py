@@ -660,7 +660,10 @@ class RouterCore(Core):
             except (ValueError, TypeError, EnvelopeError, BadSignature):
                 self._reject("bad_announcement")
                 continue
-            if self.topo.learn(ann, raw, hint, now_ms):
+            new = self.topo.learn(ann, raw, hint, now_ms)
+            if hint[0]:  # the gossiper is connected to that node
+                self.topo.report(peer, ann.node_id, now_ms)
+            if new:
                 self.stats["discovered"] += 1
                 actions.append(Publish(rm.PeerChanged(node_id=ann.node_id,
                                                       status="discovered",

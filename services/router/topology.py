@@ -90,6 +90,14 @@ def read_announce(env: Envelope, now_ms: int) -> Announce:
 class Topology:
     local: bytes
     peers: dict[bytes, Peer] = field(default_factory=dict)
+    reported: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
+    """(gossiper, node) -> when a connected gossiper last told us it is connected to node
+    (it gossips that node's address): an edge even before node's newer announcement
+    arrives. Kept ``OFFLINE_MS``."""
+
+    def report(self, gossiper: bytes, node: bytes, now_ms: int) -> None:
+        if node not in (self.local, gossiper) and node in self.peers:
+            self.reported[(gossiper, node)] = now_ms
 
     def peer(self, node_id: bytes) -> Peer:
         p = self.peers.get(node_id)
@@ -162,15 +170,17 @@ class Topology:
         """Undirected edges from the announcements (either side listing the other), plus
         our own connections."""
         g: dict[bytes, set[bytes]] = {}
-        for p in self.peers.values():
-            for n in p.neighbours:
-                g.setdefault(p.node_id, set()).add(n)
-                g.setdefault(n, set()).add(p.node_id)
+        edges = [(p.node_id, n) for p in self.peers.values() for n in p.neighbours]
+        for x, y in edges + list(self.reported):
+            g.setdefault(x, set()).add(y)
+            g.setdefault(y, set()).add(x)
         return g
 
     def liveness(self, now_ms: int) -> list[tuple[bytes, str]]:
         """Update statuses; return the changes, and forget long-offline peers."""
         changes = []
+        self.reported = {k: t for k, t in self.reported.items()
+                         if now_ms - t < OFFLINE_MS and k[1] in self.peers}
         for p in list(self.peers.values()):
             age = now_ms - p.last_seen_ms
             status = "online" if p.connected or age < STALE_MS else (
