@@ -98,9 +98,10 @@ class Client:
         return states
 
     def inbox(self, after: int = 0, limit: int = 100) -> list[Message]:
-        got = self.bus.call("router", rm.Inbox(after=after, limit=limit))
-        assert isinstance(got.body, rm.InboxReply)
-        return [Message(r, p) for r, p in zip(got.body.messages, got.blobs, strict=True)]
+        reply = self.bus.request("router", rm.Inbox(after=after, limit=limit))
+        assert isinstance(reply, rm.InboxReply)
+        return [Message(rm.Received(**r.model_dump(exclude={"payload"})), r.payload)
+                for r in reply.messages]
 
     def peers(self) -> list[rm.PeerEntry]:
         reply = self.bus.request("router", rm.Peers())

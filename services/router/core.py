@@ -77,12 +77,13 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
-from .store import OutRow, Store
+from .store import InRow, OutRow, Store
 from .topology import Topology, announce_payload, read_announce
 
 PENDING, SENT, RELAYED, DELIVERED, READ, FAILED = range(6)
 STATUS = ("pending", "sent", "relayed", "delivered", "read", "failed")
 MAX_PAYLOAD = 200 * 1024
+INBOX_REPLY_BYTES = 1024 * 1024
 MAX_FUTURE_MS = 300_000
 FORWARD_DEDUP_S = 2.0
 RETRY_FIRST_S = 5.0
@@ -187,11 +188,17 @@ class RouterCore(Core):
             case Request(body=rm.Outbox(ids=ids, limit=limit)):
                 return [Reply(event.ctx, rm.OutboxReply(messages=self._states(ids, limit)))]
             case Request(body=rm.Inbox(after=after, limit=limit)):
-                rows = self.store.inbox_after(after, limit)
-                return [Reply(event.ctx, rm.InboxReply(messages=[rm.Received(
+                rows: list[InRow] = []
+                size = 0
+                for r in self.store.inbox_after(after, limit):
+                    size += len(r.payload) + 100
+                    if rows and size > INBOX_REPLY_BYTES:
+                        break
+                    rows.append(r)
+                return [Reply(event.ctx, rm.InboxReply(messages=[rm.Stored(
                     seq=r.seq, id=r.id, sender=r.sender, timestamp_ms=r.timestamp_ms,
-                    encrypted=r.encrypted, relayed=r.relayed) for r in rows]),
-                    tuple(r.payload for r in rows))]
+                    encrypted=r.encrypted, relayed=r.relayed, payload=r.payload)
+                    for r in rows]))]
             case Request(body=rm.Peers()):
                 return [Reply(event.ctx, rm.PeersReply(peers=self._peer_entries()))]
             case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):

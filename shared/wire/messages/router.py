@@ -127,11 +127,18 @@ class Received(Message):
                            "never reach an app.")
 
 
-@message("router.inbox_reply", "reply", blobs="n: the payloads, in the order of `messages`")
-class InboxReply(Message):
-    """Received messages after `after`, oldest first."""
+class Stored(Received):
+    """A received message with its payload (plaintext)."""
 
-    messages: list[Received] = Field(description="At most `limit`.")
+    payload: bytes
+
+
+@message("router.inbox_reply", "reply")
+class InboxReply(Message):
+    """Received messages after `after`, oldest first: at most `limit`, and no more than
+    about 1 MiB of payload per reply (always at least one)."""
+
+    messages: list[Stored]
 
 
 @message("router.inbox", "request", reply=InboxReply)
