@@ -1,0 +1,467 @@
+"""Router benchmark: message → ACK RTT and delivered messages/s between two real nodes.
+
+    .venv/bin/python -m bench.bench_router [--rtt-n 500] [--tput-n 5000] [--window 200]
+
+Measured in one run (absolute figures on the 2-vCPU development machine drift between runs):
+
+1. raw aioquic baseline (``bench.bench_transport``'s echo server and client, imported, not
+   copied): RTT of a ``--payload``-byte message on a new bidirectional stream, p50/p99.
+2. two real nodes, A and B, each started with ``python -m tom.cli --data DIR node up`` (the
+   five services under supervisord) in a fresh ``/tmp`` data directory whose ``node.toml``
+   binds the transport to ``127.0.0.1`` on any free port. A's app introduces B
+   (``router.add_peer`` with the address from B's ``transport.info``) and the benchmark waits
+   until A's router lists B as connected. Both nodes are stopped in a ``finally``
+   (``node down``, then whatever is left of them is killed).
+3. message → ACK RTT: A's app (``tom.client.Client``) sends one ``--payload``-byte encrypted
+   message at a time (``Client.send``: sealed by crypto, stored, answered) and waits for the
+   ``router.status`` event ``delivered`` for its id (B's router received, opened and stored
+   it, and its signed ACK came back to A's router): ``--rtt-n`` timed after ``--warmup``.
+4. delivered messages/s: A's app sends ``--tput-n`` encrypted messages with ``--window``
+   ``router.send`` requests in flight (``Client.bus.send``/``recv`` with ``rm.Send``);
+   B's app, a process of its own (``Client.events``, which fills any gap from the inbox),
+   counts the messages it receives. Rates: messages/s reaching B's app (first send → last
+   message received), messages/s reaching ``delivered`` at A (first send → the latest
+   ``updated_ms`` of the ``router.outbox`` entries, all ``delivered``), and ``router.send``
+   replies/s.
+
+CPU seconds of every service of both nodes (pids from supervisord, via ``tom node status
+--json``) are read from /proc for each phase, and every service's counters before and after
+(where time goes). Targets (router issue): p50 message → ACK ≤ 3 ms on loopback; ≥ 3000
+delivered encrypted messages/s per node pair.
+Prints a JSON summary and a markdown table; writes bench/results/router.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_bus import cpu_seconds, machine, stop, summary
+from bench.bench_transport import _aioquic_client, with_server
+from shared import endpoints as ep
+from shared.bus import BusClient
+from shared.paths import DataDir
+from shared.wire import RemoteError
+from shared.wire.messages import router as rm
+from shared.wire.messages import transport as tm
+from tom.client import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "router.json"
+RTT_P50_TARGET_MS = 3.0
+TPUT_TARGET = 3000.0
+NODE_TOML = """\
+[transport]
+host = "127.0.0.1"
+port = 0
+"""
+ROLES = ("transport", "router", "crypto", "groups", "backup")
+
+
+# -- nodes -------------------------------------------------------------------------------------
+
+def tom(data: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tom.cli", "--data", str(data), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def node_up(data: Path) -> None:
+    data.mkdir(mode=0o700)
+    (data / "node.toml").write_text(NODE_TOML)
+    up = tom(data, "node", "up")
+    if up.returncode != 0:
+        raise RuntimeError(f"node up {data} failed:\n{up.stdout}{up.stderr}")
+
+
+def node_down(data: Path) -> None:
+    """``node down``, then kill whatever is left (as tests/e2e/test_node.py does)."""
+    try:
+        tom(data, "node", "down", timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        try:
+            os.kill(int((data / "run" / "supervisord.pid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        subprocess.run(["pkill", "-9", "-f", f"services.* --data {data}"], check=False)
+
+
+def node_status(data: Path) -> dict[str, dict[str, Any]]:
+    """Each service's pid and counters, from ``tom node status --json``."""
+    out = tom(data, "node", "status", "--json")
+    return {r["service"]: r for r in json.loads(out.stdout)}
+
+
+def transport_info(data: Path, timeout_s: float = 20) -> tm.InfoReply:
+    """The transport's address once crypto has signed its binding (polls the transport's
+    own state, as tests/e2e/test_transport.py ``info`` does)."""
+    deadline = time.monotonic() + timeout_s
+    with BusClient(ep.load(DataDir(data).endpoints), src="bench") as c:
+        while True:
+            reply = c.request("transport", tm.Info())
+            assert isinstance(reply, tm.InfoReply)
+            if reply.ready:
+                return reply
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"transport of {data} not ready within {timeout_s} s")
+            time.sleep(0.02)
+
+
+def wait_connected(client: Client, peer: bytes, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(p.node_id == peer and p.connected for p in client.peers()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"peer not connected within {timeout_s} s: {client.peers()}")
+        time.sleep(0.05)
+
+
+def cpu_by_service(pids: dict[str, int]) -> dict[str, float]:
+    out = {"bench": time.process_time()}
+    for name, pid in pids.items():
+        try:
+            out[name] = cpu_seconds(pid)
+        except OSError:
+            out[name] = float("nan")
+    return out
+
+
+def cpu_diff(a: dict[str, float], b: dict[str, float], n: int, elapsed: float
+             ) -> dict[str, dict[str, float]]:
+    return {k: {"cpu_s": b[k] - a[k], "us_per_msg": 1e6 * (b[k] - a[k]) / n,
+                "pct": 100 * (b[k] - a[k]) / elapsed} for k in a}
+
+
+def counter_diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]
+                 ) -> dict[str, dict[str, int]]:
+    """Counters that moved, per node and service."""
+    out: dict[str, dict[str, int]] = {}
+    for key in b:
+        before = (a[key].get("status") or {}).get("counters", {})
+        after = (b[key].get("status") or {}).get("counters", {})
+        moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        if moved:
+            out[key] = moved
+    return out
+
+
+def all_status(nodes: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    return {f"{n} {svc}": row for n, data in nodes.items()
+            for svc, row in node_status(data).items()}
+
+
+# -- B's app: counts the messages it receives --------------------------------------------------
+
+def b_app(data: str, every: str) -> None:
+    """Count messages received by B's app; print "count unix_time_of_that_message" every
+    ``every`` messages and when no message came for 0.2 s."""
+    client, batch = Client(DataDir(Path(data)), timeout_s=10), int(every)
+    counted = printed = 0
+    last = 0.0
+    client.subscribe()
+    print("ready", flush=True)
+    while True:
+        for ev in client.events(timeout_s=0.2):
+            if not isinstance(ev, rm.StatusChanged | rm.PeerChanged):
+                counted, last = counted + 1, time.time()
+                if counted % batch == 0:
+                    print(counted, last, flush=True)
+                    printed = counted
+        if counted != printed:
+            print(counted, last, flush=True)
+            printed = counted
+
+
+def wait_count(proc: subprocess.Popen[bytes], count: int, deadline: float) -> float | None:
+    """When B's app had counted ``count`` messages (unix time), or None at ``deadline``."""
+    pipe = proc.stdout
+    assert pipe is not None
+    while (left := deadline - time.monotonic()) > 0 and select.select([pipe], [], [], left)[0]:
+        line = pipe.readline().split()
+        if not line:
+            return None  # the counter exited
+        counted, at = line
+        if int(counted) >= count:
+            return float(at)
+    return None
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+def measure_rtt(ca: Client, b_id: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """One message at a time; send → ``delivered`` event for its id."""
+    pad = os.urandom(args.payload)
+    n = args.warmup + args.rtt_n
+    events = ca.events(timeout_s=args.rtt_n * 0.1 + 60)  # one generator: no inbox call per wait
+    samples, stored, sent = [0] * args.rtt_n, [0] * args.rtt_n, [0] * args.rtt_n
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        msg_id = ca.send(b_id, pad)
+        t_stored = t_sent = clock()
+        for ev in events:
+            if isinstance(ev, rm.StatusChanged) and ev.id == msg_id:
+                if ev.status == "sent":
+                    t_sent = clock()
+                elif ev.status == "delivered":
+                    break
+                elif ev.status == "failed":
+                    raise RuntimeError(f"message failed: {ev.reason}")
+        else:
+            raise RuntimeError(f"no `delivered` event for message {i}")
+        if i >= args.warmup:
+            j = i - args.warmup
+            samples[j], stored[j], sent[j] = clock() - t0, t_stored - t0, t_sent - t0
+    return summary(samples) | {"send_reply": summary(stored), "sent_event": summary(sent)}
+
+
+def measure_tput(ca: Client, b_id: bytes, counter: subprocess.Popen[bytes], base: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """``--tput-n`` messages, ``--window`` ``router.send`` requests in flight."""
+    n, window = args.tput_n, args.window
+    pads = [os.urandom(args.payload) for _ in range(16)]
+    inflight: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
+    todo = collections.deque(range(n))
+    ids: list[bytes] = []
+    retries = 0
+    t0 = time.time()
+    while todo or inflight:
+        if todo and len(inflight) < window:
+            i = todo.popleft()
+            msg_id = os.urandom(16)
+            body = rm.Send(to=b_id, id=msg_id, encrypt=True)
+            inflight.append((ca.bus.send("router", body, (pads[i % 16],)), msg_id, i))
+            continue
+        req, msg_id, i = inflight.popleft()
+        try:
+            ca.bus.recv("router", req)
+            ids.append(msg_id)
+        except RemoteError as e:
+            if e.name != "overloaded":
+                raise
+            retries += 1
+            todo.appendleft(i)
+            time.sleep(0.01)
+    t_sent = time.time()
+    done_b = wait_count(counter, base + n, time.monotonic() + args.deliver_timeout)
+    # A's side: every outbox entry delivered; the last status change is the last ACK
+    deadline = time.monotonic() + args.deliver_timeout
+    while True:
+        states = ca.outbox(ids)
+        delivered = [s for s in states if s.status in ("delivered", "read")]
+        if len(delivered) == n or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    last_ack = max((s.updated_ms for s in delivered), default=0) / 1000
+    t_b = (done_b or time.time()) - t0
+    t_a = (last_ack - t0) if len(delivered) == n else time.time() - t0
+    return {"n": n, "window": window, "payload": args.payload, "overloaded_retries": retries,
+            "send_replies_s": t_sent - t0, "send_per_s": n / (t_sent - t0),
+            "received_by_b": n if done_b else None, "b_app_s": t_b,
+            "b_app_per_s": n / t_b if done_b else 0.0,
+            "delivered_at_a": len(delivered), "a_delivered_s": t_a,
+            "a_delivered_per_s": len(delivered) / t_a,
+            "statuses": dict(collections.Counter(s.status for s in states)), "t0": t0}
+
+
+def profile(args: argparse.Namespace, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """With ``--py-spy``: sample the routers and cryptos during the throughput phase
+    (collapsed stacks in ``--py-spy-out``; the sampling costs CPU, so not for the figures)."""
+    if not args.py_spy:
+        return []
+    args.py_spy_out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name in ("A router", "B router", "A crypto", "B crypto", "A transport", "B transport"):
+        out = args.py_spy_out / (name.replace(" ", "-") + ".txt")
+        spies.append(subprocess.Popen([args.py_spy, "record", "-p", str(pids[name]), "-r", "250",
+                                       "-f", "raw", "-o", str(out)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="tbr", dir="/tmp"))
+    nodes = {"A": tmp / "a", "B": tmp / "b"}
+    counter: subprocess.Popen[bytes] | None = None
+    clients: list[Client] = []
+    try:
+        for data in nodes.values():
+            node_up(data)
+        ca = Client(DataDir(nodes["A"]), timeout_s=30)
+        cb = Client(DataDir(nodes["B"]), timeout_s=30)
+        clients += [ca, cb]
+        a_id, b_id = ca.node_id(), cb.node_id()
+        ib = transport_info(nodes["B"])
+        t_intro = time.monotonic()
+        ca.add_peer(b_id, ib.host, ib.port)
+        wait_connected(ca, b_id)
+        connect_s = time.monotonic() - t_intro
+        counter = subprocess.Popen([sys.executable, "-m", "bench.bench_router", "--b-app",
+                                    str(nodes["B"]), "100"], cwd=ROOT, stdout=subprocess.PIPE,
+                                   bufsize=0)
+        assert counter.stdout is not None and counter.stdout.readline().strip() == b"ready"
+        ca.subscribe()
+        status0 = all_status(nodes)
+        pids = {k: int(v["pid"]) for k, v in status0.items() if v.get("pid")}
+        pids["B app"] = counter.pid
+        out: dict[str, Any] = {"a_id": a_id.hex(), "b_id": b_id.hex(), "connect_s": connect_s}
+
+        c0, w0 = cpu_by_service(pids), time.monotonic()
+        out["rtt"] = measure_rtt(ca, b_id, args)
+        n_rtt = args.warmup + args.rtt_n
+        c1, w1 = cpu_by_service(pids), time.monotonic()
+        status1 = all_status(nodes)
+        out["rtt"]["cpu"] = cpu_diff(c0, c1, n_rtt, w1 - w0)
+        out["rtt"]["counters"] = counter_diff(status0, status1)
+        # B's app has counted the RTT phase's messages too (it prints every 100)
+        base = n_rtt
+        spies = profile(args, pids)
+        c1, w1 = cpu_by_service(pids), time.monotonic()
+        try:
+            out["tput"] = measure_tput(ca, b_id, counter, base, args)
+        finally:
+            c2, w2 = cpu_by_service(pids), time.monotonic()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+        out["tput"]["cpu"] = cpu_diff(c1, c2, args.tput_n, w2 - w1)
+        out["tput"]["counters"] = counter_diff(status1, all_status(nodes))
+        return out
+    except BaseException:
+        for name, data in nodes.items():
+            for log in sorted((data / "logs").glob("*.log")) if (data / "logs").exists() else ():
+                tail = log.read_text(errors="replace")[-1500:]
+                if tail.strip():
+                    sys.stderr.write(f"--- {name} {log.name}\n{tail}\n")
+        raise
+    finally:
+        stop(counter)
+        for c in clients:
+            c.close()
+        for data in nodes.values():
+            if data.exists():
+                node_down(data)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+def markdown_table(r: dict[str, Any]) -> str:
+    raw, rtt, tp, ra = r["aioquic"]["rtt"], r["nodes"]["rtt"], r["nodes"]["tput"], r["ratios"]
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    rows = [
+        ["message → ACK RTT p50 (ms)", f"{rtt['p50_us'] / 1000:.2f}",
+         f"{ra['rtt_p50']:.1f}×", "≤ 3 ms", met(rtt["p50_us"] / 1000 <= RTT_P50_TARGET_MS)],
+        ["message → ACK RTT p99 (ms)", f"{rtt['p99_us'] / 1000:.2f}", f"{ra['rtt_p99']:.1f}×",
+         "", ""],
+        ["raw aioquic stream RTT p50 / p99 (µs)",
+         f"{raw['p50_us']:.0f} / {raw['p99_us']:.0f}", "", "", ""],
+        [f"delivered to B's app (msg/s, {tp['n']} × {tp['payload']} B, window "
+         f"{tp['window']})", f"{tp['b_app_per_s']:,.0f}", "", "≥ 3000/s",
+         met(tp["b_app_per_s"] >= TPUT_TARGET)],
+        ["reaching `delivered` at A (msg/s)", f"{tp['a_delivered_per_s']:,.0f}", "",
+         "≥ 3000/s", met(tp["a_delivered_per_s"] >= TPUT_TARGET)],
+        ["`router.send` accepted (msg/s)", f"{tp['send_per_s']:,.0f}", "", "", ""],
+    ]
+    lines = ["| measurement | value | / raw aioquic RTT | target | met |",
+             "|---|---:|---:|---:|:---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cpu_lines(r: dict[str, Any]) -> str:
+    out = []
+    for phase in ("rtt", "tput"):
+        cpu = r["nodes"][phase]["cpu"]
+        busy = sorted(cpu.items(), key=lambda kv: -kv[1]["cpu_s"])
+        parts = [f"{k} {v['us_per_msg']:.0f} µs ({v['pct']:.0f} %)" for k, v in busy
+                 if v["cpu_s"] > 0.005]
+        out.append(f"- {phase}: " + ", ".join(parts))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_router",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rtt-n", type=int, default=500, help="timed messages for the RTT")
+    p.add_argument("--warmup", type=int, default=100, help="untimed messages before them")
+    p.add_argument("--payload", type=int, default=100, help="message bytes")
+    p.add_argument("--tput-n", type=int, default=5000, help="messages for the throughput")
+    p.add_argument("--window", type=int, default=200, help="router.send requests in flight")
+    p.add_argument("--deliver-timeout", type=float, default=120.0)
+    p.add_argument("--keep", action="store_true", help="keep the data directories")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    p.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the routers, "
+                   "cryptos and transports during the throughput phase")
+    p.add_argument("--py-spy-out", type=Path, default=ROOT / "bench" / "results" / "router-prof")
+    p.add_argument("--b-app", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.b_app:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        b_app(*args.b_app)
+        return 0
+
+    t0 = time.monotonic()
+    raw_args = argparse.Namespace(payload=args.payload, warmup=args.warmup,
+                                  rtt_n=max(args.rtt_n, 500), bulk_mib=4)
+    raw = with_server("--aioquic-server",
+                      lambda port, pid: _aioquic_client(port, raw_args, pid))
+    del raw["bulk"]
+    print(f"raw aioquic done ({time.monotonic() - t0:.0f} s)", flush=True)
+    nodes = run_nodes(args)
+    print(f"nodes done ({time.monotonic() - t0:.0f} s)", flush=True)
+    rtt, tp = nodes["rtt"], nodes["tput"]
+    ratios = {"rtt_p50": rtt["p50_us"] / raw["rtt"]["p50_us"],
+              "rtt_p99": rtt["p99_us"] / raw["rtt"]["p99_us"]}
+    result = {
+        "bench": "router",
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "tput_n",
+                                                   "window")},
+        "aioquic": raw, "nodes": nodes, "ratios": ratios,
+        "targets": {
+            "rtt_p50_le_3ms": {"value_ms": rtt["p50_us"] / 1000,
+                               "met": rtt["p50_us"] / 1000 <= RTT_P50_TARGET_MS},
+            "b_app_ge_3000_per_s": {"value": tp["b_app_per_s"],
+                                    "met": tp["b_app_per_s"] >= TPUT_TARGET},
+            "a_delivered_ge_3000_per_s": {"value": tp["a_delivered_per_s"],
+                                          "met": tp["a_delivered_per_s"] >= TPUT_TARGET}},
+        "wall_s": time.monotonic() - t0,
+    }
+    summary_json = {"rtt_p50_ms": rtt["p50_us"] / 1000, "rtt_p99_ms": rtt["p99_us"] / 1000,
+                    "raw_aioquic_rtt_p50_us": raw["rtt"]["p50_us"],
+                    "raw_aioquic_rtt_p99_us": raw["rtt"]["p99_us"], **ratios,
+                    "b_app_msgs_per_s": tp["b_app_per_s"],
+                    "a_delivered_msgs_per_s": tp["a_delivered_per_s"],
+                    "send_accepted_per_s": tp["send_per_s"],
+                    "targets_met": {k: v["met"] for k, v in result["targets"].items()}}
+    print(json.dumps(summary_json, indent=2))
+    print("\nCPU per message by process (% of wall time):")
+    print(cpu_lines(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nresults written to {args.out}\n\nmarkdown (docs/benchmarks.md):\n")
+    print(markdown_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
