@@ -43,6 +43,8 @@ def strategy(annotation: object, metadata: list[object]) -> st.SearchStrategy[ob
         return st.one_of(*(strategy(a, metadata) for a in args))
     if annotation is type(None):
         return st.none()
+    if origin is typing.Literal:
+        return st.sampled_from(args)
     if origin is list:
         return st.lists(strategy(args[0], []), min_size=lo, max_size=min(hi, 4))
     if origin is dict:
