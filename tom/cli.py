@@ -6,6 +6,8 @@
     tom node down                 stop it
     tom node status [--json]      each service's state, pid, uptime, ping and counters
     tom ping SERVICE [-c N]       ping one service over the bus
+    tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
+    tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
 
 Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``).
 """
@@ -150,6 +152,25 @@ def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(data: DataDir, args: argparse.Namespace) -> int:
+    from . import chat  # textual is imported by these two commands only
+
+    return chat.cmd_chat(data, args)
+
+
+def cmd_send(data: DataDir, args: argparse.Namespace) -> int:
+    from . import chat
+
+    return chat.cmd_send(data, args)
+
+
+def positive_float(text: str) -> float:
+    x = float(text)
+    if not x > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return x
+
+
 def positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -190,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("-c", "--count", type=positive, default=1)
     ping.add_argument("--timeout", type=float, default=2.0)
     ping.set_defaults(func=cmd_ping)
+    chat = sub.add_parser("chat", parents=[common], help="chat in the terminal (or --bot)")
+    chat.add_argument("peer", nargs="?", metavar="PEER", help="node id to chat with (64 hex "
+                      "or 52 base32 characters), optionally ID@host:port to introduce it first")
+    chat.add_argument("--bot", action="store_true",
+                      help="headless: print each message received, mark it read and reply "
+                      "'echo: <text>', until SIGINT/SIGTERM")
+    chat.set_defaults(func=cmd_chat)
+    send = sub.add_parser("send", parents=[common], help="send one message and wait until it "
+                          "is delivered (exit 0), failed (1) or timed out (2)")
+    send.add_argument("peer", metavar="PEER", help="node id, optionally ID@host:port")
+    send.add_argument("text", metavar="TEXT")
+    send.add_argument("--timeout", type=positive_float, default=30.0,
+                      help="seconds to wait for delivery (default 30)")
+    send.add_argument("--no-encrypt", action="store_true",
+                      help="signed but not end-to-end encrypted")
+    send.set_defaults(func=cmd_send)
     return p
 
 

@@ -1,0 +1,418 @@
+"""tom/chat.py against an in-process fake of the few tom.client.Client methods it uses: the
+textual UI driven by textual's Pilot, the bot loop, `tom send`'s wait, and the PEER syntax.
+The real thing (two nodes, tmux) is tests/e2e/test_chat.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from shared.primitives import SigningKey
+from shared.wire import BusTimeout
+from shared.wire.messages import router as rm
+from shared.wire.messages.sys import StatusReply
+from tom import chat
+from tom.client import Event, Message
+from tom.node import NodeError
+
+OWN = SigningKey(b"\x01" * 32).public
+PEER = SigningKey(b"\x02" * 32).public
+OTHER = SigningKey(b"\x03" * 32).public
+
+
+class FakeClient:
+    """The client's methods, answering from memory; ``down`` makes every call time out as
+    when the router does not answer. Used from the link's thread and the test's."""
+
+    def __init__(self) -> None:
+        self.after: int | None = None
+        self.down = False
+        self.sent: list[tuple[bytes, str, bool, bytes]] = []
+        self.reads: list[bytes] = []
+        self.added: list[tuple[bytes, str, int]] = []
+        self.states: dict[bytes, rm.MessageState] = {}
+        self.peer_list: list[rm.PeerEntry] = []
+        self.queue: queue.Queue[Event] = queue.Queue()
+        self.seq = 0
+        self.closed = False
+        self.on_send: Callable[[bytes], None] = lambda msg_id: None
+
+    def _check(self) -> None:
+        if self.down:
+            raise BusTimeout("no reply from router at ipc://fake within 0.1 s")
+
+    def node_id(self) -> bytes:
+        self._check()
+        return OWN
+
+    def send(self, to: bytes, payload: bytes | str, encrypt: bool = True,
+             deadline_s: float = 30.0) -> bytes:
+        self._check()
+        msg_id = os.urandom(16)
+        text = payload if isinstance(payload, str) else payload.decode()
+        self.sent.append((to, text, encrypt, msg_id))
+        self.states[msg_id] = rm.MessageState(id=msg_id, to=to, status="pending",
+                                              updated_ms=0)
+        self.on_send(msg_id)
+        return msg_id
+
+    def read(self, msg: Message) -> None:
+        self._check()
+        self.reads.append(msg.info.id)
+
+    def outbox(self, ids: list[bytes] | None = None, limit: int = 100) -> list[rm.MessageState]:
+        self._check()
+        return [self.states[i] for i in ids or [] if i in self.states]
+
+    def peers(self) -> list[rm.PeerEntry]:
+        self._check()
+        return list(self.peer_list)
+
+    def add_peer(self, node_id: bytes, host: str, port: int) -> None:
+        self._check()
+        self.added.append((node_id, host, port))
+
+    def stats(self) -> StatusReply:
+        self._check()
+        return StatusReply(service="router", impl="fake 0", pid=1, uptime_s=3.0, frames_in=7,
+                           frames_out=5, decode_errors=0, drops=0,
+                           counters={"sent": 4, "delivered": 2})
+
+    def inbox_tail(self) -> int:
+        self._check()
+        return self.seq
+
+    def subscribe(self) -> None:
+        assert self.after is not None
+
+    def events(self, timeout_s: float = 0.0) -> Iterator[Event]:
+        self._check()
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                yield self.queue.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        self.closed = True
+
+    # test side
+
+    def status(self, msg_id: bytes, status: str, reason: str = "", event: bool = True) -> None:
+        to = self.states[msg_id].to
+        self.states[msg_id] = rm.MessageState(id=msg_id, to=to, status=status,  # type: ignore[arg-type]
+                                              reason=reason, updated_ms=1)
+        if event:
+            self.queue.put(rm.StatusChanged(id=msg_id, to=to, status=status,  # type: ignore[arg-type]
+                                            reason=reason))
+
+    def receive(self, sender: bytes, text: str, encrypted: bool = True) -> Message:
+        self.seq += 1
+        msg = Message(rm.Received(seq=self.seq, id=os.urandom(16), sender=sender,
+                                  timestamp_ms=int(time.time() * 1000), encrypted=encrypted,
+                                  relayed=False), text.encode())
+        self.queue.put(msg)
+        return msg
+
+
+def pane(app: chat.ChatApp) -> str:
+    return "\n".join(str(line.content) for line in app.query(chat.Line))
+
+
+def header(app: chat.ChatApp) -> str:
+    return str(app.query_one("#header", chat.Static).content)
+
+
+def drive(fake: FakeClient,
+          scenario: Callable[[chat.ChatApp, Pilot[None]], Coroutine[Any, Any, None]],
+          peer: chat.Peer | None = None) -> None:
+    async def main() -> None:
+        app = chat.ChatApp(chat.Link(lambda: fake), own=OWN, peer=peer)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await scenario(app, pilot)
+
+    asyncio.run(main())
+
+
+async def until(pilot: Pilot[None], cond: Callable[[], object], what: str,
+                timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.02)
+
+
+async def type_line(pilot: Pilot[None], text: str) -> None:
+    """Fill the input and press Enter (the first test types key by key)."""
+    pilot.app.query_one(chat.ChatInput).value = text
+    await pilot.press("enter")
+
+
+def test_sent_message_status_moves_in_place_to_read() -> None:
+    fake = FakeClient()
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: "You: " + OWN.hex()[:10] in header(app), "header")
+        assert f"Peer → {PEER.hex()[:10]}" in header(app)
+        await pilot.press(*"hello [b]there[/b]", "enter")
+        await until(pilot, lambda: fake.sent and "(pending)" in pane(app), "pending")
+        to, text, encrypt, msg_id = fake.sent[0]
+        assert (to, text, encrypt) == (PEER, "hello [b]there[/b]", True)
+        lines = [x for x in pane(app).splitlines() if "hello" in x]
+        assert len(lines) == 1 and "] me → " in lines[0] and ": hello [b]there[/b]" in lines[0]
+        for status in ("sent", "relayed", "delivered", "read"):
+            fake.status(msg_id, status)
+            await until(pilot, lambda: f"({status})" in pane(app), status)  # noqa: B023
+        assert len([x for x in pane(app).splitlines() if "hello" in x]) == 1  # in place
+        fake.status(msg_id, "sent")  # stale: statuses only move forward
+        await pilot.pause(0.2)
+        assert "(read)" in pane(app)
+
+    drive(fake, scenario, chat.Peer(PEER))
+
+
+def test_failed_shows_reason_and_missed_events_come_from_the_outbox() -> None:
+    fake = FakeClient()
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await type_line(pilot, "one")
+        await type_line(pilot, "two")
+        await until(pilot, lambda: len(fake.sent) == 2, "two sends")
+        (_, _, _, one), (_, _, _, two) = fake.sent
+        fake.status(one, "failed", "no route to 0202")
+        await until(pilot, lambda: "(failed (no route to 0202))" in pane(app), "failed")
+        fake.status(two, "delivered", event=False)  # the event was missed
+        await until(pilot, lambda: "two  (delivered)" in pane(app), "outbox poll")
+
+    drive(fake, scenario, chat.Peer(PEER))
+
+
+def test_incoming_is_tagged_read_and_first_sender_becomes_the_peer() -> None:
+    fake = FakeClient()
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: fake.after is not None, "subscribed")
+        assert "(no peer)" in header(app)
+        await type_line(pilot, "nobody")
+        await until(pilot, lambda: "No peer selected" in pane(app), "no-peer error")
+        first = fake.receive(PEER, "hi [there]")
+        fake.receive(OTHER, "plain one", encrypted=False)
+        await until(pilot, lambda: "plain one" in pane(app), "messages")
+        text = pane(app)
+        assert f"{PEER.hex()[:10]}: hi [there]  [verified, encrypted]" in text
+        assert f"{OTHER.hex()[:10]}: plain one  [verified, plain]" in text
+        assert f"Auto-connected to {PEER.hex()[:10]}" in text
+        assert f"Peer → {PEER.hex()[:10]}" in header(app)
+        await until(pilot, lambda: len(fake.reads) == 2, "read receipts")
+        assert fake.reads[0] == first.info.id
+        await type_line(pilot, "back")
+        await until(pilot, lambda: fake.sent, "reply")
+        assert fake.sent[0][0] == PEER
+
+    drive(fake, scenario)
+
+
+def test_commands() -> None:
+    fake = FakeClient()
+    fake.peer_list = [rm.PeerEntry(node_id=PEER, status="online", connected=True,
+                                   host="127.0.0.1", port=4433, rtt_ms=0.4, username="bob")]
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await type_line(pilot, "/id")
+        await until(pilot, lambda: f"Your node id: {OWN.hex()}" in pane(app), "/id")
+        await type_line(pilot, "/peers")
+        await until(pilot, lambda: f"{PEER.hex()} bob online, connected 127.0.0.1:4433"
+                    in pane(app), "/peers")
+        await until(pilot, lambda: "bob" in str(app.query_one("#peers", chat.Static).content),
+                    "side panel")
+        await type_line(pilot, "/stats")
+        await until(pilot, lambda: "counters: sent=4, delivered=2" in pane(app), "/stats")
+        assert "this session: 0 sent, 0 received" in pane(app)
+        await type_line(pilot, "/frobnicate")
+        await until(pilot, lambda: "Unknown command: /frobnicate" in pane(app), "unknown")
+        await type_line(pilot, "/h")
+        await until(pilot, lambda: "/connect ID[@host:port]" in pane(app), "/h")
+        await type_line(pilot, "/c nothex")
+        await until(pilot, lambda: "not a node id" in pane(app), "bad id")
+        await type_line(pilot, f"/connect {OTHER.hex()}@127.0.0.1:9999")
+        await until(pilot, lambda: fake.added == [(OTHER, "127.0.0.1", 9999)], "add_peer")
+        assert f"Peer → {OTHER.hex()[:10]}" in header(app)
+        await type_line(pilot, "/clear")
+        await until(pilot, lambda: "Unknown command" not in pane(app), "/clear")
+        await type_line(pilot, "/q")
+        await until(pilot, lambda: not app.is_running, "/q")
+
+    drive(fake, scenario)
+    assert fake.closed
+
+
+def test_a_router_that_does_not_answer_shows_an_error_not_a_crash() -> None:
+    fake = FakeClient()
+    fake.down = True
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: "router not answering" in pane(app), "error line")
+        assert "NOT ANSWERING" in str(app.query_one("#status", chat.Static).content)
+        t0 = time.monotonic()
+        await type_line(pilot, "lost")
+        await until(pilot, lambda: "lost  (failed (not stored: no reply from router" in
+                    pane(app), "send failure")
+        assert time.monotonic() - t0 < 3
+        fake.down = False
+        await until(pilot, lambda: "router answering again" in pane(app), "recovery")
+        fake.receive(PEER, "after the outage")
+        await until(pilot, lambda: "after the outage" in pane(app), "message after outage")
+
+    drive(fake, scenario, chat.Peer(PEER))
+
+
+def test_the_link_keeps_the_client_in_one_thread() -> None:
+    threads: set[str] = set()
+    fake = FakeClient()
+    fake.on_send = lambda _: threads.add(threading.current_thread().name)
+    link = chat.Link(lambda: fake)
+    link.start()
+    try:
+        link.send(0, PEER, "x")
+        deadline = time.monotonic() + 5
+        got: list[object] = []
+        while not any(isinstance(r, chat.Stored) for r in got):
+            assert time.monotonic() < deadline
+            got += link.drain()
+            time.sleep(0.01)
+    finally:
+        link.stop()
+    assert threads == {"tom-chat-link"} and fake.closed
+
+
+# -- bot and send ---------------------------------------------------------------------------
+
+def test_bot_prints_reads_and_echoes(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeClient()
+    stop = threading.Event()
+    first = fake.receive(PEER, "ping 1")
+    fake.receive(OTHER, "echo: ping")  # another bot's echo: read, not answered
+
+    def replied() -> None:
+        deadline = time.monotonic() + 5
+        while len(fake.sent) < 1 or len(fake.reads) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fake.status(fake.sent[0][3], "delivered")
+        fake.queue.put(rm.PeerChanged(node_id=OTHER, status="online"))
+        time.sleep(0.3)
+        stop.set()
+
+    # the bot subscribes from the inbox's end: events already queued stand for new messages
+    t = threading.Thread(target=replied)
+    t.start()
+    assert chat.run_bot(fake, None, stop) == 0
+    t.join()
+    out = capsys.readouterr().out
+    assert f"[bot] node {OWN.hex()}" in out
+    assert f'[bot] #1 from {PEER.hex()[:10]} | verified | "ping 1"' in out
+    assert f'[bot] #2 from {OTHER.hex()[:10]} | verified | "echo: ping"' in out
+    assert fake.sent == [(PEER, "echo: ping 1", True, fake.sent[0][3])]
+    assert fake.reads[0] == first.info.id and len(fake.reads) == 2
+    assert "[bot] reply to #1: delivered" in out
+    assert f"[bot] peer {OTHER.hex()[:10]} online" in out
+    assert "[bot] stopped: 2 received, 1 replied" in out
+
+
+def test_bot_survives_a_router_outage(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeClient()
+    fake.down = True
+    stop = threading.Event()
+
+    def later() -> None:
+        time.sleep(0.3)
+        fake.down = False
+        fake.receive(PEER, "late")
+        deadline = time.monotonic() + 5
+        while not fake.sent:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stop.set()
+
+    t = threading.Thread(target=later)
+    t.start()
+    assert chat.run_bot(fake, chat.Peer(PEER, "10.0.0.1", 4433), stop) == 0
+    t.join()
+    captured = capsys.readouterr()
+    assert "router not answering" in captured.err
+    assert fake.added == [(PEER, "10.0.0.1", 4433)]
+    assert '"late"' in captured.out
+
+
+def send(fake: FakeClient, script: Callable[[bytes], None], timeout_s: float = 3
+         ) -> tuple[int, str]:
+    fake.on_send = lambda msg_id: threading.Timer(0.05, script, (msg_id,)).start()
+    return chat.send_once(fake, chat.Peer(PEER), "hi", timeout_s)
+
+
+def test_send_once_outcomes() -> None:
+    def deliver(msg_id: bytes) -> None:
+        fake.status(msg_id, "sent")
+        fake.status(msg_id, "delivered")
+
+    fake = FakeClient()
+    assert send(fake, deliver) == (0, "delivered")
+
+    fake = FakeClient()
+    assert send(fake, lambda i: fake.status(i, "failed", "no route")) == (1, "failed: no route")
+
+    fake = FakeClient()
+    rc, out = send(fake, lambda i: fake.status(i, "sent"), timeout_s=0.5)
+    assert rc == 2 and out == "timeout after 0.5 s: last status sent"
+
+    fake = FakeClient()  # every event missed: the outbox says it
+    t0 = time.monotonic()
+    assert send(fake, lambda i: fake.status(i, "read", event=False)) == (
+        0, "delivered (and read)")
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_send_once_waits_out_a_router_outage() -> None:
+    fake = FakeClient()
+    fake.down = True  # not answering at first: retried until the deadline
+    threading.Timer(0.3, lambda: setattr(fake, "down", False)).start()
+
+    def outage(msg_id: bytes) -> None:
+        fake.status(msg_id, "sent")
+        time.sleep(0.2)
+        fake.down = True  # stored, then the router goes away: waited for, not an error
+
+    rc, out = send(fake, outage, timeout_s=1.5)
+    assert rc == 2 and out.startswith("timeout after 1.5 s: last status sent (router not "
+                                      "answering: no reply from router"), out
+
+    fake = FakeClient()
+    fake.down = True
+    with pytest.raises(BusTimeout):  # never answered: the message was not stored
+        send(fake, lambda i: None, timeout_s=0.5)
+
+
+def test_parse_peer() -> None:
+    assert chat.parse_peer(PEER.hex()) == chat.Peer(PEER)
+    assert chat.parse_peer(f"{PEER.hex()}@10.1.2.3:4433") == chat.Peer(PEER, "10.1.2.3", 4433)
+    assert chat.parse_peer(f"{PEER.hex()}@[::1]:5") == chat.Peer(PEER, "::1", 5)
+    for bad in ("zz", f"{PEER.hex()}@host", f"{PEER.hex()}@host:0", f"{PEER.hex()}@:44",
+                "00" * 32):
+        with pytest.raises(NodeError):
+            chat.parse_peer(bad)
+
+
+def test_statuses_only_move_forward() -> None:
+    assert chat.moves("pending", "sent") and chat.moves("sent", "read")
+    assert chat.moves("relayed", "failed") and not chat.moves("delivered", "failed")
+    assert not chat.moves("delivered", "sent") and not chat.moves("read", "delivered")
+    assert not chat.moves("failed", "delivered") and not chat.moves("sent", "sent")

@@ -1,0 +1,823 @@
+"""`tom chat`, `tom chat --bot` and `tom send`: chat over the node's app API (tom.client).
+
+    tom chat [PEER]            terminal chat (textual): delivery status of every message sent
+    tom chat --bot [PEER]      headless: print each message received, mark it read, echo it back
+    tom send PEER TEXT         send one message and wait until it is delivered (or fails)
+
+PEER is a node id (64 hex or 52 base32 characters), optionally ``ID@host:port``: the node is
+then introduced to the router (``router.add_peer``) before anything else.
+
+The client library is blocking ZeroMQ. In the chat UI one thread (:class:`Link`) owns the
+client and makes every call; the UI hands it commands and drains what it reports from a
+textual timer every 50 ms, so a router that is slow or down never freezes the screen: it
+shows an error line, and the link keeps retrying. Status events can be missed (ZeroMQ
+PUB/SUB while the router restarts), so the link also asks ``router.outbox`` every couple of
+seconds for the messages whose status may still move.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from rich.text import Text
+from textual import events
+from textual.actions import SkipAction
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Input, Static
+
+from shared import nodeid
+from shared.paths import DataDir
+from shared.wire import BusTimeout, RemoteError, WireError
+from shared.wire.messages import router as rm
+from shared.wire.messages.sys import StatusReply
+
+from .client import RETRYABLE, Client, Event, Message
+from .node import NodeError
+
+T = TypeVar("T")
+STATUS_RANK = {"pending": 0, "sent": 1, "relayed": 2, "delivered": 3, "read": 4}
+"""Order of a sent message's statuses; ``failed`` is terminal (only before delivered)."""
+POLL_S = 0.05
+"""UI timer period and the link's wait for events between commands."""
+PEERS_EVERY_S = 3.0
+OUTBOX_EVERY_S = 2.0
+RETRY_EVERY_S = 1.0
+UI_BUS_TIMEOUT_S = 2.0
+UI_SEND_DEADLINE_S = 5.0
+
+
+class AppClient(Protocol):
+    """What the chat uses of :class:`tom.client.Client` (tests substitute a fake)."""
+
+    after: int | None
+
+    def node_id(self) -> bytes: ...
+    def send(self, to: bytes, payload: bytes | str, encrypt: bool = True,
+             deadline_s: float = 30.0) -> bytes: ...
+    def read(self, msg: Message) -> None: ...
+    def outbox(self, ids: list[bytes] | None = None,
+               limit: int = 100) -> list[rm.MessageState]: ...
+    def peers(self) -> list[rm.PeerEntry]: ...
+    def add_peer(self, node_id: bytes, host: str, port: int) -> None: ...
+    def stats(self) -> StatusReply: ...
+    def inbox_tail(self) -> int: ...
+    def subscribe(self) -> None: ...
+    def events(self, timeout_s: float = 0.0) -> Iterator[Event]: ...
+    def close(self) -> None: ...
+
+
+# -- helpers shared by the three commands ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Peer:
+    node_id: bytes
+    host: str = ""
+    port: int = 0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return (self.host, self.port) if self.host else None
+
+
+def parse_peer(text: str) -> Peer:
+    """``ID`` or ``ID@host:port`` (``ID@[v6]:port`` for IPv6); raises NodeError."""
+    ident, at, addr = text.strip().partition("@")
+    try:
+        node_id = nodeid.parse(ident)
+    except nodeid.InvalidNodeId as e:
+        raise NodeError(f"not a node id: {e}") from None
+    if not at:
+        return Peer(node_id)
+    host, colon, port_text = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not colon or not host or not 1 <= port <= 65535:
+        raise NodeError(f"{addr!r}: expected host:port after '@' (port 1-65535)")
+    return Peer(node_id, host, port)
+
+
+def short(node_id: bytes) -> str:
+    return nodeid.short(node_id)
+
+
+def start_listening(client: AppClient) -> None:
+    """Subscribe to the router's events, from the inbox's current end.
+
+    The tail is fetched before ``subscribe()`` so that a router that does not answer leaves
+    the client unsubscribed (``Client.subscribe`` opens its socket first and would be left
+    half-initialised: ``after`` None with a socket, so later ``events()`` calls assert)."""
+    if client.after is None:
+        client.after = client.inbox_tail()
+    client.subscribe()
+
+
+def clock(ms: int | None = None) -> str:
+    """Local time, HH:MM:SS."""
+    return time.strftime("%H:%M:%S", time.localtime(None if ms is None else ms / 1000))
+
+
+def status_text(status: str, reason: str = "") -> str:
+    return f"failed ({reason})" if status == "failed" and reason else status
+
+
+def moves(old: str, new: str) -> bool:
+    """Whether a status may replace another (statuses only move forward)."""
+    if old in ("failed", "read") or old == new:
+        return False
+    if new == "failed":
+        return STATUS_RANK.get(old, -1) < STATUS_RANK["delivered"]
+    return STATUS_RANK.get(new, -1) > STATUS_RANK.get(old, -1)
+
+
+def own_id_hint(data: DataDir) -> bytes | None:
+    """This node's id from its key file (the header shows it before the router answers)."""
+    from . import node
+
+    try:
+        return node.node_id(data, None)
+    except (NodeError, WireError, OSError):
+        return None
+
+
+# -- the link: one thread owns the client ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Notice:
+    text: str
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class OwnId:
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class Stored:
+    key: int
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    key: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerList:
+    peers: list[rm.PeerEntry]
+    show: bool  # asked for by /peers (print it), or a periodic refresh (side panel only)
+
+
+@dataclass(frozen=True)
+class Stats:
+    reply: StatusReply
+
+
+Report = Notice | OwnId | Stored | SendFailed | PeerList | Stats | Event
+
+
+def describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, WireError) else f"{type(e).__name__}: {e}"
+
+
+class Link:
+    """Owns the app client in one thread; commands in, reports out (both thread-safe)."""
+
+    def __init__(self, factory: Callable[[], AppClient]) -> None:
+        self.factory = factory
+        self.reports: queue.Queue[Report] = queue.Queue()
+        self._commands: queue.Queue[tuple[str, Callable[[AppClient], None]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tom-chat-link", daemon=True)
+        self._open: dict[bytes, str] = {}  # sent ids whose status may still move -> status
+        self._failing: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def drain(self) -> list[Report]:
+        out: list[Report] = []
+        while True:
+            try:
+                out.append(self.reports.get_nowait())
+            except queue.Empty:
+                return out
+
+    # commands (called from the UI thread; run in the link's thread)
+
+    def _submit(self, what: str, fn: Callable[[AppClient], None]) -> None:
+        self._commands.put((what, fn))
+
+    def ask_id(self) -> None:
+        self._submit("node_id", lambda c: self.reports.put(OwnId(c.node_id())))
+
+    def send(self, key: int, to: bytes, text: str, encrypt: bool = True) -> None:
+        def run(c: AppClient) -> None:
+            try:
+                msg_id = c.send(to, text, encrypt, deadline_s=UI_SEND_DEADLINE_S)
+            except Exception as e:  # the message was not stored: its line says why
+                self.reports.put(SendFailed(key, f"not stored: {describe(e)}"))
+                return
+            self._open[msg_id] = "pending"
+            self.reports.put(Stored(key, msg_id))
+        self._submit("send", run)
+
+    def read(self, msg: Message) -> None:
+        self._submit("read receipt", lambda c: c.read(msg))
+
+    def add_peer(self, peer: Peer) -> None:
+        def run(c: AppClient) -> None:
+            c.add_peer(peer.node_id, peer.host, peer.port)
+            self.reports.put(Notice(f"introduced {short(peer.node_id)} at "
+                                    f"{peer.host}:{peer.port} to the router"))
+        self._submit("add_peer", run)
+
+    def ask_peers(self, show: bool = True) -> None:
+        self._submit("peers", lambda c: self.reports.put(PeerList(c.peers(), show)))
+
+    def ask_stats(self) -> None:
+        self._submit("stats", lambda c: self.reports.put(Stats(c.stats())))
+
+    # the thread
+
+    def _run(self) -> None:
+        client: AppClient | None = None
+        listening = False
+        retry_at = next_peers = next_outbox = 0.0
+        try:
+            while not self._stop.is_set():
+                if client is None:
+                    try:
+                        client = self.factory()
+                    except Exception as e:
+                        self._down(f"cannot reach the node: {describe(e)}")
+                        self._stop.wait(RETRY_EVERY_S)
+                        continue
+                self._commands_for(client)
+                now = time.monotonic()
+                if now < retry_at:
+                    self._stop.wait(POLL_S)
+                    continue
+                try:
+                    if not listening:
+                        start_listening(client)
+                        listening = True
+                    for ev in client.events(timeout_s=POLL_S):
+                        self._track(ev)
+                        self.reports.put(ev)
+                    if now >= next_peers:
+                        next_peers = now + PEERS_EVERY_S
+                        self.reports.put(PeerList(client.peers(), False))
+                    if self._open and now >= next_outbox:
+                        next_outbox = now + OUTBOX_EVERY_S
+                        self._poll_outbox(client)
+                    self._up()
+                except Exception as e:  # router down, restarting, or a bug: say it, retry
+                    self._down(f"router not answering: {describe(e)}")
+                    retry_at = time.monotonic() + RETRY_EVERY_S
+        finally:
+            if client is not None:
+                client.close()
+
+    def _commands_for(self, client: AppClient) -> None:
+        while True:
+            try:
+                what, fn = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn(client)
+            except Exception as e:
+                self.reports.put(Notice(f"{what} failed: {describe(e)}", error=True))
+
+    def _track(self, ev: Event) -> None:
+        if isinstance(ev, rm.StatusChanged) and ev.id in self._open:
+            if ev.status in ("read", "failed"):
+                del self._open[ev.id]
+            else:
+                self._open[ev.id] = ev.status
+
+    def _poll_outbox(self, client: AppClient) -> None:
+        ids = list(self._open)[-1000:]
+        for st in client.outbox(ids):
+            if st.id in self._open and moves(self._open[st.id], st.status):
+                ev = rm.StatusChanged(id=st.id, to=st.to, status=st.status, reason=st.reason)
+                self._track(ev)
+                self.reports.put(ev)
+
+    def _down(self, why: str) -> None:
+        if self._failing != why:
+            self._failing = why
+            self.reports.put(Notice(why, error=True))
+
+    def _up(self) -> None:
+        if self._failing is not None:
+            self._failing = None
+            self.reports.put(Notice("router answering again"))
+
+
+# -- the UI ---------------------------------------------------------------------------------
+
+HELP = [
+    ("/connect ID[@host:port], /c", "chat with ID (with an address: introduce it first)"),
+    ("/id", "this node's full id"),
+    ("/peers", "nodes the router knows"),
+    ("/stats", "session counters and the router's"),
+    ("/clear", "clear the messages"),
+    ("/help, /h", "this list"),
+    ("/quit, /q", "leave (also Esc, Ctrl+C)"),
+]
+STATUS_STYLE = {"pending": "dim", "sent": "yellow", "relayed": "yellow", "delivered": "green",
+                "read": "bold green", "failed": "bold red", "sending": "dim"}
+
+
+class Line(Static):
+    """One line of the message pane."""
+
+    DEFAULT_CSS = "Line { height: auto; }"
+
+
+class OutLine(Line):
+    """A message sent from here; its status suffix moves as the router reports."""
+
+    def __init__(self, stamp: str, text: str, to: str) -> None:
+        super().__init__()
+        self.stamp, self.message, self.to = stamp, text, to
+        self.status, self.reason = "sending", ""
+
+    def set_status(self, status: str, reason: str = "") -> bool:
+        if self.status == "sending" or moves(self.status, status):
+            self.status, self.reason = status, reason
+            self.refresh_text()
+            return True
+        return False
+
+    def render_text(self) -> Text:
+        t = Text.assemble((f"[{self.stamp}] ", "dim"), ("me", "bold cyan"),
+                          (f" → {self.to}", "dim"), ": ", self.message, "  ")
+        t.append(f"({status_text(self.status, self.reason)})",
+                 STATUS_STYLE.get(self.status, ""))
+        return t
+
+    def refresh_text(self) -> None:
+        self.update(self.render_text())
+
+    def on_mount(self) -> None:
+        self.refresh_text()
+
+
+class ChatInput(Input):
+    """An input that handles Enter in order with the other keys.
+
+    Textual runs key bindings (Input binds Enter to submit) as soon as the key is read, but
+    inserts printable keys later, from the widget's queue: typed-ahead lines (a fast typist,
+    tmux send-keys) came out merged ("hello/x" submitted, then empty lines). Enter is
+    handled here as a key instead, and the input empties at once."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "enter_in_order", show=False)]
+
+    def action_enter_in_order(self) -> None:
+        raise SkipAction()  # not as a binding: the key then reaches _on_key, in order
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self, self.value, None))
+            self.value = ""
+            return
+        await super()._on_key(event)
+
+
+class ChatApp(App[None]):
+    """The chat screen: header, messages, peers, input, status line."""
+
+    TITLE = "tom chat"
+    ENABLE_COMMAND_PALETTE = False
+    CSS = """
+    #header { height: 1; background: $primary; color: $text; padding: 0 1; }
+    #main { height: 1fr; }
+    #messages { width: 1fr; padding: 0 1; }
+    #peers { width: 34; height: 1fr; border-left: solid $primary; padding: 0 1; }
+    #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c", "quit", "quit", priority=True, show=False),
+        Binding("escape", "quit", "quit", priority=True, show=False),
+        Binding("up", "scroll(-1)", show=False, priority=True),
+        Binding("down", "scroll(1)", show=False, priority=True),
+        Binding("pageup", "scroll(-10)", show=False, priority=True),
+        Binding("pagedown", "scroll(10)", show=False, priority=True),
+    ]
+
+    def __init__(self, link: Link, own: bytes | None = None, peer: Peer | None = None) -> None:
+        super().__init__()
+        self.link = link
+        self.own = own
+        self.peer = peer.node_id if peer else None
+        self.intro = peer if peer and peer.address else None
+        self.sent = self.received = 0
+        self.router_ok: bool | None = None
+        self.peer_entries: list[rm.PeerEntry] = []
+        self._outgoing: dict[int, OutLine] = {}
+        self._by_id: dict[bytes, OutLine] = {}
+        self._next_key = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with Horizontal(id="main"):
+            yield VerticalScroll(id="messages")
+            yield Static("Peers", id="peers")
+        yield ChatInput(placeholder="Enter to send, /help for commands", id="input")
+        yield Static(id="status")
+
+    def on_mount(self) -> None:
+        self.link.start()
+        if self.intro:
+            self.link.add_peer(self.intro)
+        self.link.ask_id()
+        self.set_interval(POLL_S, self.pump)
+        self.query_one(Input).focus()
+        self.redraw_header()
+        self.redraw_status()
+        self.system("Enter to send, /help for commands")
+
+    def on_unmount(self) -> None:
+        self.link.stop()
+
+    # drawing
+
+    def name_of(self, node_id: bytes) -> str:
+        for p in self.peer_entries:
+            if p.node_id == node_id and p.username:
+                return f"{p.username} ({short(node_id)})"
+        return short(node_id)
+
+    def redraw_header(self) -> None:
+        you = short(self.own) if self.own else "?"
+        peer = f"Peer → {self.name_of(self.peer)}" if self.peer else "(no peer)"
+        self.query_one("#header", Static).update(Text(f"tom chat | You: {you} | {peer}"))
+
+    def redraw_status(self) -> None:
+        router = {None: "connecting", True: "ok", False: "NOT ANSWERING"}[self.router_ok]
+        self.query_one("#status", Static).update(Text(
+            f"router {router} | {self.sent} sent, {self.received} received | "
+            "Esc or /q quits"))
+
+    def redraw_peers(self) -> None:
+        t = Text("Peers\n", style="bold")
+        if not self.peer_entries:
+            t.append("none known\n", style="dim")
+        for p in self.peer_entries:
+            mark = "›" if p.node_id == self.peer else " "
+            colour = {"online": "green", "stale": "yellow"}.get(p.status, "dim")
+            t.append(f"{mark} ")
+            t.append("●", style=colour)
+            t.append(f" {short(p.node_id)} {p.status}")
+            if p.username:
+                t.append(f" {p.username}", style="cyan")
+            if p.route:
+                t.append(" via relay", style="dim")
+            t.append("\n")
+        self.query_one("#peers", Static).update(t)
+
+    def add_line(self, line: Line) -> None:
+        pane = self.query_one("#messages", VerticalScroll)
+        at_end = pane.scroll_y >= pane.max_scroll_y - 1
+        pane.mount(line)
+        if at_end:
+            pane.scroll_end(animate=False)
+
+    def system(self, text: str, error: bool = False) -> None:
+        self.add_line(Line(Text.assemble((f"[{clock()}] ", "dim"),
+                                         (text, "bold red" if error else "yellow italic"))))
+
+    def action_scroll(self, lines: int) -> None:
+        pane = self.query_one("#messages", VerticalScroll)
+        pane.scroll_relative(y=lines, animate=False)
+
+    # reports from the link
+
+    def pump(self) -> None:
+        for r in self.link.drain():
+            self.on_report(r)
+
+    def on_report(self, r: Report) -> None:
+        if isinstance(r, Notice):
+            if r.error:
+                self.router_ok = False
+            elif r.text == "router answering again":
+                self.router_ok = True
+            self.system(r.text, r.error)
+            self.redraw_status()
+        elif isinstance(r, OwnId):
+            self.own = r.node_id
+            self.router_ok = True
+            self.redraw_header()
+            self.redraw_status()
+        elif isinstance(r, Stored):
+            line = self._outgoing.get(r.key)
+            if line is not None:
+                self._by_id[r.msg_id] = line
+                line.set_status("pending")
+        elif isinstance(r, SendFailed):
+            line = self._outgoing.get(r.key)
+            if line is not None:
+                line.set_status("failed", r.reason)
+        elif isinstance(r, PeerList):
+            self.peer_entries = r.peers
+            self.redraw_peers()
+            self.redraw_header()
+            if r.show:
+                self.show_peers(r.peers)
+        elif isinstance(r, Stats):
+            self.show_stats(r.reply)
+        elif isinstance(r, Message):
+            self.incoming(r)
+        elif isinstance(r, rm.StatusChanged):
+            line = self._by_id.get(r.id)
+            if line is not None:
+                line.set_status(r.status, r.reason)
+        elif isinstance(r, rm.PeerChanged):
+            name = f" ({r.username})" if r.username else ""
+            self.system(f"peer {short(r.node_id)}{name} {r.status}")
+            self.link.ask_peers(show=False)
+
+    def incoming(self, msg: Message) -> None:
+        info = msg.info
+        self.received += 1
+        if self.peer is None:
+            self.peer = info.sender
+            self.system(f"Auto-connected to {short(info.sender)} (first message)")
+            self.redraw_header()
+            self.redraw_peers()
+        tag = (f"[{'verified' if info.verified else 'UNVERIFIED'}, "
+               f"{'encrypted' if info.encrypted else 'plain'}"
+               f"{', relayed' if info.relayed else ''}]")
+        self.add_line(Line(Text.assemble(
+            (f"[{clock(info.timestamp_ms)}] ", "dim"), (self.name_of(info.sender), "bold green"),
+            ": ", msg.text, "  ", (tag, "green" if info.encrypted else "yellow"))))
+        self.redraw_status()
+        self.link.read(msg)  # it is on screen: the sender sees "read"
+
+    def show_peers(self, peers: list[rm.PeerEntry]) -> None:
+        if not peers:
+            self.system("no known peers (/connect ID@host:port introduces one)")
+        for p in peers:
+            where = f" {p.host}:{p.port}" if p.host else ""
+            rtt = f" rtt {p.rtt_ms:.1f} ms" if p.rtt_ms is not None else ""
+            route = f" via {', '.join(short(r) for r in p.route)}" if p.route else ""
+            user = f" {p.username}" if p.username else ""
+            conn = "connected" if p.connected else "not connected"
+            self.system(f"{p.node_id.hex()}{user} {p.status}, {conn}{where}{rtt}{route}")
+
+    def show_stats(self, st: StatusReply) -> None:
+        self.system(f"this session: {self.sent} sent, {self.received} received")
+        self.system(f"router {st.impl} pid {st.pid}, up {st.uptime_s:.0f} s, frames in "
+                    f"{st.frames_in} out {st.frames_out}, drops {st.drops}")
+        for title, values in (("counters", st.counters), ("queues", st.queues),
+                              ("errors", st.errors)):
+            if values:
+                self.system(f"{title}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+    # input
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if text.startswith("/"):
+            self.command(text)
+        else:
+            self.send_text(text)
+
+    def send_text(self, text: str) -> None:
+        if self.peer is None:
+            self.system("No peer selected: /connect ID[@host:port] first", error=True)
+            return
+        key = self._next_key
+        self._next_key += 1
+        line = OutLine(clock(), text, self.name_of(self.peer))
+        self._outgoing[key] = line
+        self.add_line(line)
+        self.sent += 1
+        self.redraw_status()
+        self.link.send(key, self.peer, text)
+
+    def command(self, text: str) -> None:
+        cmd, _, arg = text.partition(" ")
+        arg = arg.strip()
+        if cmd in ("/connect", "/c"):
+            if not arg:
+                self.system("usage: /connect ID[@host:port]", error=True)
+                return
+            try:
+                peer = parse_peer(arg)
+            except NodeError as e:
+                self.system(str(e), error=True)
+                return
+            if peer.address:
+                self.link.add_peer(peer)
+            self.peer = peer.node_id
+            self.system(f"Chatting with {peer.node_id.hex()}")
+            self.redraw_header()
+            self.redraw_peers()
+        elif cmd == "/id":
+            self.system(f"Your node id: {self.own.hex() if self.own else 'unknown yet'}")
+        elif cmd == "/peers":
+            self.link.ask_peers(show=True)
+        elif cmd == "/stats":
+            self.link.ask_stats()
+        elif cmd == "/clear":
+            self.query_one("#messages", VerticalScroll).remove_children()
+            self._outgoing.clear()
+            self._by_id.clear()
+        elif cmd in ("/help", "/h"):
+            for usage, what in HELP:
+                self.system(f"{usage:30} {what}")
+        elif cmd in ("/quit", "/q"):
+            self.exit()
+        else:
+            self.system(f"Unknown command: {cmd} (/help lists them)", error=True)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def client_factory(data: DataDir, timeout_s: float) -> Callable[[], AppClient]:
+    def make() -> AppClient:
+        return Client(data, timeout_s=timeout_s)
+    return make
+
+
+def run_chat(data: DataDir, peer_text: str | None) -> int:
+    peer = parse_peer(peer_text) if peer_text else None
+    if not data.endpoints.exists():
+        raise NodeError(f"no node at {data.root} ({data.endpoints.name} missing): "
+                        "start one with `tom node up`")
+    app = ChatApp(Link(client_factory(data, UI_BUS_TIMEOUT_S)), own_id_hint(data), peer)
+    app.run()
+    print(f"Stats: {app.sent} sent, {app.received} received")
+    return 0
+
+
+class Stop:
+    """SIGINT/SIGTERM set a flag (a blocking ZeroMQ poll resumes and the loop sees it)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Stop:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def say(text: str, err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def run_bot(client: AppClient, peer: Peer | None, stop: threading.Event) -> int:
+    """Print every message received, mark it read, reply ``echo: <text>`` (not to echoes,
+    so two bots do not loop); log the status of the replies. Runs until ``stop``."""
+    say("[bot] running in bot mode")
+    own: bytes | None = None
+    received = replied = 0
+    replies: dict[bytes, int] = {}  # reply id -> the number of the message it answers
+    failing: str | None = None
+    introduced = peer is None or peer.address is None
+    while not stop.is_set():
+        try:
+            if own is None:
+                own = client.node_id()
+                say(f"[bot] node {own.hex()} ({short(own)})")
+            if not introduced:
+                assert peer is not None
+                client.add_peer(peer.node_id, peer.host, peer.port)
+                say(f"[bot] introduced {short(peer.node_id)} at {peer.host}:{peer.port}")
+                introduced = True
+            if client.after is None:
+                start_listening(client)
+            for ev in client.events(timeout_s=0.2):
+                if isinstance(ev, Message):
+                    received += 1
+                    info = ev.info
+                    sig = "verified" if info.verified else "UNVERIFIED"
+                    say(f'[bot] #{received} from {short(info.sender)} | {sig} | "{ev.text}"')
+                    client.read(ev)
+                    if ev.text.startswith("echo: "):
+                        continue
+                    try:
+                        msg_id = client.send(info.sender, f"echo: {ev.text}", deadline_s=10)
+                    except WireError as e:
+                        say(f"[bot] reply to #{received} failed: {e}", err=True)
+                        continue
+                    replies[msg_id] = received
+                    replied += 1
+                    say(f"[bot] replied to #{received}: \"echo: {ev.text}\"")
+                elif isinstance(ev, rm.StatusChanged) and ev.id in replies:
+                    say(f"[bot] reply to #{replies[ev.id]}: "
+                        f"{status_text(ev.status, ev.reason)}")
+                    if ev.status in ("read", "failed"):
+                        del replies[ev.id]
+                elif isinstance(ev, rm.PeerChanged):
+                    say(f"[bot] peer {short(ev.node_id)} {ev.status}")
+            if failing is not None:
+                failing = None
+                say("[bot] router answering again")
+        except WireError as e:
+            if failing != str(e):
+                failing = str(e)
+                say(f"[bot] router not answering: {e} (retrying)", err=True)
+            stop.wait(RETRY_EVERY_S)
+    say(f"[bot] stopped: {received} received, {replied} replied")
+    return 0
+
+
+def cmd_chat(data: DataDir, args: Any) -> int:
+    if not args.bot:
+        return run_chat(data, args.peer)
+    peer = parse_peer(args.peer) if args.peer else None
+    with Client(data, timeout_s=UI_BUS_TIMEOUT_S) as client, Stop() as stop:
+        return run_bot(client, peer, stop.event)
+
+
+def retrying(fn: Callable[[], T], deadline: float) -> T:
+    """``fn()``, again while the router does not answer or says it is busy, until
+    ``deadline`` (monotonic); then its last error."""
+    while True:
+        try:
+            return fn()
+        except (BusTimeout, RemoteError) as e:
+            if isinstance(e, RemoteError) and e.code not in RETRYABLE \
+                    or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
+def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
+              encrypt: bool = True) -> tuple[int, str]:
+    """Send and wait for the outcome: (0, "delivered"), (1, "failed: reason") or (2, timeout
+    with the last status). Raises WireError when the router does not take the message
+    before the deadline; once it has, a router that stops answering is waited for."""
+    deadline = time.monotonic() + timeout_s
+    if peer.address:
+        retrying(lambda: client.add_peer(peer.node_id, peer.host, peer.port), deadline)
+    retrying(lambda: start_listening(client), deadline)  # first: no event can be missed
+    msg_id = client.send(peer.node_id, text, encrypt,
+                         deadline_s=max(0.0, deadline - time.monotonic()))
+    status, reason, trouble = "pending", "", ""
+    check_at = time.monotonic() + 1.0
+    while True:
+        if status in ("delivered", "read"):
+            return 0, "delivered" if status == "delivered" else "delivered (and read)"
+        if status == "failed":
+            return 1, f"failed: {reason or 'no reason given'}"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return 2, f"timeout after {timeout_s:g} s: last status {status}{trouble}"
+        try:
+            for ev in client.events(timeout_s=min(left, 0.25)):
+                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id and moves(status,
+                                                                                   ev.status):
+                    status, reason = ev.status, ev.reason
+            if time.monotonic() >= check_at:
+                check_at = time.monotonic() + 1.0  # a missed event cannot hang us
+                for st in client.outbox([msg_id]):
+                    if moves(status, st.status):
+                        status, reason = st.status, st.reason
+            trouble = ""
+        except WireError as e:  # the message is stored: wait for the router to come back
+            trouble = f" (router not answering: {e})"
+            time.sleep(0.1)
+
+
+def cmd_send(data: DataDir, args: Any) -> int:
+    peer = parse_peer(args.peer)
+    with Client(data, timeout_s=min(args.timeout, 5.0)) as client:
+        rc, outcome = send_once(client, peer, args.text, args.timeout, not args.no_encrypt)
+    say(outcome, err=rc != 0)
+    return rc
