@@ -122,12 +122,16 @@ class Client:
         """Start listening (``events`` does it on first use); messages received from here
         on, and after ``after`` if it was given, will be yielded."""
         if self._sub is None:
-            self._sub = socket(self._ctx, zmq.SUB)
-            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-            self._sub.connect(self.endpoints["router"].events)
-            if self.after is None:
-                latest = self.inbox_tail()
-                self.after = latest
+            sub = socket(self._ctx, zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(self.endpoints["router"].events)
+            try:
+                if self.after is None:
+                    self.after = self.inbox_tail()
+            except Exception:
+                sub.close(0)  # router not answering: stay unsubscribed, try again later
+                raise
+            self._sub = sub
 
     def inbox_tail(self) -> int:
         """The seq of the newest message in the inbox (0 if none)."""

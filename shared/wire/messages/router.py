@@ -81,7 +81,7 @@ class ReadReply(Message):
 @message("router.read", "request", reply=ReadReply)
 class Read(Message):
     """The app has shown a received message to its user: send a read receipt to the
-    sender. Fails with `not_found` for a message that is not in the inbox."""
+    sender. Fails with `invalid` for a message that is not in the inbox."""
 
     id: EnvelopeId = Field(description="The received message's envelope id.")
     sender: NodeIdBytes = Field(description="Who sent it.")
