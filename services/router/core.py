@@ -592,8 +592,8 @@ class RouterCore(Core):
                 self._local_addr = (event.body.host, event.body.port)
                 self._announce_dirty = True
                 return []
-            case "connect":
-                self._connecting.pop(rest[0], None) if not ok else None
+            case "connect" if not ok:
+                self._connecting.pop(rest[0], None)  # may be dialled again at once
                 return []
         if not ok:
             assert isinstance(event, PeerFailed)
