@@ -139,16 +139,36 @@ def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
 
 
 def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
-    from shared.wire.messages.transport import Peers, PeersReply
+    from shared.wire.messages import router as rm
+    from shared.wire.messages import transport as tm
 
     with client_for(data) as client:
-        reply = client.request("transport", Peers())
-    assert isinstance(reply, PeersReply)
+        info = client.request("transport", tm.Info())
+        assert isinstance(info, tm.InfoReply)
+        seen = ", ".join(f"{a.host}:{a.port}" for a in info.reflexive) or "not reported yet"
+        print(f"this node: {info.host}:{info.port}, seen by peers at {seen}")
+        try:
+            reply = client.request("router", rm.Peers())
+        except WireError as e:  # the transport alone still knows its connections
+            print(f"router not answering ({e}); connections of the transport:")
+            links = client.request("transport", tm.Peers())
+            assert isinstance(links, tm.PeersReply)
+            for c in links.peers:
+                print(f"{c.node_id.hex()}  direct  rtt {c.rtt_ms:.2f} ms  {c.host}:{c.port}")
+            return 0
+    assert isinstance(reply, rm.PeersReply)
     if not reply.peers:
-        print("no connected peers")
+        print("no known peers")
     for p in reply.peers:
-        side = "dialled" if p.dialled else "accepted"
-        print(f"{p.node_id.hex()}  {p.host}:{p.port}  {p.path}  rtt {p.rtt_ms:.2f} ms  {side}")
+        if p.path == "direct":
+            path = f"direct   rtt {p.rtt_ms or 0:.2f} ms"
+        elif p.path == "relayed":
+            path = "relayed  via " + " > ".join(r.hex()[:12] for r in p.route)
+        else:
+            path = "no path"
+        name = f" ({p.username})" if p.username else ""
+        where = f"  {p.host}:{p.port}" if p.host else ""
+        print(f"{p.node_id.hex()}{name}  {p.status:7}  {path}{where}")
     return 0
 
 
@@ -204,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = n.add_parser("status", parents=[common], help="show each service's state and counters")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    sub.add_parser("peers", parents=[common], help="connected peers with path and RTT"
+    sub.add_parser("peers", parents=[common], help="known peers: path (direct with RTT, "
+                   "or relayed via whom) and this node's public address"
                    ).set_defaults(func=cmd_peers)
     ping = sub.add_parser("ping", parents=[common], help="ping one service")
     ping.add_argument("service", help=", ".join(ep.ROLES))

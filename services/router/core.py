@@ -33,7 +33,12 @@ messages are loaded and retried at once.
 
 Paths: direct when connected; otherwise the shortest chain of at most four relays in the
 graph of announced neighbours (services/router/topology.py), while a direct connection is
-dialled in the background when an address is known.
+sought in the background: dialled when an address is known, and hole-punched through the
+relay when that relay is connected to both (``transport.punch``; retried with backoff from
+``PUNCH_RETRY_FIRST_S`` to ``PUNCH_RETRY_MAX_S``, sooner when this node's public address
+changes). Delivery never waits for either: messages go through the relay meanwhile. When a
+direct connection drops, the messages last sent over it that are not acknowledged are sent
+again at once along the next path (a relay), and ``router.path`` tells the app.
 """
 
 from __future__ import annotations
@@ -93,6 +98,8 @@ LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
 GOSSIP_SAMPLE = 20
 CONNECT_RETRY_S = 5.0
+PUNCH_RETRY_FIRST_S = 2.0
+PUNCH_RETRY_MAX_S = 16.0
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
 _NODE_ID = "node_id"
 
@@ -143,6 +150,8 @@ class RouterCore(Core):
         self._opening: set[tuple[bytes, bytes]] = set()
         self._forwarded: dict[tuple[bytes, bytes], float] = {}
         self._connecting: dict[bytes, float] = {}
+        self._punching: dict[bytes, tuple[float, int]] = {}
+        """node -> (no punch before, failures in a row); inf while one is in flight."""
         self._next_tick = 0.0
         self._next_liveness = 0.0
         self._next_gossip = 0.0
@@ -465,8 +474,8 @@ class RouterCore(Core):
                                  f"{self.settings.message_lifetime_s:g} s")
         route = self.topo.route(msg.to)
         actions: list[Action] = []
-        if route != ():
-            actions += self._connect(msg.to, now)  # a direct path, for later messages
+        if route != ():  # a direct path, for later messages
+            actions += self._connect(msg.to, now) + self._punch(msg.to, route, now)
         if route is None:
             msg.next_try = now + RETRY_FIRST_S  # or as soon as a peer connects
             self.stats["no_route"] += 1
@@ -595,6 +604,9 @@ class RouterCore(Core):
             case "connect" if not ok:
                 self._connecting.pop(rest[0], None)  # may be dialled again at once
                 return []
+            case "punch":
+                self._punched(rest[0], ok, now)
+                return []
         if not ok:
             assert isinstance(event, PeerFailed)
             self.stats[f"{kind}_failures"] += 1
@@ -611,13 +623,17 @@ class RouterCore(Core):
                 self._connecting.pop(peer, None)
                 self.store.put_peer(peer, host, port, self.topo.peers[peer].bootstrap,
                                     self.now_ms())
-                return self._peer_up(now) + self._gossip_to(peer)
+                return [self._path_event(peer)] + self._peer_up(now) + self._gossip_to(peer)
             case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
                 gone = self.topo.peers[peer]
                 gone.connected, gone.rtt_ms = False, None
                 self._announce_dirty = True
+                return [self._path_event(peer)] + self._reroute(peer, now)
             case tm.Path(peer=peer, rtt_ms=rtt) if peer in self.topo.peers:
                 self.topo.peers[peer].rtt_ms = rtt
+            case tm.Reflexive():  # our public address moved: punching may work now
+                self._punching = {n: (now, f) if t != float("inf") else (t, f)
+                                  for n, (t, f) in self._punching.items()}
         return []
 
     def _connected(self, node: bytes, host: str, port: int, rtt: float | None) -> None:
@@ -644,6 +660,43 @@ class RouterCore(Core):
         self._connecting[node] = now + CONNECT_RETRY_S
         return [Call("transport", tm.Connect(peer=node, host=p.host, port=p.port),
                      ("connect", node), timeout_s=10.0)]
+
+    def _punch(self, node: bytes, route: tuple[bytes, ...] | None,
+               now: float) -> list[Action]:
+        """Ask the transport to punch through to ``node`` when its one relay is connected
+        to both of us (the relay introduces us)."""
+        if route is None or len(route) != 1 \
+                or now < self._punching.get(node, (-1e9, 0))[0]:
+            return []
+        self._punching[node] = (float("inf"), self._punching.get(node, (0.0, 0))[1])
+        self.stats["punches"] += 1
+        return [Call("transport", tm.Punch(peer=node, via=route[0]), ("punch", node),
+                     timeout_s=15.0)]
+
+    def _punched(self, node: bytes, ok: bool, now: float) -> None:
+        failures = 0 if ok else self._punching.get(node, (0.0, 0))[1] + 1
+        self.stats["punches_direct" if ok else "punches_failed"] += 1
+        self._punching[node] = (now + min(PUNCH_RETRY_FIRST_S * 2 ** max(failures - 1, 0),
+                                          PUNCH_RETRY_MAX_S), failures)
+
+    def _path_event(self, node: bytes) -> Publish:
+        assert self.topo is not None
+        p = self.topo.peers[node]
+        route = self.topo.route(node)
+        path = "none" if route is None else "relayed" if route else "direct"
+        return Publish(rm.PathChanged(node_id=node, path=path, route=list(route or ()),  # type: ignore[arg-type]
+                                      rtt_ms=p.rtt_ms if p.connected else None))
+
+    def _reroute(self, gone: bytes, now: float) -> list[Action]:
+        """Send again at once what was last sent over a connection that just dropped and
+        is not acknowledged yet: the next attempt takes the path of the moment."""
+        actions: list[Action] = []
+        for msg in list(self.out.values()):
+            hop = msg.env.via[0] if msg.env.via else msg.to
+            if hop == gone and SENT <= msg.status < DELIVERED and not msg.busy:
+                self.stats["rerouted"] += 1
+                actions += self._attempt(msg, now)
+        return actions
 
     def _on_gossip(self, env: Envelope, peer: bytes, now: float) -> list[Action]:
         assert self.topo is not None
@@ -691,11 +744,16 @@ class RouterCore(Core):
 
     def _peer_entries(self) -> list[rm.PeerEntry]:
         assert self.topo is not None
-        return [rm.PeerEntry(node_id=p.node_id, username=p.username, status=p.status,  # type: ignore[arg-type]
-                             connected=p.connected, route=list(self.topo.route(n) or ()),
-                             host=p.host, port=p.port, rtt_ms=p.rtt_ms,
-                             last_seen_ms=max(0, p.last_seen_ms))
-                for n, p in sorted(self.topo.peers.items())]
+        out = []
+        for n, p in sorted(self.topo.peers.items()):
+            route = self.topo.route(n)
+            path = "none" if route is None else "relayed" if route else "direct"
+            out.append(rm.PeerEntry(
+                node_id=p.node_id, username=p.username, status=p.status,  # type: ignore[arg-type]
+                connected=p.connected, path=path, route=list(route or ()),  # type: ignore[arg-type]
+                host=p.host, port=p.port, rtt_ms=p.rtt_ms,
+                last_seen_ms=max(0, p.last_seen_ms)))
+        return out
 
     # -- time ---------------------------------------------------------------------------------
 

@@ -12,3 +12,6 @@ class TransportConfig(Section):
                                  "binding crypto signs; renewed at half-life.")
     idle_timeout_s: float = Field(30.0, gt=1, description="A silent connection is dropped "
                                   "after this; keep-alives go out every third of it.")
+    send_delay_ms: float = Field(0.0, ge=0, le=10_000, description="Hold every outgoing "
+                                 "datagram this long (the NAT lab's latency, where the "
+                                 "kernel has no netem); 0 in real use.")

@@ -49,13 +49,15 @@ from shared.wire.messages import transport as m
 from .endpoint import (
     FRAME_COST,
     Addr,
+    AddressObserved,
     Backpressure,
     Endpoint,
     FrameTooLarge,
+    NotAnEnvelope,
     PathUpdated,
     PeerAuthenticated,
     PeerClosed,
-    ProbeReceived,
+    PunchEnded,
     Received,
     SendError,
     transport_public,
@@ -89,7 +91,7 @@ class SendDatagram(ServiceAction):
 
 class TransportCore(Core):
     role = "transport"
-    handles = frozenset({m.Info, m.Connect, m.Send, m.Peers})
+    handles = frozenset({m.Info, m.Connect, m.Send, m.Peers, m.Punch})
 
     def __init__(self, key: Ed25519PrivateKey, wall: Callable[[], float], local: Addr,
                  binding_s: float = 86400.0, idle_timeout_s: float = 30.0) -> None:
@@ -101,6 +103,10 @@ class TransportCore(Core):
         self.endpoint: Endpoint | None = None
         self._next_bind: float | None = 0.0
         self._connects: dict[bytes, list[object]] = {}
+        self._punches: dict[bytes, list[object]] = {}
+        self.local_candidates: list[Addr] = []
+        self._observed: dict[bytes, Addr] = {}
+        """What each connected peer reports as this node's address."""
         self._known: dict[bytes, Addr] = {}
         """Last address of every peer that was connected: re-dialled when it is lost."""
         self._redial: dict[bytes, tuple[float, int]] = {}
@@ -151,8 +157,13 @@ class TransportCore(Core):
                 return self._collect(now)
             case Request(body=m.Info()):
                 node = ep.node_id if ep else b""
-                return [Reply(event.ctx, m.InfoReply(node_id=node, host=self.local[0],
-                                                     port=self.local[1], ready=ep is not None))]
+                seen = Counter(self._observed.values())
+                return [Reply(event.ctx, m.InfoReply(
+                    node_id=node, host=self.local[0], port=self.local[1],
+                    ready=ep is not None,
+                    local=[m.SocketAddr(host=h, port=p) for h, p in self.local_candidates],
+                    reflexive=[m.SocketAddr(host=h, port=p)
+                               for (h, p), _ in seen.most_common()]))]
             case Request(body=m.Peers()):
                 return [Reply(event.ctx, m.PeersReply(peers=self._peers()))]
             case Request() if ep is None:
@@ -165,6 +176,21 @@ class TransportCore(Core):
                 self._connects.setdefault(peer, []).append(event.ctx)
                 ep.dial(peer, (host, port), now)
                 return self._collect(now)
+            case Request(body=m.Punch(peer=peer, via=via)):
+                assert ep is not None
+                direct = ep.peers.get(peer)
+                if direct is not None:
+                    return [Reply(event.ctx, m.PunchReply(host=direct.addr[0],
+                                                          port=direct.addr[1], elapsed_ms=0))]
+                if peer == ep.node_id or via == peer:
+                    return [Fail(event.ctx, ErrorCode.INVALID, "peer must be another node, "
+                                 "introduced by a third one")]
+                try:
+                    ep.punch(peer, via, now)
+                except SendError as e:
+                    return [Fail(event.ctx, ErrorCode.UNAVAILABLE, str(e))]
+                self._punches.setdefault(peer, []).append(event.ctx)
+                return self._collect(now)
             case Request(body=m.Send(peer=peer)):
                 assert ep is not None
                 if len(event.blobs) != 1:
@@ -175,6 +201,8 @@ class TransportCore(Core):
                     return [Fail(event.ctx, ErrorCode.TOO_LARGE, str(e))]
                 except Backpressure as e:
                     return [Fail(event.ctx, ErrorCode.OVERLOADED, str(e))]
+                except NotAnEnvelope as e:
+                    return [Fail(event.ctx, ErrorCode.INVALID, str(e))]
                 except SendError as e:
                     return [Fail(event.ctx, ErrorCode.UNAVAILABLE, str(e))]
                 # packets are built in flush(), after the whole batch of requests (envelopes
@@ -237,6 +265,7 @@ class TransportCore(Core):
         if self.endpoint is None:
             self.endpoint = Endpoint(self._key, binding, self._wall,
                                      idle_timeout_s=self.idle_timeout_s)
+            self.endpoint.local_candidates = self.local_candidates
         else:
             self.endpoint.set_binding(binding)
         self._next_bind = now + self.binding_s / 2
@@ -270,17 +299,34 @@ class TransportCore(Core):
                             for ctx in self._connects.pop(ev.node_id, [])]
             elif isinstance(ev, PeerClosed):
                 if ev.node_id is not None:
+                    self._observed.pop(ev.node_id, None)
                     actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
                                                               reason=ev.reason)))
                     if ev.node_id in self._known:
                         self._schedule_redial(ev.node_id, now, first=True)
                 actions += self._fail_connects(ev.reason)
                 self._retry_failed_redials(now)
-            elif isinstance(ev, ProbeReceived):
-                pass  # hole punching arrives with the NAT traversal issue
+            elif isinstance(ev, AddressObserved):
+                if ev.addr not in self._observed.values():
+                    actions.append(Publish(m.Reflexive(host=ev.addr[0], port=ev.addr[1],
+                                                       peer=ev.node_id)))
+                self._observed[ev.node_id] = ev.addr
+            elif isinstance(ev, PunchEnded):
+                actions += self._punch_ended(ev)
         actions += self._deliver(now)
         replies, self._send_replies = self._send_replies, []
         return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
+
+    def _punch_ended(self, ev: PunchEnded) -> list[Action]:
+        host, port = ev.addr or ("", 0)
+        ms = round(ev.elapsed_s * 1000, 3)
+        waiting = self._punches.pop(ev.peer, [])
+        replies: list[Action] = [
+            Reply(ctx, m.PunchReply(host=host, port=port, elapsed_ms=ms)) if ev.ok
+            else Fail(ctx, ErrorCode.FAILED, ev.reason) for ctx in waiting]
+        return replies + [Publish(m.Punched(peer=ev.peer, ok=ev.ok, host=host, port=port,
+                                            elapsed_ms=ms, initiator=ev.initiator,
+                                            reason=ev.reason))]
 
     def _deliver(self, now: float) -> list[Action]:
         """Hand queued envelopes to the router; stop or resume reading peers by queue size."""

@@ -53,6 +53,8 @@ most ``max_connections`` authenticated connections.
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import secrets
 import ssl
 import sys
 from collections import Counter
@@ -95,12 +97,29 @@ WINDOW_BEFORE_AUTH = 64 * 1024
 MAX_BACKLOG = 8 * 1024 * 1024
 """Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
 DRAIN_S = 10.0
-PING_INTERVAL_S = 2.0
+PING_INTERVAL_S = 1.0
 MISSED_PINGS = 3
-"""A peer that acknowledges none of this many pings in a row is considered gone (about 6 s,
-instead of the idle timeout)."""
+"""A peer that acknowledges none of this many pings in a row is considered gone (3 to 4 s,
+instead of the idle timeout): soon enough for the router to move a conversation onto a relay
+within 5 s of a direct path breaking."""
 SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
+CONTROL = 0xC1
+"""First byte of a control frame on a lane (hole punching, observed addresses): a byte that
+never starts a msgpack value, so never an envelope."""
+PROBE_MAGIC = b"\x00tomp1"
+TOKEN_BYTES = 16
+PROBE_BYTES = len(PROBE_MAGIC) + TOKEN_BYTES + 32
+PROBE_EVERY_S = 0.1
+INTRO_TIMEOUT_S = 3.0
+"""How long a punch waits for the relay's introduction."""
+PUNCH_TIMEOUT_S = 5.0
+"""How long a punch lasts from the introduction to an authenticated direct connection."""
+MAX_PUNCHES = 64
+MAX_CANDIDATES = 8
+INTRO_BURST = 20
+"""Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
+INTRO_WINDOW_S = 10.0
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
 CLOSE_MALFORMED = 0x102
@@ -131,14 +150,6 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeReceived:
-    """A non-QUIC datagram starting with 0x00: a hole-punch probe."""
-
-    addr: Addr
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class PathUpdated:
     """The path to an authenticated peer: at authentication, then when its RTT moves."""
 
@@ -147,7 +158,29 @@ class PathUpdated:
     rtt_ms: float
 
 
-Event = PeerAuthenticated | PeerClosed | Received | ProbeReceived | PathUpdated
+@dataclass(frozen=True, slots=True)
+class AddressObserved:
+    """A connected peer reports the address it sees this node at (reflexive address)."""
+
+    node_id: bytes
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class PunchEnded:
+    """A hole punch ended: with an authenticated direct connection, or not."""
+
+    peer: bytes
+    ok: bool
+    addr: Addr | None
+    elapsed_s: float
+    """From the introduction (from the request if none came) to the end."""
+    initiator: bool
+    reason: str = ""
+
+
+Event = (PeerAuthenticated | PeerClosed | Received | PathUpdated | AddressObserved
+         | PunchEnded)
 
 
 class SendError(Exception):
@@ -156,6 +189,10 @@ class SendError(Exception):
 
 class FrameTooLarge(SendError):
     """An envelope larger than the frame limit; refused before anything is sent."""
+
+
+class NotAnEnvelope(SendError):
+    """Data starting with the control byte: refused, so nothing sent can pose as control."""
 
 
 class Backpressure(SendError):
@@ -258,6 +295,38 @@ class _Conn:
     retired_until: float | None = None
     """Set once the connection is retired: it closes when both lanes end, or then."""
     rtt_reported: float = 0.0
+    peer_locals: list[Addr] = field(default_factory=list)
+    """The addresses the peer says its socket has (its local candidates)."""
+    intros: list[float] = field(default_factory=list)
+    """When this peer last asked us for introductions (rate limit)."""
+
+
+@dataclass
+class _Punch:
+    peer: bytes
+    token: bytes
+    initiator: bool
+    """True on the side that asked for the introduction."""
+    via: bytes
+    started: float
+    deadline: float
+    candidates: list[Addr] = field(default_factory=list)
+    introduced: float | None = None
+    next_probe: float = 0.0
+    dialled: set[Addr] = field(default_factory=set)
+
+
+def _addrs(value: object) -> list[Addr]:
+    """Candidate addresses from a control frame: ``[[ip, port], ...]``; ValueError if not."""
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise ValueError("candidates: not a short list")
+    out: list[Addr] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int) and 0 < item[1] < 65536):
+            raise ValueError("candidate: not [ip, port]")
+        out.append((str(ipaddress.ip_address(item[0])), item[1]))
+    return out
 
 
 class Endpoint:
@@ -292,14 +361,18 @@ class Endpoint:
         self._out: list[tuple[bytes, Addr]] = []
         self._dirty: dict[_Conn, float] = {}
         self._events: list[Event] = []
+        self._punches: dict[bytes, _Punch] = {}
+        self.local_candidates: list[Addr] = []
+        """This socket's own addresses (interface address and port), told to every peer so
+        that a relay can pass them on with the address it observes."""
         self.counters: Counter[str] = Counter()
 
     # -- inputs ----------------------------------------------------------------------------
 
     def receive(self, data: bytes, addr: Addr, now: float) -> None:
         """Feed one datagram read from the socket."""
-        if data[:1] == b"\x00":
-            self._events.append(ProbeReceived(addr, data))
+        if data[:1] == b"\x00":  # never QUIC (its fixed bit is 0): a hole-punch probe
+            self._on_probe(data, addr, now)
             return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
@@ -328,12 +401,34 @@ class Endpoint:
         """Open a connection to ``node_id`` at ``addr`` (no-op if one is up or being made)."""
         if node_id in self.peers or node_id in self.dialling():
             return
+        self.counters["dials"] += 1
+        self._open(node_id, addr, now)
+
+    def _open(self, node_id: bytes, addr: Addr, now: float) -> None:
         quic = BoundedQuicConnection(configuration=self._config(is_client=True))
         conn = _Conn(quic, addr, dialled=True, created=now, expect=node_id)
         self._add(conn)
         quic.connect(addr, now)
-        self.counters["dials"] += 1
         self._pump(conn, now)
+
+    def punch(self, peer: bytes, via: bytes, now: float) -> None:
+        """Start a hole punch to ``peer``: ask ``via`` (a connected peer that is also
+        connected to it) to introduce the two nodes to each other with their candidate
+        addresses; both then probe each other's candidates at once from this socket, and the
+        side with the smaller node id dials the address a probe came from. Ends with a
+        :class:`PunchEnded` event. No-op while a punch to ``peer`` is in progress."""
+        relay = self.peers.get(via)
+        if relay is None or relay.lane is None or relay.closing:
+            raise SendError("not connected to the introducing peer")
+        current = self._punches.get(peer)
+        if current is not None and current.initiator:
+            return
+        if current is None and len(self._punches) >= MAX_PUNCHES:
+            raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
+        token = secrets.token_bytes(TOKEN_BYTES)
+        self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S)
+        self._control(relay, ["intro?", peer, token])
+        self.counters["punches"] += 1
 
     def send(self, node_id: bytes, data: bytes, now: float) -> None:
         """Send one envelope over the peer's connection (whoever opened it)."""
@@ -342,6 +437,8 @@ class Endpoint:
             raise FrameTooLarge(f"envelope of {size} bytes exceeds {self.max_frame_bytes}")
         if not size:
             raise SendError("an envelope cannot be empty")
+        if data[0] == CONTROL:
+            raise NotAnEnvelope("an envelope cannot start with byte 0xC1")
         conn = self.peers.get(node_id)
         if conn is None or conn.lane is None or conn.closing:
             raise SendError("no authenticated connection to this peer")
@@ -423,6 +520,13 @@ class Endpoint:
             if timer is not None and timer <= now:
                 conn.quic.handle_timer(now)
             self._pump(conn, now)
+        for p in list(self._punches.values()):
+            if now >= p.deadline:
+                self._end_punch(p, now, None, "no introduction from the relay in time"
+                                if p.introduced is None else "no direct path in time: the "
+                                "probes did not get through (a symmetric NAT on the way?)")
+            elif p.introduced is not None and now >= p.next_probe:
+                self._probe(p, now)
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -453,6 +557,8 @@ class Endpoint:
                   for c in self._conns if not c.closing]
         times += [c.retired_until for c in self._conns
                   if c.retired_until is not None and not c.closing]
+        times += [p.deadline if p.introduced is None else min(p.deadline, p.next_probe)
+                  for p in self._punches.values()]
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------------
@@ -518,6 +624,12 @@ class Endpoint:
                 self._prove(conn)
         elif isinstance(ev, qe.PingAcknowledged):
             conn.unanswered_pings = 0
+            paths = conn.quic._network_paths
+            if paths and conn.node_id is not None and tuple(paths[0].addr[:2]) != conn.addr:
+                conn.addr = (paths[0].addr[0], paths[0].addr[1])  # the peer's NAT rebound
+                self.counters["peer_address_changes"] += 1
+                self._tell_address(conn)
+                conn.rtt_reported = 0.0  # report the new path
             self._report_rtt(conn)
         elif isinstance(ev, qe.StreamReset | qe.StopSendingReceived):
             self._malformed(conn, f"the peer aborted stream {ev.stream_id}")
@@ -561,6 +673,8 @@ class Endpoint:
                 self._authenticate(conn, frame, now)
                 node_id = conn.node_id
                 limit = self.max_frame_bytes
+            elif frame[0] == CONTROL:
+                self._on_control(conn, frame[1:], now)
             else:
                 frames.append(frame)
                 if metered:
@@ -636,7 +750,134 @@ class Endpoint:
             self._dirty[existing] = now
         self.counters["authenticated"] += 1
         self._events.append(PeerAuthenticated(node_id, conn.addr, conn.dialled))
+        self._tell_address(conn)
         self._report_rtt(conn)
+        punch = self._punches.get(node_id)
+        if punch is not None:
+            self._end_punch(punch, now, conn.addr)
+
+    # -- hole punching ------------------------------------------------------------------------
+
+    def _control(self, conn: _Conn, msg: list[Any]) -> None:
+        assert conn.lane is not None
+        frame = bytes([CONTROL]) + msgpack.packb(msg, use_bin_type=True)
+        conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
+        self.counters["control_sent"] += 1
+
+    def _tell_address(self, conn: _Conn) -> None:
+        """Tell the peer the address its packets come from, and our own candidates."""
+        self._control(conn, ["addr", list(conn.addr),
+                             [list(a) for a in self.local_candidates[:MAX_CANDIDATES]]])
+
+    def _candidates(self, conn: _Conn) -> list[list[Any]]:
+        """Where a peer may be reached: the address we see it at, then its own addresses."""
+        out = [conn.addr] + [a for a in conn.peer_locals if a != conn.addr]
+        return [list(a) for a in out[:MAX_CANDIDATES]]
+
+    def _on_control(self, conn: _Conn, data: bytes, now: float) -> None:
+        node_id = conn.node_id
+        assert node_id is not None
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+            match msg:
+                case ["addr", [str() as host, int() as port], list() as own]:
+                    observed = _addrs([[host, port]])[0]
+                    conn.peer_locals = _addrs(own)
+                    self._events.append(AddressObserved(node_id, observed))
+                case ["intro?", bytes() as target, bytes() as token] \
+                        if len(token) == TOKEN_BYTES:
+                    self._introduce(conn, target, token, now)
+                case ["intro", bytes() as peer, bytes() as token, list() as cands] \
+                        if len(token) == TOKEN_BYTES:
+                    self._introduced(conn, peer, token, _addrs(cands), now)
+                case ["nointro", bytes() as peer, bytes() as token, str() as reason]:
+                    p = self._punches.get(peer)
+                    if p is not None and p.initiator and p.token == token \
+                            and p.via == node_id:
+                        self._end_punch(p, now, None, f"the relay cannot introduce: "
+                                        f"{reason[:200]}")
+                case _:
+                    self.counters["unknown_control"] += 1
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self.counters["malformed_control"] += 1
+
+    def _introduce(self, conn: _Conn, target: bytes, token: bytes, now: float) -> None:
+        """As the relay: give each of the two peers the other's candidates."""
+        assert conn.node_id is not None
+        conn.intros = [t for t in conn.intros if now - t < INTRO_WINDOW_S]
+        if len(conn.intros) >= INTRO_BURST:
+            self.counters["intros_refused"] += 1
+            self._control(conn, ["nointro", target, token, "too many introductions asked"])
+            return
+        conn.intros.append(now)
+        other = self.peers.get(target)
+        if other is None or other is conn or other.lane is None or other.closing:
+            self.counters["intros_unknown"] += 1
+            self._control(conn, ["nointro", target, token, "not connected to that node"])
+            return
+        self._control(other, ["intro", conn.node_id, token, self._candidates(conn)])
+        self._control(conn, ["intro", target, token, self._candidates(other)])
+        self._dirty[other] = now
+        self.counters["introductions"] += 1
+
+    def _introduced(self, conn: _Conn, peer: bytes, token: bytes, cands: list[Addr],
+                    now: float) -> None:
+        """The relay ``conn`` introduces ``peer``: probe its candidates."""
+        assert conn.node_id is not None
+        p = self._punches.get(peer)
+        if peer == self.node_id or (p is not None and p.initiator and (
+                p.token != token or p.via != conn.node_id)):
+            self.counters["stray_intros"] += 1
+            return
+        if p is None or not p.initiator:  # the other side of someone else's punch
+            direct = self.peers.get(peer)
+            if direct is not None and not direct.closing:
+                return  # already connected directly
+            if p is None and len(self._punches) >= MAX_PUNCHES:
+                self.counters["punches_refused"] += 1
+                return
+            p = _Punch(peer, token, False, conn.node_id, now, now)
+            self._punches[peer] = p
+        p.candidates = cands
+        p.introduced = now
+        p.deadline = now + PUNCH_TIMEOUT_S
+        self._probe(p, now)
+
+    def _probe(self, p: _Punch, now: float) -> None:
+        probe = PROBE_MAGIC + p.token + self.node_id
+        self._out += [(probe, addr) for addr in p.candidates]
+        self.counters["probes_sent"] += len(p.candidates)
+        p.next_probe = now + PROBE_EVERY_S
+
+    def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:
+        if len(data) != PROBE_BYTES or not data.startswith(PROBE_MAGIC):
+            self.counters["garbage_datagrams"] += 1
+            return
+        token = data[len(PROBE_MAGIC):len(PROBE_MAGIC) + TOKEN_BYTES]
+        peer = data[-32:]
+        if peer == self.node_id:  # our own probe: a candidate was our own address
+            return
+        p = self._punches.get(peer)
+        if p is None or p.introduced is None or p.token != token:
+            self.counters["stray_probes"] += 1
+            return
+        self.counters["probes_received"] += 1
+        if addr not in p.candidates and len(p.candidates) < MAX_CANDIDATES:
+            p.candidates.append(addr)  # where the peer's NAT maps it for us
+        if self.node_id > peer:
+            self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))  # answer at once
+        elif addr not in p.dialled and peer not in self.peers:
+            # the smaller id dials where the probe came from: that path is open both ways
+            p.dialled.add(addr)
+            self.counters["punch_dials"] += 1
+            self._open(peer, addr, now)
+
+    def _end_punch(self, p: _Punch, now: float, addr: Addr | None, reason: str = "") -> None:
+        del self._punches[p.peer]
+        self.counters["punches_direct" if addr else "punches_failed"] += 1
+        self._events.append(PunchEnded(p.peer, addr is not None, addr,
+                                       round(now - (p.introduced or p.started), 6),
+                                       p.initiator, reason))
 
     def _retire(self, conn: _Conn, node_id: bytes, now: float) -> None:
         """Send nothing new on this connection; let what is in flight arrive, then close.

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import ipaddress
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -42,7 +45,11 @@ class TransportService(Service):
         self.udp = self._open(cfg.host, cfg.port)
         assert isinstance(self.core, TransportCore)
         self.core.local = self.udp.getsockname()[:2]
-        self.log.info("UDP socket on %s:%d", *self.core.local)
+        host, port = self.core.local
+        ips = interface_addresses() if ipaddress.ip_address(host).is_unspecified else [host]
+        self.core.local_candidates[:] = [(ip, port) for ip in ips]
+        self.log.info("UDP socket on %s:%d (candidates %s)", host, port, ips)
+        self.delay_s = cfg.send_delay_ms / 1000
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self._on_readable)
         try:
@@ -86,14 +93,41 @@ class TransportService(Service):
 
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
-            try:
-                self.udp.sendto(action.data, action.addr)
-            except (BlockingIOError, InterruptedError):
-                self.stats["udp_send_drops"] += 1
-            except OSError:
-                self.stats["udp_errors"] += 1
+            if self.delay_s:
+                asyncio.get_running_loop().call_later(self.delay_s, self._sendto,
+                                                      action.data, action.addr)
+            else:
+                self._sendto(action.data, action.addr)
         else:
             super().perform_extra(action)
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.udp.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.stats["udp_send_drops"] += 1
+        except OSError:
+            self.stats["udp_errors"] += 1
+
+
+SIOCGIFADDR = 0x8915
+
+
+def interface_addresses() -> list[str]:
+    """The IPv4 addresses of this host's interfaces, loopback left out (Linux; empty where
+    the ioctl is not available): a socket bound to 0.0.0.0 is reachable at each."""
+    out: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                res = fcntl.ioctl(s.fileno(), SIOCGIFADDR,
+                                  struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on it, or not Linux
+                continue
+            ip = socket.inet_ntoa(res[20:24])
+            if not ip.startswith("127."):
+                out.append(ip)
+    return out
 
 
 SERVICE = TransportService

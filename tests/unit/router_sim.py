@@ -2,6 +2,7 @@
 
 Each node is a RouterCore (SQLite in memory) and a CryptoCore; ``transport.*`` calls are
 carried out here: ``connect`` succeeds when the two nodes are ``reachable`` from each other,
+``punch`` when they are reachable or ``punchable`` (behind NATs a hole punch opens),
 ``send`` hands the envelope to the other router as a ``router.deliver`` request when they
 are connected. The end-to-end tests run the same cores in real processes over QUIC.
 """
@@ -61,6 +62,8 @@ class Sim:
         self.wall = 1_800_000_000.0
         self.nodes: dict[str, SimNode] = {}
         self.reachable: set[frozenset[str]] = set()
+        self.punchable: set[frozenset[str]] = set()
+        self.punches: list[tuple[str, str]] = []
         self.links: set[frozenset[str]] = set()
         self.queue: deque[tuple[str, Action]] = deque()
         self.drop_sends: set[frozenset[str]] = set()
@@ -181,6 +184,19 @@ class Sim:
         elif isinstance(body, tm.Info):
             self._answer(name, a.token, PeerReplied(a.token, tm.InfoReply(
                 node_id=node.id, host="0.0.0.0", port=node.port, ready=True)))
+        elif isinstance(body, tm.Punch):  # a NAT between them unless reachable
+            relay, other = self.by_id(body.via), self.by_id(body.peer)
+            self.punches.append((name, other.name if other else "?"))
+            pair = frozenset((name, other.name)) if other else frozenset()
+            if relay is None or pair not in self.reachable | self.punchable \
+                    or frozenset((name, relay.name)) not in self.links:
+                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.FAILED,
+                                                       "no direct path"))
+                return
+            assert other is not None
+            self._link(name, other.name)
+            self._answer(name, a.token, PeerReplied(a.token, tm.PunchReply(
+                host="10.0.0.1", port=other.port, elapsed_ms=1.0)))
         elif isinstance(body, tm.Connect):
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable:

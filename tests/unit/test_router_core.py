@@ -257,3 +257,57 @@ def test_a_message_that_cannot_be_delivered_fails_with_a_reason() -> None:
     [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
     assert state.status == "failed" and "30" in state.reason
     assert sim.nodes["a"].statuses(msg) == ["pending", "failed"]
+
+
+def paths(sim: Sim, name: str, to: str) -> list[str]:
+    return [e.path for e in sim.nodes[name].events
+            if isinstance(e, rm.PathChanged) and e.node_id == sim.nodes[to].id]
+
+
+def test_a_relayed_peer_is_hole_punched_and_later_messages_go_direct() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.punchable.add(frozenset("ac"))  # behind NATs: no dial gets through, a punch does
+    sim.run(12)
+    send(sim, "a", "c", b"first")
+    assert sim.nodes["c"].delivered[0][0].relayed  # delivery did not wait for the punch
+    assert ("a", "c") in sim.punches and paths(sim, "a", "c")[-1] == "direct"
+    send(sim, "a", "c", b"second")
+    assert sim.nodes["c"].received() == [b"first", b"second"]
+    assert not sim.nodes["c"].delivered[1][0].relayed
+    peers = {p.node_id: p for p in sim.call("a", rm.Peers()).body.peers}
+    assert peers[sim.nodes["c"].id].path == "direct"
+
+
+def test_a_failed_punch_is_retried_with_backoff_while_messages_flow_through_the_relay(
+        ) -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")  # symmetric NATs: never a direct path
+    sim.run(12)
+    for i in range(12):
+        send(sim, "a", "c", b"%d" % i)
+        sim.run(1)
+    assert len(sim.nodes["c"].received()) == 12
+    assert all(m.relayed for m, _ in sim.nodes["c"].delivered)
+    tries = sim.punches.count(("a", "c"))
+    assert 3 <= tries <= 5  # after 0, 2, 4 (+8...) s: backing off, not once per message
+    peers = {p.node_id: p for p in sim.call("a", rm.Peers()).body.peers}
+    assert peers[sim.nodes["c"].id].path == "relayed"
+
+
+def test_a_dropped_direct_path_moves_unacknowledged_messages_to_the_relay_at_once() -> None:
+    sim = Sim("a", "b", "c")
+    for pair in ("ab", "bc", "ac"):
+        sim.connect(*pair)
+    sim.run(12)
+    sim.drop_sends.add(frozenset("ac"))  # the direct path breaks silently...
+    msg = send(sim, "a", "c", b"x")
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+    sim.reachable.discard(frozenset("ac"))
+    sim.disconnect("a", "c")  # ...until the transport declares it dead
+    assert sim.nodes["c"].received() == [b"x"] and sim.nodes["c"].delivered[0][0].relayed
+    assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
+    assert sim.nodes["a"].router.stats["rerouted"] == 1
+    assert paths(sim, "a", "c")[-1] == "relayed"

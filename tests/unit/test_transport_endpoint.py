@@ -10,14 +10,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.crypto.core import Identity
 from services.transport.endpoint import (
+    CONTROL,
     FRAME_COST,
+    INTRO_BURST,
+    PROBE_MAGIC,
+    TOKEN_BYTES,
     Addr,
+    AddressObserved,
     Backpressure,
     Endpoint,
     Event,
     FrameTooLarge,
     PeerAuthenticated,
     PeerClosed,
+    PunchEnded,
     Received,
     SendError,
     channel_binding,
@@ -50,11 +56,12 @@ class Net:
             timers: bool = True) -> None:
         for _ in range(rounds):
             moved = False
-            for src, ep in self.eps.items():
+            for src, ep in list(self.eps.items()):
                 for data, dst in ep.datagrams():
                     moved = True
-                    if dst in self.eps and not self.drop(data, src, dst):
-                        self.eps[dst].receive(data, src, self.now)
+                    hop = self.route(src, dst)
+                    if hop is not None and not self.drop(data, hop[0], hop[1]):
+                        self.eps[hop[1]].receive(data, hop[0], self.now)
                 self.events[self.name[src]] += ep.events()
             if until and until():
                 return
@@ -66,6 +73,10 @@ class Net:
                 self.now = max(self.now + 1e-4, min(due))
                 for ep in self.eps.values():
                     ep.handle_timer(self.now)
+
+    def route(self, src: Addr, dst: Addr) -> tuple[Addr, Addr] | None:
+        """(source address the receiver sees, receiver) of a datagram, or None: lost."""
+        return (src, dst) if dst in self.eps else None
 
     def of(self, name: str, kind: type) -> list[Event]:
         return [e for e in self.events[name] if isinstance(e, kind)]
@@ -218,7 +229,8 @@ def test_a_malformed_stream_closes_that_connection_and_nothing_else(case: str) -
 def test_frames_split_anywhere_are_reassembled_in_order() -> None:
     net = connected()
     b = net.eps[net.addr["b"]]
-    frames = [bytes([i]) * (i * 37 % 3000 + 1) for i in range(200)]
+    # any first byte but CONTROL (0xC1, which no msgpack value starts with): control frames
+    frames = [bytes([i if i != CONTROL else 0]) * (i * 37 % 3000 + 1) for i in range(200)]
     wire = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
     rng = __import__("random").Random(5)
     pos = 0
@@ -455,12 +467,12 @@ def test_tiny_frames_are_charged_a_minimum_cost() -> None:
     a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
     b.budget = 100 * FRAME_COST
     for i in range(1000):
-        a.send(B_ID, bytes([i % 256]), net.now)
+        a.send(B_ID, bytes([i % CONTROL]), net.now)
     net.run(100)
     assert len(net.of("b", Received)) == 100
     b.resume(net.now)
     net.run(100, until=lambda: len(net.of("b", Received)) == 1000)
-    assert [e.data for e in net.of("b", Received)] == [bytes([i % 256]) for i in range(1000)]
+    assert [e.data for e in net.of("b", Received)] == [bytes([i % CONTROL]) for i in range(1000)]
 
 
 def test_a_retired_connection_hands_over_everything_even_while_paused() -> None:
@@ -485,3 +497,125 @@ def test_a_retired_connection_hands_over_everything_even_while_paused() -> None:
     net.run(200)
     assert sorted(e.data for e in net.of("a", Received)) == sorted(sent)
     assert len(sent) == 20
+
+
+# -- hole punching ---------------------------------------------------------------------------
+
+
+class Nat:
+    """A home router: port mapping per inside address (cone) or per destination too
+    (symmetric); inbound only from a remote the mapping has sent to (conntrack)."""
+
+    def __init__(self, ip: str, symmetric: bool = False) -> None:
+        self.ip, self.symmetric = ip, symmetric
+        self.ports: dict[tuple[Addr, Addr | None], int] = {}
+        self.open: dict[tuple[int, Addr], Addr] = {}
+
+    def outbound(self, inside: Addr, dst: Addr) -> Addr:
+        key = (inside, dst if self.symmetric else None)
+        port = self.ports.setdefault(key, 40000 + len(self.ports) * 7)
+        self.open[(port, dst)] = inside
+        return self.ip, port
+
+
+class NatNet(Net):
+    """B public; A and C each behind their own NAT (``nats`` names them)."""
+
+    def __init__(self, nats: dict[str, Nat], **eps: Endpoint) -> None:
+        super().__init__(**eps)
+        self.nats = {self.addr[n]: nat for n, nat in nats.items()}
+        self.public = {nat.ip: nat for nat in nats.values()}
+
+    def route(self, src: Addr, dst: Addr) -> tuple[Addr, Addr] | None:
+        if src in self.nats:
+            src = self.nats[src].outbound(src, dst)
+        nat = self.public.get(dst[0])
+        if nat is not None:
+            inside = nat.open.get((dst[1], src))
+            return None if inside is None else (src, inside)
+        return (src, dst) if dst in self.eps else None
+
+
+def behind_nats(a_symmetric: bool = False, c_symmetric: bool = False) -> NatNet:
+    net = NatNet({"a": Nat("100.64.0.1", a_symmetric), "c": Nat("100.64.0.3", c_symmetric)},
+                 a=endpoint(A_SEED), b=endpoint(B_SEED), c=endpoint(C_SEED))
+    for name in "ac":
+        net.eps[net.addr[name]].dial(B_ID, net.addr["b"], net.now)
+    net.run(until=lambda: len(net.of("b", PeerAuthenticated)) == 2)
+    return net
+
+
+def punch(net: Net) -> tuple[Endpoint, Endpoint]:
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    a.punch(C_ID, B_ID, net.now)
+    net.run(2000, until=lambda: bool(net.of("a", PunchEnded) and net.of("c", PunchEnded)))
+    return a, c
+
+
+def test_peers_behind_cone_nats_get_a_direct_path_from_an_introduction() -> None:
+    net = behind_nats()
+    a, c = punch(net)
+    ended_a, ended_c = net.of("a", PunchEnded)[0], net.of("c", PunchEnded)[0]
+    assert ended_a.ok and ended_a.initiator and ended_c.ok and not ended_c.initiator
+    assert ended_a.addr == ("100.64.0.3", 40000)  # C's NAT mapping: the punched path
+    assert ended_a.elapsed_s < 1.0
+    assert C_ID in a.peers and A_ID in c.peers
+    a.send(C_ID, b"direct", net.now)
+    net.run(100, until=lambda: bool(net.of("c", Received)))
+    assert [e.data for e in net.of("c", Received)] == [b"direct"]
+    # each learnt its public address from B, inside the authenticated connection
+    assert AddressObserved(B_ID, ("100.64.0.1", 40000)) in net.of("a", AddressObserved)
+
+
+def test_symmetric_nats_fail_the_punch_with_a_reason_and_no_connection() -> None:
+    net = behind_nats(a_symmetric=True, c_symmetric=True)
+    a, c = punch(net)
+    ended = net.of("a", PunchEnded)[0]
+    assert not ended.ok and "symmetric" in ended.reason
+    assert C_ID not in a.peers and A_ID not in c.peers
+    assert a.counters["punches_failed"] == 1 and c.counters["probes_sent"] > 10
+
+
+def test_a_relay_that_does_not_know_the_peer_says_so() -> None:
+    net = connected()
+    a = net.eps[net.addr["a"]]
+    a.punch(C_ID, B_ID, net.now)
+    net.run(200, until=lambda: bool(net.of("a", PunchEnded)))
+    ended = net.of("a", PunchEnded)[0]
+    assert not ended.ok and "not connected to that node" in ended.reason
+    with pytest.raises(SendError):
+        a.punch(C_ID, C_ID, net.now)  # not connected to that relay
+
+
+def test_introductions_are_rate_limited_per_peer() -> None:
+    net = three()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    for _ in range(INTRO_BURST + 5):
+        a._punches.clear()  # a hostile peer asking again and again
+        a.punch(C_ID, B_ID, net.now)
+    net.run(20)
+    assert b.counters["introductions"] == INTRO_BURST
+    assert b.counters["intros_refused"] == 5
+
+
+def test_stray_garbage_and_own_probes_are_ignored() -> None:
+    net = three()
+    a = net.eps[net.addr["a"]]
+    a.receive(b"\x00garbage", ("10.9.9.9", 1), net.now)
+    a.receive(PROBE_MAGIC + b"t" * TOKEN_BYTES + C_ID, ("10.9.9.9", 1), net.now)
+    a.receive(PROBE_MAGIC + b"t" * TOKEN_BYTES + A_ID, ("10.9.9.9", 1), net.now)
+    assert a.counters["garbage_datagrams"] == 1 and a.counters["stray_probes"] == 1
+    assert not a.datagrams() and C_ID not in a.dialling()
+
+
+def test_hostile_control_frames_are_counted_not_fatal() -> None:
+    net = connected()
+    b = net.eps[net.addr["b"]]
+    for body in (b"\xc1\xff\xff", b"\xc1" + __import__("msgpack").packb(["what", 1]),
+                 b"\xc1" + __import__("msgpack").packb(["addr", ["999.1.1.1", 5], []])):
+        hostile_write(net, len(body).to_bytes(4, "big") + body)
+    net.run(50)
+    assert b.counters["malformed_control"] == 2 and b.counters["unknown_control"] == 1
+    assert A_ID in b.peers
+    with pytest.raises(SendError):
+        net.eps[net.addr["a"]].send(B_ID, b"\xc1 posing as control", net.now)

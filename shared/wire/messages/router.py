@@ -158,6 +158,9 @@ class PeerEntry(Message):
         description="`online`: connected or heard from in the last 20 s; `stale`: silent "
         "20-45 s; `offline`: longer (forgotten after an hour).")
     connected: bool = Field(description="A transport connection to it is up.")
+    path: Literal["direct", "relayed", "none"] = Field(
+        "none", description="How a message to it would travel now: over a direct connection, "
+        "through relays (`route`), or not at all yet.")
     route: list[NodeIdBytes] = Field(default_factory=list, description="Relays a message "
                                      "to it would go through now (empty: direct or none).")
     host: str = Field("", description="Last known address.")
@@ -215,3 +218,15 @@ class PeerChanged(Message):
     node_id: NodeIdBytes
     status: Literal["online", "stale", "offline", "discovered"]
     username: str = ""
+
+
+@message("router.path", "event")
+class PathChanged(Message):
+    """The path to a node changed: a direct connection came up (a hole punch, a dial, the
+    peer dialled), or went down and messages now go through relays (or nowhere)."""
+
+    node_id: NodeIdBytes
+    path: Literal["direct", "relayed", "none"]
+    route: list[NodeIdBytes] = Field(default_factory=list, description="The relays, when "
+                                     "relayed.")
+    rtt_ms: float | None = Field(None, description="Transport RTT of a direct path.")

@@ -8,6 +8,13 @@ from .base import U64, Message, message
 from .crypto import NodeIdBytes
 
 
+class SocketAddr(Message):
+    """An IP address and UDP port."""
+
+    host: str = Field(description="IP address.")
+    port: U64 = Field(description="UDP port.")
+
+
 @message("transport.info_reply", "reply")
 class InfoReply(Message):
     """Where the transport listens and whether it can authenticate peers yet."""
@@ -17,6 +24,12 @@ class InfoReply(Message):
     host: str = Field(description="Local UDP address.")
     port: U64 = Field(description="Local UDP port.")
     ready: bool = Field(description="True once the transport binding is signed.")
+    local: list[SocketAddr] = Field(default_factory=list, description="This socket's own "
+                                    "addresses (interface addresses), told to peers as "
+                                    "candidates.")
+    reflexive: list[SocketAddr] = Field(default_factory=list, description="The addresses "
+                                        "connected peers see this node at (behind a NAT: "
+                                        "its public mappings), most reported first.")
 
 
 @message("transport.info", "request", reply=InfoReply)
@@ -107,3 +120,49 @@ class Path(Message):
     port: U64 = Field(description="Its UDP port.")
     path: str = Field(description="`direct` or `relayed`.")
     rtt_ms: float = Field(description="Smoothed round-trip time, milliseconds.")
+
+
+@message("transport.punch_reply", "reply")
+class PunchReply(Message):
+    """A direct, authenticated connection to the peer is up."""
+
+    host: str = Field(description="The peer's address on the direct path.")
+    port: U64 = Field(description="Its UDP port.")
+    elapsed_ms: float = Field(description="From the relay's introduction to the "
+                              "authenticated connection (0 if it was already up).")
+
+
+@message("transport.punch", "request", reply=PunchReply)
+class Punch(Message):
+    """Open a direct path to `peer` through NATs: `via`, a connected peer that is also
+    connected to `peer`, introduces the two with their candidate addresses (the address it
+    sees each at, and each one's own); both probe each other's candidates from their QUIC
+    socket at once, and the smaller node id dials where a probe came from. `unavailable` if
+    `via` is not connected; `failed` if `via` cannot introduce or no direct path comes up
+    within 5 s of the introduction (symmetric NATs: keep using the relay)."""
+
+    peer: NodeIdBytes = Field(description="The node to reach directly.")
+    via: NodeIdBytes = Field(description="The connected peer that introduces.")
+
+
+@message("transport.punched", "event")
+class Punched(Message):
+    """A hole punch ended, on either side (the introduced peer's side too)."""
+
+    peer: NodeIdBytes = Field(description="The other node.")
+    ok: bool = Field(description="True if a direct connection came up.")
+    host: str = Field(default="", description="Its address on the direct path.")
+    port: U64 = Field(default=0, description="Its UDP port.")
+    elapsed_ms: float = Field(description="From the introduction to the end.")
+    initiator: bool = Field(description="True if this node asked for the introduction.")
+    reason: str = Field(default="", description="Why it failed.")
+
+
+@message("transport.reflexive", "event")
+class Reflexive(Message):
+    """A connected peer sees this node at an address not reported before (the NAT's
+    mapping changed, or the first report): a reason to punch again."""
+
+    host: str = Field(description="The address as the peer sees it.")
+    port: U64 = Field(description="Its UDP port.")
+    peer: NodeIdBytes = Field(description="The peer that reported it.")
