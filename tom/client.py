@@ -44,7 +44,7 @@ class Message:
         return self.payload.decode("utf-8", "replace")
 
 
-Event = Message | rm.StatusChanged | rm.PeerChanged
+Event = Message | rm.StatusChanged | rm.PeerChanged | rm.PathChanged
 
 
 class Client:
@@ -166,7 +166,7 @@ class Client:
                     continue
                 self.after = body.seq
                 yield Message(rm.Received(**body.model_dump()), msg.blobs[0])
-            elif isinstance(body, rm.StatusChanged | rm.PeerChanged):
+            elif isinstance(body, rm.StatusChanged | rm.PeerChanged | rm.PathChanged):
                 yield body
 
     def _catch_up(self) -> Iterator[Message]:

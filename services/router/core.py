@@ -37,8 +37,10 @@ sought in the background: dialled when an address is known, and hole-punched thr
 relay when that relay is connected to both (``transport.punch``; retried with backoff from
 ``PUNCH_RETRY_FIRST_S`` to ``PUNCH_RETRY_MAX_S``, sooner when this node's public address
 changes). Delivery never waits for either: messages go through the relay meanwhile. When a
-direct connection drops, the messages last sent over it that are not acknowledged are sent
-again at once along the next path (a relay), and ``router.path`` tells the app.
+direct connection stalls (the transport's keep-alives go unanswered for 1-2 s) or drops, the
+messages last sent over it that are not acknowledged are sent again at once along the next
+path (a relay), and ``router.path`` tells the app; a stalled one that answers again is used
+again.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class RouterCore(Core):
         self._opening: set[tuple[bytes, bytes]] = set()
         self._forwarded: dict[tuple[bytes, bytes], float] = {}
         self._connecting: dict[bytes, float] = {}
+        self._stalled: set[bytes] = set()
+        """Connected peers whose keep-alives go unanswered: routed around."""
         self._punching: dict[bytes, tuple[float, int]] = {}
         """node -> (no punch before, failures in a row); inf while one is in flight."""
         self._next_tick = 0.0
@@ -619,18 +623,32 @@ class RouterCore(Core):
             return []
         match body:
             case tm.PeerConnected(peer=peer, host=host, port=port):
+                self._stalled.discard(peer)
                 self._connected(peer, host, port, None)
                 self._connecting.pop(peer, None)
                 self.store.put_peer(peer, host, port, self.topo.peers[peer].bootstrap,
                                     self.now_ms())
                 return [self._path_event(peer)] + self._peer_up(now) + self._gossip_to(peer)
             case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
+                self._stalled.discard(peer)
                 gone = self.topo.peers[peer]
                 gone.connected, gone.rtt_ms = False, None
                 self._announce_dirty = True
                 return [self._path_event(peer)] + self._reroute(peer, now)
+            case tm.Path(peer=peer, path="stalled") if peer in self.topo.peers \
+                    and self.topo.peers[peer].connected:
+                # route around it now; the transport drops it if it stays silent
+                self.topo.peers[peer].connected = False
+                self._stalled.add(peer)
+                self.stats["stalled_paths"] += 1
+                return [self._path_event(peer)] + self._reroute(peer, now)
             case tm.Path(peer=peer, rtt_ms=rtt) if peer in self.topo.peers:
-                self.topo.peers[peer].rtt_ms = rtt
+                p = self.topo.peers[peer]
+                p.rtt_ms = rtt
+                if peer in self._stalled:  # it answers again
+                    self._stalled.discard(peer)
+                    p.connected = True
+                    return [self._path_event(peer)] + self._peer_up(now)
             case tm.Reflexive():  # our public address moved: punching may work now
                 self._punching = {n: (now, f) if t != float("inf") else (t, f)
                                   for n, (t, f) in self._punching.items()}
@@ -749,7 +767,8 @@ class RouterCore(Core):
             route = self.topo.route(n)
             path = "none" if route is None else "relayed" if route else "direct"
             out.append(rm.PeerEntry(
-                node_id=p.node_id, username=p.username, status=p.status,  # type: ignore[arg-type]
+                node_id=p.node_id, username=p.username,
+                status="online" if p.connected else p.status,  # type: ignore[arg-type]
                 connected=p.connected, path=path, route=list(route or ()),  # type: ignore[arg-type]
                 host=p.host, port=p.port, rtt_ms=p.rtt_ms,
                 last_seen_ms=max(0, p.last_seen_ms)))

@@ -288,7 +288,8 @@ class TransportCore(Core):
                 self._inbox_cost += max(len(ev.data), FRAME_COST)
             elif isinstance(ev, PathUpdated):
                 actions.append(Publish(m.Path(peer=ev.node_id, host=ev.addr[0],
-                                              port=ev.addr[1], path="direct",
+                                              port=ev.addr[1],
+                                              path="stalled" if ev.stalled else "direct",
                                               rtt_ms=ev.rtt_ms)))
             elif isinstance(ev, PeerAuthenticated):
                 self._known[ev.node_id] = ev.addr

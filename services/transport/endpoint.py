@@ -98,6 +98,9 @@ MAX_BACKLOG = 8 * 1024 * 1024
 """Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
 DRAIN_S = 10.0
 PING_INTERVAL_S = 1.0
+STALL_PINGS = 2
+"""Two keep-alives in a row unanswered (the older sent a second ago or more): the path is
+reported stalled, so the router can route around it before it is dropped."""
 MISSED_PINGS = 3
 """A peer that acknowledges none of this many pings in a row is considered gone (3 to 4 s,
 instead of the idle timeout): soon enough for the router to move a conversation onto a relay
@@ -156,6 +159,8 @@ class PathUpdated:
     node_id: bytes
     addr: Addr
     rtt_ms: float
+    stalled: bool = False
+    """Keep-alives go unanswered: the path may be broken (it is dropped if that goes on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,16 +300,18 @@ class _Conn:
     retired_until: float | None = None
     """Set once the connection is retired: it closes when both lanes end, or then."""
     rtt_reported: float = 0.0
+    stalled: bool = False
     peer_locals: list[Addr] = field(default_factory=list)
     """The addresses the peer says its socket has (its local candidates)."""
     intros: list[float] = field(default_factory=list)
-    """When this peer last asked us for introductions (rate limit)."""
+    """When this peer last asked us for, or made us, introductions (rate limit)."""
 
 
 @dataclass
 class _Punch:
     peer: bytes
     token: bytes
+    """Sent in our probes."""
     initiator: bool
     """True on the side that asked for the introduction."""
     via: bytes
@@ -314,6 +321,8 @@ class _Punch:
     introduced: float | None = None
     next_probe: float = 0.0
     dialled: set[Addr] = field(default_factory=set)
+    tokens: set[bytes] = field(default_factory=set)
+    """Accepted in the peer's probes: ours, and the peer's when both asked at once."""
 
 
 def _addrs(value: object) -> list[Addr]:
@@ -420,13 +429,13 @@ class Endpoint:
         relay = self.peers.get(via)
         if relay is None or relay.lane is None or relay.closing:
             raise SendError("not connected to the introducing peer")
-        current = self._punches.get(peer)
-        if current is not None and current.initiator:
+        if peer in self._punches:  # in progress (perhaps started by the peer): it will end
             return
-        if current is None and len(self._punches) >= MAX_PUNCHES:
+        if len(self._punches) >= MAX_PUNCHES:
             raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
         token = secrets.token_bytes(TOKEN_BYTES)
-        self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S)
+        self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S,
+                                     tokens={token})
         self._control(relay, ["intro?", peer, token])
         self.counters["punches"] += 1
 
@@ -516,6 +525,12 @@ class Endpoint:
                     conn.unanswered_pings += 1
                     conn.quic.send_ping(conn.unanswered_pings)
                     conn.next_ping = now + self.ping_interval_s
+                    if conn.unanswered_pings == STALL_PINGS \
+                            and self.peers.get(conn.node_id) is conn:
+                        conn.stalled = True
+                        self.counters["stalled_paths"] += 1
+                        self._events.append(PathUpdated(conn.node_id, conn.addr,
+                                                        conn.rtt_reported, stalled=True))
             timer = conn.quic.get_timer()
             if timer is not None and timer <= now:
                 conn.quic.handle_timer(now)
@@ -624,6 +639,9 @@ class Endpoint:
                 self._prove(conn)
         elif isinstance(ev, qe.PingAcknowledged):
             conn.unanswered_pings = 0
+            if conn.stalled:
+                conn.stalled = False
+                conn.rtt_reported = 0.0  # report the path as alive again
             paths = conn.quic._network_paths
             if paths and conn.node_id is not None and tuple(paths[0].addr[:2]) != conn.addr:
                 conn.addr = (paths[0].addr[0], paths[0].addr[1])  # the peer's NAT rebound
@@ -804,12 +822,10 @@ class Endpoint:
     def _introduce(self, conn: _Conn, target: bytes, token: bytes, now: float) -> None:
         """As the relay: give each of the two peers the other's candidates."""
         assert conn.node_id is not None
-        conn.intros = [t for t in conn.intros if now - t < INTRO_WINDOW_S]
-        if len(conn.intros) >= INTRO_BURST:
+        if not self._allow_intro(conn, now):
             self.counters["intros_refused"] += 1
             self._control(conn, ["nointro", target, token, "too many introductions asked"])
             return
-        conn.intros.append(now)
         other = self.peers.get(target)
         if other is None or other is conn or other.lane is None or other.closing:
             self.counters["intros_unknown"] += 1
@@ -820,28 +836,42 @@ class Endpoint:
         self._dirty[other] = now
         self.counters["introductions"] += 1
 
+    @staticmethod
+    def _allow_intro(conn: _Conn, now: float) -> bool:
+        """At most ``INTRO_BURST`` introductions per ``INTRO_WINDOW_S`` with one peer,
+        asked of us (as its relay) or made to us (as a relay introducing others)."""
+        conn.intros = [t for t in conn.intros if now - t < INTRO_WINDOW_S]
+        if len(conn.intros) >= INTRO_BURST:
+            return False
+        conn.intros.append(now)
+        return True
+
     def _introduced(self, conn: _Conn, peer: bytes, token: bytes, cands: list[Addr],
                     now: float) -> None:
         """The relay ``conn`` introduces ``peer``: probe its candidates."""
         assert conn.node_id is not None
+        if not self._allow_intro(conn, now):  # each costs up to 50 rounds of probes
+            self.counters["intros_ignored"] += 1
+            return
         p = self._punches.get(peer)
-        if peer == self.node_id or (p is not None and p.initiator and (
-                p.token != token or p.via != conn.node_id)):
+        direct = self.peers.get(peer)
+        if peer == self.node_id or (direct is not None and not direct.closing):
             self.counters["stray_intros"] += 1
             return
-        if p is None or not p.initiator:  # the other side of someone else's punch
-            direct = self.peers.get(peer)
-            if direct is not None and not direct.closing:
-                return  # already connected directly
-            if p is None and len(self._punches) >= MAX_PUNCHES:
+        if p is None:  # the other side of the peer's punch
+            if len(self._punches) >= MAX_PUNCHES:
                 self.counters["punches_refused"] += 1
                 return
             p = _Punch(peer, token, False, conn.node_id, now, now)
             self._punches[peer] = p
-        p.candidates = cands
-        p.introduced = now
-        p.deadline = now + PUNCH_TIMEOUT_S
-        self._probe(p, now)
+        # both may have asked at once (each gets the other's introduction too): one punch,
+        # accepting either token
+        p.tokens.add(token)
+        p.candidates += [a for a in cands if a not in p.candidates][:MAX_CANDIDATES]
+        if p.introduced is None:
+            p.introduced = now
+            p.deadline = now + PUNCH_TIMEOUT_S
+            self._probe(p, now)
 
     def _probe(self, p: _Punch, now: float) -> None:
         probe = PROBE_MAGIC + p.token + self.node_id
@@ -858,7 +888,7 @@ class Endpoint:
         if peer == self.node_id:  # our own probe: a candidate was our own address
             return
         p = self._punches.get(peer)
-        if p is None or p.introduced is None or p.token != token:
+        if p is None or p.introduced is None or token not in p.tokens:
             self.counters["stray_probes"] += 1
             return
         self.counters["probes_received"] += 1

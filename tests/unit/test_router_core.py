@@ -11,10 +11,11 @@ import pytest
 from services.crypto.core import Identity
 from services.router.core import RouterCore, RouterSettings
 from services.router.store import Store
-from shared.core import Call, Fail, PeerFailed, PeerReplied, Reply, Request
+from shared.core import Call, EventReceived, Fail, PeerFailed, PeerReplied, Reply, Request
 from shared.envelope import AckPayload, AckType, Envelope, MessageType, decode
 from shared.wire import ErrorCode
 from shared.wire.messages import router as rm
+from shared.wire.messages import transport as tm
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 
 from .router_sim import Sim
@@ -311,3 +312,25 @@ def test_a_dropped_direct_path_moves_unacknowledged_messages_to_the_relay_at_onc
     assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
     assert sim.nodes["a"].router.stats["rerouted"] == 1
     assert paths(sim, "a", "c")[-1] == "relayed"
+
+
+def test_a_stalled_direct_path_is_routed_around_and_used_again_when_it_answers() -> None:
+    sim = Sim("a", "b", "c")
+    for pair in ("ab", "bc", "ac"):
+        sim.connect(*pair)
+    sim.run(12)
+    sim.drop_sends.add(frozenset("ac"))
+    msg = send(sim, "a", "c", b"x")
+    a, c = sim.nodes["a"], sim.nodes["c"]
+    stalled = tm.Path(peer=c.id, host="10.0.0.1", port=c.port, path="stalled", rtt_ms=1.0)
+    sim.feed("a", lambda: a.router.handle(EventReceived(stalled), sim.now))
+    sim.run()
+    assert c.received() == [b"x"] and c.delivered[0][0].relayed
+    assert a.statuses(msg)[-1] == "delivered" and paths(sim, "a", "c")[-1] == "relayed"
+    sim.drop_sends.clear()
+    alive = tm.Path(peer=c.id, host="10.0.0.1", port=c.port, path="direct", rtt_ms=1.0)
+    sim.feed("a", lambda: a.router.handle(EventReceived(alive), sim.now))
+    sim.run()
+    assert paths(sim, "a", "c")[-1] == "direct"
+    send(sim, "a", "c", b"y")
+    assert not c.delivered[1][0].relayed

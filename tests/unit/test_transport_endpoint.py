@@ -21,6 +21,7 @@ from services.transport.endpoint import (
     Endpoint,
     Event,
     FrameTooLarge,
+    PathUpdated,
     PeerAuthenticated,
     PeerClosed,
     PunchEnded,
@@ -619,3 +620,31 @@ def test_hostile_control_frames_are_counted_not_fatal() -> None:
     assert A_ID in b.peers
     with pytest.raises(SendError):
         net.eps[net.addr["a"]].send(B_ID, b"\xc1 posing as control", net.now)
+
+
+def test_both_sides_asking_at_once_still_punch_through() -> None:
+    net = behind_nats()
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    a.punch(C_ID, B_ID, net.now)
+    c.punch(A_ID, B_ID, net.now)
+    net.run(2000, until=lambda: bool(net.of("a", PunchEnded) and net.of("c", PunchEnded)))
+    assert net.of("a", PunchEnded)[0].ok and net.of("c", PunchEnded)[0].ok
+    assert C_ID in a.peers and A_ID in c.peers
+    assert a.counters["punch_dials"] + c.counters["punch_dials"] == 1
+
+
+def test_a_silent_path_is_reported_stalled_then_dropped_or_revived() -> None:
+    net = connected()
+    a = net.eps[net.addr["a"]]
+    start = net.now
+    net.drop = lambda d, src, dst: True  # the path breaks
+    net.run(5000, until=lambda: any(e.stalled for e in net.of("a", PathUpdated)))
+    stalled_after = net.now - start
+    assert 1.0 <= stalled_after <= 2.5, stalled_after
+    net.drop = lambda d, src, dst: False  # ... and heals before the third keep-alive
+    net.run(5000, until=lambda: not net.of("a", PathUpdated)[-1].stalled)
+    assert B_ID in a.peers and not net.of("a", PeerClosed)
+    net.drop = lambda d, src, dst: True  # breaks for good: dropped within 4 s
+    broken = net.now
+    net.run(20000, until=lambda: bool(net.of("a", PeerClosed)))
+    assert net.now - broken <= 4.5 and B_ID not in a.peers

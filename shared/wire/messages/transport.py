@@ -112,13 +112,14 @@ class PeerDisconnected(Message):
 
 @message("transport.path", "event")
 class Path(Message):
-    """The path to a connected peer: sent when it is authenticated, then whenever its
-    smoothed RTT moves by more than a quarter (at least 1 ms)."""
+    """The path to a connected peer: sent when it is authenticated, whenever its smoothed RTT
+    moves by more than a quarter (at least 1 ms), when it stalls (two keep-alives in a row
+    unanswered, 1-2 s of silence: it is dropped at the third) and when it answers again."""
 
     peer: NodeIdBytes = Field(description="The peer.")
     host: str = Field(description="Its address.")
     port: U64 = Field(description="Its UDP port.")
-    path: str = Field(description="`direct` or `relayed`.")
+    path: str = Field(description="`direct`, or `stalled` while keep-alives go unanswered.")
     rtt_ms: float = Field(description="Smoothed round-trip time, milliseconds.")
 
 
