@@ -159,11 +159,13 @@ def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
     assert isinstance(reply, rm.PeersReply)
     if not reply.peers:
         print("no known peers")
+    rtts = {p.node_id: p.rtt_ms for p in reply.peers}
     for p in reply.peers:
         if p.path == "direct":
             path = f"direct   rtt {p.rtt_ms or 0:.2f} ms"
         elif p.path == "relayed":
             path = "relayed  via " + " > ".join(r.hex()[:12] for r in p.route)
+            path += f" (first hop rtt {rtts.get(p.route[0]) or 0:.2f} ms)"
         else:
             path = "no path"
         name = f" ({p.username})" if p.username else ""

@@ -854,10 +854,11 @@ class Endpoint:
             self.counters["intros_ignored"] += 1
             return
         p = self._punches.get(peer)
-        direct = self.peers.get(peer)
-        if peer == self.node_id or (direct is not None and not direct.closing):
+        if peer == self.node_id:
             self.counters["stray_intros"] += 1
             return
+        # taken even if we hold a connection to that node: it asked for a path, so ours is
+        # probably stale (it restarted, and its goodbye was lost); a new one replaces it
         if p is None:  # the other side of the peer's punch
             if len(self._punches) >= MAX_PUNCHES:
                 self.counters["punches_refused"] += 1
@@ -896,7 +897,8 @@ class Endpoint:
             p.candidates.append(addr)  # where the peer's NAT maps it for us
         if self.node_id > peer:
             self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))  # answer at once
-        elif addr not in p.dialled and peer not in self.peers:
+        elif addr not in p.dialled and (peer not in self.peers
+                                        or self.peers[peer].addr != addr):
             # the smaller id dials where the probe came from: that path is open both ways
             p.dialled.add(addr)
             self.counters["punch_dials"] += 1

@@ -648,3 +648,22 @@ def test_a_silent_path_is_reported_stalled_then_dropped_or_revived() -> None:
     broken = net.now
     net.run(20000, until=lambda: bool(net.of("a", PeerClosed)))
     assert net.now - broken <= 4.5 and B_ID not in a.peers
+
+
+def test_an_introduction_replaces_a_stale_connection_to_a_restarted_peer() -> None:
+    """C still holds a connection to A's previous transport (its goodbye was lost) when the
+    restarted A asks R to introduce them: C takes part anyway, and the new path wins."""
+    net = behind_nats()
+    punch(net)
+    c = net.eps[net.addr["c"]]
+    stale = c.peers[A_ID]
+    a2 = endpoint(A_SEED)  # A restarted: new transport key, new port, nothing about C
+    net.eps[net.addr["a"]] = a2
+    net.nats[net.addr["a"]].ports.clear()  # a fresh mapping in A's NAT
+    net.events["a"] = []
+    a2.dial(B_ID, net.addr["b"], net.now)
+    net.run(until=lambda: B_ID in a2.peers)
+    a2.punch(C_ID, B_ID, net.now)
+    net.run(2000, until=lambda: bool(net.of("a", PunchEnded)))
+    assert net.of("a", PunchEnded)[0].ok
+    assert c.peers[A_ID] is not stale and C_ID in a2.peers
