@@ -73,13 +73,10 @@ def message_rtts(sender: tl.LabNode, to: bytes, count: int) -> list[float]:
     for i in range(count):
         t0 = time.perf_counter()
         msg = sender.client.send(to, f"rtt {i}")
-        done = False
-        while not done:
-            for ev in sender.client.events(timeout_s=5):
-                if isinstance(ev, rm.StatusChanged) and ev.id == msg \
-                        and ev.status == "delivered":
-                    done = True
-        out.append((time.perf_counter() - t0) * 1000)
+        for ev in sender.client.events(timeout_s=30):  # yields as events arrive
+            if isinstance(ev, rm.StatusChanged) and ev.id == msg and ev.status == "delivered":
+                out.append((time.perf_counter() - t0) * 1000)
+                break
     return out
 
 

@@ -790,10 +790,13 @@ class LabNode:
         while True:
             try:
                 self.client.bus.request(program, Ping(), timeout_s=1.0)
-                return
+                if program != "transport" or self.transport_info().ready:
+                    return  # (a transport is ready once crypto signed its binding)
             except WireError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"{program} of {self.name} did not come back") from None
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"{program} of {self.name} did not come back") from None
+            time.sleep(0.05)  # polling the service's own readiness
 
     def close(self) -> None:
         self.client.close()

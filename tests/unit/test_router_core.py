@@ -334,3 +334,19 @@ def test_a_stalled_direct_path_is_routed_around_and_used_again_when_it_answers()
     assert paths(sim, "a", "c")[-1] == "direct"
     send(sim, "a", "c", b"y")
     assert not c.delivered[1][0].relayed
+
+
+def test_a_new_public_address_makes_the_next_message_punch_again_at_once() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    send(sim, "a", "c", b"1")  # punch fails: backing off
+    send(sim, "a", "c", b"2")
+    assert sim.punches.count(("a", "c")) == 1
+    a = sim.nodes["a"]
+    moved = tm.Reflexive(host="100.64.0.9", port=40001, peer=sim.nodes["b"].id)
+    sim.feed("a", lambda: a.router.handle(EventReceived(moved), sim.now))
+    sim.punchable.add(frozenset("ac"))  # the new mapping lets it through
+    send(sim, "a", "c", b"3")
+    assert sim.punches.count(("a", "c")) == 2 and paths(sim, "a", "c")[-1] == "direct"
