@@ -122,6 +122,9 @@ MAX_PUNCHES = 64
 MAX_CANDIDATES = 8
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
+INTRO_IN_BURST = 100
+"""Introductions a node takes from one relay per ``INTRO_WINDOW_S`` (each is another node
+wanting a path to it; more are ignored, so a hostile relay cannot make it probe at will)."""
 INTRO_WINDOW_S = 10.0
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
@@ -837,11 +840,11 @@ class Endpoint:
         self.counters["introductions"] += 1
 
     @staticmethod
-    def _allow_intro(conn: _Conn, now: float) -> bool:
-        """At most ``INTRO_BURST`` introductions per ``INTRO_WINDOW_S`` with one peer,
-        asked of us (as its relay) or made to us (as a relay introducing others)."""
+    def _allow_intro(conn: _Conn, now: float, burst: int = INTRO_BURST) -> bool:
+        """At most ``burst`` introductions per ``INTRO_WINDOW_S`` with one peer, asked of
+        us (as its relay) or made to us (as a relay introducing others)."""
         conn.intros = [t for t in conn.intros if now - t < INTRO_WINDOW_S]
-        if len(conn.intros) >= INTRO_BURST:
+        if len(conn.intros) >= burst:
             return False
         conn.intros.append(now)
         return True
@@ -850,7 +853,7 @@ class Endpoint:
                     now: float) -> None:
         """The relay ``conn`` introduces ``peer``: probe its candidates."""
         assert conn.node_id is not None
-        if not self._allow_intro(conn, now):  # each costs up to 50 rounds of probes
+        if not self._allow_intro(conn, now, INTRO_IN_BURST):  # each costs probes
             self.counters["intros_ignored"] += 1
             return
         p = self._punches.get(peer)

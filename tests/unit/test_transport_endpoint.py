@@ -13,6 +13,7 @@ from services.transport.endpoint import (
     CONTROL,
     FRAME_COST,
     INTRO_BURST,
+    INTRO_IN_BURST,
     PROBE_MAGIC,
     TOKEN_BYTES,
     Addr,
@@ -667,3 +668,15 @@ def test_an_introduction_replaces_a_stale_connection_to_a_restarted_peer() -> No
     net.run(2000, until=lambda: bool(net.of("a", PunchEnded)))
     assert net.of("a", PunchEnded)[0].ok
     assert c.peers[A_ID] is not stale and C_ID in a2.peers
+
+
+def test_a_node_takes_many_introductions_from_one_relay_but_not_unlimited() -> None:
+    net = three()
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    relay = c.peers[B_ID]
+    for i in range(INTRO_IN_BURST + 3):
+        c._introduced(relay, bytes([i % 256, i // 256]) * 16, b"t" * TOKEN_BYTES,
+                      [("10.9.9.9", 1000 + i)], net.now)
+    assert len(c._punches) == min(INTRO_IN_BURST, 64)  # (at most 64 punches at once)
+    assert c.counters["intros_ignored"] == 3
+    assert a.counters["intros_ignored"] == 0
