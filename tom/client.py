@@ -47,6 +47,10 @@ class Message:
 Event = Message | rm.StatusChanged | rm.PeerChanged | rm.PathChanged
 
 
+CATCH_UP_S = 1.0
+"""``events`` asks the router for missed messages at most this often (and on a gap)."""
+
+
 class Client:
     def __init__(self, data: DataDir, timeout_s: float = 5.0, after: int | None = None) -> None:
         """``after``: the last inbox seq this app already handled (None: only messages
@@ -56,6 +60,7 @@ class Client:
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
         self.after = after
+        self._next_catch_up = 0.0
 
     # -- requests -------------------------------------------------------------------------
 
@@ -145,7 +150,10 @@ class Client:
         repeats."""
         self.subscribe()
         assert self._sub is not None
-        yield from self._catch_up()
+        if time.monotonic() >= self._next_catch_up:
+            # the inbox, not only the events: an event dropped with no later one to reveal
+            # the gap is found here (at most once a second, not on every poll)
+            yield from self._catch_up()
         end = time.monotonic() + timeout_s
         while True:
             left = end - time.monotonic()
@@ -171,6 +179,7 @@ class Client:
 
     def _catch_up(self) -> Iterator[Message]:
         assert self.after is not None
+        self._next_catch_up = time.monotonic() + CATCH_UP_S
         while batch := self.inbox(self.after, 1000):
             for m in batch:
                 self.after = m.info.seq
