@@ -635,19 +635,22 @@ class RouterCore(Core):
                 gone.connected, gone.rtt_ms = False, None
                 self._announce_dirty = True
                 return [self._path_event(peer)] + self._reroute(peer, now)
-            case tm.Path(peer=peer, path="stalled") if peer in self.topo.peers \
-                    and self.topo.peers[peer].connected:
+            case tm.Path(peer=peer, path="stalled") if peer in self.topo.peers:
+                if not self.topo.peers[peer].connected:
+                    return []
                 # route around it now; the transport drops it if it stays silent
                 self.topo.peers[peer].connected = False
                 self._stalled.add(peer)
+                self._announce_dirty = True
                 self.stats["stalled_paths"] += 1
                 return [self._path_event(peer)] + self._reroute(peer, now)
-            case tm.Path(peer=peer, rtt_ms=rtt) if peer in self.topo.peers:
+            case tm.Path(peer=peer, path="direct", rtt_ms=rtt) if peer in self.topo.peers:
                 p = self.topo.peers[peer]
                 p.rtt_ms = rtt
                 if peer in self._stalled:  # it answers again
                     self._stalled.discard(peer)
                     p.connected = True
+                    self._announce_dirty = True
                     return [self._path_event(peer)] + self._peer_up(now)
             case tm.Reflexive():  # our public address moved: punching may work now
                 self._punching = {n: (now, f) if t != float("inf") else (t, f)

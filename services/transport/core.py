@@ -179,7 +179,7 @@ class TransportCore(Core):
             case Request(body=m.Punch(peer=peer, via=via)):
                 assert ep is not None
                 direct = ep.peers.get(peer)
-                if direct is not None:
+                if direct is not None and not direct.stalled:
                     return [Reply(event.ctx, m.PunchReply(host=direct.addr[0],
                                                           port=direct.addr[1], elapsed_ms=0))]
                 if peer == ep.node_id or via == peer:
@@ -308,7 +308,8 @@ class TransportCore(Core):
                 actions += self._fail_connects(ev.reason)
                 self._retry_failed_redials(now)
             elif isinstance(ev, AddressObserved):
-                if ev.addr not in self._observed.values():
+                before = self._observed.get(ev.node_id)
+                if before is not None and before != ev.addr:  # our NAT mapping moved
                     actions.append(Publish(m.Reflexive(host=ev.addr[0], port=ev.addr[1],
                                                        peer=ev.node_id)))
                 self._observed[ev.node_id] = ev.addr

@@ -98,13 +98,13 @@ MAX_BACKLOG = 8 * 1024 * 1024
 """Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
 DRAIN_S = 10.0
 PING_INTERVAL_S = 1.0
-STALL_PINGS = 2
-"""Two keep-alives in a row unanswered (the older sent a second ago or more): the path is
-reported stalled, so the router can route around it before it is dropped."""
-MISSED_PINGS = 3
-"""A peer that acknowledges none of this many pings in a row is considered gone (3 to 4 s,
-instead of the idle timeout): soon enough for the router to move a conversation onto a relay
-within 5 s of a direct path breaking."""
+STALL_S = 1.5
+"""Silence (no keep-alive acknowledged) after which a path is reported stalled, so the router
+routes around it before it is dropped; at least 4 smoothed RTTs (checked at each keep-alive,
+so 2 s in practice)."""
+DEAD_S = 4.0
+"""Silence after which the peer is considered gone (at least 8 smoothed RTTs; 4 to 5 s
+instead of the idle timeout). Two keep-alives after the stall may still revive it."""
 SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
 CONTROL = 0xC1
@@ -119,6 +119,11 @@ INTRO_TIMEOUT_S = 3.0
 PUNCH_TIMEOUT_S = 5.0
 """How long a punch lasts from the introduction to an authenticated direct connection."""
 MAX_PUNCHES = 64
+MAX_INTRODUCED = 8
+"""Punches one relay may have us take part in at once (the rest of the slots stay free)."""
+PUNCH_DIALS = 2
+"""Connections one punch may dial (to where probes came from): forged probes cannot make a
+node open more."""
 MAX_CANDIDATES = 8
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
@@ -126,6 +131,9 @@ INTRO_IN_BURST = 100
 """Introductions a node takes from one relay per ``INTRO_WINDOW_S`` (each is another node
 wanting a path to it; more are ignored, so a hostile relay cannot make it probe at will)."""
 INTRO_WINDOW_S = 10.0
+ADDR_BURST = 3
+"""``addr`` reports taken from one connection per ``INTRO_WINDOW_S`` (one at authentication,
+then one per NAT rebinding)."""
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
 CLOSE_MALFORMED = 0x102
@@ -290,7 +298,8 @@ class _Conn:
     authenticated_at: float = 0.0
     closing: bool = False
     next_ping: float = 0.0
-    unanswered_pings: int = 0
+    heard: float = 0.0
+    """When the peer last acknowledged a keep-alive (or was authenticated)."""
     expires_wall: float = 0.0
     """Wall-clock time at which the peer's binding ends (the connection is closed then)."""
     lane: int | None = None
@@ -306,8 +315,11 @@ class _Conn:
     stalled: bool = False
     peer_locals: list[Addr] = field(default_factory=list)
     """The addresses the peer says its socket has (its local candidates)."""
-    intros: list[float] = field(default_factory=list)
-    """When this peer last asked us for, or made us, introductions (rate limit)."""
+    intros_asked: list[float] = field(default_factory=list)
+    """When this peer last asked us (as its relay) for introductions (rate limit)."""
+    intros_made: list[float] = field(default_factory=list)
+    addr_reports: list[float] = field(default_factory=list)
+    """When this peer (as a relay) last introduced others to us (rate limit)."""
 
 
 @dataclass
@@ -324,6 +336,8 @@ class _Punch:
     introduced: float | None = None
     next_probe: float = 0.0
     dialled: set[Addr] = field(default_factory=set)
+    answered: dict[Addr, float] = field(default_factory=dict)
+    """When we last answered a probe from each address (once per probe interval)."""
     tokens: set[bytes] = field(default_factory=set)
     """Accepted in the peer's probes: ours, and the peer's when both asked at once."""
 
@@ -335,10 +349,20 @@ def _addrs(value: object) -> list[Addr]:
     out: list[Addr] = []
     for item in value:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], int) and 0 < item[1] < 65536):
+                and isinstance(item[1], int) and 0 < item[1] < 65536) or "%" in item[0]:
             raise ValueError("candidate: not [ip, port]")
-        out.append((str(ipaddress.ip_address(item[0])), item[1]))
+        ip = ipaddress.ip_address(item[0])
+        if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved \
+                or ip.is_link_local or str(ip) == "255.255.255.255":
+            continue  # never a peer's address: not probed
+        out.append((item[0], item[1]))
     return out
+
+
+def _node(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValueError("not a node id")
+    return value
 
 
 class Endpoint:
@@ -522,13 +546,14 @@ class Endpoint:
                 conn.closing = True
                 conn.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
             if conn.node_id is not None and not conn.closing and now >= conn.next_ping:
-                if conn.unanswered_pings >= MISSED_PINGS:
+                silence = now - conn.heard
+                srtt = float(conn.quic._loss._rtt_smoothed)
+                if silence >= max(DEAD_S, 8 * srtt):
                     self._fail(conn, "the peer stopped answering", count="dead_peers")
                 else:  # keep-alive (idle timeout, NAT mappings) and liveness probe
-                    conn.unanswered_pings += 1
-                    conn.quic.send_ping(conn.unanswered_pings)
+                    conn.quic.send_ping(0)
                     conn.next_ping = now + self.ping_interval_s
-                    if conn.unanswered_pings == STALL_PINGS \
+                    if silence >= max(STALL_S, 4 * srtt) and not conn.stalled \
                             and self.peers.get(conn.node_id) is conn:
                         conn.stalled = True
                         self.counters["stalled_paths"] += 1
@@ -641,12 +666,13 @@ class Endpoint:
             if conn.dialled:
                 self._prove(conn)
         elif isinstance(ev, qe.PingAcknowledged):
-            conn.unanswered_pings = 0
+            conn.heard = now
             if conn.stalled:
                 conn.stalled = False
                 conn.rtt_reported = 0.0  # report the path as alive again
             paths = conn.quic._network_paths
-            if paths and conn.node_id is not None and tuple(paths[0].addr[:2]) != conn.addr:
+            if paths and conn.node_id is not None and self.peers.get(conn.node_id) is conn \
+                    and tuple(paths[0].addr[:2]) != conn.addr:
                 conn.addr = (paths[0].addr[0], paths[0].addr[1])  # the peer's NAT rebound
                 self.counters["peer_address_changes"] += 1
                 self._tell_address(conn)
@@ -756,6 +782,7 @@ class Endpoint:
         conn.node_id = node_id
         conn.quic.connection_window = self.window
         conn.authenticated_at = now
+        conn.heard = now
         conn.next_ping = now + self.ping_interval_s
         if conn.lane is None:
             self._prove(conn)
@@ -780,9 +807,17 @@ class Endpoint:
     # -- hole punching ------------------------------------------------------------------------
 
     def _control(self, conn: _Conn, msg: list[Any]) -> None:
-        assert conn.lane is not None
+        """Send a control frame; not on a connection that is retired, closing or not yet
+        proven (its lane is ended or absent)."""
+        if conn.lane is None or conn.closing or conn.retired_until is not None:
+            self.counters["control_unsent"] += 1
+            return
         frame = bytes([CONTROL]) + msgpack.packb(msg, use_bin_type=True)
-        conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
+        try:
+            conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
+        except (RuntimeError, ValueError):  # the lane was reset or ended meanwhile
+            self.counters["control_unsent"] += 1
+            return
         self.counters["control_sent"] += 1
 
     def _tell_address(self, conn: _Conn) -> None:
@@ -792,25 +827,32 @@ class Endpoint:
 
     def _candidates(self, conn: _Conn) -> list[list[Any]]:
         """Where a peer may be reached: the address we see it at, then its own addresses."""
-        out = [conn.addr] + [a for a in conn.peer_locals if a != conn.addr]
+        out = [conn.addr] + [a for a in conn.peer_locals if a != conn.addr
+                             and ipaddress.ip_address(a[0]).is_private]
         return [list(a) for a in out[:MAX_CANDIDATES]]
 
     def _on_control(self, conn: _Conn, data: bytes, now: float) -> None:
         node_id = conn.node_id
         assert node_id is not None
+        if conn.retired_until is not None or self.peers.get(node_id) is not conn:
+            self.counters["control_ignored"] += 1  # only the current connection signals
+            return
         try:
             msg = msgpack.unpackb(data, raw=False)
             match msg:
                 case ["addr", [str() as host, int() as port], list() as own]:
-                    observed = _addrs([[host, port]])[0]
+                    if not self._allow(conn.addr_reports, now, ADDR_BURST):
+                        self.counters["control_ignored"] += 1
+                        return
+                    seen = _addrs([[host, port]])
                     conn.peer_locals = _addrs(own)
-                    self._events.append(AddressObserved(node_id, observed))
-                case ["intro?", bytes() as target, bytes() as token] \
+                    if seen:
+                        self._events.append(AddressObserved(node_id, seen[0]))
+                case ["intro?", target, bytes() as token] if len(token) == TOKEN_BYTES:
+                    self._introduce(conn, _node(target), token, now)
+                case ["intro", peer, bytes() as token, list() as cands] \
                         if len(token) == TOKEN_BYTES:
-                    self._introduce(conn, target, token, now)
-                case ["intro", bytes() as peer, bytes() as token, list() as cands] \
-                        if len(token) == TOKEN_BYTES:
-                    self._introduced(conn, peer, token, _addrs(cands), now)
+                    self._introduced(conn, _node(peer), token, _addrs(cands), now)
                 case ["nointro", bytes() as peer, bytes() as token, str() as reason]:
                     p = self._punches.get(peer)
                     if p is not None and p.initiator and p.token == token \
@@ -825,7 +867,7 @@ class Endpoint:
     def _introduce(self, conn: _Conn, target: bytes, token: bytes, now: float) -> None:
         """As the relay: give each of the two peers the other's candidates."""
         assert conn.node_id is not None
-        if not self._allow_intro(conn, now):
+        if not self._allow(conn.intros_asked, now, INTRO_BURST):
             self.counters["intros_refused"] += 1
             self._control(conn, ["nointro", target, token, "too many introductions asked"])
             return
@@ -840,20 +882,19 @@ class Endpoint:
         self.counters["introductions"] += 1
 
     @staticmethod
-    def _allow_intro(conn: _Conn, now: float, burst: int = INTRO_BURST) -> bool:
-        """At most ``burst`` introductions per ``INTRO_WINDOW_S`` with one peer, asked of
-        us (as its relay) or made to us (as a relay introducing others)."""
-        conn.intros = [t for t in conn.intros if now - t < INTRO_WINDOW_S]
-        if len(conn.intros) >= burst:
+    def _allow(times: list[float], now: float, burst: int) -> bool:
+        """At most ``burst`` events per ``INTRO_WINDOW_S`` (``times`` is kept in place)."""
+        times[:] = [t for t in times if now - t < INTRO_WINDOW_S]
+        if len(times) >= burst:
             return False
-        conn.intros.append(now)
+        times.append(now)
         return True
 
     def _introduced(self, conn: _Conn, peer: bytes, token: bytes, cands: list[Addr],
                     now: float) -> None:
         """The relay ``conn`` introduces ``peer``: probe its candidates."""
         assert conn.node_id is not None
-        if not self._allow_intro(conn, now, INTRO_IN_BURST):  # each costs probes
+        if not self._allow(conn.intros_made, now, INTRO_IN_BURST):  # each costs probes
             self.counters["intros_ignored"] += 1
             return
         p = self._punches.get(peer)
@@ -863,15 +904,21 @@ class Endpoint:
         # taken even if we hold a connection to that node: it asked for a path, so ours is
         # probably stale (it restarted, and its goodbye was lost); a new one replaces it
         if p is None:  # the other side of the peer's punch
-            if len(self._punches) >= MAX_PUNCHES:
+            by_relay = sum(1 for q in self._punches.values()
+                           if not q.initiator and q.via == conn.node_id)
+            if len(self._punches) >= MAX_PUNCHES or by_relay >= MAX_INTRODUCED:
                 self.counters["punches_refused"] += 1
                 return
             p = _Punch(peer, token, False, conn.node_id, now, now)
             self._punches[peer] = p
+        elif p.via != conn.node_id:  # only the relay of this punch adds to it
+            self.counters["stray_intros"] += 1
+            return
         # both may have asked at once (each gets the other's introduction too): one punch,
         # accepting either token
         p.tokens.add(token)
-        p.candidates += [a for a in cands if a not in p.candidates][:MAX_CANDIDATES]
+        p.candidates = (p.candidates + [a for a in cands if a not in p.candidates]
+                        )[:MAX_CANDIDATES]
         if p.introduced is None:
             p.introduced = now
             p.deadline = now + PUNCH_TIMEOUT_S
@@ -898,11 +945,14 @@ class Endpoint:
         self.counters["probes_received"] += 1
         if addr not in p.candidates and len(p.candidates) < MAX_CANDIDATES:
             p.candidates.append(addr)  # where the peer's NAT maps it for us
-        if self.node_id > peer:
-            self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))  # answer at once
-        elif addr not in p.dialled and (peer not in self.peers
-                                        or self.peers[peer].addr != addr):
-            # the smaller id dials where the probe came from: that path is open both ways
+        if self.node_id > peer:  # answer at once, once per probe interval per address
+            if now - p.answered.get(addr, -1e9) >= PROBE_EVERY_S:
+                p.answered[addr] = now
+                self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))
+        elif addr not in p.dialled and len(p.dialled) < PUNCH_DIALS:
+            # the smaller id dials where the probe came from: that path is open both ways.
+            # Also while holding a connection to the peer: asking for a punch means it
+            # does not use that one (it restarted, or the path stalled); the new one wins.
             p.dialled.add(addr)
             self.counters["punch_dials"] += 1
             self._open(peer, addr, now)

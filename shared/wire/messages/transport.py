@@ -113,8 +113,9 @@ class PeerDisconnected(Message):
 @message("transport.path", "event")
 class Path(Message):
     """The path to a connected peer: sent when it is authenticated, whenever its smoothed RTT
-    moves by more than a quarter (at least 1 ms), when it stalls (two keep-alives in a row
-    unanswered, 1-2 s of silence: it is dropped at the third) and when it answers again."""
+    moves by more than a quarter (at least 1 ms), when it stalls (no keep-alive acknowledged
+    for 1.5 s and 4 smoothed RTTs, seen at the next keep-alive: about 2 s; it is dropped
+    after 4 s and 8 RTTs) and when it answers again."""
 
     peer: NodeIdBytes = Field(description="The peer.")
     host: str = Field(description="Its address.")
@@ -161,8 +162,9 @@ class Punched(Message):
 
 @message("transport.reflexive", "event")
 class Reflexive(Message):
-    """A connected peer sees this node at an address not reported before (the NAT's
-    mapping changed, or the first report): a reason to punch again."""
+    """A connected peer now sees this node at another address than it reported before
+    (this node's NAT mapping changed): a reason to punch again. Not sent for the first
+    report of each peer (behind a symmetric NAT every peer sees another port)."""
 
     host: str = Field(description="The address as the peer sees it.")
     port: U64 = Field(description="Its UDP port.")
