@@ -348,12 +348,13 @@ class RouterCore(Core):
             actions.append(Publish(rm.MessageReceived(
                 seq=seq, id=env.id, sender=env.sender, timestamp_ms=env.timestamp_ms,
                 encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
-        self._held_replies.append(Reply(ctx, rm.DeliverReply()))  # after the commit
         if len(event.blobs) < 2:  # a crypto that does not sign ACKs with open
-            return actions + self._ack(env)
-        hop = env.via[-1] if env.via else env.sender  # the ACK goes back along the path
-        self._held_replies.append(Call("transport", tm.Send(peer=hop), ("ctl_sent",),
-                                       blobs=(event.blobs[1],)))  # after the commit too
+            actions += self._ack(env)
+        else:  # back along the path, after the commit, ahead of the transport's reply
+            hop = env.via[-1] if env.via else env.sender
+            self._held_replies.append(Call("transport", tm.Send(peer=hop), ("ctl_sent",),
+                                           blobs=(event.blobs[1],)))
+        self._held_replies.append(Reply(ctx, rm.DeliverReply()))  # after the commit
         return actions
 
     def _ack(self, env: Envelope) -> list[Action]:
