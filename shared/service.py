@@ -66,7 +66,8 @@ from .wire.messages.sys import (
 
 IMPL = "tom-node-python/0.1.0"
 OUTBOX_FLUSH = 16
-"""Replies queued before they are sent without waiting for the end of the batch."""
+"""Replies (or calls) queued before they are sent without waiting for the end of the
+batch."""
 
 
 class StartupError(Exception):
@@ -125,7 +126,9 @@ class Service:
         self._deadlines: list[tuple[float, bytes]] = []
         self._dealers: dict[str, zmq.Socket] = {}
         self._locks: list[int] = []
-        self._outbox: list[list[bytes]] = []
+        self._outbox: list[tuple[zmq.Socket | None, list[bytes], bytes, Call | None]] = []
+        """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
+        send at the next :meth:`_flush`, in the order the core made them."""
         self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -431,16 +434,26 @@ class Service:
         per reply, which matters when each request takes long (crypto) on 2 cores.
         """
         route, parent_id = ctx
-        self._outbox.append([*route, *encode(body, self._header(body, parent_id), blobs,
-                                             packed)])
+        self._outbox.append((None, [*route, *encode(body, self._header(body, parent_id),
+                                                    blobs, packed)], b"", None))
         if len(self._outbox) >= OUTBOX_FLUSH:
             self._flush()
 
     def _flush(self) -> None:
-        if self._outbox and self.rpc is not None:
-            for frames in self._outbox:
-                self._send(self.rpc, frames)
-            self._outbox.clear()
+        """Send the queued replies and calls, in order.
+
+        A call that ZeroMQ cannot queue (its peer's queue is full) is failed to the core as
+        ``overloaded``; whatever the core does about it is sent in the same flush.
+        """
+        while self._outbox and self.rpc is not None:
+            out, self._outbox = self._outbox, []
+            for sock, frames, msg_id, call in out:
+                if call is None or sock is None:
+                    self._send(self.rpc, frames)
+                elif not self._send(sock, frames) and msg_id in self._pending:
+                    del self._pending[msg_id]
+                    self._feed(PeerFailed(call.token, ErrorCode.OVERLOADED,
+                                          f"queue to {call.role} is full"))
 
     def _send_error(self, route: list[bytes], parent_id: bytes | None, code: ErrorCode,
                     message: str) -> None:
@@ -454,6 +467,8 @@ class Service:
                                                               blobs)])
 
     def _call(self, a: Call) -> PeerFailed | None:
+        """Queue a call; calls leave with the replies, after each batch read from a socket
+        (or every ``OUTBOX_FLUSH``), for the same reason replies do."""
         try:
             sock = self._dealer(a.role)
         except EndpointsError as e:
@@ -462,10 +477,11 @@ class Service:
         timeout = a.timeout_s or self.bus.request_timeout_s
         now = self.wall()
         header = Header(a.body.msg_type, msg_id, None, self.role, now, now + timeout)
-        if not self._send(sock, [b"", *encode(a.body, header, a.blobs)]):
-            return PeerFailed(a.token, ErrorCode.OVERLOADED, f"queue to {a.role} is full")
         self._pending[msg_id] = _Pending(a.token, a.role, type(a.body), timeout)
         heapq.heappush(self._deadlines, (self.clock() + timeout, msg_id))
+        self._outbox.append((sock, [b"", *encode(a.body, header, a.blobs)], msg_id, a))
+        if len(self._outbox) >= OUTBOX_FLUSH:
+            self._flush()
         return None
 
     def _dealer(self, role: str) -> zmq.Socket:

@@ -12,6 +12,8 @@ Schemes (docs/protocol.md §8 has the byte layouts and golden vectors):
   ikm = X25519(e, X_R), salt = none, info = "tom/e2e/1" || E || X_R)``; XChaCha20-Poly1305
   with a random 24-byte nonce and the envelope header as associated data; then sign.
 - **open**: verify the signature first, always; then check the recipient; then decrypt.
+  Asked with ``ack_via``, it also seals (signs, unencrypted) the ``recipient_received`` ACK
+  for what it just opened, so the router's delivery ACK costs no second call.
 - **group**: XChaCha20-Poly1305 with the sender key (associated data: group id and sender),
   then an Ed25519 signature over the group id, sender, nonce and ciphertext.
 - **bind_transport**: sign (node id, transport key, expiry) for the transport's handshake.
@@ -30,12 +32,15 @@ from shared.core import Action, Core, Fail, Input, Reply, Request
 from shared.envelope import (
     ID_BYTES,
     MAX_ENVELOPE_BYTES,
+    AckPayload,
+    AckType,
     EncryptedPayload,
     Envelope,
     EnvelopeError,
     EnvelopeTooLarge,
     Expired,
     GroupCiphertext,
+    MessageType,
     TransportBinding,
     Unsigned,
     decode,
@@ -225,7 +230,13 @@ class CryptoCore(Core):
                 return m.SealReply(id=env.id), (env.encode(),)
             case m.Open():
                 env, plaintext = ident.open(_blob(blobs))
-                return info(env, m.OpenReply), (plaintext,)
+                if req.ack_via is None:
+                    return info(env, m.OpenReply), (plaintext,)
+                ack = ident.seal(env.sender, MessageType.ACK,
+                                 AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode(),
+                                 self._wall_ms(), tuple(req.ack_via), encrypt=False)
+                self._counts["open_acks"] += 1
+                return info(env, m.OpenReply), (plaintext, ack.encode())
             case m.Verify():
                 env = decode(_blob(blobs))
                 env.verify()

@@ -11,8 +11,9 @@ envelopes are rejected and counted (``rejected_*``). Then:
 * addressed to us: the timestamp must lie in the replay window (``replay_window_s`` back,
   5 min ahead). A ``Chat`` that is already in the inbox (same sender and id) is not
   delivered again but acknowledged again, so a sender whose ACK was lost stops retrying; a
-  new one goes to crypto.open, is stored in the inbox (SQLite) and only then acknowledged
-  and the transport's call answered, so a crash loses nothing (the transport retries). The
+  new one goes to crypto.open, which also returns the signed ACK for it (``ack_via``), is
+  stored in the inbox (SQLite) and only then acknowledged and the transport's call
+  answered, so a crash loses nothing (the transport retries). The
   inbox is the dedup record, kept as long as the replay window: older copies fail the
   freshness check instead. ``Ack`` and ``ReadReceipt`` move the tracker, and only when they
   come from the node that can vouch for them (the recipient; a relay on the path for
@@ -148,7 +149,7 @@ class RouterCore(Core):
         self.out: dict[bytes, OutMsg] = {}
         self._sealing: set[bytes] = set()
         self._held_replies: list[Action] = []
-        """Replies that wait for the store's commit (flush)."""
+        """Replies (and delivery ACKs) that wait for the store's commit (flush)."""
         self._opening: set[tuple[bytes, bytes]] = set()
         self._forwarded: dict[tuple[bytes, bytes], float] = {}
         self._connecting: dict[bytes, float] = {}
@@ -327,7 +328,9 @@ class RouterCore(Core):
             self.stats["duplicates"] += 1  # delivered before: acknowledge again, once more
             return [Reply(req.ctx, rm.DeliverReply())] + self._ack(env)
         self._opening.add(key)
-        return [Call("crypto", cm.Open(), ("open", req.ctx, env), blobs=(raw,))]
+        # crypto signs the delivery ACK along with opening: no second call for it
+        return [Call("crypto", cm.Open(ack_via=list(reversed(env.via))),
+                     ("open", req.ctx, env), blobs=(raw,))]
 
     def _opened(self, ctx: object, env: Envelope, event: PeerReplied | PeerFailed,
                 now: float) -> list[Action]:
@@ -345,8 +348,14 @@ class RouterCore(Core):
             actions.append(Publish(rm.MessageReceived(
                 seq=seq, id=env.id, sender=env.sender, timestamp_ms=env.timestamp_ms,
                 encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
+        if len(event.blobs) < 2:  # a crypto that does not sign ACKs with open
+            actions += self._ack(env)
+        else:  # back along the path, after the commit, ahead of the transport's reply
+            hop = env.via[-1] if env.via else env.sender
+            self._held_replies.append(Call("transport", tm.Send(peer=hop), ("ctl_sent",),
+                                           blobs=(event.blobs[1],)))
         self._held_replies.append(Reply(ctx, rm.DeliverReply()))  # after the commit
-        return actions + self._ack(env)
+        return actions
 
     def _ack(self, env: Envelope) -> list[Action]:
         """The delivery ACK, back along the reversed path."""

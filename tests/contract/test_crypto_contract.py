@@ -70,6 +70,27 @@ class TestCryptoContract(RoleContract):
         assert isinstance(reply, m.OpenReply)
         assert blobs == (b"for you",) and reply.sender == PEER and reply.encrypted
 
+    def test_open_with_ack_via_also_returns_the_signed_ack(self, node: Node) -> None:
+        """The delivery ACK comes with the plaintext: signed by this node, unencrypted,
+        for the opened envelope's id, to its sender, along the given path."""
+        raw = from_peer(b"ack me")
+        relay = p.SigningKey(b"\x44" * 32).public
+        reply, blobs = call(node, m.Open(ack_via=[relay]), raw)
+        assert isinstance(reply, m.OpenReply) and len(blobs) == 2 and blobs[0] == b"ack me"
+        ack = e.decode(blobs[1])
+        ack.verify()
+        assert (ack.sender, ack.to, ack.msg_type, ack.via, ack.encrypted) == (
+            NODE, PEER, "Ack", (relay,), False)
+        assert e.AckPayload.decode(ack.payload) == e.AckPayload(
+            e.decode(raw).id, e.AckType.RECIPIENT_RECEIVED)
+        _, direct = call(node, m.Open(ack_via=[]), raw)
+        assert e.decode(direct[1]).via == ()
+
+    def test_open_with_ack_via_signs_nothing_for_a_forged_envelope(self, node: Node) -> None:
+        env = e.decode(from_peer(b"x"))
+        forged = env.with_signature(p.SigningKey(b"\x43" * 32).sign(env.signing_bytes()))
+        assert error(node, m.Open(ack_via=[]), forged.encode()).name == "bad_signature"
+
     def test_verify_any_envelope(self, node: Node) -> None:
         reply, _ = call(node, m.Verify(), from_peer(b"x", to=PEER))
         assert isinstance(reply, m.VerifyReply) and reply.to == PEER

@@ -14,7 +14,7 @@ import zmq
 
 from shared import endpoints as ep
 from shared.bus import BusClient
-from shared.core import Action, Core, Input, Publish, Reply, Request
+from shared.core import Action, Call, Core, Fail, Input, PeerFailed, Publish, Reply, Request
 from shared.service import Service, ServiceContext
 from shared.wire import BusTimeout, ErrorCode, Header, RemoteError, encode
 from shared.wire.messages.crypto import NodeId, NodeIdReply
@@ -54,10 +54,26 @@ class ScriptedCore(Core):
             Publish(Heartbeat(service="crypto", uptime_s=0.0))]
 
 
+class CallingCore(Core):
+    """Answers crypto.node_id by calling the router (which is not running) first."""
+
+    role = "crypto"
+    handles = frozenset({NodeId})
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        if isinstance(event, Request):
+            return [Call("router", NodeId(), event.ctx)]
+        if isinstance(event, PeerFailed):
+            return [Fail(event.token, event.code, event.message)]
+        return super().handle(event, now)
+
+
 @contextmanager
-def serving(tmp: Path, make_core: Callable[[], Core]) -> Iterator[tuple[Service, BusClient]]:
+def serving(tmp: Path, make_core: Callable[[], Core],
+            **bus: object) -> Iterator[tuple[Service, BusClient]]:
     run = Path(tmp) / "run"
-    context = ServiceContext(tmp, ep.ipc(run), {"bus": {"request_timeout_s": 0.5}}, {})
+    context = ServiceContext(tmp, ep.ipc(run), {"bus": {"request_timeout_s": 0.5, **bus}},
+                             {})
 
     class TestService(Service):
         role = "crypto"
@@ -155,3 +171,25 @@ def test_out_of_order_replies_are_kept_and_late_ones_discarded(tmp_path: Path) -
         assert set(client._early) == {first}  # the late reply to gave_up was discarded
         assert isinstance(client.recv("crypto", first, timeout_s=0.01).body, NodeIdReply)
         assert not client._early and not client._early_bytes and not client._outstanding
+
+
+def test_calls_are_queued_with_replies_and_a_full_queue_fails_them_overloaded(
+        tmp_path: Path) -> None:
+    """Calls leave at the end of the batch; those ZeroMQ refuses (the peer's queue is at its
+    high-water mark) come back to the core as overloaded, the others time out, and every
+    request is answered (the answers themselves are not read: with a high-water mark of 10
+    the service's own reply queue overflows too)."""
+    with serving(tmp_path, CallingCore, hwm=10) as (svc, client):
+        for _ in range(30):
+            client.send("crypto", NodeId())
+        deadline = time.monotonic() + 5
+        while True:
+            status = client.request("crypto", Status())
+            assert isinstance(status, StatusReply)
+            if sum(status.errors.values()) == 30 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        overloaded, timeouts = status.errors["overloaded"], status.errors["peer_timeout"]
+        assert overloaded + timeouts == 30 and overloaded >= 10 and timeouts >= 10
+        assert status.counters["call_timeouts"] == timeouts
+        assert status.queues["pending_calls"] == 0

@@ -67,6 +67,11 @@ class Sim:
         self.links: set[frozenset[str]] = set()
         self.queue: deque[tuple[str, Action]] = deque()
         self.drop_sends: set[frozenset[str]] = set()
+        self.lose: Any = None
+        """``lose(name, envelope) -> bool``: a ``transport.send`` from ``name`` that
+        vanishes on the way (answered ok, never delivered)."""
+        self.sent: list[tuple[str, bytes]] = []
+        """Every envelope handed to ``transport.send``: (sending node, envelope)."""
         self.settings = settings
         self._ctx = 0
         for i, name in enumerate(names):
@@ -213,7 +218,8 @@ class Sim:
                                                        "no connection"))
                 return
             self._answer(name, a.token, PeerReplied(a.token, tm.SendReply()))
-            if pair in self.drop_sends:
+            self.sent.append((name, a.blobs[0]))
+            if pair in self.drop_sends or (self.lose and self.lose(name, a.blobs[0])):
                 return
             req = Request(("deliver", name), rm.Deliver(peer=node.id, path="direct"),
                           a.blobs)

@@ -96,6 +96,36 @@ def test_a_node_learned_by_gossip_is_reached_through_a_relay() -> None:
     assert sim.nodes["b"].router.stats["forwarded"] >= 2  # the message and the ACK back
 
 
+def test_the_delivery_ack_comes_with_crypto_open_signed_back_along_the_path() -> None:
+    """B's router makes one crypto call per new chat: crypto.open returns the ACK too,
+    and it goes out only after the inbox commit, to the last relay of the path."""
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    c = sim.nodes["c"]
+    commits: list[int] = []
+    real_commit = c.router.store.commit
+
+    def commit() -> None:
+        commits.append(len(sim.sent))
+        real_commit()
+
+    c.router.store.commit = commit  # type: ignore[method-assign]
+    seals_before = c.crypto.counters().get("seal", 0)
+    msg = send(sim, "a", "c", b"via b")
+    assert "delivered" in sim.nodes["a"].statuses(msg)
+    [(i, raw)] = [(i, r) for i, (n, r) in enumerate(sim.sent) if n == "c"
+                  and decode(r).msg_type == MessageType.ACK]
+    ack = decode(raw)
+    ack.verify()
+    assert (ack.sender, ack.to, ack.via) == (c.id, sim.nodes["a"].id, (sim.nodes["b"].id,))
+    assert AckPayload.decode(ack.payload) == AckPayload(msg, AckType.RECIPIENT_RECEIVED)
+    assert any(n <= i for n in commits)  # the inbox was committed before the ACK left
+    assert c.crypto.counters()["open_acks"] == 1
+    assert c.crypto.counters().get("seal", 0) == seals_before  # no crypto.seal for it
+
+
 def test_multi_hop_path_over_three_relays() -> None:
     sim = Sim("a", "b", "c", "d", "e")
     for x, y in ("ab", "bc", "cd", "de"):
@@ -126,18 +156,23 @@ def test_retry_after_a_lost_ack_is_acknowledged_again_not_delivered_again() -> N
     sim = Sim("a", "b")
     sim.connect("a", "b")
     b = sim.nodes["b"]
-    original = b.router._ack
+    acks_lost: list[bytes] = []
 
-    def lose_first(env: Envelope) -> list:  # type: ignore[type-arg]
-        b.router._ack = original  # type: ignore[method-assign]
-        return []
+    def lose_first_ack(name: str, raw: bytes) -> bool:
+        if name == "b" and decode(raw).msg_type == MessageType.ACK and not acks_lost:
+            acks_lost.append(raw)
+            return True
+        return False
 
-    b.router._ack = lose_first  # type: ignore[method-assign]
+    sim.lose = lose_first_ack
     msg = send(sim, "a", "b", b"x")
-    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"] and len(acks_lost) == 1
     sim.run(6)
     assert b.received() == [b"x"] and b.router.stats["duplicates"] == 1
     assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
+    assert b.crypto.counters()["open_acks"] == 1  # the first ACK came with crypto.open
+    acks = [r for n, r in sim.sent if n == "b" and decode(r).msg_type == MessageType.ACK]
+    assert len(acks) == 2 and acks[0] == acks_lost[0]  # the second: sealed for the retry
 
 
 def test_sending_again_with_the_same_id_stores_one_message() -> None:

@@ -76,9 +76,11 @@ class Seal(Message):
                              description="Envelope id; default: 16 random bytes.")
 
 
-@message("crypto.open_reply", "reply", blobs="1: the payload (plaintext)")
+@message("crypto.open_reply", "reply", blobs="1: the payload (plaintext); 2: the signed "
+         "`Ack` envelope, only when `ack_via` was given")
 class OpenReply(EnvelopeInfo):
-    """The verified envelope's header and its decrypted payload."""
+    """The verified envelope's header and its decrypted payload (and, when asked, the
+    delivery ACK for it, signed by this node)."""
 
 
 @message("crypto.open", "request", reply=OpenReply, blobs="1: an envelope addressed to "
@@ -86,7 +88,17 @@ class OpenReply(EnvelopeInfo):
 class Open(Message):
     """Verify an envelope's signature (always first), then decrypt its payload if encrypted.
     Fails with `unsigned`, `bad_signature`, `wrong_recipient`, `decrypt_failed`,
-    `bad_key`, `bad_envelope`, `too_large` or `invalid` (no blob)."""
+    `bad_key`, `bad_envelope`, `too_large` or `invalid` (no blob).
+
+    With `ack_via`, and only once the envelope is verified and opened, the reply also
+    carries a signed, unencrypted `Ack` envelope (`recipient_received` for the envelope's
+    id, addressed to its sender, with that `via`), so the router needs no `crypto.seal`
+    for it. An implementation that ignores `ack_via` answers with one blob; the router
+    then seals the ACK itself."""
+
+    ack_via: list[NodeIdBytes] | None = Field(
+        None, max_length=4, description="Relay chain for the ACK (usually the envelope's "
+        "`via` reversed; `[]`: direct). Omitted: no ACK.")
 
 
 @message("crypto.verify_reply", "reply")
