@@ -140,10 +140,9 @@ class Client:
 
     def inbox_tail(self) -> int:
         """The seq of the newest message in the inbox (0 if none)."""
-        after = 0
-        while batch := self.inbox(after, 1000):
-            after = batch[-1].info.seq
-        return after
+        reply = self.bus.request("router", rm.Inbox(after=2**63 - 1, limit=1))  # no rows
+        assert isinstance(reply, rm.InboxReply)
+        return reply.tail
 
     def events(self, timeout_s: float = 0.0) -> Iterator[Event]:
         """Events waiting now or within ``timeout_s``; received messages without gaps or

@@ -212,7 +212,7 @@ class RouterCore(Core):
                 return [Reply(event.ctx, rm.InboxReply(messages=[rm.Stored(
                     seq=r.seq, id=r.id, sender=r.sender, timestamp_ms=r.timestamp_ms,
                     encrypted=r.encrypted, relayed=r.relayed, payload=r.payload)
-                    for r in rows]))]
+                    for r in rows], tail=self.store.inbox_tail()))]
             case Request(body=rm.Peers()):
                 return [Reply(event.ctx, rm.PeersReply(peers=self._peer_entries()))]
             case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):

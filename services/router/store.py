@@ -137,6 +137,10 @@ class Store:
             "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
 
+    def inbox_tail(self) -> int:
+        """The seq of the newest message in the inbox (0 if none)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox").fetchone()[0])
+
     def mark_read(self, sender: bytes, msg_id: bytes) -> bool:
         """Mark a received message read; False if unknown or already read."""
         n = self.db.execute("UPDATE inbox SET read=1 WHERE sender=? AND id=? AND read=0",

@@ -385,3 +385,14 @@ def test_a_new_public_address_makes_the_next_message_punch_again_at_once() -> No
     sim.punchable.add(frozenset("ac"))  # the new mapping lets it through
     send(sim, "a", "c", b"3")
     assert sim.punches.count(("a", "c")) == 2 and paths(sim, "a", "c")[-1] == "direct"
+
+
+def test_the_inbox_reply_names_its_tail_so_an_app_can_start_from_new_messages() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    assert sim.call("b", rm.Inbox(after=2**63 - 1, limit=1)).body.tail == 0
+    for text in (b"1", b"2", b"3"):
+        send(sim, "a", "b", text)
+    reply = sim.call("b", rm.Inbox(after=2**63 - 1, limit=1)).body
+    assert reply.messages == [] and reply.tail == sim.nodes["b"].delivered[-1][0].seq
+    assert sim.call("b", rm.Inbox(after=0, limit=1)).body.tail == reply.tail

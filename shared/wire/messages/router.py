@@ -139,6 +139,8 @@ class InboxReply(Message):
     about 1 MiB of payload per reply (always at least one)."""
 
     messages: list[Stored]
+    tail: U64 = Field(0, description="The seq of the newest message in the inbox (0 if "
+                      "none): where an app that wants only new messages starts.")
 
 
 @message("router.inbox", "request", reply=InboxReply)
