@@ -252,7 +252,11 @@ def test_chat_with_a_bot_message_goes_to_read_and_the_echo_comes_back(
         assert seen == sorted(seen, key=ORDER.index) and seen[-1] == "read", seen
         assert "failed" not in seen
         # the bot's echo, shown tagged, and read by the chat: the bot sees "read"
-        screen = tmux.wait("the echo", lambda s: f"echo: {text}  [verified, encrypted]" in s)
+        try:
+            screen = tmux.wait("the echo",
+                               lambda s: f"echo: {text}  [verified, encrypted]" in s)
+        except AssertionError as e:  # (a rare failure under load: say what the bot did)
+            raise AssertionError(f"{e}\nbot output:\n{bot.out}") from None
         assert f"{b.short}: echo: {text}" in screen
         bot.wait("the bot to log its message",
                  f'[bot] #1 from {a.short} | verified | "{text}"')
