@@ -86,7 +86,7 @@ from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
 from .store import InRow, OutRow, Store
-from .topology import Topology, announce_payload, read_announce
+from .topology import Topology, announce_payload, path_kind, read_announce
 
 PENDING, SENT, RELAYED, DELIVERED, READ, FAILED = range(6)
 STATUS = ("pending", "sent", "relayed", "delivered", "read", "failed")
@@ -713,8 +713,8 @@ class RouterCore(Core):
         assert self.topo is not None
         p = self.topo.peers[node]
         route = self.topo.route(node)
-        path = "none" if route is None else "relayed" if route else "direct"
-        return Publish(rm.PathChanged(node_id=node, path=path, route=list(route or ()),  # type: ignore[arg-type]
+        return Publish(rm.PathChanged(node_id=node, path=path_kind(route),
+                                      route=list(route or ()),
                                       rtt_ms=p.rtt_ms if p.connected else None))
 
     def _reroute(self, gone: bytes, now: float) -> list[Action]:
@@ -777,11 +777,10 @@ class RouterCore(Core):
         out = []
         for n, p in sorted(self.topo.peers.items()):
             route = self.topo.route(n)
-            path = "none" if route is None else "relayed" if route else "direct"
             out.append(rm.PeerEntry(
                 node_id=p.node_id, username=p.username,
                 status="online" if p.connected else p.status,  # type: ignore[arg-type]
-                connected=p.connected, path=path, route=list(route or ()),  # type: ignore[arg-type]
+                connected=p.connected, path=path_kind(route), route=list(route or ()),
                 host=p.host, port=p.port, rtt_ms=p.rtt_ms,
                 last_seen_ms=max(0, p.last_seen_ms)))
         return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgpack
 
@@ -57,6 +58,11 @@ class Announce:
     port: int
     neighbours: frozenset[bytes]
     timestamp_ms: int
+
+
+def path_kind(route: tuple[bytes, ...] | None) -> Literal["direct", "relayed", "none"]:
+    """What a route from :meth:`Topology.route` means to a user."""
+    return "none" if route is None else "relayed" if route else "direct"
 
 
 def announce_payload(username: str, host: str, port: int, neighbours: list[bytes]) -> bytes:
