@@ -277,7 +277,7 @@ def measure_tput(ca: Client, b_id: bytes, counter: subprocess.Popen[bytes], base
 
 
 def profile(args: argparse.Namespace, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """With ``--py-spy``: sample the routers and cryptos during the throughput phase
+    """With ``--py-spy``: sample the routers, cryptos and transports during one phase
     (collapsed stacks in ``--py-spy-out``; the sampling costs CPU, so not for the figures)."""
     if not args.py_spy:
         return []
@@ -290,6 +290,12 @@ def profile(args: argparse.Namespace, pids: dict[str, int]) -> list[subprocess.P
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # py-spy attaches
     return spies
+
+
+def stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
 
 
 def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
@@ -319,8 +325,12 @@ def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
         pids["B app"] = counter.pid
         out: dict[str, Any] = {"a_id": a_id.hex(), "b_id": b_id.hex(), "connect_s": connect_s}
 
+        spies = profile(args, pids) if args.py_spy_phase == "rtt" else []
         c0, w0 = cpu_by_service(pids), time.monotonic()
-        out["rtt"] = measure_rtt(ca, b_id, args)
+        try:
+            out["rtt"] = measure_rtt(ca, b_id, args)
+        finally:
+            stop_spies(spies)
         n_rtt = args.warmup + args.rtt_n
         c1, w1 = cpu_by_service(pids), time.monotonic()
         status1 = all_status(nodes)
@@ -328,15 +338,13 @@ def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
         out["rtt"]["counters"] = counter_diff(status0, status1)
         # B's app has counted the RTT phase's messages too (it prints every 100)
         base = n_rtt
-        spies = profile(args, pids)
+        spies = profile(args, pids) if args.py_spy_phase == "tput" else []
         c1, w1 = cpu_by_service(pids), time.monotonic()
         try:
             out["tput"] = measure_tput(ca, b_id, counter, base, args)
         finally:
             c2, w2 = cpu_by_service(pids), time.monotonic()
-            for spy in spies:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(30)
+            stop_spies(spies)
         out["tput"]["cpu"] = cpu_diff(c1, c2, args.tput_n, w2 - w1)
         out["tput"]["counters"] = counter_diff(status1, all_status(nodes))
         return out
@@ -409,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the data directories")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the routers, "
-                   "cryptos and transports during the throughput phase")
+                   "cryptos and transports during one phase (--py-spy-phase)")
+    p.add_argument("--py-spy-phase", choices=("rtt", "tput"), default="tput")
     p.add_argument("--py-spy-out", type=Path, default=ROOT / "bench" / "results" / "router-prof")
     p.add_argument("--b-app", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -129,6 +129,8 @@ class Service:
         self._outbox: list[tuple[zmq.Socket | None, list[bytes], bytes, Call | None]] = []
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
         send at the next :meth:`_flush`, in the order the core made them."""
+        self._events: list[list[bytes]] = []
+        """Events to publish at the next :meth:`_flush`, after its calls and replies."""
         self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -160,6 +162,7 @@ class Service:
         self._watch(self.rpc, self._on_request)
         self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid()))
+        self._flush()
         if ready:
             ready()
         self._drain()
@@ -440,20 +443,39 @@ class Service:
             self._flush()
 
     def _flush(self) -> None:
-        """Send the queued replies and calls, in order.
+        """Send the queued calls, then what the shell queued (the transport's datagrams),
+        then the events, then the replies.
 
-        A call that ZeroMQ cannot queue (its peer's queue is full) is failed to the core as
-        ``overloaded``; whatever the core does about it is sent in the same flush.
+        At low load each send that wakes ZeroMQ's I/O thread (or the peer's process) costs
+        tens of µs on 2 vCPUs, so what a message waits for goes out before what only reports
+        on it: its next step is a call (the router's ``transport.send`` after a seal, the
+        transport's ``router.deliver`` when an envelope arrives) or a datagram, and an app
+        waits for an event (``delivered``, a new message); replies (``transport.send_reply``,
+        ``router.deliver_reply``...) mostly close bookkeeping. Each kind keeps the order the
+        core made it in. A call that ZeroMQ cannot queue (its peer's queue is full) is failed
+        to the core as ``overloaded``; whatever the core does about it is sent in the same
+        flush.
         """
-        while self._outbox and self.rpc is not None:
+        while self.rpc is not None:
             out, self._outbox = self._outbox, []
             for sock, frames, msg_id, call in out:
-                if call is None or sock is None:
-                    self._send(self.rpc, frames)
-                elif not self._send(sock, frames) and msg_id in self._pending:
+                if call is not None and sock is not None and not self._send(sock, frames) \
+                        and msg_id in self._pending:
                     del self._pending[msg_id]
                     self._feed(PeerFailed(call.token, ErrorCode.OVERLOADED,
                                           f"queue to {call.role} is full"))
+            self.flush_extra()
+            events, self._events = self._events, []
+            for frames in events:
+                self._send(self.pub, frames)  # type: ignore[arg-type]
+            for sock, frames, _, call in out:
+                if call is None or sock is None:
+                    self._send(self.rpc, frames)
+            if not (self._outbox or self._events):
+                break
+
+    def flush_extra(self) -> None:
+        """Send what the shell queued in :meth:`perform_extra` (after the calls)."""
 
     def _send_error(self, route: list[bytes], parent_id: bytes | None, code: ErrorCode,
                     message: str) -> None:
@@ -462,9 +484,13 @@ class Service:
         self._reply((route, parent_id), ErrorReply(code=int(code), name=name, message=message))
 
     def _publish(self, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
+        """Queue an event; events leave at the next :meth:`_flush`, after its calls and
+        replies."""
         assert self.pub is not None
-        self._send(self.pub, [body.msg_type.encode(), *encode(body, self._header(body, None),
-                                                              blobs)])
+        self._events.append([body.msg_type.encode(),
+                             *encode(body, self._header(body, None), blobs)])
+        if len(self._events) >= OUTBOX_FLUSH:
+            self._flush()
 
     def _call(self, a: Call) -> PeerFailed | None:
         """Queue a call; calls leave with the replies, after each batch read from a socket

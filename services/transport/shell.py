@@ -35,6 +35,7 @@ class TransportService(Service):
     role = "transport"
 
     def build_core(self, context: ServiceContext) -> Core:
+        self._datagrams: list[SendDatagram] = []
         self.settings = context.section("transport", TransportConfig)
         # a fresh transport key per start: only a binding signed by crypto gives it meaning
         return TransportCore(Ed25519PrivateKey.generate(), time.time, ("0.0.0.0", 0),
@@ -93,13 +94,20 @@ class TransportService(Service):
 
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
-            if self.delay_s:
-                asyncio.get_running_loop().call_later(self.delay_s, self._sendto,
-                                                      action.data, action.addr)
-            else:
-                self._sendto(action.data, action.addr)
+            self._datagrams.append(action)
         else:
             super().perform_extra(action)
+
+    def flush_extra(self) -> None:
+        """Datagrams leave with the bus flush, after its calls: an envelope that arrived
+        goes to the router (``router.deliver``) before the QUIC acknowledgement for it."""
+        out, self._datagrams = self._datagrams, []
+        for d in out:
+            if self.delay_s:
+                asyncio.get_running_loop().call_later(self.delay_s, self._sendto,
+                                                      d.data, d.addr)
+            else:
+                self._sendto(d.data, d.addr)
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
