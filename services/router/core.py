@@ -104,6 +104,9 @@ CONNECT_RETRY_S = 5.0
 PUNCH_RETRY_FIRST_S = 2.0
 PUNCH_RETRY_MAX_S = 16.0
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
+_OPEN_REJECTS = {ErrorCode.BAD_SIGNATURE: "forged", ErrorCode.UNSIGNED: "unsigned",
+                 ErrorCode.TOO_LARGE: "oversize", ErrorCode.BAD_ENVELOPE: "malformed"}
+"""crypto.open's refusals, counted under the names the router's own checks use."""
 _NODE_ID = "node_id"
 
 
@@ -271,8 +274,14 @@ class RouterCore(Core):
         if len(req.blobs) != 1:
             return [Fail(req.ctx, ErrorCode.INVALID, "expected one blob: the envelope")]
         raw = req.blobs[0]
+        assert self.topo is not None and self.node_id is not None
         try:
             env = decode(raw)
+            if env.to == self.node_id and env.msg_type == MessageType.CHAT:
+                # a chat for us goes to crypto.open, which verifies the signature before
+                # anything else; nothing here uses it before that (see _receive_chat)
+                self.topo.seen(peer, self.now_ms())  # the authenticated last hop
+                return self._receive_chat(req, env, raw, now)
             env.verify()
         except EnvelopeTooLarge:
             self._reject("oversize")
@@ -286,7 +295,6 @@ class RouterCore(Core):
         except EnvelopeError:
             self._reject("malformed")
             return ok
-        assert self.topo is not None and self.node_id is not None
         now_ms = self.now_ms()
         self.topo.seen(peer, now_ms)
         if env.to == self.node_id:
@@ -294,8 +302,6 @@ class RouterCore(Core):
                 return ok
             self.topo.seen(env.sender, now_ms)
             match env.msg_type:
-                case MessageType.CHAT:
-                    return self._receive_chat(req, env, raw, now)
                 case MessageType.ACK:
                     return ok + self._on_ack(env, now)
                 case MessageType.READ_RECEIPT:
@@ -320,13 +326,33 @@ class RouterCore(Core):
 
     def _receive_chat(self, req: Request, env: Envelope, raw: bytes,
                       now: float) -> list[Action]:
+        """A chat addressed to this node, not verified yet.
+
+        A new one is verified once, by ``crypto.open`` (verify first, then decrypt, then
+        sign the ACK), and everything else waits for its answer (:meth:`_opened`). A
+        duplicate (being opened, or in the inbox) is verified here before it is counted or
+        acknowledged again, so a forged copy of a known id is rejected as forged.
+        """
+        ok: list[Action] = [Reply(req.ctx, rm.DeliverReply())]
         key = (env.sender, env.id)
-        if key in self._opening:
+        duplicate = key in self._opening
+        if duplicate or self.store.has_in(env.sender, env.id):
+            try:
+                env.verify()
+            except Unsigned:
+                self._reject("unsigned")
+                return ok
+            except BadSignature:
+                self._reject("forged")
+                return ok
+            now_ms = self.now_ms()
+            if not self._fresh(env, now_ms):
+                return ok
+            assert self.topo is not None
+            self.topo.seen(env.sender, now_ms)
             self.stats["duplicates"] += 1
-            return [Reply(req.ctx, rm.DeliverReply())]
-        if self.store.has_in(env.sender, env.id):
-            self.stats["duplicates"] += 1  # delivered before: acknowledge again, once more
-            return [Reply(req.ctx, rm.DeliverReply())] + self._ack(env)
+            # delivered before: acknowledge again, once more
+            return ok if duplicate else ok + self._ack(env)
         self._opening.add(key)
         # crypto signs the delivery ACK along with opening: no second call for it
         return [Call("crypto", cm.Open(ack_via=list(reversed(env.via))),
@@ -338,10 +364,16 @@ class RouterCore(Core):
         if isinstance(event, PeerFailed):
             if event.code in RETRYABLE:  # crypto is away: the transport retries later
                 return [Fail(ctx, ErrorCode.UNAVAILABLE, event.message)]
-            self._reject(ErrorCode(event.code).name.lower())
+            self._reject(_OPEN_REJECTS.get(event.code) or ErrorCode(event.code).name.lower())
             return [Reply(ctx, rm.DeliverReply())]
+        # verified by crypto: now the checks that trust its fields
+        now_ms = self.now_ms()
+        if not self._fresh(env, now_ms):
+            return [Reply(ctx, rm.DeliverReply())]  # the ACK crypto signed is not sent
+        assert self.topo is not None
+        self.topo.seen(env.sender, now_ms)
         seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
-                                bool(env.via), event.blobs[0], self.now_ms())
+                                bool(env.via), event.blobs[0], now_ms)
         actions: list[Action] = []
         if seq is not None:
             self.stats["received"] += 1

@@ -273,6 +273,25 @@ def test_a_replay_is_not_delivered_twice_and_is_refused_after_the_window() -> No
     assert b.received() == [b"once"] and b.router.stats["rejected_stale"] == 1
 
 
+def test_a_chat_for_us_is_verified_once_and_a_forged_copy_of_a_known_id_is_forged() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    f = Forger(sim, "a", "b")
+    good = f.env(payload=b"once")
+    f.deliver(good.encode())
+    b = sim.nodes["b"]
+    assert b.received() == [b"once"] and b.crypto.counters()["open"] == 1
+    acks = len([r for n, r in sim.sent if n == "b" and decode(r).msg_type == MessageType.ACK])
+    f.deliver(replace(good, payload=b"changed").encode())  # same sender and id, forged
+    assert b.router.stats["rejected_forged"] == 1 and b.router.stats["duplicates"] == 0
+    f.deliver(replace(good, id=os.urandom(16), payload=b"changed").encode())  # a new id
+    assert b.router.stats["rejected_forged"] == 2  # refused by crypto.open
+    assert b.crypto.counters()["rejected_bad_signature"] == 1
+    assert b.received() == [b"once"]
+    assert len([r for n, r in sim.sent if n == "b" and decode(r).msg_type == MessageType.ACK]) \
+        == acks  # neither was acknowledged
+
+
 def test_acks_count_only_from_the_recipient() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
