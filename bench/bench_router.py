@@ -23,6 +23,10 @@ Measured in one run (absolute figures on the 2-vCPU development machine drift be
    message received), messages/s reaching ``delivered`` at A (first send → the latest
    ``updated_ms`` of the ``router.outbox`` entries, all ``delivered``), and ``router.send``
    replies/s.
+5. the crypto floor, the same-run baseline for the rate: the cryptography one delivered
+   message needs (A seals, B opens and signs the ACK, A verifies the ACK), run in this
+   process before and after the nodes (the faster of the two), and the rate two cores would
+   reach doing only that. The rate is also reported as a fraction of it.
 
 CPU seconds of every service of both nodes (pids from supervisord, via ``tom node status
 --json``) are read from /proc for each phase, and every service's counters before and after
@@ -41,6 +45,7 @@ import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,8 +55,10 @@ from typing import Any
 
 from bench.bench_bus import cpu_seconds, machine, stop, summary
 from bench.bench_transport import _aioquic_client, with_server
+from services.crypto.core import Identity
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.envelope import AckPayload, AckType, MessageType, decode
 from shared.paths import DataDir
 from shared.wire import RemoteError
 from shared.wire.messages import router as rm
@@ -366,6 +373,32 @@ def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- the same-run floor -----------------------------------------------------------------------
+
+def crypto_floor(payload: int, rounds: int = 5, n: int = 200) -> dict[str, Any]:
+    """The cryptography one delivered message needs, run in this process (PyNaCl, no bus):
+    A seals (encrypt + sign), B opens (verify + decrypt) and signs the ACK, A verifies the
+    ACK. Median of ``rounds`` rounds of ``n`` messages; ``msgs_per_s_2_cores`` is the rate
+    two cores would reach doing nothing else, the ceiling any node pair on this machine has
+    at that moment (a same-run baseline for the throughput, which has no raw library
+    equivalent)."""
+    a, b = Identity(os.urandom(32), os.urandom), Identity(os.urandom(32), os.urandom)
+    pad = os.urandom(payload)
+    per_round = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            raw = a.seal(b.node_id, MessageType.CHAT, pad, int(time.time() * 1000)).encode()
+            env, _ = b.open(raw)
+            ack = b.seal(env.sender, MessageType.ACK,
+                         AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode(),
+                         int(time.time() * 1000), encrypt=False).encode()
+            decode(ack).verify()
+        per_round.append((time.perf_counter() - t) / n * 1e6)
+    us = statistics.median(per_round)
+    return {"us_per_msg": us, "rounds_us": per_round, "msgs_per_s_2_cores": 2e6 / us}
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 def markdown_table(r: dict[str, Any]) -> str:
@@ -387,6 +420,14 @@ def markdown_table(r: dict[str, Any]) -> str:
         ["reaching `delivered` at A (msg/s)", f"{tp['a_delivered_per_s']:,.0f}", "",
          "≥ 3000/s", met(tp["a_delivered_per_s"] >= TPUT_TARGET)],
         ["`router.send` accepted (msg/s)", f"{tp['send_per_s']:,.0f}", "", "", ""],
+        ["crypto floor, same run (µs per message in-process; msg/s on 2 cores)",
+         f"{r['floor']['us_per_msg']:.0f}; {r['floor']['msgs_per_s_2_cores']:,.0f}", "", "",
+         ""],
+        ["delivered at A / crypto floor on 2 cores", f"{ra['tput_of_floor']:.0%}", "",
+         f"{TPUT_TARGET / r['floor']['msgs_per_s_2_cores']:.0%} for 3000/s", ""],
+        ["CPU per delivered message, all processes (µs) / crypto floor",
+         f"{r['cpu_per_msg_us']:.0f}", f"{r['cpu_per_msg_us'] / r['floor']['us_per_msg']:.1f}×",
+         "", ""],
     ]
     lines = ["| measurement | value | / raw aioquic RTT | target | met |",
              "|---|---:|---:|---:|:---:|"]
@@ -434,18 +475,26 @@ def main(argv: list[str] | None = None) -> int:
                       lambda port, pid: _aioquic_client(port, raw_args, pid))
     del raw["bulk"]
     print(f"raw aioquic done ({time.monotonic() - t0:.0f} s)", flush=True)
+    floor = crypto_floor(args.payload)
     nodes = run_nodes(args)
+    floor_after = crypto_floor(args.payload)  # the faster of before and after the nodes
+    both = [floor["us_per_msg"], floor_after["us_per_msg"]]
+    floor = min(floor, floor_after, key=lambda f: f["us_per_msg"])
+    floor["before_after_us"] = both
     print(f"nodes done ({time.monotonic() - t0:.0f} s)", flush=True)
     rtt, tp = nodes["rtt"], nodes["tput"]
     ratios = {"rtt_p50": rtt["p50_us"] / raw["rtt"]["p50_us"],
-              "rtt_p99": rtt["p99_us"] / raw["rtt"]["p99_us"]}
+              "rtt_p99": rtt["p99_us"] / raw["rtt"]["p99_us"],
+              "tput_of_floor": tp["a_delivered_per_s"] / floor["msgs_per_s_2_cores"]}
+    cpu_per_msg = sum(v["us_per_msg"] for v in tp["cpu"].values())
     result = {
         "bench": "router",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "tput_n",
                                                    "window")},
-        "aioquic": raw, "nodes": nodes, "ratios": ratios,
+        "aioquic": raw, "nodes": nodes, "ratios": ratios, "floor": floor,
+        "cpu_per_msg_us": cpu_per_msg,
         "targets": {
             "rtt_p50_le_3ms": {"value_ms": rtt["p50_us"] / 1000,
                                "met": rtt["p50_us"] / 1000 <= RTT_P50_TARGET_MS},
@@ -461,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                     "b_app_msgs_per_s": tp["b_app_per_s"],
                     "a_delivered_msgs_per_s": tp["a_delivered_per_s"],
                     "send_accepted_per_s": tp["send_per_s"],
+                    "crypto_floor_us_per_msg": floor["us_per_msg"],
+                    "cpu_per_msg_us": cpu_per_msg,
                     "targets_met": {k: v["met"] for k, v in result["targets"].items()}}
     print(json.dumps(summary_json, indent=2))
     print("\nCPU per message by process (% of wall time):")
