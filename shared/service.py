@@ -130,7 +130,8 @@ class Service:
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
         send at the next :meth:`_flush`, in the order the core made them."""
         self._events: list[list[bytes]] = []
-        """Events to publish at the next :meth:`_flush`, after its calls and replies."""
+        """Events to publish at the next :meth:`_flush`, after its calls, before its
+        replies."""
         self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -484,8 +485,8 @@ class Service:
         self._reply((route, parent_id), ErrorReply(code=int(code), name=name, message=message))
 
     def _publish(self, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
-        """Queue an event; events leave at the next :meth:`_flush`, after its calls and
-        replies."""
+        """Queue an event; events leave at the next :meth:`_flush`, after its calls, before
+        its replies."""
         assert self.pub is not None
         self._events.append([body.msg_type.encode(),
                              *encode(body, self._header(body, None), blobs)])

@@ -107,6 +107,13 @@ RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.
 _OPEN_REJECTS = {ErrorCode.BAD_SIGNATURE: "forged", ErrorCode.UNSIGNED: "unsigned",
                  ErrorCode.TOO_LARGE: "oversize", ErrorCode.BAD_ENVELOPE: "malformed"}
 """crypto.open's refusals, counted under the names the router's own checks use."""
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return "failed"
 _NODE_ID = "node_id"
 
 
@@ -153,7 +160,8 @@ class RouterCore(Core):
         self._sealing: set[bytes] = set()
         self._held_replies: list[Action] = []
         """Replies (and delivery ACKs) that wait for the store's commit (flush)."""
-        self._opening: set[tuple[bytes, bytes]] = set()
+        self._opening: dict[tuple[bytes, bytes], set[bytes]] = {}
+        """(sender, id) of chats being opened by crypto → the exact bytes of each copy."""
         self._forwarded: dict[tuple[bytes, bytes], float] = {}
         self._connecting: dict[bytes, float] = {}
         self._stalled: set[bytes] = set()
@@ -324,47 +332,68 @@ class RouterCore(Core):
             return False
         return True
 
+    def _verified(self, env: Envelope) -> bool:
+        """Verify here (the envelopes crypto.open does not verify first); count a refusal."""
+        try:
+            env.verify()
+        except Unsigned:
+            self._reject("unsigned")
+            return False
+        except BadSignature:
+            self._reject("forged")
+            return False
+        return True
+
     def _receive_chat(self, req: Request, env: Envelope, raw: bytes,
                       now: float) -> list[Action]:
         """A chat addressed to this node, not verified yet.
 
         A new one is verified once, by ``crypto.open`` (verify first, then decrypt, then
-        sign the ACK), and everything else waits for its answer (:meth:`_opened`). A
-        duplicate (being opened, or in the inbox) is verified here before it is counted or
-        acknowledged again, so a forged copy of a known id is rejected as forged.
+        sign the ACK), and everything else waits for its answer (:meth:`_opened`); until
+        then only its exact bytes are remembered, as being opened. Any other copy (the same
+        id from the same sender while one is being opened, or after one was delivered) is
+        verified here before it is counted, acknowledged or opened, so a forged copy is
+        rejected as forged and can neither stand in for the genuine one nor block it. So
+        is an envelope whose timestamp is outside the window: it is refused as stale (or
+        from the future) without costing crypto an open.
         """
         ok: list[Action] = [Reply(req.ctx, rm.DeliverReply())]
         key = (env.sender, env.id)
-        duplicate = key in self._opening
-        if duplicate or self.store.has_in(env.sender, env.id):
-            try:
-                env.verify()
-            except Unsigned:
-                self._reject("unsigned")
-                return ok
-            except BadSignature:
-                self._reject("forged")
-                return ok
-            now_ms = self.now_ms()
-            if not self._fresh(env, now_ms):
+        inflight = self._opening.get(key)
+        now_ms = self.now_ms()
+        known = inflight is not None or self.store.has_in(env.sender, env.id)
+        if known or not self._fresh_unverified(env, now_ms):
+            if not self._verified(env) or not self._fresh(env, now_ms):
                 return ok
             assert self.topo is not None
             self.topo.seen(env.sender, now_ms)
-            self.stats["duplicates"] += 1
-            # delivered before: acknowledge again, once more
-            return ok if duplicate else ok + self._ack(env)
-        self._opening.add(key)
+            if inflight is None or raw in inflight or self.store.has_in(env.sender, env.id):
+                self.stats["duplicates"] += 1
+                # delivered before: acknowledge again, once more (one being opened will be)
+                return ok + self._ack(env) if inflight is None else ok
+            # other bytes than the copy being opened (its sender re-signed it for a new
+            # path, or that copy is a forgery): open this one too; the inbox keeps one
+        self._opening.setdefault(key, set()).add(raw)
         # crypto signs the delivery ACK along with opening: no second call for it
         return [Call("crypto", cm.Open(ack_via=list(reversed(env.via))),
-                     ("open", req.ctx, env), blobs=(raw,))]
+                     ("open", req.ctx, env, raw), blobs=(raw,))]
 
-    def _opened(self, ctx: object, env: Envelope, event: PeerReplied | PeerFailed,
-                now: float) -> list[Action]:
-        self._opening.discard((env.sender, env.id))
+    def _fresh_unverified(self, env: Envelope, now_ms: int) -> bool:
+        """The freshness check without counting (on a timestamp not verified yet)."""
+        return now_ms - self.settings.replay_window_s * 1000 <= env.timestamp_ms \
+            <= now_ms + MAX_FUTURE_MS
+
+    def _opened(self, ctx: object, env: Envelope, raw: bytes,
+                event: PeerReplied | PeerFailed, now: float) -> list[Action]:
+        key = (env.sender, env.id)
+        inflight = self._opening.get(key, set())
+        inflight.discard(raw)
+        if not inflight:
+            self._opening.pop(key, None)
         if isinstance(event, PeerFailed):
             if event.code in RETRYABLE:  # crypto is away: the transport retries later
                 return [Fail(ctx, ErrorCode.UNAVAILABLE, event.message)]
-            self._reject(_OPEN_REJECTS.get(event.code) or ErrorCode(event.code).name.lower())
+            self._reject(_OPEN_REJECTS.get(event.code) or _code_name(event.code))
             return [Reply(ctx, rm.DeliverReply())]
         # verified by crypto: now the checks that trust its fields
         now_ms = self.now_ms()
@@ -377,9 +406,12 @@ class RouterCore(Core):
         actions: list[Action] = []
         if seq is not None:
             self.stats["received"] += 1
-            actions.append(Publish(rm.MessageReceived(
+            # after the commit, like the ACK: the app never sees a seq a crash could undo
+            self._held_replies.append(Publish(rm.MessageReceived(
                 seq=seq, id=env.id, sender=env.sender, timestamp_ms=env.timestamp_ms,
                 encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
+        else:
+            self.stats["duplicates"] += 1  # two copies were opened at once; one is kept
         if len(event.blobs) < 2:  # a crypto that does not sign ACKs with open
             actions += self._ack(env)
         else:  # back along the path, after the commit, ahead of the transport's reply
@@ -616,7 +648,7 @@ class RouterCore(Core):
             case "seal":
                 return self._sealed(rest[0], rest[1], event, now)
             case "open":
-                return self._opened(rest[0], rest[1], event, now)
+                return self._opened(rest[0], rest[1], rest[2], event, now)
             case "resign":
                 return self._resigned(rest[0], event, now)
             case "xmit":

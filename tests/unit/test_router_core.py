@@ -292,6 +292,80 @@ def test_a_chat_for_us_is_verified_once_and_a_forged_copy_of_a_known_id_is_forge
         == acks  # neither was acknowledged
 
 
+def _forge_ahead(sim: Sim, attacker: str, dst: str, every: bool, unsigned: bool = False,
+                 only_from: str | None = None) -> list[int]:
+    """Before a genuine chat reaches ``dst``, a forged copy of it (same sender and id,
+    altered payload or no signature) from ``attacker`` arrives first."""
+    f = Forger(sim, attacker, dst)
+    node = sim.nodes[dst]
+    hits: list[int] = []
+
+    def lose(name: str, raw: bytes) -> bool:
+        env = decode(raw)
+        if env.msg_type == MessageType.CHAT and env.to == node.id and (every or not hits) \
+                and only_from in (None, name):
+            bad = replace(env, signature=b"") if unsigned else replace(env, payload=b"forged")
+            req = Request(("deliver", "x"), rm.Deliver(peer=f.ident.node_id, path="direct"),
+                          (bad.encode(),))
+            sim.feed(dst, lambda: node.router.handle(req, sim.now))  # queued first
+            hits.append(1)
+        return False
+
+    sim.lose = lose
+    return hits
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_a_forged_copy_racing_ahead_neither_blocks_nor_replaces_the_genuine_one(
+        unsigned: bool) -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    _forge_ahead(sim, "a", "b", every=True, unsigned=unsigned)  # before every attempt
+    msg = send(sim, "a", "b", b"hello")
+    b = sim.nodes["b"]
+    assert b.received() == [b"hello"] and "delivered" in sim.nodes["a"].statuses(msg)
+    assert b.router.stats["rejected_unsigned" if unsigned else "rejected_forged"] == 1
+    assert b.router.stats["duplicates"] == 0 and not b.router._opening
+
+
+def test_a_relay_racing_a_forged_copy_ahead_does_not_block_delivery() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "c")
+    sim.connect("c", "b")
+    sim.run(12)
+    _forge_ahead(sim, "c", "b", every=True, only_from="c")
+    msg = send(sim, "a", "b", b"via c")
+    b = sim.nodes["b"]
+    assert b.received() == [b"via c"] and b.delivered[0][0].relayed
+    assert "delivered" in sim.nodes["a"].statuses(msg) and b.router.stats["rejected_forged"] == 1
+
+
+def test_a_stale_chat_is_refused_without_costing_crypto_an_open() -> None:
+    sim = Sim("a", "b", replay_window_s=60.0)
+    sim.connect("a", "b")
+    f = Forger(sim, "a", "b")
+    b = sim.nodes["b"]
+    f.deliver(f.env(timestamp_ms=int(sim.wall * 1000) - 120_000).encode())
+    f.deliver(replace(f.env(timestamp_ms=int(sim.wall * 1000) - 120_000),
+                      payload=b"changed").encode())
+    assert b.router.stats["rejected_stale"] == 1 and b.router.stats["rejected_forged"] == 1
+    assert "open" not in b.crypto.counters() and b.received() == []
+
+
+def test_an_unknown_error_code_from_crypto_open_is_counted_not_a_crash() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    b = sim.nodes["b"]
+    f = Forger(sim, "a", "b")
+    ctx = ("deliver", "x")
+    [call] = b.router.handle(Request(ctx, rm.Deliver(peer=f.ident.node_id, path="direct"),
+                                     (f.env().encode(),)), sim.now)
+    assert isinstance(call, Call)
+    assert b.router.handle(PeerFailed(call.token, 999, "weird"), sim.now) == \
+        [Reply(ctx, rm.DeliverReply())]
+    assert b.router.stats["rejected_failed"] == 1 and not b.router._opening
+
+
 def test_acks_count_only_from_the_recipient() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
