@@ -116,9 +116,21 @@ def test_behind_symmetric_nats_messages_go_through_the_relay_and_all_arrive(
     delivered through R (issue 5's "A cannot reach C directly": S reaches R directly and T
     only through R, sent -> relayed -> delivered -> read)."""
     s, t, c = world.nodes["s"], world.nodes["t"], world.nodes["c"]
+    for name in ("s", "t", "c"):  # R was busy with the cone trials: be sure of each link
+        connect_relay(world, name)
     for sender, dst in ((s, c), (c, s), (s, t)):
-        until(f"{sender.name} to learn a path to {dst.name} through R",
-              lambda n=sender, d=dst: path_to(n, d.id) == "relayed")
+        try:
+            until(f"{sender.name} to learn a path to {dst.name} through R",
+                  lambda n=sender, d=dst: path_to(n, d.id) == "relayed")
+        except AssertionError as e:  # say what the sender, the relay and dst have instead
+            names = {n.id: n.name for n in (*world.nodes.values(), world.relay)}
+            state = {n.name: ([(names.get(p.node_id, p.node_id.hex()[:8]), p.status, p.path)
+                               for p in n.client.peers()],
+                              n.client.bus.request("transport", Status()).counters,
+                              n.client.bus.request("router", Status()).counters)
+                     for n in (sender, world.relay, dst)}
+            raise AssertionError(f"{e}; peers, transport and router counters: {state}") \
+                from None
     sent: dict[tuple[str, str], list[bytes]] = {}
     for sender, dst in ((s, c), (c, s), (s, t)):
         dst.client.subscribe()
