@@ -128,7 +128,8 @@ class Service:
         self._locks: list[int] = []
         self._outbox: list[tuple[zmq.Socket | None, list[bytes], bytes, Call | None]] = []
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
-        send at the next :meth:`_flush`, in the order the core made them."""
+        send at the next :meth:`_flush`: the calls first, each kind in the order the core
+        made it."""
         self._events: list[list[bytes]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies."""
