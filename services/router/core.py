@@ -159,7 +159,8 @@ class RouterCore(Core):
         self.out: dict[bytes, OutMsg] = {}
         self._sealing: set[bytes] = set()
         self._held_replies: list[Action] = []
-        """Replies (and delivery ACKs) that wait for the store's commit (flush)."""
+        """Replies, delivery ACKs and new-message events that wait for the store's commit
+        (flush)."""
         self._opening: dict[tuple[bytes, bytes], set[bytes]] = {}
         """(sender, id) of chats being opened by crypto → the exact bytes of each copy."""
         self._forwarded: dict[tuple[bytes, bytes], float] = {}
@@ -324,13 +325,10 @@ class RouterCore(Core):
         return ok
 
     def _fresh(self, env: Envelope, now_ms: int) -> bool:
-        if env.timestamp_ms > now_ms + MAX_FUTURE_MS:
-            self._reject("future")
-            return False
-        if env.timestamp_ms < now_ms - self.settings.replay_window_s * 1000:
-            self._reject("stale")
-            return False
-        return True
+        if self._fresh_unverified(env, now_ms):
+            return True
+        self._reject("future" if env.timestamp_ms > now_ms else "stale")
+        return False
 
     def _verified(self, env: Envelope) -> bool:
         """Verify here (the envelopes crypto.open does not verify first); count a refusal."""
@@ -361,13 +359,13 @@ class RouterCore(Core):
         key = (env.sender, env.id)
         inflight = self._opening.get(key)
         now_ms = self.now_ms()
-        known = inflight is not None or self.store.has_in(env.sender, env.id)
-        if known or not self._fresh_unverified(env, now_ms):
+        delivered = self.store.has_in(env.sender, env.id)
+        if inflight is not None or delivered or not self._fresh_unverified(env, now_ms):
             if not self._verified(env) or not self._fresh(env, now_ms):
                 return ok
             assert self.topo is not None
             self.topo.seen(env.sender, now_ms)
-            if inflight is None or raw in inflight or self.store.has_in(env.sender, env.id):
+            if inflight is None or raw in inflight or delivered:
                 self.stats["duplicates"] += 1
                 # delivered before: acknowledge again, once more (one being opened will be)
                 return ok + self._ack(env) if inflight is None else ok
