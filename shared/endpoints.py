@@ -7,15 +7,17 @@ One TOML file per deployment, a table per role::
     events = "ipc:///home/me/.tom/run/router.events" # PUB, events (bound by router)
 
 ``ipc://`` endpoints live in a per-node run directory created with mode 0700; ``tcp://``
-endpoints (docker-compose) name the service's host, e.g. ``tcp://router:7102``. A service binds
-a ``tcp://HOST:PORT`` endpoint on ``*`` when HOST is a name rather than an address, because
-ZeroMQ binds interfaces, not host names.
+endpoints (docker-compose) name the service's host, e.g. ``tcp://router:7102``, and are
+authenticated with CURVE (shared/buskeys.py). A service binds a ``tcp://HOST:PORT`` endpoint
+on the address HOST resolves to at start-up (or on ``[bus] bind_host``), because ZeroMQ binds
+interfaces, not host names.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -131,17 +133,31 @@ def check(url: str, where: str = "endpoint") -> None:
                              f"{IPC_PATH_MAX}; use a shorter data directory (--data)")
 
 
-def bind_address(url: str) -> str:
-    """The address to bind for ``url`` (``tcp://name:port`` binds ``tcp://*:port``)."""
+def bind_address(url: str, bind_host: str = "") -> str:
+    """The address to bind for ``url``.
+
+    ``bind_host`` (``[bus] bind_host``) replaces the host when set (``*`` for every
+    interface). Otherwise an address is bound as given, and a host *name* is resolved once, at
+    start-up, to the address it names (in docker-compose the service's own name gives its
+    address on the compose network), so a bus never listens on every interface by default.
+    """
     if not url.startswith("tcp://"):
         return url
     host, _, port = url[len("tcp://"):].rpartition(":")
+    if bind_host:
+        return f"tcp://{bind_host}:{port}"
     if host in ("*", "localhost"):
         return url
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return f"tcp://*:{port}"
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise EndpointsError(f"cannot resolve {host!r} of {url} to bind it: {e}; set "
+                                 "[bus] bind_host to the address to listen on") from None
+        addr = str(infos[0][4][0])
+        return f"tcp://[{addr}]:{port}" if ":" in addr else f"tcp://{addr}:{port}"
     return url
 
 

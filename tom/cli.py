@@ -24,6 +24,7 @@ from pathlib import Path
 from services.crypto import keyfile
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.buskeys import BusKeys
 from shared.config import ConfigError
 from shared.paths import DataDir, default_data_dir
 from shared.wire import WireError
@@ -34,7 +35,8 @@ from . import node
 
 def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
     try:
-        return BusClient(ep.load(data.endpoints), src="tom-cli", timeout_s=timeout_s)
+        return BusClient(ep.load(data.endpoints), src="tom-cli", timeout_s=timeout_s,
+                         keys=BusKeys(data.bus_keys))
     except ep.EndpointsError as e:
         raise node.NodeError(str(e)) from None
 

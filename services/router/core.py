@@ -400,7 +400,7 @@ class RouterCore(Core):
         assert self.topo is not None
         self.topo.seen(env.sender, now_ms)
         seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
-                                bool(env.via), event.blobs[0], now_ms)
+                                bool(env.via), event.blobs[0], now_ms, raw)
         actions: list[Action] = []
         if seq is not None:
             self.stats["received"] += 1
@@ -422,15 +422,18 @@ class RouterCore(Core):
     def _ack(self, env: Envelope) -> list[Action]:
         """The delivery ACK, back along the reversed path."""
         payload = AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode()
-        return self._control(env.sender, MessageType.ACK, payload, tuple(reversed(env.via)))
+        return self._control(env.sender, MessageType.ACK, payload, tuple(reversed(env.via)),
+                             env.encode())
 
     def _control(self, to: bytes, kind: str, payload: bytes,
-                 via: tuple[bytes, ...]) -> list[Action]:
+                 via: tuple[bytes, ...], proof: bytes | None = None) -> list[Action]:
         """Seal (sign, not encrypt) a control envelope and send it to its first hop; best
-        effort: the sender's retries cover a lost one."""
+        effort: the sender's retries cover a lost one. ``proof``: for an ACK or read receipt,
+        the envelope it acknowledges (crypto signs acknowledgements only with it)."""
         hop = via[0] if via else to
+        blobs = (payload,) if proof is None else (payload, proof)
         return [Call("crypto", cm.Seal(to=to, envelope_type=kind, via=list(via),
-                                       encrypt=False), ("ctl", hop), blobs=(payload,))]
+                                       encrypt=False), ("ctl", hop), blobs=blobs)]
 
     def _on_ack(self, env: Envelope, now: float) -> list[Action]:
         try:
@@ -491,7 +494,7 @@ class RouterCore(Core):
         if env.msg_type == MessageType.CHAT:  # not for ACKs: no ACKs of ACKs
             back = tuple(reversed(env.via[:pos]))
             payload = AckPayload(env.id, AckType.RELAY_FORWARDED).encode()
-            actions += self._control(env.sender, MessageType.ACK, payload, back)
+            actions += self._control(env.sender, MessageType.ACK, payload, back, env.encode())
         return actions
 
     # -- outgoing messages --------------------------------------------------------------------
@@ -628,8 +631,12 @@ class RouterCore(Core):
             return [Reply(ctx, rm.ReadReply())]  # read before: one receipt is enough
         via = self.topo.route(sender) or ()
         self._held_replies.append(Reply(ctx, rm.ReadReply()))
+        proof = self.store.envelope_in(sender, msg_id)
+        if not proof:  # stored before envelopes were kept: crypto would refuse the receipt
+            self.stats["receipts_without_proof"] += 1
+            return []
         return self._control(sender, MessageType.READ_RECEIPT,
-                             ReadReceiptPayload(msg_id, self.now_ms()).encode(), via)
+                             ReadReceiptPayload(msg_id, self.now_ms()).encode(), via, proof)
 
     def _states(self, ids: list[bytes], limit: int) -> list[rm.MessageState]:
         rows = [r for i in ids if (r := self.store.get_out(i)) is not None] if ids \

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, sender BLOB NOT NULL,
     timestamp_ms INTEGER NOT NULL, encrypted INTEGER NOT NULL, relayed INTEGER NOT NULL,
     payload BLOB NOT NULL, received_ms INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,
+    envelope BLOB NOT NULL DEFAULT x'',
     UNIQUE (sender, id)
 );
 CREATE INDEX IF NOT EXISTS inbox_age ON inbox (received_ms);
@@ -65,6 +66,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(inbox)")}
+        if "envelope" not in columns:  # a data directory from before envelopes were kept
+            self.db.execute("ALTER TABLE inbox ADD COLUMN envelope BLOB NOT NULL DEFAULT x''")
         self.db.commit()
         self.dirty = False
 
@@ -122,12 +126,15 @@ class Store:
                                (sender, msg_id)).fetchone() is not None
 
     def put_in(self, msg_id: bytes, sender: bytes, timestamp_ms: int, encrypted: bool,
-               relayed: bool, payload: bytes, received_ms: int) -> int | None:
-        """Store a received message; its seq, or None if it was already there."""
+               relayed: bool, payload: bytes, received_ms: int,
+               envelope: bytes = b"") -> int | None:
+        """Store a received message (and the signed envelope it came in: crypto signs its
+        read receipt only with it); its seq, or None if it was already there."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO inbox (id, sender, timestamp_ms, encrypted, relayed, "
-            "payload, received_ms) VALUES (?,?,?,?,?,?,?)",
-            (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms))
+            "payload, received_ms, envelope) VALUES (?,?,?,?,?,?,?,?)",
+            (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms,
+             envelope))
         self.dirty = True
         return cur.lastrowid if cur.rowcount else None
 
@@ -136,6 +143,13 @@ class Store:
             "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload FROM inbox "
             "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
+
+    def envelope_in(self, sender: bytes, msg_id: bytes) -> bytes:
+        """The signed envelope a received message came in (empty for rows stored before
+        envelopes were kept)."""
+        row = self.db.execute("SELECT envelope FROM inbox WHERE sender=? AND id=?",
+                              (sender, msg_id)).fetchone()
+        return bytes(row[0]) if row else b""
 
     def inbox_tail(self) -> int:
         """The seq of the newest message in the inbox (0 if none)."""
