@@ -146,8 +146,13 @@ class BusClient:
         frames = [b"", *encode(body, header, tuple(blobs))]
         try:
             send_frames(sock, frames)
-        except zmq.Again:
-            sock.send_multipart(frames)  # queue full: wait for room
+        except zmq.Again:  # queue full, or no connection (refused by CURVE): wait for room
+            if not sock.poll(int(timeout * 1000) + 1, zmq.POLLOUT):
+                raise BusTimeout(f"cannot send to {role} at {self.endpoints[role].rpc} "
+                                 f"within {timeout:g} s (no connection: is the service "
+                                 "running, and does this client hold the node's bus key?)"
+                                 ) from None
+            sock.send_multipart(frames)
         self._outstanding.add(msg_id)
         return msg_id
 
