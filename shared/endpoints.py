@@ -171,7 +171,17 @@ def prepare_bind(url: str) -> None:
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) and make sure only the owner can use it (mode 0700)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode != 0o700:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # not a directory: refused below
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise EndpointsError(f"{path} is not a directory (a private directory of the node "
+                             "must be a real directory, not a file or a symlink)")
+    if st.st_uid != os.geteuid():
+        raise EndpointsError(
+            f"{path} is owned by uid {st.st_uid}: a private directory of the node must belong "
+            f"to this user ({os.geteuid()}); another user could read or replace what is in it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
