@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: node down status test pytest lint contract docs bench lab clean
+.PHONY: node down status test pytest lint contract docs bench lab mutate clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,9 +44,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_crypto
 	$(BIN)/python -m bench.bench_transport
 
+## mutate: mutation testing of the cores' security checks (mutmut); report in bench/mutation.md
+mutate: $(STAMP)
+	$(BIN)/python -m bench.mutate
+
 ## lab: the NAT lab demo in network namespaces (needs root, iproute2 and iptables; tom/lab.py)
 lab: $(STAMP)
 	$(BIN)/python -m tom.lab demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
