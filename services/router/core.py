@@ -343,6 +343,10 @@ class RouterCore(Core):
             if env.to == self.node_id and env.msg_type == MessageType.PEER_ANNOUNCE \
                     and not self._gossip_allowed(env, peer, now):
                 return ok  # refused before its signatures cost anything
+            if env.to == self.node_id and env.msg_type == MessageType.ACK:
+                return ok + self._on_ack(env, now)  # verified once it is known to be ours
+            if env.to == self.node_id and env.msg_type == MessageType.READ_RECEIPT:
+                return ok + self._on_receipt(env, now)
             env.verify()
         except EnvelopeTooLarge:
             self._reject("oversize")
@@ -359,13 +363,8 @@ class RouterCore(Core):
         if env.to == self.node_id:
             if not self._fresh(env, now_ms):
                 return ok
-            match env.msg_type:
-                case MessageType.ACK:
-                    return ok + self._on_ack(env, now)
-                case MessageType.READ_RECEIPT:
-                    return ok + self._on_receipt(env, now)
-                case MessageType.PEER_ANNOUNCE:
-                    return ok + self._on_gossip(env, now)
+            if env.msg_type == MessageType.PEER_ANNOUNCE:
+                return ok + self._on_gossip(env, now)
             self._reject("unsupported_type")
             return ok
         if self.node_id in env.via:
@@ -509,6 +508,8 @@ class RouterCore(Core):
                                        encrypt=False), ("ctl", hop), blobs=(payload,))]
 
     def _on_ack(self, env: Envelope, now: float) -> list[Action]:
+        """An ACK for us, not verified yet: one for no message of ours is dropped without
+        costing a signature check (made-up senders send those by the thousand)."""
         try:
             ack = AckPayload.decode(env.payload)
         except EnvelopeError:
@@ -517,6 +518,8 @@ class RouterCore(Core):
         msg = self._outgoing(ack.original_id)
         if msg is None:
             self.stats["unknown_acks"] += 1
+            return []
+        if not self._verified(env) or not self._fresh(env, self.now_ms()):
             return []
         if ack.ack_type == AckType.RECIPIENT_RECEIVED:
             if env.sender != msg.to:
@@ -543,7 +546,12 @@ class RouterCore(Core):
             self._reject("malformed_receipt")
             return []
         msg = self._outgoing(rr.original_id)
-        if msg is None or env.sender != msg.to:
+        if msg is None:
+            self._reject("receipt_unknown")
+            return []
+        if not self._verified(env) or not self._fresh(env, self.now_ms()):
+            return []
+        if env.sender != msg.to:
             self._reject("receipt_unknown")
             return []
         self._heard(env.sender)
