@@ -4,7 +4,7 @@ V is the victim; L a legitimate peer that keeps writing to V during each attack 
 message -> ACK times are printed with `-s`: idle, then during the attack); M the attacker, a
 real node whose transport the test drives directly (`transport.send` of envelopes made here,
 signed with made-up keys), so V receives them over real QUIC from an authenticated
-connection; T a node V reaches only through L. Each attack must be refused or bounded, its
+connection; T a node V reaches only through R. Each attack must be refused or bounded, its
 counter must move, and L must keep being served.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import statistics
+import tempfile
 import threading
 import time
 from collections import deque
@@ -31,16 +32,25 @@ from shared.primitives import SigningKey
 from shared.wire import ErrorCode, RemoteError
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
-from tests.e2e.test_router import RealNode, _status, until
+from tests.e2e.test_router import NODE_TOML, RealNode, _status, tom, until
 from tom.client import Client
 
 pytestmark = pytest.mark.slow
 
 
 class Node(RealNode):
-    def __init__(self, name: str, extra: str = "") -> None:
-        self.extra = extra
-        super().__init__(name)
+    def __init__(self, name: str, send_delay_ms: float = 0) -> None:
+        self.name = name
+        self.data = Path(tempfile.mkdtemp(prefix=f"tomh-{name}-", dir="/tmp"))
+        (self.data / "node.toml").write_text(NODE_TOML.replace(
+            "[transport]\n", f"[transport]\nsend_delay_ms = {send_delay_ms}\n"))
+        up = tom(self.data, "node", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        self.client = Client(DataDir(self.data))
+        self.id = self.client.node_id()
+        reply = self.client.bus.request("transport", tm.Info())
+        assert isinstance(reply, tm.InfoReply)
+        self.host, self.port = reply.host, reply.port
 
     @property
     def db(self) -> Path:
@@ -70,16 +80,19 @@ class Node(RealNode):
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[dict[str, Node]]:
+    """V; L and M connected to it; T reached from V only through R, whose round trip is
+    longer than M's (20 ms), so a route claimed through M would win any tie."""
     nodes: dict[str, Node] = {}
     try:
-        for name in ("v", "lg", "m", "t"):
-            nodes[name] = Node(name)
-        v, lg, m, t = nodes.values()
+        for name in ("v", "lg", "m", "t", "r"):
+            nodes[name] = Node(name, send_delay_ms=20 if name == "r" else 0)
+        v, lg, m, t, r = nodes.values()
         lg.introduce(v)
         m.introduce(v)
-        t.introduce(lg)  # T is reached from V only through L
-        until("L and M connected to V, T to L",
-              lambda: v.connected_to(lg) and v.connected_to(m) and lg.connected_to(t), 30)
+        r.introduce(v)
+        t.introduce(r)
+        until("L, M and R connected to V, T to R", lambda: v.connected_to(lg)
+              and v.connected_to(m) and v.connected_to(r) and r.connected_to(t), 30)
         yield nodes
     finally:
         for n in nodes.values():
@@ -270,11 +283,11 @@ def test_one_connection_cannot_fill_the_disk_and_l_is_served(
 
 def test_a_peer_cannot_redirect_a_node_nor_make_itself_its_relay(
         net: dict[str, Node], idle: list[float]) -> None:
-    v, lg, m, t = net["v"], net["lg"], net["m"], net["t"]
+    v, lg, m, t, r = net["v"], net["lg"], net["m"], net["t"], net["r"]
     km, kt = SigningKey(m.seed()), SigningKey(t.seed())
     now = int(time.time() * 1000)
-    until("V to reach T through L", lambda: any(
-        p.node_id == t.id and p.route == [lg.id] for p in v.client.peers()), 30)
+    until("V to reach T through R", lambda: any(
+        p.node_id == t.id and p.route == [r.id] for p in v.client.peers()), 30)
     before = v.counters()
 
     def ann(key: SigningKey, addrs: list[list[Any]], neighbours: list[bytes]) -> bytes:
@@ -286,7 +299,7 @@ def test_a_peer_cannot_redirect_a_node_nor_make_itself_its_relay(
     # M signs that it is T's neighbour (T says no such thing), and passes on an
     # announcement of T with an address of M's choosing next to it (the old hint)
     claim = ann(km, [[m.host, m.port]], [t.id, v.id])
-    tann = ann(kt, [[t.host, t.port]], [lg.id])  # T's own (M picked it up from gossip)
+    tann = ann(kt, [[t.host, t.port]], [r.id])  # T's own (M picked it up from gossip)
 
     def gossip(items: list[Any]) -> bytes:
         return envelope(km, v.id, MessageType.PEER_ANNOUNCE,
@@ -307,9 +320,9 @@ def test_a_peer_cannot_redirect_a_node_nor_make_itself_its_relay(
 
     until("V to count the refusals", counted, 30)
     entry = next(p for p in v.client.peers() if p.node_id == t.id)
-    assert (entry.host, entry.port) == (t.host, t.port) and entry.route == [lg.id]
+    assert (entry.host, entry.port) == (t.host, t.port) and entry.route == [r.id]
     forwarded = m.counters().get("forwarded", 0)
-    msg = v.client.send(t.id, "through L, not M")
+    msg = v.client.send(t.id, "through R, not M")
     until("V's message to T to be delivered", lambda: reached(v, msg))
     assert m.counters().get("forwarded", 0) == forwarded
 

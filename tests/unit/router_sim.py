@@ -72,6 +72,8 @@ class Sim:
         vanishes on the way (answered ok, never delivered)."""
         self.sent: list[tuple[str, bytes]] = []
         """Every envelope handed to ``transport.send``: (sending node, envelope)."""
+        self.dials: list[tuple[str, bytes]] = []
+        """Every ``transport.connect``: (dialling node, node dialled)."""
         self.tried: list[tuple[str, bytes]] = []
         """Every envelope given to ``transport.send``, also to peers it is not connected
         to (those fail)."""
@@ -207,6 +209,7 @@ class Sim:
             self._answer(name, a.token, PeerReplied(a.token, tm.PunchReply(
                 host="10.0.0.1", port=other.port, elapsed_ms=1.0)))
         elif isinstance(body, tm.Connect):
+            self.dials.append((name, body.peer))
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable:
                 self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,

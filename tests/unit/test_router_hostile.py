@@ -372,11 +372,15 @@ def test_a_relay_refuses_a_raised_ttl_loops_and_dials_nobody() -> None:
     assert c.router.stats["rejected_ttl_raised"] == 1
     hand(sim, "b", f.env(via=(b.id, c.id, b.id)), a.id)
     hand(sim, "b", f.env(via=(b.id, a.id)), a.id)
-    assert b.router.stats["rejected_loop"] == 2
+    hand(sim, "b", f.env(via=(b.id, c.id), to=c.id), a.id)
+    hand(sim, "b", f.env(via=(b.id,), to=a.id), a.id)
+    assert b.router.stats["rejected_loop"] == 4 and c.received() == []
     calls_before = len(sim.sent)
-    hand(sim, "b", f.env(via=(b.id,), to=e.id), a.id)  # e is not connected to b
+    known = b.router.topo.peer(e.id)  # type: ignore[union-attr]
+    known.host, known.port = "10.0.0.1", e.port  # b knows where e is, but is not connected
+    hand(sim, "b", f.env(via=(b.id,), to=e.id), a.id)
     assert b.router.stats["forward_unreachable"] == 1 and len(sim.sent) == calls_before
-    assert not b.router._connecting and d.received() == [] and e.received() == []
+    assert ("b", e.id) not in sim.dials and d.received() == [] and e.received() == []
 
 
 def test_each_relay_lowers_the_ttl_and_forwards_a_copy_once() -> None:
@@ -424,6 +428,12 @@ def test_forged_acks_and_receipts_move_nothing() -> None:
         env = signed(kc, sim, a.id, msg_type=kind, payload=payload.encode(), via=(b.id,))
         hand(sim, "a", replace(env, sender=c.id), b.id)
     assert a.router.stats["rejected_forged"] == 2
+    old = int(sim.wall * 1000) - 86_400_000 - 700_000  # c's own, but replayed from long ago
+    for kind, payload in ((MessageType.ACK, AckPayload(msg, AckType.RECIPIENT_RECEIVED)),
+                          (MessageType.READ_RECEIPT, ReadReceiptPayload(msg, 1))):
+        hand(sim, "a", signed(node_key(sim, "c"), sim, a.id, msg_type=kind, via=(b.id,),
+                              payload=payload.encode(), timestamp_ms=old), b.id)
+    assert a.router.stats["rejected_stale"] == 2
     assert a.statuses(msg) == ["pending", "sent", "relayed"]
 
 
