@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info \
     && useradd --system --user-group --uid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin tom \
-    && install -d -o tom -g tom -m 0700 /data
+    && install -d -o tom -g tom -m 0700 /data /keys
 
 # A named volume mounted on /data starts as a copy of this directory: owned by tom, mode 0700.
 USER tom

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import zmq
 
+from .buskeys import OWNER, BusKeys, user_id
 from .endpoints import Endpoints
 from .ids import MsgIds
 from .wire import BusTimeout, Decoded, DecodeError, Header, Message, RemoteError, decode, encode
@@ -53,6 +54,17 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
     return frames
 
 
+def recv_frames_user(sock: zmq.Socket) -> tuple[list[bytes], str | None]:
+    """:func:`recv_frames`, plus the ``User-Id`` the ZAP handler gave the sender's key."""
+    f = _recv(sock, _NOBLOCK, False, False)
+    frames = [f.bytes]
+    user = user_id(f)
+    while f.more:
+        f = _recv(sock, _NOBLOCK, False, False)
+        frames.append(f.bytes)
+    return frames, user
+
+
 def readable(sock: zmq.Socket) -> bool:
     """Whether a message is waiting (cheaper than a receive that raises zmq.Again)."""
     events: int = _get(sock, _EVENTS)  # type: ignore[assignment]
@@ -80,8 +92,12 @@ class BusClient:
 
     def __init__(self, endpoints: Endpoints, src: str = "client",
                  ctx: zmq.Context | None = None, timeout_s: float = 2.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 keys: BusKeys | None = None, key_name: str = OWNER) -> None:
         self.endpoints = endpoints
+        self.keys = keys
+        """The node's bus keys: used (with the key pair ``key_name``) for tcp endpoints."""
+        self.key_name = key_name
         self.src = src
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
@@ -100,9 +116,20 @@ class BusClient:
     def sock(self, role: str) -> zmq.Socket:
         s = self._socks.get(role)
         if s is None:
-            s = self._socks[role] = socket(self._ctx, zmq.DEALER)
-            s.connect(self.endpoints[role].rpc)
+            s = socket(self._ctx, zmq.DEALER)
+            try:
+                self.connect(s, role, self.endpoints[role].rpc)
+            except Exception:
+                s.close(0)
+                raise
+            self._socks[role] = s
         return s
+
+    def connect(self, sock: zmq.Socket, role: str, url: str) -> None:
+        """Connect ``sock`` to ``role`` at ``url`` (with CURVE when it is tcp)."""
+        if url.startswith("tcp://") and self.keys is not None:
+            self.keys.dial(sock, self.key_name, role)
+        sock.connect(url)
 
     def send(self, role: str, body: Message, blobs: Iterable[bytes] = (),
              timeout_s: float | None = None) -> bytes:
@@ -119,8 +146,13 @@ class BusClient:
         frames = [b"", *encode(body, header, tuple(blobs))]
         try:
             send_frames(sock, frames)
-        except zmq.Again:
-            sock.send_multipart(frames)  # queue full: wait for room
+        except zmq.Again:  # queue full, or no connection (refused by CURVE): wait for room
+            if not sock.poll(int(timeout * 1000) + 1, zmq.POLLOUT):
+                raise BusTimeout(f"cannot send to {role} at {self.endpoints[role].rpc} "
+                                 f"within {timeout:g} s (no connection: is the service "
+                                 "running, and does this client hold the node's bus key?)"
+                                 ) from None
+            sock.send_multipart(frames)
         self._outstanding.add(msg_id)
         return msg_id
 
@@ -140,7 +172,9 @@ class BusClient:
                 self._outstanding.discard(msg_id)  # a late reply is discarded
                 raise BusTimeout(
                     f"no reply from {role} at {self.endpoints[role].rpc} within {timeout:g} s"
-                    " (is the service running? see `tom node status`)")
+                    " (is the service running? see `tom node status`)"
+                    + ("" if self.keys is not None or not self.endpoints[role].rpc.startswith(
+                        "tcp://") else "; the bus is tcp and this client has no bus key"))
             frames = sock.recv_multipart()
             if frames and frames[0] == b"":
                 frames = frames[1:]

@@ -38,6 +38,10 @@ class BusSection(Section):
     heartbeat_s: float = Field(5.0, gt=0, description="Interval of sys.heartbeat events.")
     max_batch: int = Field(256, ge=1, description="Messages handled per wake-up before "
                            "yielding to timers and other sockets.")
+    bind_host: str = Field("", description="Address the tcp:// bus endpoints of this node's "
+                           "services listen on; empty: the address their host name in the "
+                           "endpoints file resolves to ('*' listens on every interface; tcp "
+                           "endpoints are authenticated with CURVE either way).")
 
 
 class ConfigError(ValueError):

@@ -34,6 +34,9 @@ class Request:
     body: Message
     blobs: tuple[bytes, ...] = ()
     src: str = ""
+    caller: str | None = None
+    """Whose bus key sent it (``service:ROLE``, ``owner``, ``app:NAME``) over an
+    authenticated tcp bus; None over ipc/inproc, where the file system is the guard."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,15 +7,17 @@ One TOML file per deployment, a table per role::
     events = "ipc:///home/me/.tom/run/router.events" # PUB, events (bound by router)
 
 ``ipc://`` endpoints live in a per-node run directory created with mode 0700; ``tcp://``
-endpoints (docker-compose) name the service's host, e.g. ``tcp://router:7102``. A service binds
-a ``tcp://HOST:PORT`` endpoint on ``*`` when HOST is a name rather than an address, because
-ZeroMQ binds interfaces, not host names.
+endpoints (docker-compose) name the service's host, e.g. ``tcp://router:7102``, and are
+authenticated with CURVE (shared/buskeys.py). A service binds a ``tcp://HOST:PORT`` endpoint
+on the address HOST resolves to at start-up (or on ``[bus] bind_host``), because ZeroMQ binds
+interfaces, not host names.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -131,17 +133,31 @@ def check(url: str, where: str = "endpoint") -> None:
                              f"{IPC_PATH_MAX}; use a shorter data directory (--data)")
 
 
-def bind_address(url: str) -> str:
-    """The address to bind for ``url`` (``tcp://name:port`` binds ``tcp://*:port``)."""
+def bind_address(url: str, bind_host: str = "") -> str:
+    """The address to bind for ``url``.
+
+    ``bind_host`` (``[bus] bind_host``) replaces the host when set (``*`` for every
+    interface). Otherwise an address is bound as given, and a host *name* is resolved once, at
+    start-up, to the address it names (in docker-compose the service's own name gives its
+    address on the compose network), so a bus never listens on every interface by default.
+    """
     if not url.startswith("tcp://"):
         return url
     host, _, port = url[len("tcp://"):].rpartition(":")
+    if bind_host:
+        return f"tcp://{bind_host}:{port}"
     if host in ("*", "localhost"):
         return url
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return f"tcp://*:{port}"
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise EndpointsError(f"cannot resolve {host!r} of {url} to bind it: {e}; set "
+                                 "[bus] bind_host to the address to listen on") from None
+        addr = str(infos[0][4][0])
+        return f"tcp://[{addr}]:{port}" if ":" in addr else f"tcp://{addr}:{port}"
     return url
 
 
@@ -155,7 +171,17 @@ def prepare_bind(url: str) -> None:
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) and make sure only the owner can use it (mode 0700)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode != 0o700:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # not a directory: refused below
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise EndpointsError(f"{path} is not a directory (a private directory of the node "
+                             "must be a real directory, not a file or a symlink)")
+    if st.st_uid != os.geteuid():
+        raise EndpointsError(
+            f"{path} is owned by uid {st.st_uid}: a private directory of the node must belong "
+            f"to this user ({os.geteuid()}); another user could read or replace what is in it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)

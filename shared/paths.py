@@ -31,5 +31,10 @@ class DataDir:
         return self.root / "run"
 
     @property
+    def bus_keys(self) -> Path:
+        """Private (0700) directory of the bus's CURVE keys (shared/buskeys.py)."""
+        return self.root / "bus"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"

@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 
 import zmq
 
+from . import buskeys
 from . import config as cfg
-from .bus import readable, recv_frames, send_frames, socket
+from .bus import readable, recv_frames, recv_frames_user, send_frames, socket
 from .core import (
     Action,
     Call,
@@ -133,7 +134,12 @@ class Service:
         self._events: list[list[bytes]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies."""
-        self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
+        self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None], bool]] = []
+        self._caller: str | None = None
+        """Who sent the request being handled: ``service:ROLE``, ``owner`` or ``app:NAME``
+        over an authenticated (tcp, CURVE) bus, None over ipc/inproc (docs/security.md)."""
+        self.keys: buskeys.BusKeys | None = None
+        """The node's bus keys, when any endpoint this service binds or dials is tcp."""
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -157,11 +163,14 @@ class Service:
         self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.pub = socket(self.zctx, zmq.PUB, self.bus.hwm)
         self._lock_ipc()
+        authed = any(u.startswith("tcp://") for ep in self.binds for u in (ep.rpc, ep.events))
+        if authed:
+            self._authenticate()
         for ep in self.binds:
             for sock, url in ((self.rpc, ep.rpc), (self.pub, ep.events)):
                 prepare_bind(url)
-                sock.bind(bind_address(url))
-        self._watch(self.rpc, self._on_request)
+                sock.bind(bind_address(url, self.bus.bind_host))
+        self._watch(self.rpc, self._on_request, authed)
         self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid()))
         self._flush()
@@ -172,6 +181,33 @@ class Service:
             await self._stopped.wait()
         finally:
             self._close()
+
+    def _authenticate(self) -> None:
+        """CURVE on this role's server sockets: only the node's services, its owner and (for
+        the router) the listed apps get in; the ZAP handler runs before anything binds."""
+        assert self.rpc is not None and self.pub is not None
+        keys = self._bus_keys()
+        admitted = keys.node_keys()
+        if self.role == "router":
+            admitted |= keys.app_keys()
+        buskeys.guard(self.zctx).admit(self.role, admitted)
+        for sock in (self.rpc, self.pub):
+            keys.serve(sock, self.role)
+
+    def _bus_keys(self) -> buskeys.BusKeys:
+        if self.keys is None:
+            keys = buskeys.BusKeys(self.context.data_dir / "bus")
+            try:
+                keys.pair(self.role)
+            except buskeys.BusKeyError as e:
+                raise StartupError(f"the bus runs over tcp, which needs keys: {e}") from None
+            self.keys = keys
+        return self.keys
+
+    def _dial(self, sock: zmq.Socket, role: str, url: str) -> None:
+        if url.startswith("tcp://"):
+            self._bus_keys().dial(sock, self.role, role)
+        sock.connect(url)
 
     def _lock_ipc(self) -> None:
         """Refuse to start beside a running instance of this role.
@@ -207,7 +243,7 @@ class Service:
             self._timer.cancel()
         if self._again:
             self._again.cancel()
-        for sock, _ in self._inputs:
+        for sock, _, _ in self._inputs:
             self._loop.remove_reader(sock.FD)
             # a moment for replies already queued (the sys.shutdown reply) to leave
             sock.close(linger=200 if sock is self.rpc else 0)
@@ -218,9 +254,10 @@ class Service:
             os.close(fd)
         self._locks.clear()
 
-    def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
+    def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None],
+               authed: bool = False) -> None:
         assert self._loop is not None
-        self._inputs.append((sock, handler))
+        self._inputs.append((sock, handler, authed))
         self._loop.add_reader(sock.FD, self._drain)
 
     # -- the drain loop ----------------------------------------------------------------------
@@ -241,12 +278,15 @@ class Service:
             self._perform(self.core.flush(self.clock()))
             self._flush()  # replies made outside a read batch (timer); reads follow
             busy = False
-            for sock, handler in tuple(self._inputs):
+            for sock, handler, authed in tuple(self._inputs):
                 if not readable(sock):
                     continue
                 while budget > 0:
                     try:
-                        frames = recv_frames(sock)
+                        if authed:
+                            frames, self._caller = recv_frames_user(sock)
+                        else:
+                            frames = recv_frames(sock)
                     except zmq.Again:
                         break
                     busy = True
@@ -324,10 +364,15 @@ class Service:
         elif isinstance(body, Status):
             self._reply(ctx, self.status())
         elif isinstance(body, Shutdown):
+            if self._caller is not None and self._caller.startswith("app:"):
+                self.stats["refused_callers"] += 1
+                self._send_error(route, msg_id, ErrorCode.FORBIDDEN,
+                                 "an app cannot stop the node's services")
+                return
             self._reply(ctx, ShutdownReply())
             self.request_stop()
         elif type(body) in self.core.handles:
-            req = Request(ctx, body, msg.blobs, msg.header.src)
+            req = Request(ctx, body, msg.blobs, msg.header.src, self._caller)
             self._run_core(lambda: self.core.handle(req, self.clock()), ctx)
         else:
             self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
@@ -517,7 +562,7 @@ class Service:
         if sock is None:
             url = self.connect_to[role].rpc
             sock = self._dealers[role] = socket(self.zctx, zmq.DEALER, self.bus.hwm)
-            sock.connect(url)
+            self._dial(sock, role, url)
             self._watch(sock, lambda frames: self._on_reply(role, frames))
         return sock
 
@@ -525,10 +570,15 @@ class Service:
         """Receive ``role``'s events whose msg_type starts with ``prefix``."""
         sock = socket(self.zctx, zmq.SUB, self.bus.hwm)
         sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        sock.connect(self.connect_to[role].events)
+        self._dial(sock, role, self.connect_to[role].events)
         self._watch(sock, self._on_event)
 
     # -- status ------------------------------------------------------------------------------
+
+    def _auth_counters(self) -> dict[str, int]:
+        if self.keys is None:
+            return {}
+        return {"bus_auth_refused": buskeys.guard(self.zctx).refused[self.role]}
 
     def status(self) -> StatusReply:
         s = self.stats
@@ -540,5 +590,6 @@ class Service:
             errors=dict(self.errors_sent),
             queues={"pending_calls": len(self._pending), **self.core.queues()},
             counters={k: v for k, v in s.items() if k not in (
-                "frames_in", "frames_out", "decode_errors", "drops")} | self.core.counters(),
+                "frames_in", "frames_out", "decode_errors", "drops")} | self._auth_counters()
+            | self.core.counters(),
         )

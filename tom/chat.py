@@ -41,6 +41,7 @@ from shared.wire.messages import router as rm
 from shared.wire.messages.sys import StatusReply
 
 from .client import RETRYABLE, Client, Event, Message
+from .display import printable
 from .node import NodeError
 
 T = TypeVar("T")
@@ -469,7 +470,7 @@ class ChatApp(App[None]):
     def name_of(self, node_id: bytes) -> str:
         for p in self.peer_entries:
             if p.node_id == node_id and p.username:
-                return f"{p.username} ({short(node_id)})"
+                return f"{printable(p.username, 32)} ({short(node_id)})"
         return short(node_id)
 
     def redraw_header(self) -> None:
@@ -494,7 +495,7 @@ class ChatApp(App[None]):
             t.append("●", style=colour)
             t.append(f" {short(p.node_id)} {p.status}")
             if p.username:
-                t.append(f" {p.username}", style="cyan")
+                t.append(f" {printable(p.username, 32)}", style="cyan")
             if p.route:
                 t.append(" via relay", style="dim")
             t.append("\n")
@@ -558,7 +559,7 @@ class ChatApp(App[None]):
             if line is not None:
                 line.set_status(r.status, r.reason)
         elif isinstance(r, rm.PeerChanged):
-            name = f" ({r.username})" if r.username else ""
+            name = f" ({printable(r.username, 32)})" if r.username else ""
             self.system(f"peer {short(r.node_id)}{name} {r.status}")
             self.link.ask_peers(show=False)
 
@@ -575,7 +576,7 @@ class ChatApp(App[None]):
                f"{', relayed' if info.relayed else ''}]")
         self.add_line(Line(Text.assemble(
             (f"[{clock(info.timestamp_ms)}] ", "dim"), (self.name_of(info.sender), "bold green"),
-            ": ", msg.text, "  ", (tag, "green" if info.encrypted else "yellow"))))
+            ": ", printable(msg.text), "  ", (tag, "green" if info.encrypted else "yellow"))))
         self.redraw_status()
         self.link.read(msg)  # it is on screen: the sender sees "read"
 
@@ -583,10 +584,10 @@ class ChatApp(App[None]):
         if not peers:
             self.system("no known peers (/connect ID@host:port introduces one)")
         for p in peers:
-            where = f" {p.host}:{p.port}" if p.host else ""
+            where = f" {printable(p.host, 64)}:{p.port}" if p.host else ""
             rtt = f" rtt {p.rtt_ms:.1f} ms" if p.rtt_ms is not None else ""
             route = f" via {', '.join(short(r) for r in p.route)}" if p.route else ""
-            user = f" {p.username}" if p.username else ""
+            user = f" {printable(p.username, 32)}" if p.username else ""
             conn = "connected" if p.connected else "not connected"
             self.system(f"{p.node_id.hex()}{user} {p.status}, {conn}{where}{rtt}{route}")
 
@@ -697,7 +698,8 @@ class Stop:
 
 
 def say(text: str, err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    """One line of the bot's log; what peers wrote in it is shown escaped."""
+    print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def run_bot(client: AppClient, peer: Peer | None, stop: threading.Event) -> int:

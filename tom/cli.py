@@ -24,17 +24,20 @@ from pathlib import Path
 from services.crypto import keyfile
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.buskeys import BusKeys
 from shared.config import ConfigError
 from shared.paths import DataDir, default_data_dir
 from shared.wire import WireError
 from shared.wire.messages.sys import Ping, PingReply
 
 from . import node
+from .display import printable
 
 
 def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
     try:
-        return BusClient(ep.load(data.endpoints), src="tom-cli", timeout_s=timeout_s)
+        return BusClient(ep.load(data.endpoints), src="tom-cli", timeout_s=timeout_s,
+                         keys=BusKeys(data.bus_keys))
     except ep.EndpointsError as e:
         raise node.NodeError(str(e)) from None
 
@@ -168,8 +171,8 @@ def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
             path += f" (first hop rtt {rtts.get(p.route[0]) or 0:.2f} ms)"
         else:
             path = "no path"
-        name = f" ({p.username})" if p.username else ""
-        where = f"  {p.host}:{p.port}" if p.host else ""
+        name = f" ({printable(p.username, 32)})" if p.username else ""
+        where = f"  {printable(p.host, 64)}:{p.port}" if p.host else ""
         print(f"{p.node_id.hex()}{name}  {p.status:7}  {path}{where}")
     return 0
 

@@ -23,6 +23,7 @@ import zmq
 
 from shared import endpoints as ep
 from shared.bus import BusClient, socket
+from shared.buskeys import OWNER, BusKeys
 from shared.paths import DataDir
 from shared.wire import BusTimeout, DecodeError, RemoteError, decode
 from shared.wire.errors import ErrorCode
@@ -52,11 +53,14 @@ CATCH_UP_S = 1.0
 
 
 class Client:
-    def __init__(self, data: DataDir, timeout_s: float = 5.0, after: int | None = None) -> None:
+    def __init__(self, data: DataDir, timeout_s: float = 5.0, after: int | None = None,
+                 key: str = OWNER) -> None:
         """``after``: the last inbox seq this app already handled (None: only messages
-        that arrive from now on)."""
+        that arrive from now on). ``key``: the bus key pair used over a tcp bus, the
+        owner's or an app's listed in ``DATA/bus/apps/`` (docs/security.md)."""
         self.endpoints = ep.load(data.endpoints)
-        self.bus = BusClient(self.endpoints, src="tom-app", timeout_s=timeout_s)
+        self.bus = BusClient(self.endpoints, src="tom-app", timeout_s=timeout_s,
+                             keys=BusKeys(data.bus_keys), key_name=key)
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
         self.after = after
@@ -129,7 +133,7 @@ class Client:
         if self._sub is None:
             sub = socket(self._ctx, zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(self.endpoints["router"].events)
+            self.bus.connect(sub, "router", self.endpoints["router"].events)
             try:
                 if self.after is None:
                     self.after = self.inbox_tail()

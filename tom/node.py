@@ -18,6 +18,7 @@ from services.transport.config import TransportConfig
 from shared import config as cfg
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.buskeys import BusKeys
 from shared.paths import DataDir
 from shared.primitives import SigningKey
 from shared.service import ServiceContext
@@ -66,6 +67,7 @@ def init(data: DataDir) -> InitResult:
         data.config.write_text(cfg.sample(CONFIG_SECTIONS))
     if not data.endpoints.exists():
         ep.ipc(data.run).write(data.endpoints)
+    BusKeys.create(data.bus_keys)
     context = load_context(data)
     path = key_path(context)
     created = keyfile.create(path)

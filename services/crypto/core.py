@@ -48,6 +48,8 @@ from shared.envelope import (
 from shared.wire import ErrorCode, Message
 from shared.wire.messages import crypto as m
 
+from . import policy
+
 E2E_INFO = b"tom/e2e/1"
 X25519_CACHE = 1024
 
@@ -72,7 +74,7 @@ class WrongSender(p.BadSignature):
     """Validly signed, but not by the member (or for the group) the caller expected."""
 
 
-MAX_BINDING_S = 7 * 24 * 3600
+MAX_BINDING_S = policy.MAX_BINDING_S
 FIXED_OVERHEAD_BYTES = 512  # an envelope's fields besides its payload take less than this
 
 
@@ -178,10 +180,10 @@ class Identity:
 
     def bind_transport(self, transport_key: bytes, not_after_s: int,
                        now_s: int) -> TransportBinding:
-        if not now_s < not_after_s <= now_s + MAX_BINDING_S:
-            raise OutOfBounds(f"not_after_s must be in the next {MAX_BINDING_S} s "
-                              f"(now {now_s}); bindings are short-lived since they cannot "
-                              f"be revoked")
+        if not now_s < not_after_s <= now_s + MAX_BINDING_S + policy.CLOCK_SLACK_S:
+            raise policy.Refused("binding", f"not_after_s must be in the next {MAX_BINDING_S} "
+                                 f"s (now {now_s}); bindings are short-lived since they cannot "
+                                 "be revoked")
         b = TransportBinding(self.node_id, transport_key, not_after_s)
         return replace(b, signature=self._key.sign(b.signing_bytes()))
 
@@ -208,7 +210,14 @@ class CryptoCore(Core):
         if not isinstance(event, Request) or type(event.body) not in self.handles:
             return super().handle(event, now)
         try:
+            policy.check_caller(event.body, event.caller)
             body, blobs = self._do(event.body, event.blobs)
+        except policy.Forbidden as exc:
+            self._counts["refused_caller"] += 1
+            return [Fail(event.ctx, ErrorCode.FORBIDDEN, str(exc))]
+        except policy.Refused as exc:
+            self._counts[f"refused_{exc.reason}"] += 1
+            return [Fail(event.ctx, ErrorCode.REFUSED, str(exc))]
         except tuple(e for e, _ in _ERRORS) as exc:
             code = next(c for e, c in _ERRORS if isinstance(exc, e))
             self._counts[f"rejected_{code.name.lower()}"] += 1
@@ -222,10 +231,19 @@ class CryptoCore(Core):
             case m.NodeId():
                 return m.NodeIdReply(node_id=self.node_id), ()
             case m.Sign():
-                return m.SignReply(), (ident.sign(decode(_blob(blobs))).encode(),)
+                env = decode(_blob(blobs))
+                policy.check_timestamp(env.timestamp_ms, self._wall_ms())
+                if env.msg_type in policy.ACK_TYPES:
+                    raise policy.Refused("ack_without_proof", "acknowledgements are made with "
+                                         "crypto.seal and the envelope they acknowledge")
+                return m.SignReply(), (ident.sign(env).encode(),)
             case m.Seal():
                 ts = self._wall_ms() if req.timestamp_ms is None else req.timestamp_ms
-                env = ident.seal(req.to, req.envelope_type, _blob(blobs), ts, tuple(req.via),
+                policy.check_timestamp(ts, self._wall_ms())
+                payload, *proof = _blobs(blobs, 1, 2)
+                policy.check_ack(self.node_id, req.to, req.envelope_type, payload,
+                                 proof[0] if proof else None)
+                env = ident.seal(req.to, req.envelope_type, payload, ts, tuple(req.via),
                                  req.ttl, req.encrypt, req.id)
                 return m.SealReply(id=env.id), (env.encode(),)
             case m.Open():
@@ -256,6 +274,12 @@ class CryptoCore(Core):
 
     def counters(self) -> dict[str, int]:
         return dict(self._counts)
+
+
+def _blobs(blobs: tuple[bytes, ...], least: int, most: int) -> tuple[bytes, ...]:
+    if not least <= len(blobs) <= most:
+        raise MissingBlob(f"expected {least} to {most} blob frames, got {len(blobs)}")
+    return blobs
 
 
 def _blob(blobs: tuple[bytes, ...]) -> bytes:

@@ -70,6 +70,17 @@ def hold(path: Path) -> tuple[int, bytes]:
     return fd, seed
 
 
+def _check_parent(path: Path) -> None:
+    """The key's directory must be this user's and writable by nobody else: whoever can
+    write there can swap the key for one they know."""
+    st = os.stat(path.parent)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise KeyFileError(
+            f"the directory of identity key file {path} ({path.parent}) is owned by uid "
+            f"{st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: it must belong to this "
+            f"user and not be writable by group or others (`chmod 700 {path.parent}`)")
+
+
 def _open(path: Path) -> tuple[int, bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -82,6 +93,12 @@ def _open(path: Path) -> tuple[int, bytes]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"identity key file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise KeyFileError(
+                f"identity key file {path} belongs to uid {st.st_uid}, not to this user "
+                f"({os.geteuid()}): a key another user could have planted or read is never "
+                "used; move it away and run `tom init`, or run the node as its owner")
+        _check_parent(path)
         if st.st_mode & 0o077:
             raise KeyFileError(
                 f"identity key file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it must "

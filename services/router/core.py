@@ -431,7 +431,7 @@ class RouterCore(Core):
                 return ok + self._ack(env) if inflight is None else ok
             # other bytes than the copy being opened (its sender re-signed it for a new
             # path, or that copy is a forgery): open this one too; the inbox keeps one
-        elif not self._room(env, hop, len(env.payload)):
+        elif not self._room(env, hop, len(env.payload) + len(raw)):  # (plaintext ≤ payload)
             return ok
         self._opening.setdefault(key, set()).add(raw)
         # crypto signs the delivery ACK along with opening: no second call for it
@@ -470,13 +470,13 @@ class RouterCore(Core):
         assert self.topo is not None
         payload = event.blobs[0]
         if not self.store.has_in(env.sender, env.id) \
-                and not self._room(env, hop, len(payload)):
+                and not self._room(env, hop, len(payload) + len(raw)):
             return [Reply(ctx, rm.DeliverReply())]  # not stored, so not acknowledged
         seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
-                                bool(env.via), payload, now_ms, hop)
+                                bool(env.via), payload, now_ms, raw, hop)
         actions: list[Action] = []
         if seq is not None:
-            self.quota.add(env.sender, hop, len(payload))
+            self.quota.add(env.sender, hop, len(payload) + len(raw))
             self.topo.seen(env.sender, now_ms)
             self.stats["received"] += 1
             # after the commit, like the ACK: the app never sees a seq a crash could undo
@@ -497,15 +497,18 @@ class RouterCore(Core):
     def _ack(self, env: Envelope) -> list[Action]:
         """The delivery ACK, back along the reversed path."""
         payload = AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode()
-        return self._control(env.sender, MessageType.ACK, payload, tuple(reversed(env.via)))
+        return self._control(env.sender, MessageType.ACK, payload, tuple(reversed(env.via)),
+                             env.encode())
 
     def _control(self, to: bytes, kind: str, payload: bytes,
-                 via: tuple[bytes, ...]) -> list[Action]:
+                 via: tuple[bytes, ...], proof: bytes | None = None) -> list[Action]:
         """Seal (sign, not encrypt) a control envelope and send it to its first hop; best
-        effort: the sender's retries cover a lost one."""
+        effort: the sender's retries cover a lost one. ``proof``: for an ACK or read receipt,
+        the envelope it acknowledges (crypto signs acknowledgements only with it)."""
         hop = via[0] if via else to
+        blobs = (payload,) if proof is None else (payload, proof)
         return [Call("crypto", cm.Seal(to=to, envelope_type=kind, via=list(via),
-                                       encrypt=False), ("ctl", hop), blobs=(payload,))]
+                                       encrypt=False), ("ctl", hop), blobs=blobs)]
 
     def _on_ack(self, env: Envelope, now: float) -> list[Action]:
         """An ACK for us, not verified yet: one for no message of ours is dropped without
@@ -601,7 +604,7 @@ class RouterCore(Core):
         if env.msg_type == MessageType.CHAT:  # not for ACKs: no ACKs of ACKs
             back = tuple(reversed(env.via[:pos]))
             payload = AckPayload(env.id, AckType.RELAY_FORWARDED).encode()
-            actions += self._control(env.sender, MessageType.ACK, payload, back)
+            actions += self._control(env.sender, MessageType.ACK, payload, back, env.encode())
         return actions
 
     # -- outgoing messages --------------------------------------------------------------------
@@ -749,8 +752,12 @@ class RouterCore(Core):
             return [Reply(ctx, rm.ReadReply())]  # read before: one receipt is enough
         via = self.topo.route(sender) or ()
         self._held_replies.append(Reply(ctx, rm.ReadReply()))
+        proof = self.store.envelope_in(sender, msg_id)
+        if not proof:  # stored before envelopes were kept: crypto would refuse the receipt
+            self.stats["receipts_without_proof"] += 1
+            return []
         return self._control(sender, MessageType.READ_RECEIPT,
-                             ReadReceiptPayload(msg_id, self.now_ms()).encode(), via)
+                             ReadReceiptPayload(msg_id, self.now_ms()).encode(), via, proof)
 
     def _states(self, ids: list[bytes], limit: int) -> list[rm.MessageState]:
         rows = [r for i in ids if (r := self.store.get_out(i)) is not None] if ids \

@@ -3,7 +3,8 @@
 
 A received message is charged to its sender and to the peer that delivered it (the last
 hop, authenticated by the transport): sender ids cost nothing, the connection does. What is
-charged is the payload stored plus ``ROW_OVERHEAD`` bytes, and one message. Limits:
+charged is what is stored, the plaintext and the signed envelope (kept for the read receipt),
+plus ``ROW_OVERHEAD`` bytes, and one message. Limits:
 
 * the whole inbox: ``max_bytes`` and ``max_messages``;
 * senders without history together: ``strangers_share`` of those (so contacts always find
@@ -50,13 +51,13 @@ class InboxQuota:
         self.strangers = [0, 0]
 
     def load(self, rows: Iterable[tuple[bytes, bytes, int, int]]) -> None:
-        """(sender, hop, messages, payload bytes) of what the inbox holds."""
+        """(sender, hop, messages, bytes stored) of what the inbox holds."""
         for sender, hop, n, size in rows:
             self._move(sender, hop, n, size + n * ROW_OVERHEAD)
         self.recount()
 
     def refusal(self, sender: bytes, hop: bytes, payload: int) -> str | None:
-        """Why a message of ``payload`` bytes from ``sender`` delivered by ``hop`` may not
+        """Why a message storing ``payload`` bytes from ``sender`` delivered by ``hop`` may not
         be stored now (a counter's suffix), or None."""
         lim = self.limits
         size = payload + ROW_OVERHEAD
@@ -85,7 +86,7 @@ class InboxQuota:
             self.strangers[1] += size
 
     def remove(self, rows: Iterable[tuple[bytes, bytes, int, int]]) -> None:
-        """What a purge deleted: (sender, hop, messages, payload bytes)."""
+        """What a purge deleted: (sender, hop, messages, bytes stored)."""
         for sender, hop, n, size in rows:
             self._move(sender, hop, -n, -(size + n * ROW_OVERHEAD))
         self.recount()

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, sender BLOB NOT NULL,
     timestamp_ms INTEGER NOT NULL, encrypted INTEGER NOT NULL, relayed INTEGER NOT NULL,
     payload BLOB NOT NULL, received_ms INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,
-    hop BLOB NOT NULL DEFAULT x'', UNIQUE (sender, id)
+    envelope BLOB NOT NULL DEFAULT x'', hop BLOB NOT NULL DEFAULT x'', UNIQUE (sender, id)
 );
 CREATE INDEX IF NOT EXISTS inbox_age ON inbox (received_ms);
 CREATE TABLE IF NOT EXISTS peers (
@@ -37,10 +37,13 @@ CREATE TABLE IF NOT EXISTS peers (
 );
 """
 MIGRATIONS = (
+    ("inbox", "envelope", "ALTER TABLE inbox ADD COLUMN envelope BLOB NOT NULL DEFAULT x''"),
     ("inbox", "hop", "ALTER TABLE inbox ADD COLUMN hop BLOB NOT NULL DEFAULT x''"),
     ("peers", "contact", "ALTER TABLE peers ADD COLUMN contact INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns added since the first release: (table, column, how to add it)."""
+_SIZE = "sum(length(payload) + length(envelope))"
+"""What a received message costs the inbox quotas (services/router/quota.py), in SQL."""
 
 
 @dataclass
@@ -134,13 +137,16 @@ class Store:
                                (sender, msg_id)).fetchone() is not None
 
     def put_in(self, msg_id: bytes, sender: bytes, timestamp_ms: int, encrypted: bool,
-               relayed: bool, payload: bytes, received_ms: int, hop: bytes = b"") -> int | None:
-        """Store a received message; its seq, or None if it was already there."""
+               relayed: bool, payload: bytes, received_ms: int, envelope: bytes = b"",
+               hop: bytes = b"") -> int | None:
+        """Store a received message (and the signed envelope it came in: crypto signs its
+        read receipt only with it; and the peer that delivered it, for the quotas); its
+        seq, or None if it was already there."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO inbox (id, sender, timestamp_ms, encrypted, relayed, "
-            "payload, received_ms, hop) VALUES (?,?,?,?,?,?,?,?)",
+            "payload, received_ms, envelope, hop) VALUES (?,?,?,?,?,?,?,?,?)",
             (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms,
-             hop))
+             envelope, hop))
         self.dirty = True
         return cur.lastrowid if cur.rowcount else None
 
@@ -149,6 +155,13 @@ class Store:
             "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload FROM inbox "
             "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
+
+    def envelope_in(self, sender: bytes, msg_id: bytes) -> bytes:
+        """The signed envelope a received message came in (empty for rows stored before
+        envelopes were kept)."""
+        row = self.db.execute("SELECT envelope FROM inbox WHERE sender=? AND id=?",
+                              (sender, msg_id)).fetchone()
+        return bytes(row[0]) if row else b""
 
     def inbox_tail(self) -> int:
         """The seq of the newest message in the inbox (0 if none)."""
@@ -162,17 +175,17 @@ class Store:
         return n > 0
 
     def inbox_usage(self) -> list[tuple[bytes, bytes, int, int]]:
-        """(sender, hop, messages, payload bytes) of the whole inbox."""
-        return self.db.execute("SELECT sender, hop, count(*), sum(length(payload)) FROM inbox "
+        """(sender, hop, messages, bytes of payloads and envelopes) of the whole inbox."""
+        return self.db.execute(f"SELECT sender, hop, count(*), {_SIZE} FROM inbox "
                                "GROUP BY sender, hop").fetchall()
 
     def purge_in(self, before_ms: int) -> list[tuple[bytes, bytes, int, int]]:
         """Forget messages received before ``before_ms`` whose timestamp is also before it
         (the freshness check, which goes by the timestamp, refuses them now: a copy whose
         timestamp was ahead is kept until it is stale too); return what went, as
-        (sender, hop, messages, payload bytes)."""
+        (sender, hop, messages, bytes of payloads and envelopes)."""
         where = "WHERE received_ms < ?1 AND timestamp_ms < ?1"
-        gone = self.db.execute("SELECT sender, hop, count(*), sum(length(payload)) FROM inbox "
+        gone = self.db.execute(f"SELECT sender, hop, count(*), {_SIZE} FROM inbox "
                                f"{where} GROUP BY sender, hop", (before_ms,)).fetchall()
         if gone:
             self.db.execute(f"DELETE FROM inbox {where}", (before_ms,))

@@ -8,7 +8,7 @@ class TransportConfig(Section):
     port: int = Field(4433, ge=0, le=65535, description="UDP port (0: any free port).")
     port_fallback: bool = Field(True, description="If the port is taken, use any free port "
                                 "instead of refusing to start.")
-    binding_hours: float = Field(24.0, gt=0, le=168, description="Validity of the transport "
+    binding_hours: float = Field(24.0, gt=0, le=24, description="Validity of the transport "
                                  "binding crypto signs; renewed at half-life.")
     idle_timeout_s: float = Field(30.0, gt=1, description="A silent connection is dropped "
                                   "after this; keep-alives go out every third of it.")

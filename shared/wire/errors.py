@@ -27,6 +27,8 @@ class ErrorCode(IntEnum):
     NOT_OURS = 445
     BAD_KEY = 446
     EXPIRED = 447
+    REFUSED = 448
+    FORBIDDEN = 403
     OVERLOADED = 429
     INTERNAL = 500
     UNAVAILABLE = 503
@@ -56,6 +58,11 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.NOT_OURS: "Asked to sign for a node id other than this node's.",
     ErrorCode.BAD_KEY: "A public key is not a valid curve point (or is of small order).",
     ErrorCode.EXPIRED: "A signed statement is past its validity period.",
+    ErrorCode.REFUSED: "Crypto's signing policy refuses the request: an ACK or read receipt "
+    "without the envelope it acknowledges, a timestamp out of the window, a binding for "
+    "another transport key or for too long.",
+    ErrorCode.FORBIDDEN: "The caller's bus key may not make this request (an app asking a "
+    "service other than the router, or the wrong service asking crypto).",
     ErrorCode.OVERLOADED: "A bounded queue is full; nothing was accepted; retry later.",
     ErrorCode.INTERNAL: "A bug in the service; the request was not carried out (see its log).",
     ErrorCode.UNAVAILABLE: "A service this request needs is unknown or unreachable.",

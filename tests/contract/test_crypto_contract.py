@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -22,7 +23,7 @@ ROLE = "crypto"
 NODE = p.SigningKey(SEED).public
 PEER_SEED = b"\x42" * 32
 PEER = p.SigningKey(PEER_SEED).public
-TS = 1_764_000_000_000
+TS = int(time.time() * 1000)  # this node signs only current timestamps (policy.py)
 
 
 def call(node: Node, body: m.Message, *blobs: bytes) -> tuple[m.Message, tuple[bytes, ...]]:
@@ -58,12 +59,74 @@ class TestCryptoContract(RoleContract):
         assert b"hello peer" not in blobs[0]
 
     def test_seal_unencrypted_is_signed_only(self, node: Node) -> None:
-        _, blobs = call(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False,
-                                     timestamp_ms=TS, via=[PEER]), b"ack")
+        now = int(time.time() * 1000)
+        _, blobs = call(node, m.Seal(to=PEER, envelope_type="PeerAnnounce", encrypt=False,
+                                     timestamp_ms=now, via=[PEER]), b"hello")
         env = e.decode(blobs[0])
         env.verify()
-        assert (env.payload, env.timestamp_ms, env.via, env.encrypted) == (b"ack", TS,
+        assert (env.payload, env.timestamp_ms, env.via, env.encrypted) == (b"hello", now,
                                                                            (PEER,), False)
+
+    # -- the signing policy (services/crypto/policy.py) -----------------------------------
+
+    def test_no_ack_without_the_envelope_it_acknowledges(self, node: Node) -> None:
+        """A forged delivery ACK would make the sender believe its message arrived."""
+        raw = from_peer(b"real")
+        ack = e.AckPayload(e.decode(raw).id, e.AckType.RECIPIENT_RECEIVED).encode()
+        err = error(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack)
+        assert err.name == "refused", err
+        other = from_peer(b"another")  # a proof for another message does not do
+        err = error(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack, other)
+        assert err.name == "refused", err
+        forged = replace(e.decode(raw), signature=bytes(64))  # nor one that does not verify
+        err = error(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack,
+                    forged.encode())
+        assert err.name == "refused", err
+        _, blobs = call(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack, raw)
+        assert e.AckPayload.decode(e.decode(blobs[0]).payload).original_id == e.decode(raw).id
+
+    def test_no_read_receipt_for_a_message_to_another_node(self, node: Node) -> None:
+        raw = from_peer(b"for someone else", to=p.SigningKey(b"\x45" * 32).public)
+        receipt = e.ReadReceiptPayload(e.decode(raw).id, int(time.time() * 1000)).encode()
+        err = error(node, m.Seal(to=PEER, envelope_type="ReadReceipt", encrypt=False),
+                    receipt, raw)
+        assert err.name == "refused", err
+        err = error(node, m.Seal(to=PEER, envelope_type="ReadReceipt", encrypt=False),
+                    receipt)
+        assert err.name == "refused", err
+
+    def test_relay_ack_only_for_an_envelope_naming_this_node(self, node: Node) -> None:
+        far = p.SigningKey(b"\x46" * 32).public
+        direct = from_peer(b"not relayed by us", to=far)
+        ack = e.AckPayload(e.decode(direct).id, e.AckType.RELAY_FORWARDED).encode()
+        err = error(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack, direct)
+        assert err.name == "refused", err
+        via_us = Identity(PEER_SEED, os.urandom).seal(far, "Chat", b"x", TS, via=(NODE,))
+        ack = e.AckPayload(via_us.id, e.AckType.RELAY_FORWARDED).encode()
+        _, blobs = call(node, m.Seal(to=PEER, envelope_type="Ack", encrypt=False), ack,
+                        via_us.encode())
+        assert e.decode(blobs[0]).to == PEER
+
+    @pytest.mark.parametrize("offset_ms", [3_600_000, -25 * 3_600_000])
+    def test_own_envelopes_only_with_a_current_timestamp(self, node: Node,
+                                                         offset_ms: int) -> None:
+        """A far-future chat would outlive every replay window; an ancient one no peer takes."""
+        ts = int(time.time() * 1000) + offset_ms
+        err = error(node, m.Seal(to=PEER, envelope_type="Chat", timestamp_ms=ts), b"x")
+        assert err.name == "refused", err
+        unsigned = e.Envelope(id=b"\x01" * 16, sender=NODE, to=PEER, msg_type="Chat",
+                              payload=b"x", timestamp_ms=ts, via=(), ttl=4, encrypted=False)
+        err = error(node, m.Sign(), unsigned.encode())
+        assert err.name == "refused", err
+
+    def test_no_binding_longer_than_a_day(self, node: Node) -> None:
+        now = int(time.time())
+        err = error(node, m.BindTransport(transport_key=b"k" * 32,
+                                          not_after_s=now + 7 * 86400))
+        assert err.name == "refused", err
+        reply, _ = call(node, m.BindTransport(transport_key=b"k" * 32,
+                                              not_after_s=now + 86400))
+        assert isinstance(reply, m.BindTransportReply)
 
     def test_open_what_a_peer_sealed(self, node: Node) -> None:
         reply, blobs = call(node, m.Open(), from_peer(b"for you"))
@@ -165,8 +228,8 @@ class TestCryptoContract(RoleContract):
     @pytest.mark.parametrize("not_after", [0, 2**40])
     def test_bind_transport_refuses_long_or_past_bindings(self, node: Node,
                                                          not_after: int) -> None:
-        assert error(node, m.BindTransport(transport_key=b"k", not_after_s=not_after)).code \
-            == 422
+        err = error(node, m.BindTransport(transport_key=b"k", not_after_s=not_after))
+        assert (err.code, err.name) == (448, "refused"), err
 
     def test_seal_refuses_oversize_payloads(self, node: Node) -> None:
         big = b"x" * e.MAX_ENVELOPE_BYTES

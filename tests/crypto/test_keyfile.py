@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.crypto import keyfile
+from shared.testing.prereq import require_root
 
 
 def test_create_makes_a_private_file_and_parents(tmp_path: Path) -> None:
@@ -19,10 +20,11 @@ def test_create_makes_a_private_file_and_parents(tmp_path: Path) -> None:
     assert not keyfile.create(path) and keyfile.load(path) == seed  # kept, not replaced
 
 
-def test_group_readable_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o610])
+def test_group_readable_file_is_refused_with_the_fix(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "identity.key"
     keyfile.create(path)
-    os.chmod(path, 0o644)
+    os.chmod(path, mode)
     with pytest.raises(keyfile.KeyFileError) as info:
         keyfile.load(path)
     assert str(path) in str(info.value) and f"chmod 600 {path}" in str(info.value)
@@ -78,3 +80,48 @@ def test_tom_id_is_stable_and_refuses_a_loose_key(tmp_path: Path) -> None:
         assert refused.returncode == 1, refused
         assert f"chmod 600 {tmp_path / 'identity.key'}" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_a_key_reached_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere" / "identity.key"
+    keyfile.create(real)
+    (tmp_path / "node").mkdir(mode=0o700)
+    link = tmp_path / "node" / "identity.key"
+    link.symlink_to(real)
+    with pytest.raises(keyfile.KeyFileError, match="cannot open"):
+        keyfile.load(link)
+
+
+def test_a_key_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A shared path (/tmp, a group directory) where someone else put a key they know."""
+    require_root("give a file to another user")
+    tmp_path.chmod(0o700)
+    path = tmp_path / "identity.key"
+    keyfile.create(path)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(keyfile.KeyFileError, match="belongs to uid 65534"):
+        keyfile.load(path)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o720, 0o702])
+def test_a_key_in_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    node = tmp_path / "node"
+    path = node / "identity.key"
+    keyfile.create(path)
+    node.chmod(mode)
+    with pytest.raises(keyfile.KeyFileError, match="not be writable by group or others"):
+        keyfile.load(path)
+
+
+def test_a_data_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    from shared import endpoints
+
+    require_root("give a directory to another user")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    os.chown(run, 65534, 65534)
+    with pytest.raises(endpoints.EndpointsError, match="owned by uid 65534"):
+        endpoints.ensure_private_dir(run)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(endpoints.EndpointsError, match="not a directory"):
+        endpoints.ensure_private_dir(tmp_path / "file")

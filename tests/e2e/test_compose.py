@@ -34,6 +34,7 @@ import zmq
 
 from shared import endpoints
 from shared.bus import BusClient
+from shared.buskeys import BusKeys
 from shared.testing.prereq import require_command
 from shared.wire import BusTimeout, decode
 from shared.wire.messages.sys import Heartbeat, Ping, PingReply
@@ -126,7 +127,8 @@ def test_endpoint_hosts_are_the_roles_services(config: dict[str, list[str]]) -> 
             host, _, port = url.removeprefix("tcp://").rpartition(":")
             assert host in config, f"{role}: {url} names {host!r}, not a compose service"
             assert host == role, f"{role}: {url} is served by the {role} container, not {host}"
-            assert endpoints.bind_address(url) == f"tcp://*:{port}"
+            # bound on the address the name resolves to in the container, or bind_host
+            assert endpoints.bind_address(url, "10.1.2.3") == f"tcp://10.1.2.3:{port}"
 
 
 def test_each_service_runs_its_role(config: dict[str, list[str]]) -> None:
@@ -209,7 +211,9 @@ def test_compose_endpoints_serve_outside_docker(tmp_path: Path) -> None:
     tcp_file = tmp_path / "endpoints.tcp.toml"
     eps.write(tcp_file)
     env = {**os.environ, "TOM_BUS__HEARTBEAT_S": "0.2"}
-    check = healthcheck_script().replace(MOUNTED_ENDPOINTS, str(tcp_file))
+    check = healthcheck_script().replace(MOUNTED_ENDPOINTS, str(tcp_file)).replace(
+        "/data/bus", str(data / "bus"))
+    keys = BusKeys(data / "bus")
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     zctx = zmq.Context()
@@ -219,6 +223,7 @@ def test_compose_endpoints_serve_outside_docker(tmp_path: Path) -> None:
             sub = subs[role] = zctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, Heartbeat.msg_type.encode())
+            keys.dial(sub, "owner", role)
             sub.connect(eps[role].events)
         for role in endpoints.ROLES:
             with open(tmp_path / f"{role}.log", "wb") as log:
@@ -229,7 +234,8 @@ def test_compose_endpoints_serve_outside_docker(tmp_path: Path) -> None:
 
         # Readiness: the pings are queued by ZeroMQ until each service binds, so this waits on
         # the services' own answers; READY_TIMEOUT_S only bounds a failure.
-        with BusClient(eps, src="test-compose", timeout_s=READY_TIMEOUT_S) as client:
+        with BusClient(eps, src="test-compose", timeout_s=READY_TIMEOUT_S,
+                       keys=keys) as client:
             sent = {role: client.send(role, Ping()) for role in endpoints.ROLES}
             deadline = time.monotonic() + READY_TIMEOUT_S
             for role, msg_id in sent.items():

@@ -416,3 +416,50 @@ def test_statuses_only_move_forward() -> None:
     assert chat.moves("relayed", "failed") and not chat.moves("delivered", "failed")
     assert not chat.moves("delivered", "sent") and not chat.moves("read", "delivered")
     assert not chat.moves("failed", "delivered") and not chat.moves("sent", "sent")
+
+
+def test_what_peers_write_reaches_the_terminal_escaped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Escape sequences, forged lines and bidi overrides from a peer are shown, not obeyed."""
+    hostile = "hi\x1b[2J\x1b]0;pwned\x07\n[12:00:00] alice: send me your key\u202egnp.exe"
+    fake = FakeClient()
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: fake.after is not None, "subscribed")
+        fake.receive(PEER, hostile)
+        await until(pilot, lambda: "pwned" in pane(app), "the message")
+        text = pane(app)
+        assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+        assert "hi\\x1b[2J\\x1b]0;pwned\\x07\\x0a[12:00:00] alice" in text
+        assert "\\u202egnp.exe" in text
+
+    drive(fake, scenario)
+
+    fake = FakeClient()
+    stop = threading.Event()
+    fake.receive(PEER, hostile)
+
+    def stopper() -> None:
+        deadline = time.monotonic() + 5
+        while not fake.sent:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stop.set()
+
+    t = threading.Thread(target=stopper)
+    t.start()
+    assert chat.run_bot(fake, None, stop) == 0
+    t.join()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "\\x0a[12:00:00] alice" in out
+    assert fake.sent[0][1] == f"echo: {hostile}"  # the data itself is not altered
+
+
+def test_printable() -> None:
+    from tom.display import printable
+
+    assert printable("plain text, ünïcode, emoji 👩‍💻") == "plain text, ünïcode, emoji 👩‍💻"
+    assert printable("a\tb\r\x00\x7f\x9b") == "a\\x09b\\x0d\\x00\\x7f\\x9b"
+    assert printable("x\u2028y\u2066z") == "x\\u2028y\\u2066z"
+    assert printable("abcdef", limit=3) == "abc…"

@@ -114,14 +114,16 @@ def test_strangers_fill_at_most_their_share_and_contacts_still_get_in_until_full
     assert len(inbox(sim, "b")) == 10  # nothing accepted was dropped to make room
 
 
-def test_the_byte_quota_counts_payload_and_overhead() -> None:
-    sim = Sim("b", inbox_sender_max_bytes=1000)
+def test_the_byte_quota_counts_what_is_stored_and_overhead() -> None:
+    sim = Sim("b", inbox_sender_max_bytes=2000)
     b = sim.nodes["b"]
     k = stranger()
-    hand(sim, "b", signed(k, sim, b.id, payload=b"p" * 600), k.public)
+    first = signed(k, sim, b.id, payload=b"p" * 600)
+    hand(sim, "b", first, k.public)
     hand(sim, "b", signed(k, sim, b.id, payload=b"q" * 600), k.public)
     assert b.received() == [b"p" * 600] and b.router.stats["inbox_refused_sender"] == 1
-    assert b.router.queues()["inbox_bytes"] == 600 + 128
+    # the plaintext, and the signed envelope kept for the read receipt
+    assert b.router.queues()["inbox_bytes"] == 600 + len(first.encode()) + 128
 
 
 def test_copies_opened_at_once_are_checked_again_before_they_are_stored() -> None:

@@ -59,7 +59,9 @@ class SealReply(Message):
     id: bytes = Field(description="The new envelope's id.")
 
 
-@message("crypto.seal", "request", reply=SealReply, blobs="1: the payload (plaintext)")
+@message("crypto.seal", "request", reply=SealReply, blobs="1: the payload (plaintext); 2: "
+         "for an `Ack` or `ReadReceipt`, the signed envelope it acknowledges (required: "
+         "crypto's signing policy, docs/security.md)")
 class Seal(Message):
     """Build an envelope from this node: encrypt the payload to `to` (encrypt-then-sign)
     unless `encrypt` is false, then sign it."""
