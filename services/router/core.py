@@ -1037,8 +1037,8 @@ class RouterCore(Core):
             self._next_liveness = now + LIVENESS_S
             actions += [Publish(rm.PeerChanged(node_id=n, status=s))  # type: ignore[arg-type]
                         for n, s in self.topo.liveness(self.now_ms())]
-            self._forget(self.topo.removed)
-            self.topo.removed = []
+            self._forget(self.topo.removed, self.topo.removed_saved)
+            self.topo.removed, self.topo.removed_saved = [], []
             self._forwarded = {k: t for k, t in self._forwarded.items()
                                if now - t < FORWARD_DEDUP_S}
             self._gossip_limit.prune(now)
@@ -1055,13 +1055,13 @@ class RouterCore(Core):
                 cutoff - int(self.settings.message_lifetime_s * 1000))
         return actions
 
-    def _forget(self, nodes: list[bytes]) -> None:
+    def _forget(self, nodes: list[bytes], saved: list[bytes]) -> None:
         """Peers the topology evicted or forgot: forget everything else about them."""
         for n in nodes:
             self._connecting.pop(n, None)
             self._punching.pop(n, None)
             self._stalled.discard(n)
-        self.store.delete_peers(nodes)
+        self.store.delete_peers(saved)
 
     def flush(self, now: float) -> list[Action]:
         """Once per batch: commit what the batch stored, then answer what waited for it."""

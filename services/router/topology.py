@@ -92,6 +92,8 @@ class Topology:
     stats: Counter[str] = field(default_factory=Counter)
     removed: list[bytes] = field(default_factory=list)
     """Nodes evicted or forgotten since the caller last drained this list."""
+    removed_saved: list[bytes] = field(default_factory=list)
+    """Those of them that had history (the caller saved them)."""
     _routes: dict[bytes, tuple[bytes, ...]] | None = None
     """node -> relays, for every node reachable now; None when the graph changed."""
 
@@ -140,6 +142,8 @@ class Topology:
     def _remove(self, node_id: bytes) -> None:
         p = self.peers.pop(node_id)
         self.removed.append(node_id)
+        if p.history:
+            self.removed_saved.append(node_id)
         if p.neighbours or p.connected:
             self._routes = None
 

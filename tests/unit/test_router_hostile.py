@@ -510,3 +510,14 @@ def test_the_sim_info_reply_gives_an_address_to_announce() -> None:
     topo = sim.nodes["a"].router.topo
     assert topo is not None
     assert topo.peers[sim.nodes["b"].id].addrs == (("10.0.0.1", sim.nodes["b"].port),)
+
+
+def test_a_contact_evicted_from_a_full_table_is_forgotten_on_disk_too() -> None:
+    sim = Sim("b", max_peers=16)
+    b = sim.nodes["b"]
+    for _ in range(30):  # (only the user's own sends can do this: contacts are evicted last)
+        sim.call("b", rm.Send(to=stranger().public), (b"hello",))
+    sim.run(6)
+    topo = b.router.topo
+    assert topo is not None and len(topo.peers) <= 16
+    assert {n for n, *_ in b.router.store.peers()} == set(topo.peers)
