@@ -19,6 +19,41 @@ class RouterConfig(Section):
                                      "exchanged with each connected peer.")
     max_open_messages: int = Field(100_000, ge=1, description="Undelivered messages above "
                                    "which router.send answers `overloaded`.")
+    # -- what strangers can make the node store or remember (docs/security.md, Router) ----
+    inbox_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="The inbox's size "
+                                 "(payloads + 128 B per message): received messages over it "
+                                 "are refused, not acknowledged, so their senders retry "
+                                 "later (`inbox_refused_full`).")
+    inbox_max_messages: int = Field(100_000, ge=1, description="The inbox's message count "
+                                    "(`inbox_refused_full`).")
+    inbox_strangers_share: float = Field(0.5, gt=0, le=1, description="Share of the inbox "
+                                         "that senders without history (not a bootstrap "
+                                         "peer, never sent to) may fill together "
+                                         "(`inbox_refused_strangers`).")
+    inbox_sender_max_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Inbox bytes "
+                                        "one sender may fill (`inbox_refused_sender`).")
+    inbox_sender_max_messages: int = Field(5_000, ge=1, description="Inbox messages from "
+                                           "one sender (`inbox_refused_sender`).")
+    inbox_hop_max_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Inbox bytes that "
+                                     "arrive through one peer (the connection that "
+                                     "delivered them: sender ids cost nothing, connections "
+                                     "do) (`inbox_refused_hop`).")
+    inbox_hop_max_messages: int = Field(20_000, ge=1, description="Inbox messages through "
+                                        "one peer (`inbox_refused_hop`).")
+    inbox_history_factor: int = Field(8, ge=1, description="The per-sender and per-peer "
+                                      "inbox quotas are this many times larger for a peer "
+                                      "with history (bootstrap peer, or sent to).")
+    max_peers: int = Field(2_000, ge=16, description="Nodes the router remembers; beyond, "
+                           "those with the least history are evicted (`peers_evicted`, "
+                           "`peers_refused`).")
+    max_saved_peers: int = Field(1_000, ge=1, description="Contacts kept in router.db (only "
+                                 "bootstrap peers and nodes this node sent to are saved).")
+    forget_after_s: float = Field(3_600, gt=0, description="An offline node without history "
+                                  "is forgotten after this long (`peers_forgotten`).")
+    gossip_rate: float = Field(1.0, gt=0, description="Gossip envelopes taken per second "
+                               "from one peer (`rejected_gossip_rate`).")
+    gossip_burst: int = Field(10, ge=1, description="Gossip envelopes one peer may send at "
+                              "once before `gossip_rate` applies.")
 
 
 def parse_peer(text: str) -> tuple[bytes, str, int]:

@@ -52,8 +52,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import msgpack
-
 from shared.core import (
     Action,
     Call,
@@ -69,6 +67,7 @@ from shared.core import (
 from shared.core import EventReceived as BusEvent
 from shared.envelope import (
     DEFAULT_TTL,
+    MAX_TTL,
     AckPayload,
     AckType,
     Envelope,
@@ -85,8 +84,10 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
+from . import gossip
+from .quota import InboxLimits, InboxQuota
 from .store import InRow, OutRow, Store
-from .topology import Topology, announce_payload, path_kind, read_announce
+from .topology import Topology, path_kind
 
 PENDING, SENT, RELAYED, DELIVERED, READ, FAILED = range(6)
 STATUS = ("pending", "sent", "relayed", "delivered", "read", "failed")
@@ -99,7 +100,6 @@ RETRY_MAX_S = 60.0
 TICK_S = 1.0
 LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
-GOSSIP_SAMPLE = 20
 CONNECT_RETRY_S = 5.0
 PUNCH_RETRY_FIRST_S = 2.0
 PUNCH_RETRY_MAX_S = 16.0
@@ -119,12 +119,33 @@ _NODE_ID = "node_id"
 
 @dataclass
 class RouterSettings:
+    """The router's bounds; see RouterConfig (services/router/config.py) for each."""
+
     username: str = "anonymous"
     replay_window_s: float = 86_400 + 600
     message_lifetime_s: float = 86_400
     gossip_interval_s: float = 5.0
     max_open_messages: int = 100_000
     bootstrap: tuple[tuple[bytes, str, int], ...] = ()
+    inbox_max_bytes: int = InboxLimits.max_bytes
+    inbox_max_messages: int = InboxLimits.max_messages
+    inbox_strangers_share: float = InboxLimits.strangers_share
+    inbox_sender_max_bytes: int = InboxLimits.sender_bytes
+    inbox_sender_max_messages: int = InboxLimits.sender_messages
+    inbox_hop_max_bytes: int = InboxLimits.hop_bytes
+    inbox_hop_max_messages: int = InboxLimits.hop_messages
+    inbox_history_factor: int = InboxLimits.history_factor
+    max_peers: int = 2_000
+    max_saved_peers: int = 1_000
+    forget_after_s: float = 3_600
+    gossip_rate: float = 1.0
+    gossip_burst: int = 10
+
+    def inbox_limits(self) -> InboxLimits:
+        return InboxLimits(self.inbox_max_bytes, self.inbox_max_messages,
+                           self.inbox_strangers_share, self.inbox_sender_max_bytes,
+                           self.inbox_sender_max_messages, self.inbox_hop_max_bytes,
+                           self.inbox_hop_max_messages, self.inbox_history_factor)
 
 
 @dataclass
@@ -174,8 +195,19 @@ class RouterCore(Core):
         self._next_gossip = 0.0
         self._next_announce = 0.0
         self._announce_dirty = True
+        self._announcing = False
         self._own_announce = b""
-        self._local_addr = ("", 0)
+        self._own_addrs: list[tuple[str, int]] = []
+        self._greet: set[bytes] = set()
+        """Peers that connected since our announcement was last sealed: they get the new
+        one (which lists them) as soon as it is, so the edge is mutual at once."""
+        self._routes_changed = False
+        self._saved_peers_added = False
+        """Announcements changed the graph: messages waiting for a path are tried at the
+        next tick (once, however many announcements came)."""
+        self._gossip_limit = gossip.RateLimit(self.settings.gossip_rate,
+                                              self.settings.gossip_burst)
+        self.quota = InboxQuota(self.settings.inbox_limits(), self._has_history)
         self.stats: Counter[str] = Counter()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -244,34 +276,50 @@ class RouterCore(Core):
         self._asked_id = True
         return [Call("crypto", cm.NodeId(), _NODE_ID)]
 
+    def _has_history(self, node: bytes) -> bool:
+        return self.topo is not None and self.topo.has_history(node)
+
     def _started(self, node_id: bytes, now: float) -> list[Action]:
         self.node_id = node_id
-        self.topo = Topology(node_id)
+        s = self.settings
+        now_ms = self.now_ms()
+        self.topo = Topology(node_id, max_peers=s.max_peers,
+                             forget_ms=int(s.forget_after_s * 1000))
         waiting, self._waiting = self._waiting, []
         actions: list[Action] = [Reply(ctx, rm.NodeInfoReply(node_id=node_id))
                                  for ctx in waiting]
-        for node, host, port, boot, seen in self.store.peers():
-            p = self.topo.peer(node)
+        self.stats["saved_peers_pruned"] += self.store.prune_peers(s.max_saved_peers)
+        for node, host, port, boot, seen, contact in self.store.peers():
+            if node == node_id:
+                continue
+            p = self.topo.peer(node, now_ms)
             p.host, p.port, p.bootstrap, p.last_seen_ms = host, port, boot, seen
-        for node, host, port in self.settings.bootstrap:
+            p.contact = contact
+        for node in self.store.contacts():
+            if node != node_id:
+                self.topo.peer(node, now_ms).contact = True
+        for node, host, port in s.bootstrap:
             self._add_bootstrap(node, host, port)
+        self.quota.load(self.store.inbox_usage())
         for row in self.store.open_out(DELIVERED):
             self.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                                       row.created_ms, row.attempts, next_try=now)
         self.stats["restored_messages"] += len(self.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
-        actions.append(Call("transport", tm.Info(), ("tinfo",)))
         return actions
 
     def _add_bootstrap(self, node: bytes, host: str, port: int) -> None:
         assert self.topo is not None
         if node == self.node_id:
             return
-        p = self.topo.peer(node)
+        p = self.topo.peer(node, self.now_ms())
+        gained = not p.history
         p.bootstrap = True
         if not p.connected:
             p.host, p.port = host, port
-        self.store.put_peer(node, host, port, True, p.last_seen_ms)
+        self.store.put_peer(node, host, port, True, p.last_seen_ms, p.contact)
+        if gained:
+            self.quota.recount()
 
     # -- incoming envelopes -------------------------------------------------------------------
 
@@ -284,13 +332,21 @@ class RouterCore(Core):
             return [Fail(req.ctx, ErrorCode.INVALID, "expected one blob: the envelope")]
         raw = req.blobs[0]
         assert self.topo is not None and self.node_id is not None
+        now_ms = self.now_ms()
         try:
             env = decode(raw)
+            self.topo.seen(peer, now_ms)  # the authenticated last hop
             if env.to == self.node_id and env.msg_type == MessageType.CHAT:
                 # a chat for us goes to crypto.open, which verifies the signature before
                 # anything else; nothing here uses it before that (see _receive_chat)
-                self.topo.seen(peer, self.now_ms())  # the authenticated last hop
-                return self._receive_chat(req, env, raw, now)
+                return self._receive_chat(req, env, raw, peer, now)
+            if env.to == self.node_id and env.msg_type == MessageType.PEER_ANNOUNCE \
+                    and not self._gossip_allowed(env, peer, now):
+                return ok  # refused before its signatures cost anything
+            if env.to == self.node_id and env.msg_type == MessageType.ACK:
+                return ok + self._on_ack(env, now)  # verified once it is known to be ours
+            if env.to == self.node_id and env.msg_type == MessageType.READ_RECEIPT:
+                return ok + self._on_receipt(env, now)
             env.verify()
         except EnvelopeTooLarge:
             self._reject("oversize")
@@ -304,25 +360,27 @@ class RouterCore(Core):
         except EnvelopeError:
             self._reject("malformed")
             return ok
-        now_ms = self.now_ms()
-        self.topo.seen(peer, now_ms)
         if env.to == self.node_id:
             if not self._fresh(env, now_ms):
                 return ok
-            self.topo.seen(env.sender, now_ms)
-            match env.msg_type:
-                case MessageType.ACK:
-                    return ok + self._on_ack(env, now)
-                case MessageType.READ_RECEIPT:
-                    return ok + self._on_receipt(env, now)
-                case MessageType.PEER_ANNOUNCE:
-                    return ok + self._on_gossip(env, peer, now)
+            if env.msg_type == MessageType.PEER_ANNOUNCE:
+                return ok + self._on_gossip(env, now)
             self._reject("unsupported_type")
             return ok
         if self.node_id in env.via:
-            return ok + self._forward(env, now)
+            return ok + self._forward(env, peer, now)
         self._reject("not_for_us")
         return ok
+
+    def _gossip_allowed(self, env: Envelope, peer: bytes, now: float) -> bool:
+        """Gossip comes straight from its signer, at most ``gossip_rate`` per second."""
+        if env.via or env.sender != peer:
+            self._reject("gossip_not_direct")
+            return False
+        if not self._gossip_limit.take(peer, now):
+            self._reject("gossip_rate")
+            return False
+        return True
 
     def _fresh(self, env: Envelope, now_ms: int) -> bool:
         if self._fresh_unverified(env, now_ms):
@@ -342,7 +400,7 @@ class RouterCore(Core):
             return False
         return True
 
-    def _receive_chat(self, req: Request, env: Envelope, raw: bytes,
+    def _receive_chat(self, req: Request, env: Envelope, raw: bytes, hop: bytes,
                       now: float) -> list[Action]:
         """A chat addressed to this node, not verified yet.
 
@@ -353,7 +411,9 @@ class RouterCore(Core):
         verified here before it is counted, acknowledged or opened, so a forged copy is
         rejected as forged and can neither stand in for the genuine one nor block it. So
         is an envelope whose timestamp is outside the window: it is refused as stale (or
-        from the future) without costing crypto an open.
+        from the future) without costing crypto an open. A new one over the inbox quotas
+        of its sender or of ``hop`` (the peer that delivered it) is refused before it costs
+        anything (services/router/quota.py); its sender retries it later.
         """
         ok: list[Action] = [Reply(req.ctx, rm.DeliverReply())]
         key = (env.sender, env.id)
@@ -371,17 +431,27 @@ class RouterCore(Core):
                 return ok + self._ack(env) if inflight is None else ok
             # other bytes than the copy being opened (its sender re-signed it for a new
             # path, or that copy is a forgery): open this one too; the inbox keeps one
+        elif not self._room(env, hop, len(env.payload) + len(raw)):  # (plaintext ≤ payload)
+            return ok
         self._opening.setdefault(key, set()).add(raw)
         # crypto signs the delivery ACK along with opening: no second call for it
         return [Call("crypto", cm.Open(ack_via=list(reversed(env.via))),
-                     ("open", req.ctx, env, raw), blobs=(raw,))]
+                     ("open", req.ctx, env, raw, hop), blobs=(raw,))]
+
+    def _room(self, env: Envelope, hop: bytes, size: int) -> bool:
+        """Whether the inbox quotas let this chat in (counted when they do not)."""
+        why = self.quota.refusal(env.sender, hop, size)
+        if why is not None:
+            self.stats[f"inbox_refused_{why}"] += 1
+            return False
+        return True
 
     def _fresh_unverified(self, env: Envelope, now_ms: int) -> bool:
         """The freshness check without counting (on a timestamp not verified yet)."""
         return now_ms - self.settings.replay_window_s * 1000 <= env.timestamp_ms \
             <= now_ms + MAX_FUTURE_MS
 
-    def _opened(self, ctx: object, env: Envelope, raw: bytes,
+    def _opened(self, ctx: object, env: Envelope, raw: bytes, hop: bytes,
                 event: PeerReplied | PeerFailed, now: float) -> list[Action]:
         key = (env.sender, env.id)
         inflight = self._opening.get(key, set())
@@ -398,11 +468,16 @@ class RouterCore(Core):
         if not self._fresh(env, now_ms):
             return [Reply(ctx, rm.DeliverReply())]  # the ACK crypto signed is not sent
         assert self.topo is not None
-        self.topo.seen(env.sender, now_ms)
+        payload = event.blobs[0]
+        if not self.store.has_in(env.sender, env.id) \
+                and not self._room(env, hop, len(payload) + len(raw)):
+            return [Reply(ctx, rm.DeliverReply())]  # not stored, so not acknowledged
         seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
-                                bool(env.via), event.blobs[0], now_ms, raw)
+                                bool(env.via), payload, now_ms, raw, hop)
         actions: list[Action] = []
         if seq is not None:
+            self.quota.add(env.sender, hop, len(payload) + len(raw))
+            self.topo.seen(env.sender, now_ms)
             self.stats["received"] += 1
             # after the commit, like the ACK: the app never sees a seq a crash could undo
             self._held_replies.append(Publish(rm.MessageReceived(
@@ -436,6 +511,8 @@ class RouterCore(Core):
                                        encrypt=False), ("ctl", hop), blobs=blobs)]
 
     def _on_ack(self, env: Envelope, now: float) -> list[Action]:
+        """An ACK for us, not verified yet: one for no message of ours is dropped without
+        costing a signature check (made-up senders send those by the thousand)."""
         try:
             ack = AckPayload.decode(env.payload)
         except EnvelopeError:
@@ -445,15 +522,25 @@ class RouterCore(Core):
         if msg is None:
             self.stats["unknown_acks"] += 1
             return []
+        if not self._verified(env) or not self._fresh(env, self.now_ms()):
+            return []
         if ack.ack_type == AckType.RECIPIENT_RECEIVED:
             if env.sender != msg.to:
                 self._reject("ack_not_from_recipient")
                 return []
+            self._heard(env.sender)
             return self._advance(msg, DELIVERED)
         if env.sender not in msg.env.via:
             self._reject("ack_not_from_relay")
             return []
+        self._heard(env.sender)
         return self._advance(msg, RELAYED)
+
+    def _heard(self, node: bytes) -> None:
+        """A node we sent to answered (the only envelopes from non-neighbours that make
+        the router remember a node, besides stored chats and announcements)."""
+        assert self.topo is not None
+        self.topo.seen(node, self.now_ms())
 
     def _on_receipt(self, env: Envelope, now: float) -> list[Action]:
         try:
@@ -462,14 +549,41 @@ class RouterCore(Core):
             self._reject("malformed_receipt")
             return []
         msg = self._outgoing(rr.original_id)
-        if msg is None or env.sender != msg.to:
+        if msg is None:
             self._reject("receipt_unknown")
             return []
+        if not self._verified(env) or not self._fresh(env, self.now_ms()):
+            return []
+        if env.sender != msg.to:
+            self._reject("receipt_unknown")
+            return []
+        self._heard(env.sender)
         return self._advance(msg, READ)
 
-    def _forward(self, env: Envelope, now: float) -> list[Action]:
+    def _forward(self, env: Envelope, peer: bytes, now: float) -> list[Action]:
+        """Carry an envelope that names this node in its (signed) ``via`` one hop on.
+
+        Only along the path its sender chose: it must come from the hop before us in
+        ``via`` (or from its sender when we are first), and goes only to the hop after us
+        (or to ``to``), and only when that one is connected (a relay dials nobody for a
+        stranger). ``ttl`` is not signed, so it is bounded by the signed path: at
+        ``via[pos]`` it is at most ``MAX_TTL - pos`` (each relay before lowered it by one),
+        and a copy whose ttl was raised on the way is refused (``rejected_ttl_raised``);
+        together with the check on the previous hop, a relay cannot make an envelope
+        travel further than its sender allowed."""
         assert self.node_id is not None and self.topo is not None
         if not self._fresh(env, self.now_ms()):
+            return []
+        pos = env.via.index(self.node_id)
+        if peer != (env.via[pos - 1] if pos else env.sender):
+            self._reject("wrong_hop")
+            return []
+        if len(set(env.via)) != len(env.via) or env.sender in env.via \
+                or env.to in env.via or env.to == env.sender:
+            self._reject("loop")
+            return []
+        if env.ttl > MAX_TTL - pos:
+            self._reject("ttl_raised")
             return []
         if env.ttl == 0:
             self._reject("ttl_exhausted")
@@ -479,15 +593,11 @@ class RouterCore(Core):
             self.stats["forward_duplicates"] += 1
             return []
         self._forwarded[key] = now
-        pos = env.via.index(self.node_id)
         hop = env.via[pos + 1] if pos + 1 < len(env.via) else env.to
-        if hop == self.node_id or hop == env.sender:
-            self._reject("loop")
-            return []
-        peer = self.topo.peers.get(hop)
-        if peer is None or not peer.connected:
+        nxt = self.topo.peers.get(hop)
+        if nxt is None or not nxt.connected:
             self.stats["forward_unreachable"] += 1
-            return self._connect(hop, now)
+            return []
         self.stats["forwarded"] += 1
         actions: list[Action] = [Call("transport", tm.Send(peer=hop), ("fwd",),
                                       blobs=(replace(env, ttl=env.ttl - 1).encode(),))]
@@ -538,9 +648,20 @@ class RouterCore(Core):
         self.store.put_out(OutRow(msg_id, env.to, event.blobs[0], PENDING, "", now_ms,
                                   now_ms, 0))
         self.stats["accepted"] += 1
+        self._contact(env.to)
         self._held_replies.append(Reply(ctx, rm.SendReply(id=msg_id)))
         return [Publish(rm.StatusChanged(id=msg_id, to=env.to, status="pending"))] + \
             self._attempt(msg, now)
+
+    def _contact(self, node: bytes) -> None:
+        """This node sends to ``node``: it has history now (saved, kept, favoured)."""
+        assert self.topo is not None
+        p = self.topo.peer(node, self.now_ms())
+        if not p.contact:
+            p.contact = True
+            self.store.put_peer(node, p.host, p.port, p.bootstrap, p.last_seen_ms, True)
+            self._saved_peers_added = True
+            self.quota.recount()
 
     def _attempt(self, msg: OutMsg, now: float) -> list[Action]:
         """Send (or re-send) a message along the best path of the moment."""
@@ -653,7 +774,7 @@ class RouterCore(Core):
             case "seal":
                 return self._sealed(rest[0], rest[1], event, now)
             case "open":
-                return self._opened(rest[0], rest[1], rest[2], event, now)
+                return self._opened(rest[0], rest[1], rest[2], rest[3], event, now)
             case "resign":
                 return self._resigned(rest[0], event, now)
             case "xmit":
@@ -662,11 +783,24 @@ class RouterCore(Core):
                 assert isinstance(event, PeerReplied)
                 return [Call("transport", tm.Send(peer=rest[0]), ("ctl_sent",),
                              blobs=event.blobs)]
+            case "ann_info":
+                if isinstance(event, PeerReplied) and isinstance(event.body, tm.InfoReply):
+                    b = event.body
+                    self._own_addrs = gossip.own_addresses(
+                        b.host, b.port, [(a.host, a.port) for a in b.reflexive],
+                        [(a.host, a.port) for a in b.local])
+                return self._seal_announce()
             case "announce" if ok:
-                assert isinstance(event, PeerReplied)
+                assert isinstance(event, PeerReplied) and self.topo is not None
+                self._announcing = False
                 self._own_announce = event.blobs[0]
-                return []
+                actions: list[Action] = []
+                for peer in rest[0]:  # they are in it now: tell them at once
+                    if peer in self.topo.peers and self.topo.peers[peer].connected:
+                        actions += self._gossip_to(peer)
+                return actions
             case "announce":
+                self._announcing = False
                 self._announce_dirty = True
                 return []
             case "gossip" if ok:
@@ -678,13 +812,10 @@ class RouterCore(Core):
                 for p in event.body.peers:
                     self._connected(p.node_id, p.host, p.port, p.rtt_ms)
                 return self._peer_up(now)
-            case "tinfo" if isinstance(event, PeerReplied) \
-                    and isinstance(event.body, tm.InfoReply):
-                self._local_addr = (event.body.host, event.body.port)
-                self._announce_dirty = True
-                return []
             case "connect" if not ok:
                 self._connecting.pop(rest[0], None)  # may be dialled again at once
+                if self.topo is not None:
+                    self.topo.next_address(rest[0])
                 return []
             case "punch":
                 self._punched(rest[0], ok, now)
@@ -704,20 +835,24 @@ class RouterCore(Core):
                 self._stalled.discard(peer)
                 self._connected(peer, host, port, None)
                 self._connecting.pop(peer, None)
-                self.store.put_peer(peer, host, port, self.topo.peers[peer].bootstrap,
-                                    self.now_ms())
-                return [self._path_event(peer)] + self._peer_up(now) + self._gossip_to(peer)
+                p = self.topo.peers[peer]
+                if p.history:  # strangers are never saved
+                    self.store.put_peer(peer, host, port, p.bootstrap, self.now_ms(),
+                                        p.contact)
+                self._greet.add(peer)  # gossip once our announcement lists it
+                return [self._path_event(peer)] + self._peer_up(now)
             case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
                 self._stalled.discard(peer)
-                gone = self.topo.peers[peer]
-                gone.connected, gone.rtt_ms = False, None
+                self._greet.discard(peer)
+                self.topo.set_connected(peer, False)
+                self.topo.peers[peer].rtt_ms = None
                 self._announce_dirty = True
                 return [self._path_event(peer)] + self._reroute(peer, now)
             case tm.Path(peer=peer, path="stalled") if peer in self.topo.peers:
                 if not self.topo.peers[peer].connected:
                     return []
                 # route around it now; the transport drops it if it stays silent
-                self.topo.peers[peer].connected = False
+                self.topo.set_connected(peer, False)
                 self._stalled.add(peer)
                 self._announce_dirty = True
                 self.stats["stalled_paths"] += 1
@@ -727,7 +862,7 @@ class RouterCore(Core):
                 p.rtt_ms = rtt
                 if peer in self._stalled:  # it answers again
                     self._stalled.discard(peer)
-                    p.connected = True
+                    self.topo.set_connected(peer, True)
                     self._announce_dirty = True
                     return [self._path_event(peer)] + self._peer_up(now)
             case tm.Reflexive():  # our public address moved: punching may work now
@@ -737,8 +872,9 @@ class RouterCore(Core):
 
     def _connected(self, node: bytes, host: str, port: int, rtt: float | None) -> None:
         assert self.topo is not None
-        p = self.topo.peer(node)
-        p.connected, p.host, p.port, p.rtt_ms = True, host, port, rtt
+        p = self.topo.peer(node, self.now_ms())
+        self.topo.set_connected(node, True)
+        p.host, p.port, p.rtt_ms = host, port, rtt
         p.last_seen_ms = self.now_ms()
         self._announce_dirty = True
 
@@ -797,55 +933,66 @@ class RouterCore(Core):
                 actions += self._attempt(msg, now)
         return actions
 
-    def _on_gossip(self, env: Envelope, peer: bytes, now: float) -> list[Action]:
+    def _on_gossip(self, env: Envelope, now: float) -> list[Action]:
+        """Announcements from a connected peer (services/router/gossip.py): each is
+        verified and kept if newer than the one held; the gossiper vouches for nothing."""
         assert self.topo is not None
         now_ms = self.now_ms()
         try:
-            items = msgpack.unpackb(env.payload, raw=False)
-            if not isinstance(items, list) or len(items) > GOSSIP_SAMPLE + 1:
-                raise ValueError
-        except (ValueError, TypeError, msgpack.UnpackException):
+            items = gossip.read_gossip(env.payload)
+        except EnvelopeError:
             self._reject("malformed_gossip")
             return []
         actions: list[Action] = []
-        for item in items:
+        for raw in items:
             try:
-                raw, host, port = item
                 inner = decode(raw)
+                held = self.topo.peers.get(inner.sender)
+                if inner.sender == self.node_id or (
+                        held is not None and inner.timestamp_ms <= held.announce_ms):
+                    self.stats["gossip_known"] += 1  # not newer: no signature to check
+                    continue
                 inner.verify()
-                ann = read_announce(inner, now_ms)
-                hint = (host, port) if isinstance(host, str) and isinstance(port, int) \
-                    and 0 < port < 65536 else ("", 0)
-            except (ValueError, TypeError, EnvelopeError, BadSignature):
+                ann = gossip.read_announce(inner, now_ms)
+            except (EnvelopeError, BadSignature):
                 self._reject("bad_announcement")
                 continue
-            new = self.topo.learn(ann, raw, hint, now_ms)
-            if hint[0]:  # the gossiper is connected to that node
-                self.topo.report(peer, ann.node_id, now_ms)
+            new = self.topo.learn(ann, raw, now_ms)
+            self._routes_changed = True
+            self.stats["unconfirmed_edges"] += self.topo.unconfirmed(ann)
             if new:
                 self.stats["discovered"] += 1
                 actions.append(Publish(rm.PeerChanged(node_id=ann.node_id,
                                                       status="discovered",
                                                       username=ann.username)))
-        return actions + self._peer_up(now)
+        return actions
 
     def _gossip_to(self, peer: bytes) -> list[Action]:
         assert self.topo is not None
-        items = [[self._own_announce, "", 0]] if self._own_announce else []
-        for p in self.topo.sample(peer, GOSSIP_SAMPLE):
-            addr = (p.host, p.port) if p.connected else ("", 0)
-            items.append([p.announce, *addr])
+        items = [self._own_announce] if self._own_announce else []
+        items += [p.announce for p in self.topo.sample(peer, gossip.GOSSIP_SAMPLE)]
         if not items:
             return []
         return [Call("crypto", cm.Seal(to=peer, envelope_type=MessageType.PEER_ANNOUNCE,
                                        ttl=0, encrypt=False), ("gossip", peer),
-                     blobs=(msgpack.packb(items, use_bin_type=True),))]
+                     blobs=(gossip.gossip_payload(items),))]
+
+    def _seal_announce(self) -> list[Action]:
+        """Sign our announcement: name, addresses, neighbours (gossip.py)."""
+        assert self.topo is not None and self.node_id is not None
+        greet, self._greet = frozenset(self._greet), set()
+        payload = gossip.announce_payload(self.settings.username, self._own_addrs,
+                                          self.topo.neighbours(gossip.MAX_NEIGHBOURS))
+        return [Call("crypto", cm.Seal(to=self.node_id, envelope_type=MessageType.PEER_ANNOUNCE,
+                                       ttl=0, encrypt=False), ("announce", greet),
+                     blobs=(payload,))]
 
     def _peer_entries(self) -> list[rm.PeerEntry]:
         assert self.topo is not None
         out = []
+        routes = self.topo.routes()
         for n, p in sorted(self.topo.peers.items()):
-            route = self.topo.route(n)
+            route = routes.get(n)
             out.append(rm.PeerEntry(
                 node_id=p.node_id, username=p.username,
                 status="online" if p.connected else p.status,  # type: ignore[arg-type]
@@ -873,16 +1020,15 @@ class RouterCore(Core):
         for node, p in list(self.topo.peers.items()):
             if p.bootstrap and not p.connected:
                 actions += self._connect(node, now)
-        if now >= self._next_announce or self._announce_dirty:
+        if (now >= self._next_announce or self._announce_dirty) and not self._announcing:
+            # where are we? (the addresses peers see us at change), then sign
             self._next_announce = now + ANNOUNCE_S
             self._announce_dirty = False
-            host, port = self._local_addr
-            payload = announce_payload(self.settings.username, host, port,
-                                       self.topo.connected())
-            assert self.node_id is not None
-            actions.append(Call("crypto", cm.Seal(
-                to=self.node_id, envelope_type=MessageType.PEER_ANNOUNCE, ttl=0,
-                encrypt=False), ("announce",), blobs=(payload,)))
+            self._announcing = True
+            actions.append(Call("transport", tm.Info(), ("ann_info",), timeout_s=2.0))
+        if self._routes_changed:
+            self._routes_changed = False
+            actions += self._peer_up(now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
             for peer in self.topo.connected():
@@ -891,13 +1037,31 @@ class RouterCore(Core):
             self._next_liveness = now + LIVENESS_S
             actions += [Publish(rm.PeerChanged(node_id=n, status=s))  # type: ignore[arg-type]
                         for n, s in self.topo.liveness(self.now_ms())]
+            self._forget(self.topo.removed, self.topo.removed_saved)
+            self.topo.removed, self.topo.removed_saved = [], []
             self._forwarded = {k: t for k, t in self._forwarded.items()
                                if now - t < FORWARD_DEDUP_S}
+            self._gossip_limit.prune(now)
+            if self._saved_peers_added:
+                self._saved_peers_added = False
+                self.stats["saved_peers_pruned"] += self.store.prune_peers(
+                    self.settings.max_saved_peers)
             cutoff = self.now_ms() - int(self.settings.replay_window_s * 1000)
-            self.stats["inbox_purged"] += self.store.purge_in(cutoff)
+            gone = self.store.purge_in(cutoff)
+            if gone:
+                self.stats["inbox_purged"] += sum(n for _, _, n, _ in gone)
+                self.quota.remove(gone)
             self.stats["outbox_purged"] += self.store.purge_out(
                 cutoff - int(self.settings.message_lifetime_s * 1000))
         return actions
+
+    def _forget(self, nodes: list[bytes], saved: list[bytes]) -> None:
+        """Peers the topology evicted or forgot: forget everything else about them."""
+        for n in nodes:
+            self._connecting.pop(n, None)
+            self._punching.pop(n, None)
+            self._stalled.discard(n)
+        self.store.delete_peers(saved)
 
     def flush(self, now: float) -> list[Action]:
         """Once per batch: commit what the batch stored, then answer what waited for it."""
@@ -910,9 +1074,11 @@ class RouterCore(Core):
         return []
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats)
+        return dict(self.stats) | (dict(self.topo.stats) if self.topo else {})
 
     def queues(self) -> dict[str, int]:
         return {"waiting_node_id": len(self._waiting), "open_messages": len(self.out),
                 "opening": len(self._opening), "known_peers": len(self.topo.peers)
-                if self.topo else 0}
+                if self.topo else 0, "inbox_messages": self.quota.total[0],
+                "inbox_bytes": self.quota.total[1],
+                "inbox_strangers_bytes": self.quota.strangers[1]}

@@ -27,8 +27,7 @@ class RouterService(Service):
             store = Store(path)
         except sqlite3.Error as e:
             raise StartupError(f"cannot open {path}: {e}") from None
-        settings = RouterSettings(cfg.username, cfg.replay_window_s, cfg.message_lifetime_s,
-                                  cfg.gossip_interval_s, cfg.max_open_messages, boot)
+        settings = RouterSettings(**(cfg.model_dump() | {"bootstrap": boot}))
         return RouterCore(store, self.wall, settings)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:

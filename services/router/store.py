@@ -1,5 +1,6 @@
 """The router's SQLite file: outbox (sent messages and their status), inbox (received
-messages, which is also the replay-protection record), and known peers.
+messages, which is also the replay-protection record), and the peers with history
+(bootstrap peers and contacts; strangers are never written here, issue 13).
 
 The core calls it synchronously (SQLite is a local library call, not a socket); writes are
 committed by :meth:`Store.commit`, which the core runs once per batch of inputs before it
@@ -26,15 +27,23 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, sender BLOB NOT NULL,
     timestamp_ms INTEGER NOT NULL, encrypted INTEGER NOT NULL, relayed INTEGER NOT NULL,
     payload BLOB NOT NULL, received_ms INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,
-    envelope BLOB NOT NULL DEFAULT x'',
-    UNIQUE (sender, id)
+    envelope BLOB NOT NULL DEFAULT x'', hop BLOB NOT NULL DEFAULT x'', UNIQUE (sender, id)
 );
 CREATE INDEX IF NOT EXISTS inbox_age ON inbox (received_ms);
 CREATE TABLE IF NOT EXISTS peers (
     node_id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
-    bootstrap INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL
+    bootstrap INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    contact INTEGER NOT NULL DEFAULT 0
 );
 """
+MIGRATIONS = (
+    ("inbox", "envelope", "ALTER TABLE inbox ADD COLUMN envelope BLOB NOT NULL DEFAULT x''"),
+    ("inbox", "hop", "ALTER TABLE inbox ADD COLUMN hop BLOB NOT NULL DEFAULT x''"),
+    ("peers", "contact", "ALTER TABLE peers ADD COLUMN contact INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns added since the first release: (table, column, how to add it)."""
+_SIZE = "sum(length(payload) + length(envelope))"
+"""What a received message costs the inbox quotas (services/router/quota.py), in SQL."""
 
 
 @dataclass
@@ -66,9 +75,11 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(inbox)")}
-        if "envelope" not in columns:  # a data directory from before envelopes were kept
-            self.db.execute("ALTER TABLE inbox ADD COLUMN envelope BLOB NOT NULL DEFAULT x''")
+        for table, column, sql in MIGRATIONS:
+            if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(sql)
+        # peers without history were written by earlier versions: forget them
+        self.db.execute("DELETE FROM peers WHERE bootstrap=0 AND contact=0")
         self.db.commit()
         self.dirty = False
 
@@ -126,15 +137,16 @@ class Store:
                                (sender, msg_id)).fetchone() is not None
 
     def put_in(self, msg_id: bytes, sender: bytes, timestamp_ms: int, encrypted: bool,
-               relayed: bool, payload: bytes, received_ms: int,
-               envelope: bytes = b"") -> int | None:
+               relayed: bool, payload: bytes, received_ms: int, envelope: bytes = b"",
+               hop: bytes = b"") -> int | None:
         """Store a received message (and the signed envelope it came in: crypto signs its
-        read receipt only with it); its seq, or None if it was already there."""
+        read receipt only with it; and the peer that delivered it, for the quotas); its
+        seq, or None if it was already there."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO inbox (id, sender, timestamp_ms, encrypted, relayed, "
-            "payload, received_ms, envelope) VALUES (?,?,?,?,?,?,?,?)",
+            "payload, received_ms, envelope, hop) VALUES (?,?,?,?,?,?,?,?,?)",
             (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms,
-             envelope))
+             envelope, hop))
         self.dirty = True
         return cur.lastrowid if cur.rowcount else None
 
@@ -162,24 +174,58 @@ class Store:
         self.dirty = self.dirty or n > 0
         return n > 0
 
-    def purge_in(self, before_ms: int) -> int:
-        """Forget messages received before ``before_ms`` (the replay window has passed:
-        the freshness check refuses them now)."""
-        n = self.db.execute("DELETE FROM inbox WHERE received_ms < ?", (before_ms,)).rowcount
-        self.dirty = self.dirty or n > 0
-        return n
+    def inbox_usage(self) -> list[tuple[bytes, bytes, int, int]]:
+        """(sender, hop, messages, bytes of payloads and envelopes) of the whole inbox."""
+        return self.db.execute(f"SELECT sender, hop, count(*), {_SIZE} FROM inbox "
+                               "GROUP BY sender, hop").fetchall()
+
+    def purge_in(self, before_ms: int) -> list[tuple[bytes, bytes, int, int]]:
+        """Forget messages received before ``before_ms`` whose timestamp is also before it
+        (the freshness check, which goes by the timestamp, refuses them now: a copy whose
+        timestamp was ahead is kept until it is stale too); return what went, as
+        (sender, hop, messages, bytes of payloads and envelopes)."""
+        where = "WHERE received_ms < ?1 AND timestamp_ms < ?1"
+        gone = self.db.execute(f"SELECT sender, hop, count(*), {_SIZE} FROM inbox "
+                               f"{where} GROUP BY sender, hop", (before_ms,)).fetchall()
+        if gone:
+            self.db.execute(f"DELETE FROM inbox {where}", (before_ms,))
+            self.dirty = True
+        return gone
 
     # -- peers ----------------------------------------------------------------------------
 
     def put_peer(self, node_id: bytes, host: str, port: int, bootstrap: bool,
-                 last_seen_ms: int) -> None:
+                 last_seen_ms: int, contact: bool = False) -> None:
         self.db.execute(
-            "INSERT INTO peers VALUES (?,?,?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
+            "INSERT INTO peers VALUES (?,?,?,?,?,?) ON CONFLICT(node_id) DO UPDATE SET "
             "host=excluded.host, port=excluded.port, last_seen_ms=excluded.last_seen_ms, "
-            "bootstrap=max(bootstrap, excluded.bootstrap)",
-            (node_id, host, port, int(bootstrap), last_seen_ms))
+            "bootstrap=max(bootstrap, excluded.bootstrap), "
+            "contact=max(contact, excluded.contact)",
+            (node_id, host, port, int(bootstrap), last_seen_ms, int(contact)))
         self.dirty = True
 
-    def peers(self) -> list[tuple[bytes, str, int, bool, int]]:
-        return [(n, h, p, bool(b), s) for n, h, p, b, s in
-                self.db.execute("SELECT * FROM peers")]
+    def peers(self) -> list[tuple[bytes, str, int, bool, int, bool]]:
+        """(node id, host, port, bootstrap, last seen, contact) of every saved peer."""
+        return [(n, h, p, bool(b), s, bool(c)) for n, h, p, b, s, c in
+                self.db.execute("SELECT node_id, host, port, bootstrap, last_seen_ms, contact "
+                                "FROM peers")]
+
+    def delete_peers(self, nodes: list[bytes]) -> None:
+        """Forget saved peers (bootstrap peers stay)."""
+        if nodes:
+            self.db.executemany("DELETE FROM peers WHERE node_id=? AND bootstrap=0",
+                                [(n,) for n in nodes])
+            self.dirty = True
+
+    def prune_peers(self, keep: int) -> int:
+        """Keep every bootstrap peer and at most ``keep`` contacts (the most recently
+        seen); return how many went."""
+        n = self.db.execute(
+            "DELETE FROM peers WHERE bootstrap=0 AND node_id NOT IN (SELECT node_id FROM "
+            "peers WHERE bootstrap=0 ORDER BY last_seen_ms DESC LIMIT ?)", (keep,)).rowcount
+        self.dirty = self.dirty or n > 0
+        return n
+
+    def contacts(self) -> list[bytes]:
+        """The recipients of the messages in the outbox."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT recipient FROM outbox")]

@@ -72,6 +72,11 @@ class Sim:
         vanishes on the way (answered ok, never delivered)."""
         self.sent: list[tuple[str, bytes]] = []
         """Every envelope handed to ``transport.send``: (sending node, envelope)."""
+        self.dials: list[tuple[str, bytes]] = []
+        """Every ``transport.connect``: (dialling node, node dialled)."""
+        self.tried: list[tuple[str, bytes]] = []
+        """Every envelope given to ``transport.send``, also to peers it is not connected
+        to (those fail)."""
         self.settings = settings
         self._ctx = 0
         for i, name in enumerate(names):
@@ -188,7 +193,8 @@ class Sim:
             self._answer(name, a.token, PeerReplied(a.token, tm.PeersReply(peers=peers)))
         elif isinstance(body, tm.Info):
             self._answer(name, a.token, PeerReplied(a.token, tm.InfoReply(
-                node_id=node.id, host="0.0.0.0", port=node.port, ready=True)))
+                node_id=node.id, host="0.0.0.0", port=node.port, ready=True,
+                local=[tm.SocketAddr(host="10.0.0.1", port=node.port)])))
         elif isinstance(body, tm.Punch):  # a NAT between them unless reachable
             relay, other = self.by_id(body.via), self.by_id(body.peer)
             self.punches.append((name, other.name if other else "?"))
@@ -203,6 +209,7 @@ class Sim:
             self._answer(name, a.token, PeerReplied(a.token, tm.PunchReply(
                 host="10.0.0.1", port=other.port, elapsed_ms=1.0)))
         elif isinstance(body, tm.Connect):
+            self.dials.append((name, body.peer))
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable:
                 self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,
@@ -211,6 +218,7 @@ class Sim:
             self._link(name, other.name)
             self._answer(name, a.token, PeerReplied(a.token, tm.ConnectReply()))
         elif isinstance(body, tm.Send):
+            self.tried.append((name, a.blobs[0]))
             other = self.by_id(body.peer)
             pair = frozenset((name, other.name)) if other else frozenset()
             if other is None or pair not in self.links:

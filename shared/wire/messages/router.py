@@ -158,7 +158,8 @@ class PeerEntry(Message):
     username: str = Field("", description="From its signed announcement.")
     status: Literal["online", "stale", "offline"] = Field(
         description="`online`: connected or heard from in the last 20 s; `stale`: silent "
-        "20-45 s; `offline`: longer (forgotten after an hour).")
+        "20-45 s; `offline`: longer (forgotten after an hour, unless it is a bootstrap peer "
+        "or a node this node has sent to).")
     connected: bool = Field(description="A transport connection to it is up.")
     path: Literal["direct", "relayed", "none"] = Field(
         "none", description="How a message to it would travel now: over a direct connection, "
@@ -178,7 +179,8 @@ class PeersReply(Message):
 
 @message("router.peers", "request", reply=PeersReply)
 class Peers(Message):
-    """Every node the router knows: connected ones, and those learned from announcements."""
+    """Every node the router knows: connected ones, and those learned from announcements
+    (at most `[router] max_peers`)."""
 
 
 @message("router.add_peer_reply", "reply")
