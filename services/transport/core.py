@@ -7,7 +7,10 @@ every 2 s. Datagrams from the shell's UDP socket are fed to the endpoint; its da
 become :class:`SendDatagram` actions and its events become bus events
 (``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.path``).
 ``transport.connect`` is answered when the peer has proven its node id, or fails with the
-reason the connection ended.
+reason the connection ended. Its host is checked as text first (addresses.py; ``invalid``
+otherwise, counted); a host name is never given to the endpoint: the core asks the shell to
+resolve it (:class:`Resolve`), which does so in a resolver thread with a timeout and answers
+with :class:`Resolved`, and only then dials.
 
 Envelopes from peers go to the router as ``router.deliver`` calls, at most
 ``DELIVER_WINDOW`` in flight. The rest wait in a queue that may cost ``DELIVER_QUEUE_COST``
@@ -46,6 +49,7 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as m
 
+from .addresses import parse_host
 from .endpoint import (
     FRAME_COST,
     Addr,
@@ -74,6 +78,9 @@ DELIVER_QUEUE_COST = 8 * 1024 * 1024
 DELIVER_TIMEOUT_S = 5.0
 DELIVER_RETRY_S = 0.5
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
+MAX_RESOLVING = 8
+"""Host names being resolved at once (``transport.connect`` with a name); more are refused
+with ``overloaded`` (counted ``resolves_refused``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,26 @@ class DatagramsReceived(ServiceInput):
 class SendDatagram(ServiceAction):
     data: bytes
     addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve(ServiceAction):
+    """Resolve a host name off the event loop (the shell answers with :class:`Resolved`,
+    within its timeout)."""
+
+    token: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved(ServiceInput):
+    """The answer to :class:`Resolve`: a literal address, or why there is none."""
+
+    token: int
+    addr: Addr | None
+    error: str = ""
+    timed_out: bool = False
 
 
 class TransportCore(Core):
@@ -123,6 +150,9 @@ class TransportCore(Core):
         """After a retryable failure, no new calls before this time."""
         self.stats: Counter[str] = Counter()
         self._send_replies: list[Action] = []
+        self._resolving: dict[int, tuple[bytes, str, int]] = {}
+        """token -> (peer, host, port) of each name being resolved for a connect."""
+        self._resolve_seq = 0
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -173,9 +203,20 @@ class TransportCore(Core):
                 assert ep is not None
                 if peer in ep.peers:
                     return [Reply(event.ctx, m.ConnectReply())]
-                self._connects.setdefault(peer, []).append(event.ctx)
-                ep.dial(peer, (host, port), now)
-                return self._collect(now)
+                try:
+                    host, is_literal = parse_host(host)
+                    if is_literal and (":" in host) != (":" in self.local[0]):
+                        raise ValueError("not of this socket's address family")
+                except ValueError as e:
+                    self.stats["invalid_hosts"] += 1
+                    return [Fail(event.ctx, ErrorCode.INVALID, f"host {host!r}: {e}")]
+                if is_literal:
+                    self._connects.setdefault(peer, []).append(event.ctx)
+                    ep.dial(peer, (host, port), now)
+                    return self._collect(now)
+                return self._resolve(event.ctx, peer, host, port)
+            case Resolved(token=token, addr=addr, error=error, timed_out=timed_out):
+                return self._resolved(token, addr, error, timed_out, now)
             case Request(body=m.Punch(peer=peer, via=via)):
                 assert ep is not None
                 direct = ep.peers.get(peer)
@@ -254,6 +295,7 @@ class TransportCore(Core):
 
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
+                "resolving": len(self._resolving),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
                 "deliver_queue": len(self._inbox) + len(self._failed),
                 "deliver_queue_cost": self._inbox_cost,
@@ -319,6 +361,48 @@ class TransportCore(Core):
         replies, self._send_replies = self._send_replies, []
         return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
 
+    def _resolve(self, ctx: object, peer: bytes, host: str, port: int) -> list[Action]:
+        """A connect to a host name: the shell resolves it off the loop (``Resolve``)."""
+        waiting = peer in self._connects
+        self._connects.setdefault(peer, []).append(ctx)
+        if (peer, host, port) in self._resolving.values():
+            return []  # that name is being resolved for this peer already
+        if waiting:
+            return []  # a dial or a resolution for this peer is in progress: join it
+        if len(self._resolving) >= MAX_RESOLVING:
+            self.stats["resolves_refused"] += 1
+            self._connects[peer].remove(ctx)
+            if not self._connects[peer]:
+                del self._connects[peer]
+            return [Fail(ctx, ErrorCode.OVERLOADED, f"{MAX_RESOLVING} host names are being "
+                         "resolved already")]
+        self._resolve_seq += 1
+        self._resolving[self._resolve_seq] = (peer, host, port)
+        self.stats["resolves"] += 1
+        return [Resolve(self._resolve_seq, host, port)]
+
+    def _resolved(self, token: int, addr: Addr | None, error: str, timed_out: bool,
+                  now: float) -> list[Action]:
+        ep = self.endpoint
+        entry = self._resolving.pop(token, None)
+        if entry is None or ep is None:
+            return []
+        peer, host, _ = entry
+        if addr is not None:
+            try:
+                addr = (parse_host(addr[0])[0], addr[1])  # the resolver gives literals
+            except ValueError as e:
+                addr, error = None, str(e)
+        if addr is None:
+            self.stats["resolve_failures"] += 1
+            code = ErrorCode.PEER_TIMEOUT if timed_out else ErrorCode.FAILED
+            return [Fail(ctx, code, f"cannot resolve {host!r}: {error}")
+                    for ctx in self._connects.pop(peer, [])]
+        if peer in ep.peers:
+            return [Reply(ctx, m.ConnectReply()) for ctx in self._connects.pop(peer, [])]
+        ep.dial(peer, addr, now)
+        return self._collect(now)
+
     def _punch_ended(self, ev: PunchEnded) -> list[Action]:
         host, port = ev.addr or ("", 0)
         ms = round(ev.elapsed_s * 1000, 3)
@@ -372,7 +456,7 @@ class TransportCore(Core):
         """Fail the connects whose dial is no longer in progress."""
         ep = self.endpoint
         assert ep is not None
-        dialling = ep.dialling()
+        dialling = ep.dialling() | {p for p, _, _ in self._resolving.values()}
         failed: list[Action] = []
         for peer in [p for p in self._connects if p not in dialling and p not in ep.peers]:
             code = ErrorCode.PEER_TIMEOUT if "in time" in reason else ErrorCode.FAILED

@@ -84,6 +84,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from shared.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, TransportBinding
 from shared.primitives import CryptoError, verify
 
+from .addresses import Addr, NameRefused, literal
+
 ALPN = "tom/1"
 AUTH_CONTEXT = b"tom/transport-auth/1\x00"
 CHANNEL_LABEL = b"tom cb"
@@ -138,7 +140,6 @@ CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
 CLOSE_MALFORMED = 0x102
 
-Addr = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,19 +344,21 @@ class _Punch:
 
 
 def _addrs(value: object) -> list[Addr]:
-    """Candidate addresses from a control frame: ``[[ip, port], ...]``; ValueError if not."""
+    """Candidate addresses from a control frame: ``[[ip, port], ...]``; ValueError if not
+    (NameRefused for a host name: peers give literal addresses only)."""
     if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
         raise ValueError("candidates: not a short list")
     out: list[Addr] = []
     for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], int) and 0 < item[1] < 65536) or "%" in item[0]:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
+                and 0 < item[1] < 65536):
             raise ValueError("candidate: not [ip, port]")
-        ip = ipaddress.ip_address(item[0])
+        host = literal(item[0])
+        ip = ipaddress.ip_address(host)
         if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved \
-                or ip.is_link_local or str(ip) == "255.255.255.255":
+                or ip.is_link_local or host == "255.255.255.255":
             continue  # never a peer's address: not probed
-        out.append((item[0], item[1]))
+        out.append((host, item[1]))
     return out
 
 
@@ -861,6 +864,8 @@ class Endpoint:
                                         f"{reason[:200]}")
                 case _:
                     self.counters["unknown_control"] += 1
+        except NameRefused:
+            self.counters["names_refused"] += 1
         except (ValueError, TypeError, msgpack.UnpackException):
             self.counters["malformed_control"] += 1
 

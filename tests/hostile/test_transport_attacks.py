@@ -1,0 +1,238 @@
+"""Attacks on the transport, run against real crypto + transport processes on loopback (the
+test plays each node's router, tests/contract/router_side.py). Each test reproduces one
+attack of issue 13, checks that the node refuses or bounds it and counts it, and that a
+legitimate peer A keeps being served by the victim B meanwhile. A's round trip (A's
+transport -> B's router -> B's transport -> A's router) is measured idle and during the
+attack and printed (``-s``); the suite asserts service, not timings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket as pysocket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from services.transport.endpoint import CONTROL
+from shared.bus import BusClient
+from shared.primitives import SigningKey
+from shared.wire import RemoteError
+from shared.wire.messages import transport as m
+from shared.wire.messages.sys import Status, StatusReply
+from tests.contract.harness import IMPLEMENTATIONS, Node, prepare
+from tests.contract.router_side import RouterSide
+from tests.e2e.test_transport import Rogue, info
+
+pytestmark = pytest.mark.slow
+NODE_TOML = """\
+[bus]
+heartbeat_s = 0.5
+[transport]
+host = "127.0.0.1"
+port = 0
+"""
+A_SEED, B_SEED = b"\x1a" * 32, b"\x1b" * 32
+A_ID, B_ID = SigningKey(A_SEED).public, SigningKey(B_SEED).public
+
+
+class World:
+    """Legitimate A connected to the victim B; both routers played by the test."""
+
+    def __init__(self, b_toml: str = "", b_template: str | None = None) -> None:
+        self.nodes: list[tuple[Node, RouterSide]] = []
+        self.clients: list[BusClient] = []
+        self.a, self.ra = self._node(A_SEED, NODE_TOML)
+        self.b, self.rb = self._node(B_SEED, NODE_TOML + b_toml, b_template)
+        self.ia, self.ib = info(self.a), info(self.b)
+        assert self.ia.ready and self.ib.ready
+        self.ca, self.cb = self.client(self.a), self.client(self.b)
+        self.ca.request("transport", m.Connect(peer=B_ID, host=self.ib.host,
+                                               port=self.ib.port))
+        self.n = 0
+
+    def _node(self, seed: bytes, toml: str, template: str | None = None
+              ) -> tuple[Node, RouterSide]:
+        node = prepare(template or IMPLEMENTATIONS["services"], seed, toml)
+        try:
+            node.start("crypto", "transport")
+        except Exception:
+            print(node.log_tail())
+            node.stop()
+            raise
+        side = RouterSide(node)
+        self.nodes.append((node, side))
+        return node, side
+
+    def client(self, node: Node) -> BusClient:
+        c = node.client(timeout_s=10)
+        self.clients.append(c)
+        return c
+
+    def rtt(self, timeout_s: float = 10) -> float:
+        """One envelope A -> B and its answer B -> A, through both transports and both
+        (test-played) routers: seconds."""
+        self.n += 1
+        ping, pong = b"ping%d" % self.n, b"pong%d" % self.n
+        start = time.perf_counter()
+        self.ca.call("transport", m.Send(peer=B_ID), [ping], timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while ping not in self.rb.envelopes() and time.monotonic() < deadline:
+            self.rb.pump(20)
+        assert ping in self.rb.envelopes(), "B never got A's envelope"
+        self.cb.call("transport", m.Send(peer=A_ID), [pong], timeout_s=timeout_s)
+        while pong not in self.ra.envelopes() and time.monotonic() < deadline:
+            self.ra.pump(20)
+        assert pong in self.ra.envelopes(), "A never got B's answer"
+        return time.perf_counter() - start
+
+    def p50(self, samples: int = 15, during: Callable[[], None] | None = None) -> float:
+        times = []
+        for _ in range(samples):
+            times.append(self.rtt())
+            if during:
+                during()
+        return statistics.median(times)
+
+    def counters(self, node: Node | None = None) -> dict[str, int]:
+        status = self.client(node or self.b).request("transport", Status())
+        assert isinstance(status, StatusReply)
+        return status.counters | status.queues
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        for n, r in self.nodes:
+            r.close()
+            n.stop()
+            shutil.rmtree(n.data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def world(b_toml: str = "", b_template: str | None = None) -> Iterator[World]:
+    w = World(b_toml, b_template)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def report(what: str, idle: float, attacked: float) -> None:
+    print(f"\n{what}: legit A<->B round trip p50 idle {idle * 1000:.2f} ms, during the "
+          f"attack {attacked * 1000:.2f} ms ({attacked / idle:.2f}x)")
+
+
+def send_control(rogue: Rogue, peer: bytes, msg: list[object]) -> None:
+    """The rogue writes a control frame on its lane, past every check of its endpoint."""
+    conn = rogue.ep.peers[peer]
+    assert conn.lane is not None
+    body = bytes([CONTROL]) + msgpack.packb(msg, use_bin_type=True)
+    conn.quic.send_stream_data(conn.lane, len(body).to_bytes(4, "big") + body)
+    rogue.ep._pump(conn, time.monotonic())
+
+
+def connected_rogue(w: World, seed: bytes) -> Rogue:
+    rogue = Rogue(seed)
+    rogue.ep.dial(B_ID, (w.ib.host, w.ib.port), time.monotonic())
+    rogue.run(lambda: B_ID in rogue.ep.peers)
+    assert B_ID in rogue.ep.peers
+    return rogue
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 10, step: Callable[[], None]
+             | None = None) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        if step:
+            step()
+        else:
+            time.sleep(0.05)
+    return True
+
+
+# -- 1. names and malformed hosts -----------------------------------------------------------
+
+
+def test_host_names_from_peers_are_refused_and_bad_hosts_answered_not_raised() -> None:
+    """A peer's address report names a host (a resolver that never answers would freeze the
+    loop): refused, counted. The router asks to connect to a host with a NUL byte or an
+    over-long label (sendto raised out of the drain loop and the batch was lost): answered
+    `invalid`, and the requests pipelined behind it are answered too."""
+    with world() as w:
+        for host in ("evil\x00.example", "x" * 64 + ".example"):
+            bad = w.cb.send("transport", m.Connect(peer=b"\x33" * 32, host=host, port=4433))
+            behind = [w.cb.send("transport", m.Info()) for _ in range(20)]
+            with pytest.raises(RemoteError) as err:
+                w.cb.recv("transport", bad)
+            assert err.value.name == "invalid"
+            for msg_id in behind:
+                assert isinstance(w.cb.recv("transport", msg_id).body, m.InfoReply)
+        c = w.counters()
+        assert c.get("invalid_hosts") == 2 and not c.get("internal_errors"), c
+        rogue = connected_rogue(w, b"\x2e" * 32)
+        try:
+            for host in ("never-answers.example", "a\x00b"):
+                send_control(rogue, B_ID, ["addr", [host, 4433], [["lan.example", 1]]])
+            rogue.run(lambda: False, 0.5)
+            c = w.counters()
+            assert c.get("names_refused") == 1 and c.get("malformed_control") == 1, c
+        finally:
+            rogue.close()
+        w.rtt()
+
+
+SILENT_DNS = ("127.0.0.77", 53)
+
+
+def test_a_name_whose_resolver_never_answers_does_not_freeze_the_transport(
+        tmp_path: Path) -> None:
+    """B's transport runs with a resolver that never answers (its own mount namespace sees
+    a resolv.conf naming a silent server). The router asks it to connect to host names:
+    B keeps serving A meanwhile, and each connect fails after `resolve_timeout_s`."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (a mount namespace for resolv.conf)")
+    silent = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
+    try:
+        silent.bind(SILENT_DNS)
+    except OSError as e:
+        silent.close()
+        pytest.skip(f"cannot bind the silent resolver at {SILENT_DNS}: {e}")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {SILENT_DNS[0]}\noptions timeout:4 attempts:2\n")
+    os.chmod(tmp_path, 0o755)
+    template = (f"unshare -m sh -c 'mount --bind {resolv} /etc/resolv.conf && exec "
+                "{python} -m services.{role} --data {data} --endpoints {endpoints}'")
+    check = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {resolv} "
+                            "/etc/resolv.conf && cat /etc/resolv.conf"],
+                           capture_output=True, text=True, timeout=10)
+    if SILENT_DNS[0] not in check.stdout:
+        silent.close()
+        pytest.skip(f"cannot bind-mount resolv.conf here: {check.stderr.strip()}")
+    try:
+        with world("resolve_timeout_s = 2.0\n", template) as w:
+            idle = w.p50()
+            names = [w.cb.send("transport", m.Connect(
+                peer=bytes([i]) * 32, host=f"n{i}.never-answers.example", port=4433),
+                timeout_s=30) for i in range(12)]
+            attacked = w.p50()
+            report("12 host names, a resolver that never answers", idle, attacked)
+            codes = []
+            for msg_id in names:
+                with pytest.raises(RemoteError) as err:
+                    w.cb.recv("transport", msg_id, timeout_s=30)
+                codes.append(err.value.name)
+            assert set(codes) <= {"peer_timeout", "failed", "overloaded"}, codes
+            c = w.counters()
+            assert c.get("resolve_failures", 0) >= 4, c
+            assert c.get("resolves_refused", 0) + c.get("resolve_failures", 0) == 12, c
+            w.rtt()
+    finally:
+        silent.close()
