@@ -50,6 +50,7 @@ from shared.wire.messages import router as rm
 from shared.wire.messages import transport as m
 
 from .addresses import parse_host
+from .admission import Limits
 from .endpoint import (
     FRAME_COST,
     Addr,
@@ -121,8 +122,10 @@ class TransportCore(Core):
     handles = frozenset({m.Info, m.Connect, m.Send, m.Peers, m.Punch})
 
     def __init__(self, key: Ed25519PrivateKey, wall: Callable[[], float], local: Addr,
-                 binding_s: float = 86400.0, idle_timeout_s: float = 30.0) -> None:
+                 binding_s: float = 86400.0, idle_timeout_s: float = 30.0,
+                 limits: Limits | None = None) -> None:
         self._key = key
+        self.limits = limits or Limits()
         self._wall = wall
         self.local = local
         self.binding_s = binding_s
@@ -171,9 +174,11 @@ class TransportCore(Core):
             case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
                 self._next_bind = now + BIND_RETRY_S
                 return []
-            case PeerReplied(token=(tag, _, _, _)) if tag == DELIVER:
+            case PeerReplied(token=(tag, _, peer, _)) if tag == DELIVER:
                 self._delivering -= 1
                 self.stats["delivered"] += 1
+                if ep is not None:
+                    ep.valued(peer, now)  # the router took it: a peer worth its slot
                 return self._collect(now)
             case PeerFailed(token=(tag, seq, peer, data), code=code) if tag == DELIVER:
                 self._delivering -= 1
@@ -203,6 +208,7 @@ class TransportCore(Core):
                 assert ep is not None
                 if peer in ep.peers:
                     return [Reply(event.ctx, m.ConnectReply())]
+                ep.want(peer)
                 try:
                     host, is_literal = parse_host(host)
                     if is_literal and (":" in host) != (":" in self.local[0]):
@@ -226,6 +232,7 @@ class TransportCore(Core):
                 if peer == ep.node_id or via == peer:
                     return [Fail(event.ctx, ErrorCode.INVALID, "peer must be another node, "
                                  "introduced by a third one")]
+                ep.want(peer)
                 try:
                     ep.punch(peer, via, now)
                 except SendError as e:
@@ -297,6 +304,7 @@ class TransportCore(Core):
         return {"pending_connects": sum(map(len, self._connects.values())),
                 "resolving": len(self._resolving),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
+                "half_open": self.endpoint.half_open if self.endpoint else 0,
                 "deliver_queue": len(self._inbox) + len(self._failed),
                 "deliver_queue_cost": self._inbox_cost,
                 "delivering": self._delivering}
@@ -306,7 +314,7 @@ class TransportCore(Core):
     def _bound(self, binding: bytes, now: float) -> None:
         if self.endpoint is None:
             self.endpoint = Endpoint(self._key, binding, self._wall,
-                                     idle_timeout_s=self.idle_timeout_s)
+                                     idle_timeout_s=self.idle_timeout_s, limits=self.limits)
             self.endpoint.local_candidates = self.local_candidates
         else:
             self.endpoint.set_binding(binding)

@@ -46,12 +46,19 @@ A connection that loses its place (to a restarted peer's or in a simultaneous di
 *retired*, not cut: nothing new is sent on it, its lane is ended with FIN, and it closes once
 both lanes are finished or after ``DRAIN_S`` without progress, so envelopes already in
 flight on it arrive; complete frames still buffered when any connection ends are handed over.
-A node id holds at most one retired connection beside its current one, and the endpoint at
-most ``max_connections`` authenticated connections.
+A node id holds at most one retired connection beside its current one.
+
+Admission (admission.py). An Initial from an unknown connection id gets state only within the
+half-open limits; beyond ``retry_above`` half-open connections, or beyond its address's share,
+it is answered with a stateless QUIC Retry, and only an Initial carrying a valid token (its
+source address proven) may then take a slot. An authenticated peer takes one of
+``max_connections`` slots; strangers cannot take the reserved ones, and the owner's dials and
+the nodes it asked for (``want``) evict a stranger when no slot is free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import secrets
@@ -71,11 +78,13 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import (
     QuicHeader,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -85,6 +94,15 @@ from shared.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, TransportBinding
 from shared.primitives import CryptoError, verify
 
 from .addresses import Addr, NameRefused, literal
+from .admission import (
+    ACCEPT,
+    ADDRESS_FULL,
+    RETRY,
+    HalfOpen,
+    Limits,
+    evict_for_known,
+    evict_for_stranger,
+)
 
 ALPN = "tom/1"
 AUTH_CONTEXT = b"tom/transport-auth/1\x00"
@@ -139,6 +157,9 @@ then one per NAT rebinding)."""
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
 CLOSE_MALFORMED = 0x102
+CLOSE_EVICTED = 0x103
+MAX_KNOWN = 4096
+"""Node ids the owner asked for (dials, punches) that admission remembers as known."""
 
 
 
@@ -321,6 +342,12 @@ class _Conn:
     intros_made: list[float] = field(default_factory=list)
     addr_reports: list[float] = field(default_factory=list)
     """When this peer (as a relay) last introduced others to us (rate limit)."""
+    half_open: str | None = None
+    """Source IP this server-side connection is counted under while half-open."""
+    proven: bool = False
+    """Its Initial carried a valid Retry token."""
+    valued_at: float = 0.0
+    """When the owner last reported an envelope of this peer accepted (admission)."""
 
 
 @dataclass
@@ -372,8 +399,8 @@ class Endpoint:
     def __init__(self, transport_key: Ed25519PrivateKey, binding: bytes,
                  wall: Callable[[], float], *, idle_timeout_s: float = 30.0,
                  auth_timeout_s: float = 10.0, max_frame_bytes: int = MAX_ENVELOPE_BYTES,
-                 max_unauthenticated: int = 64, max_backlog: int = MAX_BACKLOG,
-                 max_connections: int = 1024) -> None:
+                 max_backlog: int = MAX_BACKLOG, limits: Limits | None = None,
+                 max_connections: int | None = None) -> None:
         self._key = transport_key
         self._binding = binding
         self.node_id = TransportBinding.decode(binding).node_id
@@ -384,9 +411,15 @@ class Endpoint:
         self.ping_interval_s = min(idle_timeout_s / 3, PING_INTERVAL_S)
         self.auth_timeout_s = auth_timeout_s
         self.max_frame_bytes = max_frame_bytes
-        self.max_unauthenticated = max_unauthenticated
         self.max_backlog = max_backlog
-        self.max_connections = max_connections
+        limits = limits or Limits()
+        if max_connections is not None:
+            limits = dataclasses.replace(limits, max_connections=max_connections)
+        self.limits = limits
+        self._half_open = HalfOpen(limits)
+        self._retry = QuicRetryTokenHandler()
+        self.known: dict[bytes, None] = {}
+        """Node ids the owner asked for (``want``): never strangers to admission."""
         self.window = 2 * (max_frame_bytes + PREFIX)
         """Receive window of a lane and of an authenticated connection: two full frames."""
         self.budget = sys.maxsize
@@ -498,6 +531,11 @@ class Endpoint:
         return sender._buffer_stop - sender._buffer_start
 
     @property
+    def half_open(self) -> int:
+        """Connections accepted from peers that have not yet proven their node id."""
+        return self._half_open.total
+
+    @property
     def accepting(self) -> bool:
         return self.budget > 0
 
@@ -527,10 +565,25 @@ class Endpoint:
             raise ValueError("the binding is for another node id or transport key")
         self._binding = binding
 
+    def want(self, node_id: bytes) -> None:
+        """The owner asked for this node (a dial, a punch): admission treats it as known
+        (at most ``MAX_KNOWN`` remembered, the oldest forgotten first)."""
+        self.known.pop(node_id, None)
+        self.known[node_id] = None
+        while len(self.known) > MAX_KNOWN:
+            del self.known[next(iter(self.known))]
+
+    def valued(self, node_id: bytes, now: float) -> None:
+        """The owner accepted an envelope from this peer: it weighs in admission."""
+        conn = self.peers.get(node_id)
+        if conn is not None:
+            conn.valued_at = now
+
     def close(self, node_id: bytes, now: float, reason: str = "closed") -> None:
         conn = self.peers.pop(node_id, None)
         if conn is not None:
             conn.closing = True
+            self._settle(conn)
             conn.quic.close(reason_phrase=reason)
             self._pump(conn, now)
             self._events.append(PeerClosed(node_id, conn.addr, reason))
@@ -628,22 +681,56 @@ class Endpoint:
                 destination_cid=header.source_cid,
                 supported_versions=config.supported_versions), addr))
             return None
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200 \
+                or version is None:
             self.counters["unroutable_datagrams"] += 1
             return None
-        if sum(1 for c in self._conns if c.node_id is None and not c.dialled) \
-                >= self.max_unauthenticated:
-            self.counters["refused_half_open"] += 1
+        ip = addr[0]
+        original, retry_source = header.destination_cid, None
+        if header.token:  # the Initial that answers our Retry
+            try:
+                original = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid,
+                    token=header.token, now=now)
+            except ValueError:
+                self.counters["invalid_tokens"] += 1
+                return None
+            retry_source = header.destination_cid
+        verdict = self._half_open.verdict(ip, proven=retry_source is not None)
+        if verdict == RETRY:  # stateless: prove the address first
+            source_cid = secrets.token_bytes(CID_LENGTH)
+            self._out.append((encode_quic_retry(
+                version=version, source_cid=source_cid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=self._retry.create_token(
+                    address=addr, original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid, now=now)), addr))
+            self.counters["retries_sent"] += 1
+            return None
+        if verdict != ACCEPT:
+            self.counters["refused_half_open_per_address" if verdict == ADDRESS_FULL
+                          else "refused_half_open"] += 1
             return None
         quic = BoundedQuicConnection(configuration=config,
-                                     original_destination_connection_id=header.destination_cid)
-        conn = _Conn(quic, addr, dialled=False, created=now)
+                                     original_destination_connection_id=original,
+                                     retry_source_connection_id=retry_source)
+        conn = _Conn(quic, addr, dialled=False, created=now, half_open=ip,
+                     proven=retry_source is not None)
+        self._half_open.add(ip, conn.proven)
         self._routes[header.destination_cid] = conn
         self._add(conn)
         self.counters["accepted"] += 1
         return conn
 
+    def _settle(self, conn: _Conn) -> None:
+        """The connection is no longer half-open (authenticated, closing or gone)."""
+        if conn.half_open is not None:
+            self._half_open.remove(conn.half_open, conn.proven)
+            conn.half_open = None
+
     def _forget(self, conn: _Conn) -> None:
+        self._settle(conn)
         for cid in [k for k, c in self._routes.items() if c is conn]:
             del self._routes[cid]
         self._conns.discard(conn)
@@ -778,10 +865,9 @@ class Endpoint:
         if node_id == self.node_id:
             self._fail(conn, "connected to ourselves")
             return
-        if sum(1 for c in self._conns if c.node_id is not None and not c.closing) \
-                >= self.max_connections:
-            self._fail(conn, "too many connections", count="refused_connections")
+        if not self._admit(conn, node_id, now):
             return
+        self._settle(conn)
         conn.node_id = node_id
         conn.quic.connection_window = self.window
         conn.authenticated_at = now
@@ -1009,9 +1095,42 @@ class Endpoint:
         dialler_new = self.node_id if new.dialled else node_id
         return dialler_new == min(self.node_id, node_id)
 
+    def _admit(self, conn: _Conn, node_id: bytes, now: float) -> bool:
+        """Whether the newly authenticated ``conn`` gets a slot (admission.py); may evict a
+        stranger to make room. Refused: closed and counted."""
+        if node_id in self.peers and not self.peers[node_id].closing:
+            return True  # replaces its own connection: no new slot
+        lim = self.limits
+        held = [c for c in self.peers.values() if not c.closing]
+        strangers = [c for c in held if self._stranger(c)]
+        victim = None
+        if not self._stranger(conn, node_id):
+            if len(held) < lim.max_connections:
+                return True
+            victim = evict_for_known(strangers)
+        elif len(held) < lim.max_connections \
+                and len(strangers) < lim.max_connections - lim.reserved:
+            return True
+        else:
+            victim = evict_for_stranger(strangers, now, lim.stranger_grace_s)
+            if victim is None:
+                self.counters["refused_strangers"] += 1
+        if victim is None:
+            self._fail(conn, "too many connections", count="refused_connections")
+            return False
+        self._fail(victim, "evicted: the slot went to another peer", CLOSE_EVICTED,
+                   count="evicted_strangers")
+        self._dirty[victim] = now
+        return True
+
+    def _stranger(self, conn: _Conn, node_id: bytes | None = None) -> bool:
+        """Opened by the peer, for a node id the owner never asked for."""
+        return not conn.dialled and (node_id or conn.node_id) not in self.known
+
     def _fail(self, conn: _Conn, reason: str, code: int = CLOSE_AUTH_FAILED,
               count: str = "auth_failures") -> None:
         self.counters[count] += 1
+        self._settle(conn)
         conn.closing = True
         conn.quic.close(error_code=code, reason_phrase=reason)
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shared.core import Core, ServiceAction
 from shared.service import Service, ServiceContext, StartupError
 
+from .admission import Limits
 from .config import TransportConfig
 from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore
 
@@ -43,8 +44,14 @@ class TransportService(Service):
         self._datagrams: list[SendDatagram] = []
         self.settings = context.section("transport", TransportConfig)
         # a fresh transport key per start: only a binding signed by crypto gives it meaning
+        cfg = self.settings
+        limits = Limits(max_connections=cfg.max_connections,
+                        reserved_connections=cfg.reserved_connections,
+                        max_half_open=cfg.max_half_open,
+                        half_open_per_address=cfg.half_open_per_address,
+                        retry_above=cfg.retry_above, stranger_grace_s=cfg.stranger_grace_s)
         return TransportCore(Ed25519PrivateKey.generate(), time.time, ("0.0.0.0", 0),
-                             self.settings.binding_hours * 3600, self.settings.idle_timeout_s)
+                             cfg.binding_hours * 3600, cfg.idle_timeout_s, limits)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         cfg = self.settings

@@ -8,11 +8,13 @@ attack and printed (``-s``); the suite asserts service, not timings."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket as pysocket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,3 +238,124 @@ def test_a_name_whose_resolver_never_answers_does_not_freeze_the_transport(
             w.rtt()
     finally:
         silent.close()
+
+
+# -- 2. inbound starvation ------------------------------------------------------------------
+
+
+class Attacker:
+    """tests/hostile/transport_attacker.py in a process of its own."""
+
+    def __init__(self, mode: str, w: World, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile.transport_attacker", mode, w.ib.host,
+             str(w.ib.port), B_ID.hex(), *args], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.ready = self.proc.stdout.readline().split()
+        assert self.ready[:1] == ["ready"], self.ready
+
+    def result(self, timeout_s: float = 60) -> dict[str, int]:
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        line = [x for x in out.splitlines() if x.startswith("done ")]
+        assert line, out
+        return json.loads(line[0][5:])  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def newcomer(w: World, seed: bytes) -> tuple[Node, bytes]:
+    """Another legitimate node, connecting to B for the first time (its dial is timed)."""
+    node, _ = w._node(seed, NODE_TOML)
+    assert info(node).ready
+    return node, SigningKey(seed).public
+
+
+def connects_to_b(w: World, seed: bytes, timeout_s: float = 15) -> float:
+    """A new legitimate node dials B for the first time: seconds it took (raises if not)."""
+    node, _ = newcomer(w, seed)
+    with node.client(timeout_s=timeout_s) as c:
+        start = time.monotonic()
+        c.request("transport", m.Connect(peer=B_ID, host=w.ib.host, port=w.ib.port),
+                  timeout_s=timeout_s)
+        return time.monotonic() - start
+
+
+def test_a_spoofed_client_hello_flood_leaves_room_for_new_peers() -> None:
+    """~150 unanswered ClientHellos per second from 200 source addresses (a spoofer: it
+    reads nothing) filled the 64 half-open slots for good: no new peer could connect. Now
+    state is kept for 32 at most and the rest get a stateless Retry: a new peer connects
+    during the flood (its client answers the Retry), and A keeps being served."""
+    with world() as w:
+        idle = w.p50()
+        flood = Attacker("hellos", w, "--rate", "150", "--seconds", "15")
+        try:
+            assert wait_for(lambda: sum(w.counters().get(k, 0) for k in (
+                "accepted", "retries_sent", "refused_half_open")) >= 200)
+            attacked = w.p50()
+            report("unanswered ClientHello flood, 150/s", idle, attacked)
+            took = connects_to_b(w, b"\x1c" * 32)
+            print(f"a new peer connected during the flood in {took * 1000:.1f} ms")
+            c = w.counters()
+            assert c["half_open"] <= 32 and c.get("retries_sent", 0) > 50, c
+            assert not c.get("refused_half_open"), c
+        finally:
+            flood.kill()
+
+
+def test_one_address_cannot_hold_the_half_open_slots() -> None:
+    """A real address (it answers the Retry, so its tokens are valid) opens 100 connections
+    a second and is silent otherwise: it held all 64 half-open slots and no new peer could
+    connect. Now it holds 16 (8 before the Retry, 8 proven), the rest are refused, and a new
+    peer connects."""
+    with world() as w:
+        idle = w.p50()
+        mute = Attacker("mute", w, "--rate", "100", "--seconds", "12")
+        try:
+            assert wait_for(lambda: sum(w.counters().get(k, 0) for k in (
+                "accepted", "refused_half_open", "refused_half_open_per_address")) >= 80, 20)
+            attacked = w.p50()
+            report("one address holding half-open connections", idle, attacked)
+            took = connects_to_b(w, b"\x1c" * 32)
+            print(f"a new peer connected during the attack in {took * 1000:.1f} ms")
+            c = w.counters()
+            assert c["half_open"] <= 2 * 8, c
+            assert c.get("refused_half_open_per_address", 0) >= 50, c
+        finally:
+            mute.kill()
+
+
+CAP_TOML = "max_connections = 12\nreserved_connections = 2\nstranger_grace_s = 300\n"
+
+
+def test_made_up_identities_cannot_take_the_node_s_own_dials_slots() -> None:
+    """30 made-up identities connect to B (cap 12 here, 2 reserved): they get the strangers'
+    share (10, A included), the rest are refused; B's own dials still get in, evicting the
+    newest idle stranger once the cap is reached, and A keeps being served."""
+    with world(CAP_TOML) as w:
+        idle = w.p50()
+        crowd = Attacker("identities", w, "--count", "30", "--seconds", "30")
+        try:
+            attacked = w.p50()
+            report("30 made-up identities at the connection cap", idle, attacked)
+            c = w.counters()
+            assert c["peers"] == 10 and c.get("refused_strangers", 0) >= 20, c
+            dials = []
+            for i in range(3):  # B's router asks for three nodes: each gets in
+                node, node_id = newcomer(w, bytes([0x50 + i]) * 32)
+                ni = info(node)
+                w.cb.request("transport", m.Connect(peer=node_id, host=ni.host,
+                                                    port=ni.port), timeout_s=15)
+                dials.append(node_id)
+            assert wait_for(lambda: w.counters()["peers"] == 12)  # the evicted one is gone
+            c = w.counters()
+            assert c.get("evicted_strangers") == 1, c
+            peers = w.cb.request("transport", m.Peers())
+            assert isinstance(peers, m.PeersReply)
+            ids = {p.node_id for p in peers.peers}
+            assert A_ID in ids and set(dials) <= ids
+            w.rtt()
+        finally:
+            crowd.kill()

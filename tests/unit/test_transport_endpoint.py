@@ -346,10 +346,12 @@ def test_unreadable_initials_keep_no_state() -> None:
     rng = __import__("random").Random(3)
     for i in range(500):  # long header, Initial type, version 1, random rest: not decryptable
         junk = bytes([0xC0]) + (1).to_bytes(4, "big") + bytes([8]) + rng.randbytes(8) \
-            + bytes([8]) + rng.randbytes(1200)
+            + bytes([8]) + rng.randbytes(8) + (b"\x00\x44\xb0" if i % 2 else b"") \
+            + rng.randbytes(1200)  # every other one: no token, a plausible length
         b.receive(junk, ("10.9.9.9", 1000 + i), net.now)
     assert b.counters["unreadable_initials"] > 0
-    assert b.counters["unreadable_initials"] + b.counters["garbage_datagrams"] == 500
+    assert b.counters["unreadable_initials"] + b.counters["garbage_datagrams"] \
+        + b.counters["invalid_tokens"] == 500  # (random bytes where a Retry token goes)
     assert len(b._conns) == 1
     c = endpoint(C_SEED)
     net.eps[("10.0.0.9", 4433)] = c
