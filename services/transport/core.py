@@ -13,10 +13,12 @@ resolve it (:class:`Resolve`), which does so in a resolver thread with a timeout
 with :class:`Resolved`, and only then dials.
 
 Envelopes from peers go to the router as ``router.deliver`` calls, at most
-``DELIVER_WINDOW`` in flight. The rest wait in a queue that may cost ``DELIVER_QUEUE_COST``
-(each envelope its size, at least the endpoint's ``FRAME_COST``): that is the endpoint's
-budget, and once it is spent the endpoint stops reading its peers, so QUIC flow control makes
-them wait instead of anything being dropped; it reads again when the queue is half empty.
+``DELIVER_WINDOW`` in flight. What the transport holds for the router, queued or in flight,
+may cost ``DELIVER_QUEUE_COST`` (each envelope its size, at least the endpoint's
+``FRAME_COST``): that is the endpoint's budget, for all connections of all peers, and once it
+is spent the endpoint stops reading its peers, so QUIC flow control makes them wait instead
+of anything being dropped; it reads again when the cost is down to half. Only complete
+frames of connections that end go past it, at most the endpoint's ``OVERDRAFT`` (8 MiB).
 A call that times out or finds the router unavailable or overloaded is retried, in the order
 the envelopes arrived (the router drops duplicates by envelope id); any other error drops the
 envelope, counted.
@@ -174,8 +176,9 @@ class TransportCore(Core):
             case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
                 self._next_bind = now + BIND_RETRY_S
                 return []
-            case PeerReplied(token=(tag, _, peer, _)) if tag == DELIVER:
+            case PeerReplied(token=(tag, _, peer, data)) if tag == DELIVER:
                 self._delivering -= 1
+                self._inbox_cost -= max(len(data), FRAME_COST)
                 self.stats["delivered"] += 1
                 if ep is not None:
                     ep.valued(peer, now)  # the router took it: a peer worth its slot
@@ -185,9 +188,9 @@ class TransportCore(Core):
                 if code in RETRYABLE:
                     self.stats["deliver_retries"] += 1
                     self._failed.append((seq, peer, data))
-                    self._inbox_cost += max(len(data), FRAME_COST)
                     self._deliver_after = now + DELIVER_RETRY_S
                 else:
+                    self._inbox_cost -= max(len(data), FRAME_COST)
                     self.stats["deliveries_refused"] += 1
                 return self._collect(now)
             case Request(body=m.Info()):
@@ -434,7 +437,6 @@ class TransportCore(Core):
                 self._failed = []
             while self._inbox and self._delivering < DELIVER_WINDOW:
                 seq, peer, data = self._inbox.popleft()
-                self._inbox_cost -= max(len(data), FRAME_COST)
                 self._delivering += 1
                 calls.append(Call("router", rm.Deliver(peer=peer, path="direct"),
                                   (DELIVER, seq, peer, data), DELIVER_TIMEOUT_S, (data,)))

@@ -26,8 +26,11 @@ never overtake the proof. Flow control follows consumption: the lane's and the c
 receive windows grow only by what the endpoint has parsed, and the endpoint parses only
 while its owner's ``budget`` lasts (each envelope costs its size, at least ``FRAME_COST``, so
 tiny frames cannot flood the owner's queue), so a slow consumer pushes back to the sending
-peer. A retired connection (below) is always parsed: it holds at most a window, and its
-envelopes must not be lost when it closes.
+peer. The budget is one for all connections, a peer's retired ones (below) included, whose
+window no longer grows; the complete frames of a connection that ends are handed over past
+the budget (they were acknowledged), but at most ``OVERDRAFT`` past it, so connection churn
+cannot grow the owner's queue (issue 13: a retired connection parsed regardless of the
+budget, with a window that kept growing, let one peer fill 592 MiB).
 
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
 Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
@@ -117,6 +120,9 @@ WINDOW_BEFORE_AUTH = 64 * 1024
 MAX_BACKLOG = 8 * 1024 * 1024
 """Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
 DRAIN_S = 10.0
+OVERDRAFT = 8 * 1024 * 1024
+"""Frames acknowledged on a connection that ended are handed over up to this far past the
+owner's budget (then dropped, counted): the budget holds across connection churn."""
 PING_INTERVAL_S = 1.0
 STALL_S = 1.5
 """Silence (no keep-alive acknowledged) after which a path is reported stalled, so the router
@@ -422,6 +428,8 @@ class Endpoint:
         """Node ids the owner asked for (``want``): never strangers to admission."""
         self.window = 2 * (max_frame_bytes + PREFIX)
         """Receive window of a lane and of an authenticated connection: two full frames."""
+        self.overdraft = OVERDRAFT
+        """How far past the budget the frames of connections that ended are handed over."""
         self.budget = sys.maxsize
         """What the owner still takes: each envelope parsed costs ``max(size, FRAME_COST)``.
         At zero, authenticated peers' lanes are not parsed (their windows stop growing, so
@@ -785,17 +793,20 @@ class Endpoint:
         self._parse(conn, now)
 
     def _parse(self, conn: _Conn, now: float, final: bool = False) -> None:
-        """Take the complete frames off the peer's lane: the proof first, then envelopes
-        (``final``: the connection has ended; hand over what is complete, whatever the
-        budget)."""
+        """Take the complete frames off the peer's lane: the proof first, then envelopes,
+        while the owner's budget lasts, whichever of the peer's connections they arrive on
+        (``final``: the connection has ended; what is complete was acknowledged to the peer,
+        so it is handed over even past the budget, up to ``overdraft`` past it; beyond, it
+        is dropped and counted, and the sender's router retries it end to end)."""
         rx = conn.rx
         pos, end = 0, len(rx)
         node_id = conn.node_id
         limit = self.max_frame_bytes if node_id is not None else MAX_AUTH_BYTES
         frames: list[bytes] = []
-        metered = not final and conn.retired_until is None
         while end - pos >= PREFIX and (final or not conn.closing):
-            if node_id is not None and metered and self.budget <= 0:
+            if node_id is not None and self.budget <= (-self.overdraft if final else 0):
+                if final:
+                    self._drop_rest(rx, pos)
                 break
             size = int.from_bytes(rx[pos:pos + PREFIX], "big")
             if not 0 < size <= limit:
@@ -814,8 +825,7 @@ class Endpoint:
                 self._on_control(conn, frame[1:], now)
             else:
                 frames.append(frame)
-                if metered:
-                    self.budget -= max(size, FRAME_COST)
+                self.budget -= max(size, FRAME_COST)
         del rx[:pos]
         conn.parsed += pos
         conn.quic.consumed += pos
@@ -826,13 +836,26 @@ class Endpoint:
             if conn.retired_until is not None and not final:
                 conn.retired_until = max(conn.retired_until, now + DRAIN_S)  # still draining
         if conn.lane_ended and rx and not conn.closing and not final and (
-                node_id is None or not metered or self.budget > 0):
+                node_id is None or self.budget > 0):
             self._malformed(conn, "the peer's lane ended inside a frame")
             return
         stream = conn.quic._streams.get(3 if conn.dialled else 2)
-        if stream is not None and node_id is not None \
+        # a retired connection's window never grows: the peer only finishes what was in
+        # flight, and cannot go on sending there
+        if stream is not None and node_id is not None and conn.retired_until is None \
                 and conn.parsed + self.window - stream.max_stream_data_local >= self.window // 4:
             stream.max_stream_data_local = conn.parsed + self.window
+
+    def _drop_rest(self, rx: bytearray, pos: int) -> None:
+        """Count the complete frames left on an ended connection past the overdraft."""
+        frames = 0
+        while len(rx) - pos >= PREFIX:
+            size = int.from_bytes(rx[pos:pos + PREFIX], "big")
+            if len(rx) - pos - PREFIX < size:
+                break
+            pos += PREFIX + size
+            frames += 1
+        self.counters["frames_dropped_at_close"] += frames
 
     def _malformed(self, conn: _Conn, reason: str, count: str = "malformed_streams") -> None:
         if not conn.closing:
@@ -1065,6 +1088,7 @@ class Endpoint:
                 other.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
                 self._dirty[other] = now
         conn.retired_until = now + DRAIN_S
+        self.counters["retired"] += 1
         if conn.lane is not None and not conn.closing:
             try:
                 conn.quic.send_stream_data(conn.lane, b"", end_stream=True)

@@ -359,3 +359,54 @@ def test_made_up_identities_cannot_take_the_node_s_own_dials_slots() -> None:
             w.rtt()
         finally:
             crowd.kill()
+
+
+# -- 3. memory ------------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_connection_churn_cannot_grow_the_delivery_queue_past_its_budget() -> None:
+    """B's router is slow (here: it answers nothing for the attack's 8 s). A peer reconnects
+    every half second and sends on the connection B has just retired: that connection was
+    parsed whatever the budget, with a window that kept growing (592 MiB queued). Now all
+    of a peer's connections draw on the one 8 MiB budget, plus at most 8 MiB handed over
+    from connections that end; the rest is dropped at close, counted. A's envelope sent
+    meanwhile arrives once the router answers."""
+    from services.transport.core import DELIVER_QUEUE_COST
+    from services.transport.endpoint import OVERDRAFT
+
+    with world() as w:
+        pid = w.b.proc("transport").pid
+        w.rtt()
+        before = rss_mib(pid)
+        churn = Attacker("cycle", w, "--seconds", "8")
+        peak_cost, peak_rss = 0, before
+        try:
+            w.ca.call("transport", m.Send(peer=B_ID), [b"sent during the attack"])
+            deadline = time.monotonic() + 9
+            while churn.proc.poll() is None and time.monotonic() < deadline:
+                c = w.counters()
+                peak_cost = max(peak_cost, c["deliver_queue_cost"])
+                peak_rss = max(peak_rss, rss_mib(pid))
+                time.sleep(0.2)
+            result = churn.result()
+        finally:
+            churn.kill()
+        c = w.counters()
+        print(f"\n{result['cycles']} connections, {result['frames']} envelopes of 256 KiB "
+              f"accepted by the attacker's endpoints; B's delivery queue peaked at "
+              f"{peak_cost / 2**20:.1f} MiB, its RSS {before:.0f} -> {peak_rss:.0f} MiB; "
+              f"dropped at close: {c.get('frames_dropped_at_close', 0)}")
+        assert result["cycles"] >= 5, result
+        assert peak_cost <= DELIVER_QUEUE_COST + OVERDRAFT + 256 * 1024, peak_cost
+        assert peak_rss - before < 120, (before, peak_rss)
+        assert c.get("retired", 0) >= 4, c
+        assert wait_for(lambda: b"sent during the attack" in w.rb.envelopes(), 60,
+                        lambda: w.rb.pump(50))
+        w.rtt()

@@ -11,8 +11,8 @@ Modes (each prints ``ready`` once set up, then ``done <json>`` and exits after -
               Retry (their address is real) and are silent otherwise: half-open connections
   identities  --count made-up node identities (fresh Ed25519 seeds, real bindings) that dial
               and stay connected, answering keep-alives
-  cycle       one made-up identity opening connection after connection, each one filling
-              its window with 256 KiB envelopes (the retired-connection memory attack)
+  cycle       one made-up identity opening connection after connection and sending 256 KiB
+              envelopes on the one the victim has just retired (the memory attack)
 """
 
 from __future__ import annotations
@@ -142,30 +142,34 @@ def identities(target: tuple[str, int], node: bytes, count: int,
 
 
 def cycle(target: tuple[str, int], node: bytes, seconds: float) -> dict[str, int]:
-    """One identity, a new transport key and connection again and again (each retires the
-    previous one at the victim), each filling its window with 256 KiB envelopes."""
+    """One identity opening connection after connection (a new transport key each time, so
+    each new one retires the previous one at the victim), and sending 256 KiB envelopes as
+    fast as flow control lets it on the connection the victim has just retired."""
     seed = os.urandom(32)
     print("ready", flush=True)
     end, cycles, frames = time.monotonic() + seconds, 0, 0
+    envelope = b"\x92" + os.urandom(256 * 1024 - 1)
     rogues: list[Rogue] = []
     while time.monotonic() < end:
         r = Rogue(seed)
-        rogues = rogues[-2:] + [r]
         r.ep.dial(node, target, time.monotonic())
         deadline = time.monotonic() + 3
         while node not in r.ep.peers and time.monotonic() < deadline:
-            pump(rogues, time.monotonic() + 0.01)
-        if node not in r.ep.peers:
-            continue
+            pump(rogues + [r], time.monotonic() + 0.01)
+        for old in rogues[:-1]:
+            old.sock.close()
+        rogues = rogues[-1:] + [r]
         cycles += 1
-        envelope = b"\x92" + os.urandom(256 * 1024 - 1)
-        for _ in range(3):  # more than its window: the rest waits in its own buffers
-            try:
-                r.ep.send(node, envelope, time.monotonic())
-                frames += 1
-            except Exception:
-                break
-        pump(rogues, time.monotonic() + 0.3)
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            for x in rogues:  # the retired one first
+                while node in x.ep.peers:
+                    try:
+                        x.ep.send(node, envelope, time.monotonic())
+                    except Exception:
+                        break
+                    frames += 1
+            pump(rogues, time.monotonic() + 0.02)
     for r in rogues:
         r.sock.close()
     return {"cycles": cycles, "frames": frames}
