@@ -140,7 +140,9 @@ class TransportCore(Core):
         self._observed: dict[bytes, Addr] = {}
         """What each connected peer reports as this node's address."""
         self._known: dict[bytes, Addr] = {}
-        """Last address of every peer that was connected: re-dialled when it is lost."""
+        """Last address of each connected peer the router asked for (``transport.connect`` or
+        ``punch``): re-dialled when it is lost, forgotten when the re-dials give up. Strangers
+        (peers that connected unasked, or that a relay introduced) are neither."""
         self._redial: dict[bytes, tuple[float, int]] = {}
         """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
         self._inbox: deque[tuple[int, bytes, bytes]] = deque()
@@ -273,6 +275,7 @@ class TransportCore(Core):
             for node, (when, attempt) in list(self._redial.items()):
                 if now >= when and node not in self.endpoint.peers:
                     self._redial[node] = (float("inf"), attempt)
+                    self.stats["redials"] += 1
                     self.endpoint.dial(node, self._known[node], now)
             self.endpoint.handle_timer(now)
         return actions + self._collect(now)
@@ -306,6 +309,7 @@ class TransportCore(Core):
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
                 "resolving": len(self._resolving),
+                "redial_addresses": len(self._known),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
                 "half_open": self.endpoint.half_open if self.endpoint else 0,
                 "deliver_queue": len(self._inbox) + len(self._failed),
@@ -345,7 +349,8 @@ class TransportCore(Core):
                                               path="stalled" if ev.stalled else "direct",
                                               rtt_ms=ev.rtt_ms)))
             elif isinstance(ev, PeerAuthenticated):
-                self._known[ev.node_id] = ev.addr
+                if ev.node_id in ep.known:
+                    self._known[ev.node_id] = ev.addr
                 self._redial.pop(ev.node_id, None)
                 actions.append(Publish(m.PeerConnected(peer=ev.node_id, host=ev.addr[0],
                                                        port=ev.addr[1], dialled=ev.dialled)))
@@ -356,8 +361,10 @@ class TransportCore(Core):
                     self._observed.pop(ev.node_id, None)
                     actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
                                                               reason=ev.reason)))
-                    if ev.node_id in self._known:
+                    if ev.node_id in self._known and ev.node_id in ep.known:
                         self._schedule_redial(ev.node_id, now, first=True)
+                    else:
+                        self._known.pop(ev.node_id, None)
                 actions += self._fail_connects(ev.reason)
                 self._retry_failed_redials(now)
             elif isinstance(ev, AddressObserved):
@@ -446,11 +453,14 @@ class TransportCore(Core):
         return calls
 
     def _schedule_redial(self, node: bytes, now: float, first: bool = False) -> None:
-        """Re-dial a lost peer at its last address, backing off; give up after a while
-        (the router's topology decides about peers that stay away)."""
+        """Re-dial a lost peer the router asked for at its last address, backing off; give up
+        and forget it after a while (the router's topology decides about peers that stay
+        away)."""
         attempt = 0 if first else self._redial.get(node, (0.0, 0))[1] + 1
         if attempt >= REDIAL_ATTEMPTS:
             self._redial.pop(node, None)
+            self._known.pop(node, None)  # the router asks again if it still wants it
+            self.stats["redials_given_up"] += 1
             return
         self._redial[node] = (now + min(REDIAL_FIRST_S * 2 ** attempt, REDIAL_MAX_S), attempt)
 

@@ -96,7 +96,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from shared.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, TransportBinding
 from shared.primitives import CryptoError, verify
 
-from .addresses import Addr, NameRefused, literal
+from .addresses import Addr, NameRefused, is_public, literal
 from .admission import (
     ACCEPT,
     ADDRESS_FULL,
@@ -151,6 +151,12 @@ PUNCH_DIALS = 2
 """Connections one punch may dial (to where probes came from): forged probes cannot make a
 node open more."""
 MAX_CANDIDATES = 8
+PUBLIC_CANDIDATES = 2
+"""Public (not private-range) candidates one punch takes: the address its relay saw the peer
+at, perhaps once more after a NAT rebinding. The rest of an introduction must be private
+(the peer's own interface addresses): a relay cannot aim probes at addresses of its choice."""
+PUNCH_PROBES = 64
+"""Probes one punch sends unasked, over all its candidates (it sent 400 per introduction)."""
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
 INTRO_IN_BURST = 100
@@ -374,6 +380,8 @@ class _Punch:
     """When we last answered a probe from each address (once per probe interval)."""
     tokens: set[bytes] = field(default_factory=set)
     """Accepted in the peer's probes: ours, and the peer's when both asked at once."""
+    probes_left: int = 0
+    """Probes this punch may still send unasked (answers to the peer's are not counted)."""
 
 
 def _addrs(value: object) -> list[Addr]:
@@ -506,7 +514,7 @@ class Endpoint:
             raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
         token = secrets.token_bytes(TOKEN_BYTES)
         self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S,
-                                     tokens={token})
+                                     tokens={token}, probes_left=PUNCH_PROBES)
         self._control(relay, ["intro?", peer, token])
         self.counters["punches"] += 1
 
@@ -1023,7 +1031,7 @@ class Endpoint:
             if len(self._punches) >= MAX_PUNCHES or by_relay >= MAX_INTRODUCED:
                 self.counters["punches_refused"] += 1
                 return
-            p = _Punch(peer, token, False, conn.node_id, now, now)
+            p = _Punch(peer, token, False, conn.node_id, now, now, probes_left=PUNCH_PROBES)
             self._punches[peer] = p
         elif p.via != conn.node_id:  # only the relay of this punch adds to it
             self.counters["stray_intros"] += 1
@@ -1031,8 +1039,16 @@ class Endpoint:
         # both may have asked at once (each gets the other's introduction too): one punch,
         # accepting either token
         p.tokens.add(token)
-        p.candidates = (p.candidates + [a for a in cands if a not in p.candidates]
-                        )[:MAX_CANDIDATES]
+        public = sum(1 for a in p.candidates if is_public(a[0]))
+        for i, a in enumerate(cands):
+            if a in p.candidates or len(p.candidates) >= MAX_CANDIDATES:
+                continue
+            if is_public(a[0]):  # only the relay's own observation, first in the list
+                if i > 0 or public >= PUBLIC_CANDIDATES:
+                    self.counters["intro_candidates_refused"] += 1
+                    continue
+                public += 1
+            p.candidates.append(a)
         if p.introduced is None:
             p.introduced = now
             p.deadline = now + PUNCH_TIMEOUT_S
@@ -1040,9 +1056,11 @@ class Endpoint:
 
     def _probe(self, p: _Punch, now: float) -> None:
         probe = PROBE_MAGIC + p.token + self.node_id
-        self._out += [(probe, addr) for addr in p.candidates]
-        self.counters["probes_sent"] += len(p.candidates)
-        p.next_probe = now + PROBE_EVERY_S
+        targets = p.candidates[:max(0, p.probes_left)]
+        p.probes_left -= len(targets)
+        self._out += [(probe, addr) for addr in targets]
+        self.counters["probes_sent"] += len(targets)
+        p.next_probe = now + PROBE_EVERY_S if p.probes_left > 0 else p.deadline
 
     def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:
         if len(data) != PROBE_BYTES or not data.startswith(PROBE_MAGIC):
@@ -1056,9 +1074,16 @@ class Endpoint:
         if p is None or p.introduced is None or token not in p.tokens:
             self.counters["stray_probes"] += 1
             return
+        if addr not in p.candidates:
+            # a symmetric NAT maps the peer to another port for us, never another address:
+            # probes from elsewhere (forged, with the token a hostile relay knows) would make
+            # this node answer and dial an address of the relay's choice
+            if addr[0] not in {h for h, _ in p.candidates}:
+                self.counters["stray_probes"] += 1
+                return
+            if len(p.candidates) < MAX_CANDIDATES:
+                p.candidates.append(addr)  # where the peer's NAT maps it for us
         self.counters["probes_received"] += 1
-        if addr not in p.candidates and len(p.candidates) < MAX_CANDIDATES:
-            p.candidates.append(addr)  # where the peer's NAT maps it for us
         if self.node_id > peer:  # answer at once, once per probe interval per address
             if now - p.answered.get(addr, -1e9) >= PROBE_EVERY_S:
                 p.answered[addr] = now

@@ -235,6 +235,7 @@ def test_a_name_whose_resolver_never_answers_does_not_freeze_the_transport(
             c = w.counters()
             assert c.get("resolve_failures", 0) >= 4, c
             assert c.get("resolves_refused", 0) + c.get("resolve_failures", 0) == 12, c
+            assert c.get("resolver_busy") == 4, c  # 8 at once in the core, 4 threads
             w.rtt()
     finally:
         silent.close()
@@ -409,4 +410,74 @@ def test_connection_churn_cannot_grow_the_delivery_queue_past_its_budget() -> No
         assert c.get("retired", 0) >= 4, c
         assert wait_for(lambda: b"sent during the attack" in w.rb.envelopes(), 60,
                         lambda: w.rb.pump(50))
+        w.rtt()
+
+
+# -- 4. NAT signalling ----------------------------------------------------------------------
+
+
+def test_a_forged_introduction_cannot_aim_probes_or_dials() -> None:
+    """A connected peer poses as a relay introducing a node that wants a path: it listed
+    public addresses of its choice as candidates (400 probes per control frame went to
+    them) and forged probes carrying its token to make B dial where they came from. Now B
+    takes one public candidate (the relay's own observation) and private ones, sends at
+    most PUNCH_PROBES probes for the introduction, and answers or dials only at a
+    candidate's address. A keeps being served."""
+    from services.transport.endpoint import PROBE_MAGIC, PUNCH_PROBES, TOKEN_BYTES
+
+    with world() as w:
+        idle = w.p50()
+        rogue = connected_rogue(w, b"\x2e" * 32)
+        fake, token = b"\xff" * 32, os.urandom(TOKEN_BYTES)  # B's id is smaller: B dials
+        try:
+            send_control(rogue, B_ID, ["intro", fake, token, [
+                ["100.64.77.1", 4000], ["100.64.77.2", 4000], ["198.18.0.1", 4000],
+                ["10.77.0.1", 4000]]])
+            rogue.run(lambda: w.counters().get("probes_sent", 0) > 0, 3)
+            for _ in range(50):  # forged probes from the rogue's own address
+                rogue.sock.sendto(PROBE_MAGIC + token + fake, (w.ib.host, w.ib.port))
+            attacked = w.p50()
+            report("a forged introduction and forged probes", idle, attacked)
+            assert wait_for(lambda: w.counters().get("punches_failed", 0) == 1, 10,
+                            lambda: rogue.run(lambda: False, 0.2))
+            c = w.counters()
+            assert 0 < c["probes_sent"] <= PUNCH_PROBES, c
+            assert not c.get("punch_dials") and c.get("stray_probes") == 50, c
+            assert c.get("intro_candidates_refused") == 1, c  # 100.64.77.2
+        finally:
+            rogue.close()
+        w.rtt()
+
+
+def test_address_reports_are_rate_limited() -> None:
+    """Each address report a peer makes can publish `transport.reflexive`, which resets the
+    router's punch backoff: one connection gets ADDR_BURST per 10 s."""
+    from services.transport.endpoint import ADDR_BURST
+
+    with world() as w:
+        rogue = connected_rogue(w, b"\x2e" * 32)
+        try:
+            for port in range(20):
+                send_control(rogue, B_ID, ["addr", ["10.66.0.1", 5000 + port], []])
+            assert wait_for(lambda: w.counters().get("control_ignored", 0)
+                            + ADDR_BURST - 1 >= 20, 5, lambda: rogue.run(lambda: False, 0.1))
+            assert w.counters()["control_ignored"] == 20 - (ADDR_BURST - 1)
+        finally:
+            rogue.close()
+        w.rtt()
+
+
+def test_a_departed_stranger_is_not_redialled_or_remembered() -> None:
+    """A peer that connected to B unasked leaves: B re-dialled it (8 times, with backoff)
+    and kept its address for ever. Now it is forgotten; a node B's router asked for is
+    still re-dialled (tests/e2e/test_transport.py)."""
+    with world() as w:
+        rogue = connected_rogue(w, b"\x2e" * 32)
+        rogue.ep.close(B_ID, time.monotonic(), "leaving")
+        rogue.run(lambda: False, 0.2)
+        rogue.close()
+        assert wait_for(lambda: w.counters()["peers"] == 1)
+        assert not wait_for(lambda: w.counters().get("dials", 0) > 0, 2.5)  # 1st at 1 s
+        c = w.counters()
+        assert c["redial_addresses"] == 0 and not c.get("redials"), c
         w.rtt()

@@ -17,6 +17,7 @@ from services.transport.endpoint import (
     INTRO_IN_BURST,
     MAX_INTRODUCED,
     PROBE_MAGIC,
+    PUNCH_PROBES,
     TOKEN_BYTES,
     Addr,
     AddressObserved,
@@ -700,17 +701,34 @@ def control(net: Net, frm: str, to_id: bytes, msg: list[object]) -> None:
 
 
 def test_a_hostile_relay_cannot_make_a_node_dial_or_probe_without_bound() -> None:
+    """A relay may only pass on the address it saw the peer at (first) and private
+    addresses; a punch probes at most PUNCH_PROBES times and dials at most PUNCH_DIALS
+    addresses, each at a candidate's address."""
     net = three()
     c = net.eps[net.addr["c"]]
     fake, tok = b"\xff" * 32, b"k" * TOKEN_BYTES
     for i in range(50):  # introductions piling up candidates for one punch
-        control(net, "b", C_ID, ["intro", fake, tok, [[f"203.0.113.{i}", 1000 + j]
-                                                      for j in range(8)]])
-    assert len(c._punches[fake].candidates) == 8
+        control(net, "b", C_ID, ["intro", fake, tok, [[f"100.64.{i}.1", 1000]] + [
+            [f"10.9.{i}.{j}", 1000 + j] for j in range(2)]])
+    cands = c._punches[fake].candidates
+    assert len(cands) == 8 and [a for a in cands if not a[0].startswith("10.")] == [
+        ("100.64.0.1", 1000), ("100.64.1.1", 1000)]  # PUBLIC_CANDIDATES
+    refused = c.counters["intro_candidates_refused"]
+    control(net, "b", C_ID, ["intro", b"\xfd" * 32, tok, [["10.1.1.1", 1], ["8.8.8.8", 2],
+                                                          ["100.64.9.9", 3]]])
+    assert c._punches[b"\xfd" * 32].candidates == [("10.1.1.1", 1)]
+    assert c.counters["intro_candidates_refused"] == refused + 2
     before = len(c._conns)
     for port in range(1, 500):  # forged probes from many source ports
-        c.receive(PROBE_MAGIC + tok + fake, ("203.0.113.9", port), net.now)
+        c.receive(PROBE_MAGIC + tok + fake, ("100.64.0.1", port), net.now)
+        c.receive(PROBE_MAGIC + tok + fake, ("198.51.100.7", port), net.now)  # elsewhere
     assert len(c._conns) - before == 2 and c.counters["punch_dials"] == 2
+    assert all(conn.addr[0] == "100.64.0.1" for conn in c._conns if conn.expect == fake)
+    assert c.counters["stray_probes"] == 499
+    sent = c.counters["probes_sent"]
+    net.run(5000, until=lambda: fake not in c._punches and b"\xfd" * 32 not in c._punches)
+    assert c.counters["probes_sent"] <= 2 * PUNCH_PROBES, c.counters["probes_sent"]
+    assert c.counters["probes_sent"] > sent
     # loopback, multicast and the like are never probed; short node ids are refused
     control(net, "b", C_ID, ["intro", b"\xfe" * 32, tok, [["127.0.0.1", 1], ["224.0.0.1", 2],
                                                           ["0.0.0.0", 3]]])
