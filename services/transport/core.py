@@ -361,10 +361,8 @@ class TransportCore(Core):
                     self._observed.pop(ev.node_id, None)
                     actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
                                                               reason=ev.reason)))
-                    if ev.node_id in self._known and ev.node_id in ep.known:
+                    if ev.node_id in self._known:  # (never a stranger)
                         self._schedule_redial(ev.node_id, now, first=True)
-                    else:
-                        self._known.pop(ev.node_id, None)
                 actions += self._fail_connects(ev.reason)
                 self._retry_failed_redials(now)
             elif isinstance(ev, AddressObserved):

@@ -156,7 +156,8 @@ PUBLIC_CANDIDATES = 2
 at, perhaps once more after a NAT rebinding. The rest of an introduction must be private
 (the peer's own interface addresses): a relay cannot aim probes at addresses of its choice."""
 PUNCH_PROBES = 64
-"""Probes one punch sends unasked, over all its candidates (it sent 400 per introduction)."""
+"""Probes one punch sends unasked, over all its candidates, in rounds of one per candidate
+(the last round completes: at most 64 + 7); it sent 400 per introduction."""
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
 INTRO_IN_BURST = 100
@@ -1056,10 +1057,10 @@ class Endpoint:
 
     def _probe(self, p: _Punch, now: float) -> None:
         probe = PROBE_MAGIC + p.token + self.node_id
-        targets = p.candidates[:max(0, p.probes_left)]
-        p.probes_left -= len(targets)
-        self._out += [(probe, addr) for addr in targets]
-        self.counters["probes_sent"] += len(targets)
+        p.probes_left -= len(p.candidates)
+        self._out += [(probe, addr) for addr in p.candidates]
+        self.counters["probes_sent"] += len(p.candidates)
+        # the budget spent, no more rounds (the last one may pass it by a few candidates)
         p.next_probe = now + PROBE_EVERY_S if p.probes_left > 0 else p.deadline
 
     def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:

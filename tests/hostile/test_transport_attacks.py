@@ -441,7 +441,7 @@ def test_a_forged_introduction_cannot_aim_probes_or_dials() -> None:
             assert wait_for(lambda: w.counters().get("punches_failed", 0) == 1, 10,
                             lambda: rogue.run(lambda: False, 0.2))
             c = w.counters()
-            assert 0 < c["probes_sent"] <= PUNCH_PROBES, c
+            assert 0 < c["probes_sent"] <= PUNCH_PROBES + 2, c  # (+ the last round)
             assert not c.get("punch_dials") and c.get("stray_probes") == 50, c
             assert c.get("intro_candidates_refused") == 1, c  # 100.64.77.2
         finally:
@@ -480,4 +480,62 @@ def test_a_departed_stranger_is_not_redialled_or_remembered() -> None:
         assert not wait_for(lambda: w.counters().get("dials", 0) > 0, 2.5)  # 1st at 1 s
         c = w.counters()
         assert c["redial_addresses"] == 0 and not c.get("redials"), c
+        w.rtt()
+
+
+# -- 5. authentication checks, end to end ---------------------------------------------------
+
+
+def test_a_copied_proof_does_not_pass_as_another_node() -> None:
+    """M gets A to dial it and keeps A's binding and proof, then presents them on its own
+    connection to B: the proof signs A's connection's channel binding, so B refuses it
+    and keeps A's real connection."""
+    with world() as w:
+        stolen: list[bytes] = []
+        m_rogue = Rogue(b"\x2e" * 32)
+        real = m_rogue.ep._authenticate
+
+        def keep(conn, data, now):  # type: ignore[no-untyped-def]
+            stolen.append(data)
+            real(conn, data, now)
+
+        m_rogue.ep._authenticate = keep  # type: ignore[method-assign]
+        m_id = m_rogue.ep.node_id
+        host, port = m_rogue.sock.getsockname()
+        try:
+            connect = w.ca.send("transport", m.Connect(peer=m_id, host=host, port=port))
+            m_rogue.run(lambda: bool(stolen) and A_ID in m_rogue.ep.peers)
+            m_rogue.run(lambda: False, 0.3)  # M's own proof goes out: A's connect succeeds
+            w.ca.recv("transport", connect)
+            assert stolen
+        finally:
+            m_rogue.close()
+        m2 = Rogue(b"\x2e" * 32)
+
+        def replay(conn) -> None:  # type: ignore[no-untyped-def]
+            conn.lane = conn.quic.get_next_available_stream_id(is_unidirectional=True)
+            conn.quic.send_stream_data(conn.lane, len(stolen[0]).to_bytes(4, "big")
+                                       + stolen[0])
+
+        m2.ep._prove = replay  # type: ignore[method-assign]
+        try:
+            m2.ep.dial(B_ID, (w.ib.host, w.ib.port), time.monotonic())
+            m2.run(lambda: bool(m2.ep._events) and not m2.ep.dialling(), 10)
+            c = w.counters()
+            assert c.get("auth_failures") == 1 and not c.get("replaced"), c
+        finally:
+            m2.close()
+        w.rtt()
+
+
+def test_a_node_told_to_connect_to_itself_refuses() -> None:
+    with world() as w:
+        with pytest.raises(RemoteError) as err:
+            w.cb.request("transport", m.Connect(peer=B_ID, host=w.ib.host, port=w.ib.port),
+                         timeout_s=15)
+        assert err.value.name in ("failed", "peer_timeout")
+        peers = w.cb.request("transport", m.Peers())
+        assert isinstance(peers, m.PeersReply)
+        assert [p.node_id for p in peers.peers] == [A_ID]
+        assert w.counters().get("auth_failures", 0) >= 1
         w.rtt()

@@ -727,7 +727,8 @@ def test_a_hostile_relay_cannot_make_a_node_dial_or_probe_without_bound() -> Non
     assert c.counters["stray_probes"] == 499
     sent = c.counters["probes_sent"]
     net.run(5000, until=lambda: fake not in c._punches and b"\xfd" * 32 not in c._punches)
-    assert c.counters["probes_sent"] <= 2 * PUNCH_PROBES, c.counters["probes_sent"]
+    # two punches (FAKE's, 8 candidates; 0xfd's, 1): each stops once its budget is spent
+    assert c.counters["probes_sent"] <= 2 * PUNCH_PROBES + 7, c.counters["probes_sent"]
     assert c.counters["probes_sent"] > sent
     # loopback, multicast and the like are never probed; short node ids are refused
     control(net, "b", C_ID, ["intro", b"\xfe" * 32, tok, [["127.0.0.1", 1], ["224.0.0.1", 2],
