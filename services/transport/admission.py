@@ -15,9 +15,10 @@ address is proven) are taken up to ``max_half_open`` in all and ``half_open_per_
 proven ones per address, which bounds what one real address can hold.
 
 *Authenticated* connections: at most ``max_connections`` node ids at once. Strangers
-(connections a peer opened whose node id the owner never asked for) may take all but
-``reserved_connections`` of them; the node's own dials and the peers it asked for
-(``transport.connect``/``punch``) may take any slot, and when none is free one stranger is
+(node ids the owner never asked for, whoever opened the connection: a punch's dial toward a
+node a relay introduced is a stranger's too) may take all but ``reserved_connections`` of
+them; the nodes the owner asked for (its dials, ``transport.connect``/``punch``) may take
+any slot, and when none is free one stranger is
 evicted for them: a stranger that never delivered anything the router accepted first, the
 newest of those first (the least invested, most likely part of a flood), else the one whose
 last accepted envelope is oldest. A new stranger finding the strangers' share full may evict

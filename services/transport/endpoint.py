@@ -488,6 +488,7 @@ class Endpoint:
 
     def dial(self, node_id: bytes, addr: Addr, now: float) -> None:
         """Open a connection to ``node_id`` at ``addr`` (no-op if one is up or being made)."""
+        self.want(node_id)
         if node_id in self.peers or node_id in self.dialling():
             return
         self.counters["dials"] += 1
@@ -513,6 +514,7 @@ class Endpoint:
             return
         if len(self._punches) >= MAX_PUNCHES:
             raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
+        self.want(peer)
         token = secrets.token_bytes(TOKEN_BYTES)
         self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S,
                                      tokens={token}, probes_left=PUNCH_PROBES)
@@ -583,8 +585,8 @@ class Endpoint:
         self._binding = binding
 
     def want(self, node_id: bytes) -> None:
-        """The owner asked for this node (a dial, a punch): admission treats it as known
-        (at most ``MAX_KNOWN`` remembered, the oldest forgotten first)."""
+        """The owner asked for this node (``dial`` and ``punch`` call this too): admission
+        treats it as known (at most ``MAX_KNOWN`` remembered, the oldest forgotten first)."""
         self.known.pop(node_id, None)
         self.known[node_id] = None
         while len(self.known) > MAX_KNOWN:
@@ -1174,8 +1176,10 @@ class Endpoint:
         return True
 
     def _stranger(self, conn: _Conn, node_id: bytes | None = None) -> bool:
-        """Opened by the peer, for a node id the owner never asked for."""
-        return not conn.dialled and (node_id or conn.node_id) not in self.known
+        """A node id the owner never asked for (``dial``, ``punch``, ``want``), whoever
+        opened the connection: a punch's dial toward a node a relay introduced is a
+        stranger's too, or forged introductions would buy reserved slots."""
+        return (node_id or conn.node_id) not in self.known
 
     def _fail(self, conn: _Conn, reason: str, code: int = CLOSE_AUTH_FAILED,
               count: str = "auth_failures") -> None:

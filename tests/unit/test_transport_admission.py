@@ -192,3 +192,24 @@ def test_a_peer_holding_a_slot_may_replace_its_connection_at_the_cap() -> None:
     assert joins(net, "again", again, ("10.9.0.1", 4444), b)
     assert b.counters["replaced"] == 1 and not b.counters["refused_connections"]
     assert net.of("again", PeerAuthenticated)
+
+
+def test_a_punch_dial_toward_an_introduced_node_is_a_stranger_s() -> None:
+    """A relay introduces a node that B then dials (the punch): that connection does not
+    take a reserved slot, or forged introductions would buy them."""
+    from .test_transport_endpoint import C_SEED, control
+
+    net = Net(b=endpoint(B_SEED, limits=Limits(max_connections=3, reserved_connections=2)),
+              r=endpoint(C_SEED))
+    b, r = net.eps[net.addr["b"]], net.eps[net.addr["r"]]
+    r.dial(B_ID, net.addr["b"], net.now)  # the relay: a stranger, the one stranger slot
+    net.run(200, until=lambda: r.node_id in b.peers)
+    x = add_endpoint(net, "x", endpoint(seed(1)), ("10.9.9.9", 1000))  # the "introduced"
+    token = b"k" * 16
+    control(net, "r", B_ID, ["intro", x.node_id, token, [["10.9.9.9", 1000]]])
+    x._punches[B_ID] = type(b._punches[x.node_id])(  # x answers as the other side would
+        B_ID, token, False, r.node_id, net.now, net.now + 5, introduced=net.now,
+        candidates=[net.addr["b"]], tokens={token}, probes_left=64)
+    net.run(500, until=lambda: b.counters["refused_connections"] > 0 or x.node_id in live(b))
+    assert b.counters["punch_dials"] == 1  # (x's id is above B's: B dials)
+    assert x.node_id not in live(b) and b.counters["refused_strangers"] == 1
