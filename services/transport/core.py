@@ -213,7 +213,6 @@ class TransportCore(Core):
                 assert ep is not None
                 if peer in ep.peers:
                     return [Reply(event.ctx, m.ConnectReply())]
-                ep.want(peer)
                 try:
                     host, is_literal = parse_host(host)
                     if is_literal and (":" in host) != (":" in self.local[0]):
