@@ -20,11 +20,11 @@ class TransportConfig(Section):
                                      "resolver thread, never on the event loop).")
     max_connections: int = Field(1024, ge=1, description="Authenticated peers connected "
                                  "at once (refused_connections beyond).")
-    reserved_connections: int = Field(256, ge=0, description="Of those, slots strangers "
-                                      "(peers that connected to this node unasked) cannot "
-                                      "take: kept for the node's own dials and the peers it "
-                                      "asked for, which evict a stranger when none is free "
-                                      "(refused_strangers, evicted_strangers).")
+    reserved_share: float = Field(0.25, ge=0, le=1, description="Share of max_connections "
+                                  "that strangers (node ids this node never asked for) "
+                                  "cannot take: kept for its own dials and the nodes its "
+                                  "router asked for, which evict a stranger when none is "
+                                  "free (refused_strangers, evicted_strangers).")
     stranger_grace_s: float = Field(30.0, gt=0, description="A stranger that delivered "
                                     "nothing for this long since it connected may be "
                                     "evicted for a new stranger when their share is full.")

@@ -46,7 +46,8 @@ class TransportService(Service):
         # a fresh transport key per start: only a binding signed by crypto gives it meaning
         cfg = self.settings
         limits = Limits(max_connections=cfg.max_connections,
-                        reserved_connections=cfg.reserved_connections,
+                        reserved_connections=round(cfg.max_connections
+                                                   * cfg.reserved_share),
                         max_half_open=cfg.max_half_open,
                         half_open_per_address=cfg.half_open_per_address,
                         retry_above=cfg.retry_above, stranger_grace_s=cfg.stranger_grace_s)

@@ -328,7 +328,7 @@ def test_one_address_cannot_hold_the_half_open_slots() -> None:
             mute.kill()
 
 
-CAP_TOML = "max_connections = 12\nreserved_connections = 2\nstranger_grace_s = 300\n"
+CAP_TOML = "max_connections = 12\nreserved_share = 0.17\nstranger_grace_s = 300\n"  # 2
 
 
 def test_made_up_identities_cannot_take_the_node_s_own_dials_slots() -> None:
