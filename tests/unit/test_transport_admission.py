@@ -113,8 +113,11 @@ def test_half_open_connections_are_capped() -> None:
     net, b = victim(retry_above=0, max_half_open=4)
     for i in range(7):
         joins(net, f"m{i}", mute(endpoint(seed(i))), (f"10.8.0.{i + 1}", 4433), b, 30, False)
-    assert half_open(b) == 4
+    assert half_open(b) == 4 == b.half_open
     assert b.counters["refused_half_open"] >= 3
+    net.run(5000, until=lambda: not b._conns)  # they time out: every count returns to 0
+    assert b.half_open == 0 and not b._half_open.by_ip and not b._half_open.proven_by_ip
+    assert b.counters["auth_timeouts"] == 4
 
 
 def test_one_address_holds_few_half_open_connections() -> None:
@@ -134,6 +137,7 @@ def test_spoofed_initials_from_a_peer_s_address_do_not_lock_it_out() -> None:
         b.receive(client_hello(net.now), ("10.0.0.50", 6000 + port), net.now)
     assert half_open(b) == 2 and b.counters["retries_sent"] == 8
     assert joins(net, "a", endpoint(A_SEED), ("10.0.0.50", 4433), b)
+    assert b.half_open == 2  # A's is authenticated, no longer half-open
 
 
 # -- authenticated connections --------------------------------------------------------------
