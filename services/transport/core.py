@@ -7,13 +7,18 @@ every 2 s. Datagrams from the shell's UDP socket are fed to the endpoint; its da
 become :class:`SendDatagram` actions and its events become bus events
 (``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.path``).
 ``transport.connect`` is answered when the peer has proven its node id, or fails with the
-reason the connection ended.
+reason the connection ended. Its host is checked as text first (addresses.py; ``invalid``
+otherwise, counted); a host name is never given to the endpoint: the core asks the shell to
+resolve it (:class:`Resolve`), which does so in a resolver thread with a timeout and answers
+with :class:`Resolved`, and only then dials.
 
 Envelopes from peers go to the router as ``router.deliver`` calls, at most
-``DELIVER_WINDOW`` in flight. The rest wait in a queue that may cost ``DELIVER_QUEUE_COST``
-(each envelope its size, at least the endpoint's ``FRAME_COST``): that is the endpoint's
-budget, and once it is spent the endpoint stops reading its peers, so QUIC flow control makes
-them wait instead of anything being dropped; it reads again when the queue is half empty.
+``DELIVER_WINDOW`` in flight. What the transport holds for the router, queued or in flight,
+may cost ``DELIVER_QUEUE_COST`` (each envelope its size, at least the endpoint's
+``FRAME_COST``): that is the endpoint's budget, for all connections of all peers, and once it
+is spent the endpoint stops reading its peers, so QUIC flow control makes them wait instead
+of anything being dropped; it reads again when the cost is down to half. Only complete
+frames of connections that end go past it, at most the endpoint's ``OVERDRAFT`` (8 MiB).
 A call that times out or finds the router unavailable or overloaded is retried, in the order
 the envelopes arrived (the router drops duplicates by envelope id); any other error drops the
 envelope, counted.
@@ -46,6 +51,8 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as m
 
+from .addresses import parse_host
+from .admission import Limits
 from .endpoint import (
     FRAME_COST,
     Addr,
@@ -74,6 +81,9 @@ DELIVER_QUEUE_COST = 8 * 1024 * 1024
 DELIVER_TIMEOUT_S = 5.0
 DELIVER_RETRY_S = 0.5
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
+MAX_RESOLVING = 8
+"""Host names being resolved at once (``transport.connect`` with a name); more are refused
+with ``overloaded`` (counted ``resolves_refused``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +99,35 @@ class SendDatagram(ServiceAction):
     addr: Addr
 
 
+@dataclass(frozen=True, slots=True)
+class Resolve(ServiceAction):
+    """Resolve a host name off the event loop (the shell answers with :class:`Resolved`,
+    within its timeout)."""
+
+    token: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved(ServiceInput):
+    """The answer to :class:`Resolve`: a literal address, or why there is none."""
+
+    token: int
+    addr: Addr | None
+    error: str = ""
+    timed_out: bool = False
+
+
 class TransportCore(Core):
     role = "transport"
     handles = frozenset({m.Info, m.Connect, m.Send, m.Peers, m.Punch})
 
     def __init__(self, key: Ed25519PrivateKey, wall: Callable[[], float], local: Addr,
-                 binding_s: float = 86400.0, idle_timeout_s: float = 30.0) -> None:
+                 binding_s: float = 86400.0, idle_timeout_s: float = 30.0,
+                 limits: Limits | None = None) -> None:
         self._key = key
+        self.limits = limits or Limits()
         self._wall = wall
         self.local = local
         self.binding_s = binding_s
@@ -108,7 +140,9 @@ class TransportCore(Core):
         self._observed: dict[bytes, Addr] = {}
         """What each connected peer reports as this node's address."""
         self._known: dict[bytes, Addr] = {}
-        """Last address of every peer that was connected: re-dialled when it is lost."""
+        """Last address of each connected peer the router asked for (``transport.connect`` or
+        ``punch``): re-dialled when it is lost, forgotten when the re-dials give up. Strangers
+        (peers that connected unasked, or that a relay introduced) are neither."""
         self._redial: dict[bytes, tuple[float, int]] = {}
         """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
         self._inbox: deque[tuple[int, bytes, bytes]] = deque()
@@ -123,6 +157,9 @@ class TransportCore(Core):
         """After a retryable failure, no new calls before this time."""
         self.stats: Counter[str] = Counter()
         self._send_replies: list[Action] = []
+        self._resolving: dict[int, tuple[bytes, str, int]] = {}
+        """token -> (peer, host, port) of each name being resolved for a connect."""
+        self._resolve_seq = 0
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -141,18 +178,21 @@ class TransportCore(Core):
             case PeerFailed(token=token) | PeerReplied(token=token) if token == _BIND:
                 self._next_bind = now + BIND_RETRY_S
                 return []
-            case PeerReplied(token=(tag, _, _, _)) if tag == DELIVER:
+            case PeerReplied(token=(tag, _, peer, data)) if tag == DELIVER:
                 self._delivering -= 1
+                self._inbox_cost -= max(len(data), FRAME_COST)
                 self.stats["delivered"] += 1
+                if ep is not None:
+                    ep.valued(peer, now)  # the router took it: a peer worth its slot
                 return self._collect(now)
             case PeerFailed(token=(tag, seq, peer, data), code=code) if tag == DELIVER:
                 self._delivering -= 1
                 if code in RETRYABLE:
                     self.stats["deliver_retries"] += 1
                     self._failed.append((seq, peer, data))
-                    self._inbox_cost += max(len(data), FRAME_COST)
                     self._deliver_after = now + DELIVER_RETRY_S
                 else:
+                    self._inbox_cost -= max(len(data), FRAME_COST)
                     self.stats["deliveries_refused"] += 1
                 return self._collect(now)
             case Request(body=m.Info()):
@@ -173,9 +213,20 @@ class TransportCore(Core):
                 assert ep is not None
                 if peer in ep.peers:
                     return [Reply(event.ctx, m.ConnectReply())]
-                self._connects.setdefault(peer, []).append(event.ctx)
-                ep.dial(peer, (host, port), now)
-                return self._collect(now)
+                try:
+                    host, is_literal = parse_host(host)
+                    if is_literal and (":" in host) != (":" in self.local[0]):
+                        raise ValueError("not of this socket's address family")
+                except ValueError as e:
+                    self.stats["invalid_hosts"] += 1
+                    return [Fail(event.ctx, ErrorCode.INVALID, f"host {host!r}: {e}")]
+                if is_literal:
+                    self._connects.setdefault(peer, []).append(event.ctx)
+                    ep.dial(peer, (host, port), now)
+                    return self._collect(now)
+                return self._resolve(event.ctx, peer, host, port)
+            case Resolved(token=token, addr=addr, error=error, timed_out=timed_out):
+                return self._resolved(token, addr, error, timed_out, now)
             case Request(body=m.Punch(peer=peer, via=via)):
                 assert ep is not None
                 direct = ep.peers.get(peer)
@@ -185,6 +236,7 @@ class TransportCore(Core):
                 if peer == ep.node_id or via == peer:
                     return [Fail(event.ctx, ErrorCode.INVALID, "peer must be another node, "
                                  "introduced by a third one")]
+                ep.want(peer)
                 try:
                     ep.punch(peer, via, now)
                 except SendError as e:
@@ -222,6 +274,7 @@ class TransportCore(Core):
             for node, (when, attempt) in list(self._redial.items()):
                 if now >= when and node not in self.endpoint.peers:
                     self._redial[node] = (float("inf"), attempt)
+                    self.stats["redials"] += 1
                     self.endpoint.dial(node, self._known[node], now)
             self.endpoint.handle_timer(now)
         return actions + self._collect(now)
@@ -254,7 +307,10 @@ class TransportCore(Core):
 
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
+                "resolving": len(self._resolving),
+                "redial_addresses": len(self._known),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
+                "half_open": self.endpoint.half_open if self.endpoint else 0,
                 "deliver_queue": len(self._inbox) + len(self._failed),
                 "deliver_queue_cost": self._inbox_cost,
                 "delivering": self._delivering}
@@ -264,7 +320,7 @@ class TransportCore(Core):
     def _bound(self, binding: bytes, now: float) -> None:
         if self.endpoint is None:
             self.endpoint = Endpoint(self._key, binding, self._wall,
-                                     idle_timeout_s=self.idle_timeout_s)
+                                     idle_timeout_s=self.idle_timeout_s, limits=self.limits)
             self.endpoint.local_candidates = self.local_candidates
         else:
             self.endpoint.set_binding(binding)
@@ -292,7 +348,8 @@ class TransportCore(Core):
                                               path="stalled" if ev.stalled else "direct",
                                               rtt_ms=ev.rtt_ms)))
             elif isinstance(ev, PeerAuthenticated):
-                self._known[ev.node_id] = ev.addr
+                if ev.node_id in ep.known:
+                    self._known[ev.node_id] = ev.addr
                 self._redial.pop(ev.node_id, None)
                 actions.append(Publish(m.PeerConnected(peer=ev.node_id, host=ev.addr[0],
                                                        port=ev.addr[1], dialled=ev.dialled)))
@@ -303,7 +360,7 @@ class TransportCore(Core):
                     self._observed.pop(ev.node_id, None)
                     actions.append(Publish(m.PeerDisconnected(peer=ev.node_id,
                                                               reason=ev.reason)))
-                    if ev.node_id in self._known:
+                    if ev.node_id in self._known:  # (never a stranger)
                         self._schedule_redial(ev.node_id, now, first=True)
                 actions += self._fail_connects(ev.reason)
                 self._retry_failed_redials(now)
@@ -318,6 +375,48 @@ class TransportCore(Core):
         actions += self._deliver(now)
         replies, self._send_replies = self._send_replies, []
         return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
+
+    def _resolve(self, ctx: object, peer: bytes, host: str, port: int) -> list[Action]:
+        """A connect to a host name: the shell resolves it off the loop (``Resolve``)."""
+        waiting = peer in self._connects
+        self._connects.setdefault(peer, []).append(ctx)
+        if (peer, host, port) in self._resolving.values():
+            return []  # that name is being resolved for this peer already
+        if waiting:
+            return []  # a dial or a resolution for this peer is in progress: join it
+        if len(self._resolving) >= MAX_RESOLVING:
+            self.stats["resolves_refused"] += 1
+            self._connects[peer].remove(ctx)
+            if not self._connects[peer]:
+                del self._connects[peer]
+            return [Fail(ctx, ErrorCode.OVERLOADED, f"{MAX_RESOLVING} host names are being "
+                         "resolved already")]
+        self._resolve_seq += 1
+        self._resolving[self._resolve_seq] = (peer, host, port)
+        self.stats["resolves"] += 1
+        return [Resolve(self._resolve_seq, host, port)]
+
+    def _resolved(self, token: int, addr: Addr | None, error: str, timed_out: bool,
+                  now: float) -> list[Action]:
+        ep = self.endpoint
+        entry = self._resolving.pop(token, None)
+        if entry is None or ep is None:
+            return []
+        peer, host, _ = entry
+        if addr is not None:
+            try:
+                addr = (parse_host(addr[0])[0], addr[1])  # the resolver gives literals
+            except ValueError as e:
+                addr, error = None, str(e)
+        if addr is None:
+            self.stats["resolve_failures"] += 1
+            code = ErrorCode.PEER_TIMEOUT if timed_out else ErrorCode.FAILED
+            return [Fail(ctx, code, f"cannot resolve {host!r}: {error}")
+                    for ctx in self._connects.pop(peer, [])]
+        if peer in ep.peers:
+            return [Reply(ctx, m.ConnectReply()) for ctx in self._connects.pop(peer, [])]
+        ep.dial(peer, addr, now)
+        return self._collect(now)
 
     def _punch_ended(self, ev: PunchEnded) -> list[Action]:
         host, port = ev.addr or ("", 0)
@@ -342,7 +441,6 @@ class TransportCore(Core):
                 self._failed = []
             while self._inbox and self._delivering < DELIVER_WINDOW:
                 seq, peer, data = self._inbox.popleft()
-                self._inbox_cost -= max(len(data), FRAME_COST)
                 self._delivering += 1
                 calls.append(Call("router", rm.Deliver(peer=peer, path="direct"),
                                   (DELIVER, seq, peer, data), DELIVER_TIMEOUT_S, (data,)))
@@ -352,11 +450,14 @@ class TransportCore(Core):
         return calls
 
     def _schedule_redial(self, node: bytes, now: float, first: bool = False) -> None:
-        """Re-dial a lost peer at its last address, backing off; give up after a while
-        (the router's topology decides about peers that stay away)."""
+        """Re-dial a lost peer the router asked for at its last address, backing off; give up
+        and forget it after a while (the router's topology decides about peers that stay
+        away)."""
         attempt = 0 if first else self._redial.get(node, (0.0, 0))[1] + 1
         if attempt >= REDIAL_ATTEMPTS:
             self._redial.pop(node, None)
+            self._known.pop(node, None)  # the router asks again if it still wants it
+            self.stats["redials_given_up"] += 1
             return
         self._redial[node] = (now + min(REDIAL_FIRST_S * 2 ** attempt, REDIAL_MAX_S), attempt)
 
@@ -372,7 +473,7 @@ class TransportCore(Core):
         """Fail the connects whose dial is no longer in progress."""
         ep = self.endpoint
         assert ep is not None
-        dialling = ep.dialling()
+        dialling = ep.dialling() | {p for p, _, _ in self._resolving.values()}
         failed: list[Action] = []
         for peer in [p for p in self._connects if p not in dialling and p not in ep.peers]:
             code = ErrorCode.PEER_TIMEOUT if "in time" in reason else ErrorCode.FAILED

@@ -10,8 +10,10 @@ a socket or a clock: the shell calls
   ``send(node_id, data, now)``  to send one envelope to an authenticated peer,
   ``handle_timer(now)``         when ``next_timer()`` has passed,
 
-then sends ``datagrams()`` and handles ``events()``. Wall-clock time (binding expiry) comes
-from the injected ``wall`` callable.
+then sends ``datagrams()`` and handles ``events()`` (events.py). Wall-clock time (binding
+expiry) comes from the injected ``wall`` callable. Beside this module: addresses.py (hosts
+checked where they enter), admission.py (who gets a connection), signalling.py (control
+frames and hole punching, a mixin of :class:`Endpoint`).
 
 Framing. Each side sends everything on one long-lived unidirectional stream, its *lane*
 (the client's first uni stream, id 2; the server's, id 3): frames of a 4-byte big-endian
@@ -26,8 +28,11 @@ never overtake the proof. Flow control follows consumption: the lane's and the c
 receive windows grow only by what the endpoint has parsed, and the endpoint parses only
 while its owner's ``budget`` lasts (each envelope costs its size, at least ``FRAME_COST``, so
 tiny frames cannot flood the owner's queue), so a slow consumer pushes back to the sending
-peer. A retired connection (below) is always parsed: it holds at most a window, and its
-envelopes must not be lost when it closes.
+peer. The budget is one for all connections, a peer's retired ones (below) included, whose
+window no longer grows; the complete frames of a connection that ends are handed over past
+the budget (they were acknowledged), but at most ``OVERDRAFT`` past it, so connection churn
+cannot grow the owner's queue (issue 13: a retired connection parsed regardless of the
+budget, with a window that kept growing, let one peer fill 592 MiB).
 
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
 Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
@@ -46,14 +51,20 @@ A connection that loses its place (to a restarted peer's or in a simultaneous di
 *retired*, not cut: nothing new is sent on it, its lane is ended with FIN, and it closes once
 both lanes are finished or after ``DRAIN_S`` without progress, so envelopes already in
 flight on it arrive; complete frames still buffered when any connection ends are handed over.
-A node id holds at most one retired connection beside its current one, and the endpoint at
-most ``max_connections`` authenticated connections.
+A node id holds at most one retired connection beside its current one.
+
+Admission (admission.py). An Initial from an unknown connection id gets state only within the
+half-open limits; beyond ``retry_above`` half-open connections, or beyond its address's share,
+it is answered with a stateless QUIC Retry, and only an Initial carrying a valid token (its
+source address proven) may then take a slot. An authenticated peer takes one of
+``max_connections`` slots; strangers cannot take the reserved ones, and the owner's dials and
+the nodes it asked for (``want``) evict a stranger when no slot is free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import ipaddress
 import secrets
 import ssl
 import sys
@@ -71,11 +82,13 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import (
     QuicHeader,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -84,12 +97,68 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from shared.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, TransportBinding
 from shared.primitives import CryptoError, verify
 
+from .addresses import Addr
+from .admission import (
+    ACCEPT,
+    ADDRESS_FULL,
+    RETRY,
+    HalfOpen,
+    Limits,
+    evict_for_known,
+    evict_for_stranger,
+)
+from .events import (
+    PREFIX,
+    AddressObserved,
+    Backpressure,
+    Event,
+    FrameTooLarge,
+    NotAnEnvelope,
+    PathUpdated,
+    PeerAuthenticated,
+    PeerClosed,
+    PunchEnded,
+    Received,
+    SendError,
+    framed,
+)
+from .signalling import (
+    ADDR_BURST,
+    CONTROL,
+    INTRO_BURST,
+    INTRO_IN_BURST,
+    INTRO_TIMEOUT_S,
+    INTRO_WINDOW_S,
+    MAX_CANDIDATES,
+    MAX_INTRODUCED,
+    MAX_PUNCHES,
+    PROBE_BYTES,
+    PROBE_EVERY_S,
+    PROBE_MAGIC,
+    PUBLIC_CANDIDATES,
+    PUNCH_DIALS,
+    PUNCH_PROBES,
+    PUNCH_TIMEOUT_S,
+    TOKEN_BYTES,
+    Signalling,
+    _Punch,
+)
+
+__all__ = [
+    "ADDR_BURST", "CONTROL", "INTRO_BURST", "INTRO_IN_BURST", "INTRO_TIMEOUT_S",
+    "INTRO_WINDOW_S", "MAX_CANDIDATES", "MAX_INTRODUCED", "MAX_PUNCHES", "PROBE_BYTES",
+    "PROBE_EVERY_S", "PROBE_MAGIC", "PUBLIC_CANDIDATES", "PUNCH_DIALS", "PUNCH_PROBES",
+    "PUNCH_TIMEOUT_S", "TOKEN_BYTES", "Addr", "AddressObserved", "Backpressure", "Endpoint",
+    "Event", "FrameTooLarge", "NotAnEnvelope", "PathUpdated", "PeerAuthenticated",
+    "PeerClosed", "PunchEnded", "Received", "SendError", "channel_binding",
+    "transport_public",
+]
+
 ALPN = "tom/1"
 AUTH_CONTEXT = b"tom/transport-auth/1\x00"
 CHANNEL_LABEL = b"tom cb"
 CID_LENGTH = 8
 MAX_AUTH_BYTES = 1024
-PREFIX = 4
 FRAME_COST = 256
 """What an envelope costs against the owner's budget at least (queue entries have overhead)."""
 WINDOW_BEFORE_AUTH = 64 * 1024
@@ -97,6 +166,9 @@ WINDOW_BEFORE_AUTH = 64 * 1024
 MAX_BACKLOG = 8 * 1024 * 1024
 """Bytes queued on a peer's lane (unsent or unacknowledged) above which ``send`` refuses."""
 DRAIN_S = 10.0
+OVERDRAFT = 8 * 1024 * 1024
+"""Frames acknowledged on a connection that ended are handed over up to this far past the
+owner's budget (then dropped, counted): the budget holds across connection churn."""
 PING_INTERVAL_S = 1.0
 STALL_S = 1.5
 """Silence (no keep-alive acknowledged) after which a path is reported stalled, so the router
@@ -107,112 +179,13 @@ DEAD_S = 4.0
 instead of the idle timeout). Two keep-alives after the stall may still revive it."""
 SIMULTANEOUS_S = 2.0
 """Two connections to one peer authenticated this close together are a simultaneous dial."""
-CONTROL = 0xC1
-"""First byte of a control frame on a lane (hole punching, observed addresses): a byte that
-never starts a msgpack value, so never an envelope."""
-PROBE_MAGIC = b"\x00tomp1"
-TOKEN_BYTES = 16
-PROBE_BYTES = len(PROBE_MAGIC) + TOKEN_BYTES + 32
-PROBE_EVERY_S = 0.1
-INTRO_TIMEOUT_S = 3.0
-"""How long a punch waits for the relay's introduction."""
-PUNCH_TIMEOUT_S = 5.0
-"""How long a punch lasts from the introduction to an authenticated direct connection."""
-MAX_PUNCHES = 64
-MAX_INTRODUCED = 8
-"""Punches one relay may have us take part in at once (the rest of the slots stay free)."""
-PUNCH_DIALS = 2
-"""Connections one punch may dial (to where probes came from): forged probes cannot make a
-node open more."""
-MAX_CANDIDATES = 8
-INTRO_BURST = 20
-"""Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
-INTRO_IN_BURST = 100
-"""Introductions a node takes from one relay per ``INTRO_WINDOW_S`` (each is another node
-wanting a path to it; more are ignored, so a hostile relay cannot make it probe at will)."""
-INTRO_WINDOW_S = 10.0
-ADDR_BURST = 3
-"""``addr`` reports taken from one connection per ``INTRO_WINDOW_S`` (one at authentication,
-then one per NAT rebinding)."""
 CLOSE_AUTH_FAILED = 0x100
 CLOSE_DUPLICATE = 0x101
 CLOSE_MALFORMED = 0x102
+CLOSE_EVICTED = 0x103
+MAX_KNOWN = 4096
+"""Node ids the owner asked for (dials, punches) that admission remembers as known."""
 
-Addr = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAuthenticated:
-    node_id: bytes
-    addr: Addr
-    dialled: bool
-    """True if this side opened the connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerClosed:
-    node_id: bytes | None
-    """None when the connection closed before the peer was authenticated."""
-    addr: Addr
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    node_id: bytes
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PathUpdated:
-    """The path to an authenticated peer: at authentication, then when its RTT moves."""
-
-    node_id: bytes
-    addr: Addr
-    rtt_ms: float
-    stalled: bool = False
-    """Keep-alives go unanswered: the path may be broken (it is dropped if that goes on)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AddressObserved:
-    """A connected peer reports the address it sees this node at (reflexive address)."""
-
-    node_id: bytes
-    addr: Addr
-
-
-@dataclass(frozen=True, slots=True)
-class PunchEnded:
-    """A hole punch ended: with an authenticated direct connection, or not."""
-
-    peer: bytes
-    ok: bool
-    addr: Addr | None
-    elapsed_s: float
-    """From the introduction (from the request if none came) to the end."""
-    initiator: bool
-    reason: str = ""
-
-
-Event = (PeerAuthenticated | PeerClosed | Received | PathUpdated | AddressObserved
-         | PunchEnded)
-
-
-class SendError(Exception):
-    """An envelope cannot be sent: no authenticated connection to the peer."""
-
-
-class FrameTooLarge(SendError):
-    """An envelope larger than the frame limit; refused before anything is sent."""
-
-
-class NotAnEnvelope(SendError):
-    """Data starting with the control byte: refused, so nothing sent can pose as control."""
-
-
-class Backpressure(SendError):
-    """The peer's lane already holds ``MAX_BACKLOG`` bytes not yet acknowledged."""
 
 
 class BoundedQuicConnection(QuicConnection):
@@ -320,57 +293,20 @@ class _Conn:
     intros_made: list[float] = field(default_factory=list)
     addr_reports: list[float] = field(default_factory=list)
     """When this peer (as a relay) last introduced others to us (rate limit)."""
+    half_open: str | None = None
+    """Source IP this server-side connection is counted under while half-open."""
+    proven: bool = False
+    """Its Initial carried a valid Retry token."""
+    valued_at: float = 0.0
+    """When the owner last reported an envelope of this peer accepted (admission)."""
 
 
-@dataclass
-class _Punch:
-    peer: bytes
-    token: bytes
-    """Sent in our probes."""
-    initiator: bool
-    """True on the side that asked for the introduction."""
-    via: bytes
-    started: float
-    deadline: float
-    candidates: list[Addr] = field(default_factory=list)
-    introduced: float | None = None
-    next_probe: float = 0.0
-    dialled: set[Addr] = field(default_factory=set)
-    answered: dict[Addr, float] = field(default_factory=dict)
-    """When we last answered a probe from each address (once per probe interval)."""
-    tokens: set[bytes] = field(default_factory=set)
-    """Accepted in the peer's probes: ours, and the peer's when both asked at once."""
-
-
-def _addrs(value: object) -> list[Addr]:
-    """Candidate addresses from a control frame: ``[[ip, port], ...]``; ValueError if not."""
-    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
-        raise ValueError("candidates: not a short list")
-    out: list[Addr] = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], int) and 0 < item[1] < 65536) or "%" in item[0]:
-            raise ValueError("candidate: not [ip, port]")
-        ip = ipaddress.ip_address(item[0])
-        if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved \
-                or ip.is_link_local or str(ip) == "255.255.255.255":
-            continue  # never a peer's address: not probed
-        out.append((item[0], item[1]))
-    return out
-
-
-def _node(value: object) -> bytes:
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise ValueError("not a node id")
-    return value
-
-
-class Endpoint:
+class Endpoint(Signalling):
     def __init__(self, transport_key: Ed25519PrivateKey, binding: bytes,
                  wall: Callable[[], float], *, idle_timeout_s: float = 30.0,
                  auth_timeout_s: float = 10.0, max_frame_bytes: int = MAX_ENVELOPE_BYTES,
-                 max_unauthenticated: int = 64, max_backlog: int = MAX_BACKLOG,
-                 max_connections: int = 1024) -> None:
+                 max_backlog: int = MAX_BACKLOG, limits: Limits | None = None,
+                 max_connections: int | None = None) -> None:
         self._key = transport_key
         self._binding = binding
         self.node_id = TransportBinding.decode(binding).node_id
@@ -381,11 +317,19 @@ class Endpoint:
         self.ping_interval_s = min(idle_timeout_s / 3, PING_INTERVAL_S)
         self.auth_timeout_s = auth_timeout_s
         self.max_frame_bytes = max_frame_bytes
-        self.max_unauthenticated = max_unauthenticated
         self.max_backlog = max_backlog
-        self.max_connections = max_connections
+        limits = limits or Limits()
+        if max_connections is not None:
+            limits = dataclasses.replace(limits, max_connections=max_connections)
+        self.limits = limits
+        self._half_open = HalfOpen(limits)
+        self._retry = QuicRetryTokenHandler()
+        self.known: dict[bytes, None] = {}
+        """Node ids the owner asked for (``want``): never strangers to admission."""
         self.window = 2 * (max_frame_bytes + PREFIX)
         """Receive window of a lane and of an authenticated connection: two full frames."""
+        self.overdraft = OVERDRAFT
+        """How far past the budget the frames of connections that ended are handed over."""
         self.budget = sys.maxsize
         """What the owner still takes: each envelope parsed costs ``max(size, FRAME_COST)``.
         At zero, authenticated peers' lanes are not parsed (their windows stop growing, so
@@ -435,6 +379,7 @@ class Endpoint:
 
     def dial(self, node_id: bytes, addr: Addr, now: float) -> None:
         """Open a connection to ``node_id`` at ``addr`` (no-op if one is up or being made)."""
+        self.want(node_id)
         if node_id in self.peers or node_id in self.dialling():
             return
         self.counters["dials"] += 1
@@ -446,25 +391,6 @@ class Endpoint:
         self._add(conn)
         quic.connect(addr, now)
         self._pump(conn, now)
-
-    def punch(self, peer: bytes, via: bytes, now: float) -> None:
-        """Start a hole punch to ``peer``: ask ``via`` (a connected peer that is also
-        connected to it) to introduce the two nodes to each other with their candidate
-        addresses; both then probe each other's candidates at once from this socket, and the
-        side with the smaller node id dials the address a probe came from. Ends with a
-        :class:`PunchEnded` event. No-op while a punch to ``peer`` is in progress."""
-        relay = self.peers.get(via)
-        if relay is None or relay.lane is None or relay.closing:
-            raise SendError("not connected to the introducing peer")
-        if peer in self._punches:  # in progress (perhaps started by the peer): it will end
-            return
-        if len(self._punches) >= MAX_PUNCHES:
-            raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
-        token = secrets.token_bytes(TOKEN_BYTES)
-        self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S,
-                                     tokens={token})
-        self._control(relay, ["intro?", peer, token])
-        self.counters["punches"] += 1
 
     def send(self, node_id: bytes, data: bytes, now: float) -> None:
         """Send one envelope over the peer's connection (whoever opened it)."""
@@ -493,6 +419,11 @@ class Endpoint:
             return 0
         sender = conn.quic._streams[conn.lane].sender
         return sender._buffer_stop - sender._buffer_start
+
+    @property
+    def half_open(self) -> int:
+        """Connections accepted from peers that have not yet proven their node id."""
+        return self._half_open.total
 
     @property
     def accepting(self) -> bool:
@@ -524,10 +455,25 @@ class Endpoint:
             raise ValueError("the binding is for another node id or transport key")
         self._binding = binding
 
+    def want(self, node_id: bytes) -> None:
+        """The owner asked for this node (``dial`` and ``punch`` call this too): admission
+        treats it as known (at most ``MAX_KNOWN`` remembered, the oldest forgotten first)."""
+        self.known.pop(node_id, None)
+        self.known[node_id] = None
+        while len(self.known) > MAX_KNOWN:
+            del self.known[next(iter(self.known))]
+
+    def valued(self, node_id: bytes, now: float) -> None:
+        """The owner accepted an envelope from this peer: it weighs in admission."""
+        conn = self.peers.get(node_id)
+        if conn is not None:
+            conn.valued_at = now
+
     def close(self, node_id: bytes, now: float, reason: str = "closed") -> None:
         conn = self.peers.pop(node_id, None)
         if conn is not None:
             conn.closing = True
+            self._settle(conn)
             conn.quic.close(reason_phrase=reason)
             self._pump(conn, now)
             self._events.append(PeerClosed(node_id, conn.addr, reason))
@@ -563,13 +509,7 @@ class Endpoint:
             if timer is not None and timer <= now:
                 conn.quic.handle_timer(now)
             self._pump(conn, now)
-        for p in list(self._punches.values()):
-            if now >= p.deadline:
-                self._end_punch(p, now, None, "no introduction from the relay in time"
-                                if p.introduced is None else "no direct path in time: the "
-                                "probes did not get through (a symmetric NAT on the way?)")
-            elif p.introduced is not None and now >= p.next_probe:
-                self._probe(p, now)
+        self._punch_timers(now)
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -600,8 +540,7 @@ class Endpoint:
                   for c in self._conns if not c.closing]
         times += [c.retired_until for c in self._conns
                   if c.retired_until is not None and not c.closing]
-        times += [p.deadline if p.introduced is None else min(p.deadline, p.next_probe)
-                  for p in self._punches.values()]
+        times += self._punch_deadlines()
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------------
@@ -625,22 +564,56 @@ class Endpoint:
                 destination_cid=header.source_cid,
                 supported_versions=config.supported_versions), addr))
             return None
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200 \
+                or version is None:
             self.counters["unroutable_datagrams"] += 1
             return None
-        if sum(1 for c in self._conns if c.node_id is None and not c.dialled) \
-                >= self.max_unauthenticated:
-            self.counters["refused_half_open"] += 1
+        ip = addr[0]
+        original, retry_source = header.destination_cid, None
+        if header.token:  # the Initial that answers our Retry
+            try:
+                original = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid,
+                    token=header.token, now=now)
+            except ValueError:
+                self.counters["invalid_tokens"] += 1
+                return None
+            retry_source = header.destination_cid
+        verdict = self._half_open.verdict(ip, proven=retry_source is not None)
+        if verdict == RETRY:  # stateless: prove the address first
+            source_cid = secrets.token_bytes(CID_LENGTH)
+            self._out.append((encode_quic_retry(
+                version=version, source_cid=source_cid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=self._retry.create_token(
+                    address=addr, original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid, now=now)), addr))
+            self.counters["retries_sent"] += 1
+            return None
+        if verdict != ACCEPT:
+            self.counters["refused_half_open_per_address" if verdict == ADDRESS_FULL
+                          else "refused_half_open"] += 1
             return None
         quic = BoundedQuicConnection(configuration=config,
-                                     original_destination_connection_id=header.destination_cid)
-        conn = _Conn(quic, addr, dialled=False, created=now)
+                                     original_destination_connection_id=original,
+                                     retry_source_connection_id=retry_source)
+        conn = _Conn(quic, addr, dialled=False, created=now, half_open=ip,
+                     proven=retry_source is not None)
+        self._half_open.add(ip, conn.proven)
         self._routes[header.destination_cid] = conn
         self._add(conn)
         self.counters["accepted"] += 1
         return conn
 
+    def _settle(self, conn: _Conn) -> None:
+        """The connection is no longer half-open (authenticated, closing or gone)."""
+        if conn.half_open is not None:
+            self._half_open.remove(conn.half_open, conn.proven)
+            conn.half_open = None
+
     def _forget(self, conn: _Conn) -> None:
+        self._settle(conn)
         for cid in [k for k, c in self._routes.items() if c is conn]:
             del self._routes[cid]
         self._conns.discard(conn)
@@ -695,17 +668,20 @@ class Endpoint:
         self._parse(conn, now)
 
     def _parse(self, conn: _Conn, now: float, final: bool = False) -> None:
-        """Take the complete frames off the peer's lane: the proof first, then envelopes
-        (``final``: the connection has ended; hand over what is complete, whatever the
-        budget)."""
+        """Take the complete frames off the peer's lane: the proof first, then envelopes,
+        while the owner's budget lasts, whichever of the peer's connections they arrive on
+        (``final``: the connection has ended; what is complete was acknowledged to the peer,
+        so it is handed over even past the budget, up to ``overdraft`` past it; beyond, it
+        is dropped and counted, and the sender's router retries it end to end)."""
         rx = conn.rx
         pos, end = 0, len(rx)
         node_id = conn.node_id
         limit = self.max_frame_bytes if node_id is not None else MAX_AUTH_BYTES
         frames: list[bytes] = []
-        metered = not final and conn.retired_until is None
         while end - pos >= PREFIX and (final or not conn.closing):
-            if node_id is not None and metered and self.budget <= 0:
+            if node_id is not None and self.budget <= (-self.overdraft if final else 0):
+                if final:
+                    self._drop_rest(rx, pos)
                 break
             size = int.from_bytes(rx[pos:pos + PREFIX], "big")
             if not 0 < size <= limit:
@@ -724,8 +700,7 @@ class Endpoint:
                 self._on_control(conn, frame[1:], now)
             else:
                 frames.append(frame)
-                if metered:
-                    self.budget -= max(size, FRAME_COST)
+                self.budget -= max(size, FRAME_COST)
         del rx[:pos]
         conn.parsed += pos
         conn.quic.consumed += pos
@@ -736,13 +711,26 @@ class Endpoint:
             if conn.retired_until is not None and not final:
                 conn.retired_until = max(conn.retired_until, now + DRAIN_S)  # still draining
         if conn.lane_ended and rx and not conn.closing and not final and (
-                node_id is None or not metered or self.budget > 0):
+                node_id is None or self.budget > 0):
             self._malformed(conn, "the peer's lane ended inside a frame")
             return
         stream = conn.quic._streams.get(3 if conn.dialled else 2)
-        if stream is not None and node_id is not None \
+        # a retired connection's window never grows: the peer only finishes what was in
+        # flight, and cannot go on sending there
+        if stream is not None and node_id is not None and conn.retired_until is None \
                 and conn.parsed + self.window - stream.max_stream_data_local >= self.window // 4:
             stream.max_stream_data_local = conn.parsed + self.window
+
+    def _drop_rest(self, rx: bytearray, pos: int) -> None:
+        """Count the complete frames left on an ended connection past the overdraft."""
+        frames = 0
+        while len(rx) - pos >= PREFIX:
+            size = int.from_bytes(rx[pos:pos + PREFIX], "big")
+            if len(rx) - pos - PREFIX < size:
+                break
+            pos += PREFIX + size
+            frames += 1
+        self.counters["frames_dropped_at_close"] += frames
 
     def _malformed(self, conn: _Conn, reason: str, count: str = "malformed_streams") -> None:
         if not conn.closing:
@@ -753,7 +741,7 @@ class Endpoint:
         proof = self._key.sign(AUTH_CONTEXT + role + channel_binding(conn.quic))
         frame = msgpack.packb([self._binding, proof])
         conn.lane = conn.quic.get_next_available_stream_id(is_unidirectional=True)
-        conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
+        conn.quic.send_stream_data(conn.lane, framed(frame))
 
     def _authenticate(self, conn: _Conn, data: bytes, now: float) -> None:
         try:
@@ -775,10 +763,9 @@ class Endpoint:
         if node_id == self.node_id:
             self._fail(conn, "connected to ourselves")
             return
-        if sum(1 for c in self._conns if c.node_id is not None and not c.closing) \
-                >= self.max_connections:
-            self._fail(conn, "too many connections", count="refused_connections")
+        if not self._admit(conn, node_id, now):
             return
+        self._settle(conn)
         conn.node_id = node_id
         conn.quic.connection_window = self.window
         conn.authenticated_at = now
@@ -804,166 +791,6 @@ class Endpoint:
         if punch is not None:
             self._end_punch(punch, now, conn.addr)
 
-    # -- hole punching ------------------------------------------------------------------------
-
-    def _control(self, conn: _Conn, msg: list[Any]) -> None:
-        """Send a control frame; not on a connection that is retired, closing or not yet
-        proven (its lane is ended or absent)."""
-        if conn.lane is None or conn.closing or conn.retired_until is not None:
-            self.counters["control_unsent"] += 1
-            return
-        frame = bytes([CONTROL]) + msgpack.packb(msg, use_bin_type=True)
-        try:
-            conn.quic.send_stream_data(conn.lane, len(frame).to_bytes(PREFIX, "big") + frame)
-        except (RuntimeError, ValueError):  # the lane was reset or ended meanwhile
-            self.counters["control_unsent"] += 1
-            return
-        self.counters["control_sent"] += 1
-
-    def _tell_address(self, conn: _Conn) -> None:
-        """Tell the peer the address its packets come from, and our own candidates."""
-        self._control(conn, ["addr", list(conn.addr),
-                             [list(a) for a in self.local_candidates[:MAX_CANDIDATES]]])
-
-    def _candidates(self, conn: _Conn) -> list[list[Any]]:
-        """Where a peer may be reached: the address we see it at, then its own addresses."""
-        out = [conn.addr] + [a for a in conn.peer_locals if a != conn.addr
-                             and ipaddress.ip_address(a[0]).is_private]
-        return [list(a) for a in out[:MAX_CANDIDATES]]
-
-    def _on_control(self, conn: _Conn, data: bytes, now: float) -> None:
-        node_id = conn.node_id
-        assert node_id is not None
-        if conn.retired_until is not None or self.peers.get(node_id) is not conn:
-            self.counters["control_ignored"] += 1  # only the current connection signals
-            return
-        try:
-            msg = msgpack.unpackb(data, raw=False)
-            match msg:
-                case ["addr", [str() as host, int() as port], list() as own]:
-                    if not self._allow(conn.addr_reports, now, ADDR_BURST):
-                        self.counters["control_ignored"] += 1
-                        return
-                    seen = _addrs([[host, port]])
-                    conn.peer_locals = _addrs(own)
-                    if seen:
-                        self._events.append(AddressObserved(node_id, seen[0]))
-                case ["intro?", target, bytes() as token] if len(token) == TOKEN_BYTES:
-                    self._introduce(conn, _node(target), token, now)
-                case ["intro", peer, bytes() as token, list() as cands] \
-                        if len(token) == TOKEN_BYTES:
-                    self._introduced(conn, _node(peer), token, _addrs(cands), now)
-                case ["nointro", bytes() as peer, bytes() as token, str() as reason]:
-                    p = self._punches.get(peer)
-                    if p is not None and p.initiator and p.token == token \
-                            and p.via == node_id:
-                        self._end_punch(p, now, None, f"the relay cannot introduce: "
-                                        f"{reason[:200]}")
-                case _:
-                    self.counters["unknown_control"] += 1
-        except (ValueError, TypeError, msgpack.UnpackException):
-            self.counters["malformed_control"] += 1
-
-    def _introduce(self, conn: _Conn, target: bytes, token: bytes, now: float) -> None:
-        """As the relay: give each of the two peers the other's candidates."""
-        assert conn.node_id is not None
-        if not self._allow(conn.intros_asked, now, INTRO_BURST):
-            self.counters["intros_refused"] += 1
-            self._control(conn, ["nointro", target, token, "too many introductions asked"])
-            return
-        other = self.peers.get(target)
-        if other is None or other is conn or other.lane is None or other.closing:
-            self.counters["intros_unknown"] += 1
-            self._control(conn, ["nointro", target, token, "not connected to that node"])
-            return
-        self._control(other, ["intro", conn.node_id, token, self._candidates(conn)])
-        self._control(conn, ["intro", target, token, self._candidates(other)])
-        self._dirty[other] = now
-        self.counters["introductions"] += 1
-
-    @staticmethod
-    def _allow(times: list[float], now: float, burst: int) -> bool:
-        """At most ``burst`` events per ``INTRO_WINDOW_S`` (``times`` is kept in place)."""
-        times[:] = [t for t in times if now - t < INTRO_WINDOW_S]
-        if len(times) >= burst:
-            return False
-        times.append(now)
-        return True
-
-    def _introduced(self, conn: _Conn, peer: bytes, token: bytes, cands: list[Addr],
-                    now: float) -> None:
-        """The relay ``conn`` introduces ``peer``: probe its candidates."""
-        assert conn.node_id is not None
-        if not self._allow(conn.intros_made, now, INTRO_IN_BURST):  # each costs probes
-            self.counters["intros_ignored"] += 1
-            return
-        p = self._punches.get(peer)
-        if peer == self.node_id:
-            self.counters["stray_intros"] += 1
-            return
-        # taken even if we hold a connection to that node: it asked for a path, so ours is
-        # probably stale (it restarted, and its goodbye was lost); a new one replaces it
-        if p is None:  # the other side of the peer's punch
-            by_relay = sum(1 for q in self._punches.values()
-                           if not q.initiator and q.via == conn.node_id)
-            if len(self._punches) >= MAX_PUNCHES or by_relay >= MAX_INTRODUCED:
-                self.counters["punches_refused"] += 1
-                return
-            p = _Punch(peer, token, False, conn.node_id, now, now)
-            self._punches[peer] = p
-        elif p.via != conn.node_id:  # only the relay of this punch adds to it
-            self.counters["stray_intros"] += 1
-            return
-        # both may have asked at once (each gets the other's introduction too): one punch,
-        # accepting either token
-        p.tokens.add(token)
-        p.candidates = (p.candidates + [a for a in cands if a not in p.candidates]
-                        )[:MAX_CANDIDATES]
-        if p.introduced is None:
-            p.introduced = now
-            p.deadline = now + PUNCH_TIMEOUT_S
-            self._probe(p, now)
-
-    def _probe(self, p: _Punch, now: float) -> None:
-        probe = PROBE_MAGIC + p.token + self.node_id
-        self._out += [(probe, addr) for addr in p.candidates]
-        self.counters["probes_sent"] += len(p.candidates)
-        p.next_probe = now + PROBE_EVERY_S
-
-    def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:
-        if len(data) != PROBE_BYTES or not data.startswith(PROBE_MAGIC):
-            self.counters["garbage_datagrams"] += 1
-            return
-        token = data[len(PROBE_MAGIC):len(PROBE_MAGIC) + TOKEN_BYTES]
-        peer = data[-32:]
-        if peer == self.node_id:  # our own probe: a candidate was our own address
-            return
-        p = self._punches.get(peer)
-        if p is None or p.introduced is None or token not in p.tokens:
-            self.counters["stray_probes"] += 1
-            return
-        self.counters["probes_received"] += 1
-        if addr not in p.candidates and len(p.candidates) < MAX_CANDIDATES:
-            p.candidates.append(addr)  # where the peer's NAT maps it for us
-        if self.node_id > peer:  # answer at once, once per probe interval per address
-            if now - p.answered.get(addr, -1e9) >= PROBE_EVERY_S:
-                p.answered[addr] = now
-                self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))
-        elif addr not in p.dialled and len(p.dialled) < PUNCH_DIALS:
-            # the smaller id dials where the probe came from: that path is open both ways.
-            # Also while holding a connection to the peer: asking for a punch means it
-            # does not use that one (it restarted, or the path stalled); the new one wins.
-            p.dialled.add(addr)
-            self.counters["punch_dials"] += 1
-            self._open(peer, addr, now)
-
-    def _end_punch(self, p: _Punch, now: float, addr: Addr | None, reason: str = "") -> None:
-        del self._punches[p.peer]
-        self.counters["punches_direct" if addr else "punches_failed"] += 1
-        self._events.append(PunchEnded(p.peer, addr is not None, addr,
-                                       round(now - (p.introduced or p.started), 6),
-                                       p.initiator, reason))
-
     def _retire(self, conn: _Conn, node_id: bytes, now: float) -> None:
         """Send nothing new on this connection; let what is in flight arrive, then close.
         An older retired connection of the same node is closed now (one per node)."""
@@ -974,6 +801,7 @@ class Endpoint:
                 other.quic.close(error_code=CLOSE_DUPLICATE, reason_phrase="retired")
                 self._dirty[other] = now
         conn.retired_until = now + DRAIN_S
+        self.counters["retired"] += 1
         if conn.lane is not None and not conn.closing:
             try:
                 conn.quic.send_stream_data(conn.lane, b"", end_stream=True)
@@ -1004,9 +832,44 @@ class Endpoint:
         dialler_new = self.node_id if new.dialled else node_id
         return dialler_new == min(self.node_id, node_id)
 
+    def _admit(self, conn: _Conn, node_id: bytes, now: float) -> bool:
+        """Whether the newly authenticated ``conn`` gets a slot (admission.py); may evict a
+        stranger to make room. Refused: closed and counted."""
+        if node_id in self.peers and not self.peers[node_id].closing:
+            return True  # replaces its own connection: no new slot
+        lim = self.limits
+        held = [c for c in self.peers.values() if not c.closing]
+        strangers = [c for c in held if self._stranger(c)]
+        victim = None
+        if not self._stranger(conn, node_id):
+            if len(held) < lim.max_connections:
+                return True
+            victim = evict_for_known(strangers)
+        elif len(held) < lim.max_connections \
+                and len(strangers) < lim.max_connections - lim.reserved:
+            return True
+        else:
+            victim = evict_for_stranger(strangers, now, lim.stranger_grace_s)
+            if victim is None:
+                self.counters["refused_strangers"] += 1
+        if victim is None:
+            self._fail(conn, "too many connections", count="refused_connections")
+            return False
+        self._fail(victim, "evicted: the slot went to another peer", CLOSE_EVICTED,
+                   count="evicted_strangers")
+        self._dirty[victim] = now
+        return True
+
+    def _stranger(self, conn: _Conn, node_id: bytes | None = None) -> bool:
+        """A node id the owner never asked for (``dial``, ``punch``, ``want``), whoever
+        opened the connection: a punch's dial toward a node a relay introduced is a
+        stranger's too, or forged introductions would buy reserved slots."""
+        return (node_id or conn.node_id) not in self.known
+
     def _fail(self, conn: _Conn, reason: str, code: int = CLOSE_AUTH_FAILED,
               count: str = "auth_failures") -> None:
         self.counters[count] += 1
+        self._settle(conn)
         conn.closing = True
         conn.quic.close(error_code=code, reason_phrase=reason)
 

@@ -11,6 +11,7 @@ dropped and counted, and QUIC retransmits it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import fcntl
 import ipaddress
@@ -18,17 +19,22 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.core import Core, ServiceAction
 from shared.service import Service, ServiceContext, StartupError
 
+from .admission import Limits
 from .config import TransportConfig
-from .core import DatagramsReceived, SendDatagram, TransportCore
+from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore
 
 UDP_BATCH = 256
 SOCKET_BUFFER = 4 * 1024 * 1024
+RESOLVER_THREADS = 4
+"""Threads that run ``getaddrinfo``: a resolver that never answers holds one until the C
+library gives up; while all are held, names fail at once (``resolver_busy``)."""
 
 
 class TransportService(Service):
@@ -38,8 +44,15 @@ class TransportService(Service):
         self._datagrams: list[SendDatagram] = []
         self.settings = context.section("transport", TransportConfig)
         # a fresh transport key per start: only a binding signed by crypto gives it meaning
+        cfg = self.settings
+        limits = Limits(max_connections=cfg.max_connections,
+                        reserved_connections=round(cfg.max_connections
+                                                   * cfg.reserved_share),
+                        max_half_open=cfg.max_half_open,
+                        half_open_per_address=cfg.half_open_per_address,
+                        retry_above=cfg.retry_above, stranger_grace_s=cfg.stranger_grace_s)
         return TransportCore(Ed25519PrivateKey.generate(), time.time, ("0.0.0.0", 0),
-                             self.settings.binding_hours * 3600, self.settings.idle_timeout_s)
+                             cfg.binding_hours * 3600, cfg.idle_timeout_s, limits)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         cfg = self.settings
@@ -51,6 +64,8 @@ class TransportService(Service):
         self.core.local_candidates[:] = [(ip, port) for ip in ips]
         self.log.info("UDP socket on %s:%d (candidates %s)", host, port, ips)
         self.delay_s = cfg.send_delay_ms / 1000
+        self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
+        self._resolver_busy = 0
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self._on_readable)
         try:
@@ -58,6 +73,7 @@ class TransportService(Service):
         finally:
             loop.remove_reader(self.udp.fileno())
             self.udp.close()
+            self._resolver.shutdown(wait=False, cancel_futures=True)
 
     def _open(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,8 +111,45 @@ class TransportService(Service):
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
             self._datagrams.append(action)
+        elif isinstance(action, Resolve):
+            self._start_resolve(action)
         else:
             super().perform_extra(action)
+
+    def _start_resolve(self, action: Resolve) -> None:
+        """Resolve a host name in a resolver thread, never on the event loop; the answer
+        (or a timeout after ``resolve_timeout_s``) comes back to the core as ``Resolved``."""
+        loop = asyncio.get_running_loop()
+        if self._resolver_busy >= RESOLVER_THREADS:
+            self.stats["resolver_busy"] += 1
+            loop.call_soon(self.feed_external, Resolved(
+                action.token, None, "every resolver thread is waiting on an earlier name"))
+            return
+        self._resolver_busy += 1
+
+        def done(_: object) -> None:
+            loop.call_soon_threadsafe(self._resolver_freed)
+
+        job = self._resolver.submit(socket.getaddrinfo, action.host, action.port,
+                                    self.udp.family, socket.SOCK_DGRAM)
+        job.add_done_callback(done)
+        loop.create_task(self._await_resolve(action, job))
+
+    def _resolver_freed(self) -> None:
+        self._resolver_busy -= 1
+
+    async def _await_resolve(self, action: Resolve,
+                             job: concurrent.futures.Future[list[Any]]) -> None:
+        timeout = self.settings.resolve_timeout_s
+        try:
+            infos = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout)
+            result = Resolved(action.token, tuple(infos[0][4][:2]))
+        except TimeoutError:
+            result = Resolved(action.token, None, f"no answer within {timeout:g} s",
+                              timed_out=True)
+        except (OSError, UnicodeError, IndexError) as e:
+            result = Resolved(action.token, None, str(e) or type(e).__name__)
+        self.feed_external(result)
 
     def flush_extra(self) -> None:
         """Datagrams leave with the bus flush, after its calls: an envelope that arrived
@@ -110,11 +163,13 @@ class TransportService(Service):
                 self._sendto(d.data, d.addr)
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Addresses are literal (checked where they enter the core), so this never waits
+        on a resolver; anything unexpected is counted, not raised out of the flush."""
         try:
             self.udp.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             self.stats["udp_send_drops"] += 1
-        except OSError:
+        except (OSError, ValueError, TypeError):
             self.stats["udp_errors"] += 1
 
 

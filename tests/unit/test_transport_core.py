@@ -55,8 +55,66 @@ def test_a_full_queue_stops_the_endpoint_reading_until_half_empty() -> None:
     assert ep is not None
     core.flush(1.0)  # 64 go out; the rest still cost more than half
     assert not ep.accepting and core.stats["paused_reading"] == 1
-    while len(core._inbox) > DELIVER_QUEUE_COST // FRAME_COST // 2:
+    while core._inbox_cost > DELIVER_QUEUE_COST // 2:  # (the 64 in flight count too)
         core._inbox.pop()
         core._inbox_cost -= FRAME_COST
     core.flush(2.0)
     assert ep.accepting and core.stats["paused_reading"] == 1
+
+
+def test_a_departed_stranger_is_forgotten_a_node_the_router_asked_for_is_redialled() -> None:
+    """Strangers (connected unasked) are not re-dialled when they leave, nor remembered;
+    a node the router asked for is re-dialled, and forgotten once the re-dials give up."""
+    from services.transport.core import REDIAL_ATTEMPTS
+    from services.transport.endpoint import PeerAuthenticated, PeerClosed
+    from shared.core import Request
+    from shared.wire.messages import transport as m
+
+    core = core_with_inbox(0)
+    ep = core.endpoint
+    assert ep is not None
+    stranger, wanted = b"\x55" * 32, b"\x66" * 32
+    core.handle(Request("ctx", m.Connect(peer=wanted, host="10.0.0.6", port=4433)), 1.0)
+    for node, addr in ((stranger, ("10.0.0.5", 4433)), (wanted, ("10.0.0.6", 4433))):
+        ep._events.append(PeerAuthenticated(node, addr, node == wanted))
+    core.flush(1.0)
+    assert set(core._known) == {wanted}
+    for node in (stranger, wanted):
+        ep._events.append(PeerClosed(node, ("10.0.0.9", 1), "gone"))
+    core.flush(2.0)
+    assert set(core._redial) == {wanted} and set(core._known) == {wanted}
+    now = 2.0
+    for _ in range(REDIAL_ATTEMPTS + 1):  # every re-dial fails
+        now = max(now, core._redial.get(wanted, (now, 0))[0]) + 0.1
+        core.on_timer(now)
+        for conn in list(ep._conns):
+            ep._fail(conn, "no answer")
+            ep._forget(conn)
+        ep._events.append(PeerClosed(None, ("10.0.0.6", 4433), "no answer"))
+        core.flush(now)
+    assert not core._redial and not core._known
+    assert core.stats["redials"] == REDIAL_ATTEMPTS and core.stats["redials_given_up"] == 1
+
+
+def test_the_router_s_interest_and_acceptance_reach_admission() -> None:
+    """A node the router asks for (connect, punch) is known to admission; a peer whose
+    envelope the router accepted is worth its slot."""
+    from types import SimpleNamespace
+
+    from shared.core import Request
+    from shared.wire.messages import transport as m
+
+    core = core_with_inbox(0)
+    ep = core.endpoint
+    assert ep is not None
+    asked, punched = b"\x66" * 32, b"\x68" * 32
+    core.handle(Request("c1", m.Connect(peer=asked, host="10.0.0.6", port=4433)), 1.0)
+    core.handle(Request("c2", m.Punch(peer=punched, via=b"\x67" * 32)), 1.0)
+    assert asked in ep.known and punched in ep.known
+    conn = SimpleNamespace(valued_at=0.0, closing=False)
+    ep.peers[A_ID] = conn  # type: ignore[assignment]
+    core._inbox.append((1, A_ID, b"env"))
+    core._inbox_cost += FRAME_COST
+    (call,) = [a for a in core.flush(3.0) if isinstance(a, Call)]
+    core.handle(PeerReplied(call.token, rm.DeliverReply()), 4.0)
+    assert conn.valued_at == 4.0

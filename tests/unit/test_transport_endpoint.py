@@ -17,6 +17,7 @@ from services.transport.endpoint import (
     INTRO_IN_BURST,
     MAX_INTRODUCED,
     PROBE_MAGIC,
+    PUNCH_PROBES,
     TOKEN_BYTES,
     Addr,
     AddressObserved,
@@ -346,10 +347,12 @@ def test_unreadable_initials_keep_no_state() -> None:
     rng = __import__("random").Random(3)
     for i in range(500):  # long header, Initial type, version 1, random rest: not decryptable
         junk = bytes([0xC0]) + (1).to_bytes(4, "big") + bytes([8]) + rng.randbytes(8) \
-            + bytes([8]) + rng.randbytes(1200)
+            + bytes([8]) + rng.randbytes(8) + (b"\x00\x44\xb0" if i % 2 else b"") \
+            + rng.randbytes(1200)  # every other one: no token, a plausible length
         b.receive(junk, ("10.9.9.9", 1000 + i), net.now)
     assert b.counters["unreadable_initials"] > 0
-    assert b.counters["unreadable_initials"] + b.counters["garbage_datagrams"] == 500
+    assert b.counters["unreadable_initials"] + b.counters["garbage_datagrams"] \
+        + b.counters["invalid_tokens"] == 500  # (random bytes where a Retry token goes)
     assert len(b._conns) == 1
     c = endpoint(C_SEED)
     net.eps[("10.0.0.9", 4433)] = c
@@ -698,17 +701,35 @@ def control(net: Net, frm: str, to_id: bytes, msg: list[object]) -> None:
 
 
 def test_a_hostile_relay_cannot_make_a_node_dial_or_probe_without_bound() -> None:
+    """A relay may only pass on the address it saw the peer at (first) and private
+    addresses; a punch probes at most PUNCH_PROBES times and dials at most PUNCH_DIALS
+    addresses, each at a candidate's address."""
     net = three()
     c = net.eps[net.addr["c"]]
     fake, tok = b"\xff" * 32, b"k" * TOKEN_BYTES
     for i in range(50):  # introductions piling up candidates for one punch
-        control(net, "b", C_ID, ["intro", fake, tok, [[f"203.0.113.{i}", 1000 + j]
-                                                      for j in range(8)]])
-    assert len(c._punches[fake].candidates) == 8
+        control(net, "b", C_ID, ["intro", fake, tok, [[f"100.64.{i}.1", 1000]] + [
+            [f"10.9.{i}.{j}", 1000 + j] for j in range(2)]])
+    cands = c._punches[fake].candidates
+    assert len(cands) == 8 and [a for a in cands if not a[0].startswith("10.")] == [
+        ("100.64.0.1", 1000), ("100.64.1.1", 1000)]  # PUBLIC_CANDIDATES
+    refused = c.counters["intro_candidates_refused"]
+    control(net, "b", C_ID, ["intro", b"\xfd" * 32, tok, [["10.1.1.1", 1], ["8.8.8.8", 2],
+                                                          ["100.64.9.9", 3]]])
+    assert c._punches[b"\xfd" * 32].candidates == [("10.1.1.1", 1)]
+    assert c.counters["intro_candidates_refused"] == refused + 2
     before = len(c._conns)
     for port in range(1, 500):  # forged probes from many source ports
-        c.receive(PROBE_MAGIC + tok + fake, ("203.0.113.9", port), net.now)
+        c.receive(PROBE_MAGIC + tok + fake, ("100.64.0.1", port), net.now)
+        c.receive(PROBE_MAGIC + tok + fake, ("198.51.100.7", port), net.now)  # elsewhere
     assert len(c._conns) - before == 2 and c.counters["punch_dials"] == 2
+    assert all(conn.addr[0] == "100.64.0.1" for conn in c._conns if conn.expect == fake)
+    assert c.counters["stray_probes"] == 499
+    sent = c.counters["probes_sent"]
+    net.run(5000, until=lambda: fake not in c._punches and b"\xfd" * 32 not in c._punches)
+    # two punches (FAKE's, 8 candidates; 0xfd's, 1): each stops once its budget is spent
+    assert c.counters["probes_sent"] <= 2 * PUNCH_PROBES + 7, c.counters["probes_sent"]
+    assert c.counters["probes_sent"] > sent
     # loopback, multicast and the like are never probed; short node ids are refused
     control(net, "b", C_ID, ["intro", b"\xfe" * 32, tok, [["127.0.0.1", 1], ["224.0.0.1", 2],
                                                           ["0.0.0.0", 3]]])

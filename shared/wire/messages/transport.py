@@ -46,10 +46,14 @@ class ConnectReply(Message):
 class Connect(Message):
     """Open (or reuse) an authenticated connection to `peer` at `host:port`. Answered once
     the peer has proven its node id; `failed` if it cannot, `peer_timeout` if it does not
-    answer, `unavailable` while the transport has no signed binding yet."""
+    answer, `unavailable` while the transport has no signed binding yet. A host name is
+    resolved off the transport's event loop (`peer_timeout` after `[transport]
+    resolve_timeout_s`, `overloaded` while 8 names are being resolved); a malformed host
+    (control characters, a label over 63 bytes, another address family) is `invalid`."""
 
     peer: NodeIdBytes = Field(description="The node expected at that address.")
-    host: str = Field(min_length=1, max_length=255, description="IP address.")
+    host: str = Field(min_length=1, max_length=255, description="IP address, or a host "
+                      "name (resolved off the event loop, with a timeout).")
     port: int = Field(ge=1, le=65535, description="UDP port.")
 
 
