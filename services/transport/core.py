@@ -26,7 +26,7 @@ envelope, counted.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +69,7 @@ from .endpoint import (
     SendError,
     transport_public,
 )
+from .fairqueue import FairQueue
 
 _BIND = "bind"
 BIND_RETRY_S = 2.0
@@ -145,8 +146,9 @@ class TransportCore(Core):
         (peers that connected unasked, or that a relay introduced) are neither."""
         self._redial: dict[bytes, tuple[float, int]] = {}
         """node id -> (when, attempt) of the next re-dial (when = inf while one is in flight)."""
-        self._inbox: deque[tuple[int, bytes, bytes]] = deque()
-        """(arrival number, peer, envelope) waiting for a ``router.deliver`` slot."""
+        self._inbox = FairQueue()
+        """(arrival number, peer, envelope) waiting for a ``router.deliver`` slot, served
+        peer by peer so one peer's backlog does not hold up the others."""
         self._inbox_cost = 0
         self._arrivals = 0
         self._failed: list[tuple[int, bytes, bytes]] = []

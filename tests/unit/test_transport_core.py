@@ -118,3 +118,17 @@ def test_the_router_s_interest_and_acceptance_reach_admission() -> None:
     (call,) = [a for a in core.flush(3.0) if isinstance(a, Call)]
     core.handle(PeerReplied(call.token, rm.DeliverReply()), 4.0)
     assert conn.valued_at == 4.0
+
+
+def test_one_peers_backlog_does_not_hold_up_another_peer() -> None:
+    """A flood from one connection (made-up senders relayed by M) queued ahead of a
+    legitimate peer's envelope: the peers are served in turn, each in its own order."""
+    core = core_with_inbox(0)
+    flooder, legit = b"\x0b" * 32, b"\x0c" * 32
+    for i in range(200):
+        core._inbox.append((i, flooder, b"m%d" % i))
+    core._inbox.append((200, legit, b"legit"))
+    core._inbox.append((201, legit, b"legit2"))
+    sent = deliveries(core.flush(1.0))
+    assert sent[:4] == [b"m0", b"legit", b"m1", b"legit2"]
+    assert [d for d in sent if d.startswith(b"m")] == [b"m%d" % i for i in range(62)]
