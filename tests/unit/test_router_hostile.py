@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from services.router.core import RouterCore, RouterSettings
 from services.router.gossip import announce_payload, gossip_payload
 from services.router.store import Store
@@ -318,6 +320,9 @@ def test_gossip_must_come_straight_from_its_signer_at_a_bounded_rate() -> None:
                      payload=gossip_payload(ann))
         hand(sim, "a", replace(env, payload=gossip_payload([])), m.id)
     assert a.router.stats["rejected_gossip_rate"] >= 7
+    # the refused ones cost no verification: only those within the burst were found forged
+    assert a.router.stats["rejected_forged"] + a.router.stats["rejected_gossip_rate"] == 10
+    assert a.router.stats["rejected_forged"] <= 3
     assert a.router.stats["rejected_forged"] <= 3
 
 
@@ -521,3 +526,32 @@ def test_a_contact_evicted_from_a_full_table_is_forgotten_on_disk_too() -> None:
     topo = b.router.topo
     assert topo is not None and len(topo.peers) <= 16
     assert {n for n, *_ in b.router.store.peers()} == set(topo.peers)
+
+
+
+def test_gossip_rate_limit_buckets() -> None:
+    from services.router.gossip import RateLimit
+
+    rl = RateLimit(rate=2.0, burst=3, keys=2)
+    assert [rl.take(b"a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert not rl.take(b"a", 0.25)  # half a token back
+    assert rl.take(b"a", 0.5)  # (refilled at `rate` per second since the last refusal)
+    assert not rl.take(b"a", 0.5)
+    assert rl.take(b"b", 0.5) and rl.take(b"c", 0.5)  # a third key beyond `keys`: pruned
+    assert set(rl.buckets) == {b"a", b"b", b"c"}  # nothing had refilled: all kept
+    assert rl.take(b"d", 10.0)  # everything refilled long ago: forgotten
+    assert set(rl.buckets) == {b"d"}
+    assert rl.buckets[b"d"] == (2.0, 10.0)
+
+
+@pytest.mark.parametrize("host, port, ok", [
+    ("10.0.0.1", 4433, True), ("2001:db8::1", 1, True), ("10.0.0.1", 65535, True),
+    ("10.0.0.1", 0, False), ("10.0.0.1", 65536, False), ("10.0.0.1", True, False),
+    ("10.0.0.1", "4433", False), (b"10.0.0.1", 4433, False), ("evil.example", 4433, False),
+    ("0.0.0.0", 4433, False), ("224.0.0.1", 4433, False), ("::", 4433, False),
+    ("1" * 46, 4433, False), ("1.2.3.4\x00", 4433, False)])
+def test_only_literal_dialable_addresses_are_usable(host: object, port: object,
+                                                    ok: bool) -> None:
+    from services.router.gossip import usable_address
+
+    assert usable_address(host, port) is ok
