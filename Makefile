@@ -44,8 +44,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_crypto
 	$(BIN)/python -m bench.bench_transport
 
-## mutate: mutation testing of the cores' security checks (mutmut); report in bench/mutation.md
+## mutate: mutation testing of the security checks: the transport's one-line mutations against
+## the tests that must catch them, then mutmut on crypto and router (report: bench/mutation.md)
 mutate: $(STAMP)
+	$(BIN)/python -m bench.transport_mutations
 	$(BIN)/python -m bench.mutate
 
 ## lab: the NAT lab demo in network namespaces (needs root, iproute2 and iptables; tom/lab.py)
