@@ -292,6 +292,22 @@ def test_a_chat_for_us_is_verified_once_and_a_forged_copy_of_a_known_id_is_forge
         == acks  # neither was acknowledged
 
 
+def test_an_unsigned_copy_of_a_delivered_chat_is_not_acknowledged() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    f = Forger(sim, "a", "b")
+    good = f.env(payload=b"once")
+    f.deliver(good.encode())
+    b = sim.nodes["b"]
+    acks = len([r for n, r in sim.sent if n == "b" and decode(r).msg_type == MessageType.ACK])
+    f.deliver(replace(good, signature=b"").encode())
+    assert b.router.stats["rejected_unsigned"] == 1 and b.router.stats["duplicates"] == 0
+    assert len([r for n, r in sim.sent if n == "b" and decode(r).msg_type == MessageType.ACK]) \
+        == acks
+    f.deliver(good.encode())  # the genuine copy again: re-acknowledged
+    assert b.router.stats["duplicates"] == 1
+
+
 def _forge_ahead(sim: Sim, attacker: str, dst: str, every: bool, unsigned: bool = False,
                  only_from: str | None = None) -> list[int]:
     """Before a genuine chat reaches ``dst``, a forged copy of it (same sender and id,
