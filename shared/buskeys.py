@@ -123,11 +123,10 @@ class BusKeys:
 
 
 class _Gate:
-    """The ZAP decision for one domain (a serving role): which keys it admits."""
+    """The ZAP decision for a domain (a serving role): which keys it admits."""
 
-    def __init__(self, guard: Guard, domain: str) -> None:
+    def __init__(self, guard: Guard) -> None:
         self.guard = guard
-        self.domain = domain
 
     def callback(self, domain: str, key: bytes) -> bool:
         with self.guard.lock:
@@ -149,7 +148,7 @@ class Guard(ThreadAuthenticator):
     def admit(self, domain: str, keys: dict[bytes, str]) -> None:
         with self.lock:
             self.admitted[domain] = dict(keys)
-        self.configure_curve_callback(domain, _Gate(self, domain))
+        self.configure_curve_callback(domain, _Gate(self))
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         z85 = zmq.utils.z85.encode(client_public_key)
@@ -172,13 +171,6 @@ def guard(context: zmq.Context) -> Guard:
             g = _guards[id(context)] = Guard(context)
             g.start()
         return g
-
-
-def stop_guard(context: zmq.Context) -> None:
-    with _guards_lock:
-        g = _guards.pop(id(context), None)
-    if g is not None:
-        g.stop()
 
 
 def user_id(frame: zmq.Frame) -> str | None:
