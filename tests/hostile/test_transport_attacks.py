@@ -25,6 +25,7 @@ import pytest
 from services.transport.endpoint import CONTROL
 from shared.bus import BusClient
 from shared.primitives import SigningKey
+from shared.testing.prereq import missing, require_command, require_root
 from shared.wire import RemoteError
 from shared.wire.messages import transport as m
 from shared.wire.messages.sys import Status, StatusReply
@@ -199,14 +200,15 @@ def test_a_name_whose_resolver_never_answers_does_not_freeze_the_transport(
     """B's transport runs with a resolver that never answers (its own mount namespace sees
     a resolv.conf naming a silent server). The router asks it to connect to host names:
     B keeps serving A meanwhile, and each connect fails after `resolve_timeout_s`."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare (a mount namespace for resolv.conf)")
+    require_root("give the transport its own mount namespace and resolv.conf")
+    require_command("unshare", "run the transport in its own mount namespace "
+                    "(apt-get install util-linux)")
     silent = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
     try:
         silent.bind(SILENT_DNS)
     except OSError as e:
         silent.close()
-        pytest.skip(f"cannot bind the silent resolver at {SILENT_DNS}: {e}")
+        missing(f"cannot bind the silent resolver at {SILENT_DNS}: {e}")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {SILENT_DNS[0]}\noptions timeout:4 attempts:2\n")
     os.chmod(tmp_path, 0o755)
@@ -217,7 +219,7 @@ def test_a_name_whose_resolver_never_answers_does_not_freeze_the_transport(
                            capture_output=True, text=True, timeout=10)
     if SILENT_DNS[0] not in check.stdout:
         silent.close()
-        pytest.skip(f"cannot bind-mount resolv.conf here: {check.stderr.strip()}")
+        missing(f"cannot bind-mount resolv.conf here: {check.stderr.strip()}")
     try:
         with world("resolve_timeout_s = 2.0\n", template) as w:
             idle = w.p50()
