@@ -51,6 +51,10 @@ class Limits:
     """Half-open connections beyond which an Initial must carry a Retry token (0: always)."""
     stranger_grace_s: float = 30.0
     """How long a stranger that delivers nothing keeps its slot against a new stranger."""
+    stranger_envelopes_per_s: float = 250.0
+    """Envelopes a stranger's lanes are parsed at, at most (ratelimit.py), bursts of 2 s."""
+    stranger_bytes_per_s: float = 2 * 2**20
+    """Bytes of envelopes likewise."""
 
     @property
     def reserved(self) -> int:

@@ -38,3 +38,12 @@ class TransportConfig(Section):
                              "every Initial must first answer a QUIC Retry (stateless "
                              "address validation: a spoofed ClientHello flood keeps no "
                              "state; retries_sent). 0: always.")
+    stranger_envelopes_per_s: float = Field(250.0, gt=0, description="Envelopes a stranger "
+                                            "(a node id this node never asked for) may "
+                                            "send per second, all its connections "
+                                            "together, in bursts of 2 s; beyond, its lane "
+                                            "is not read and QUIC flow control makes it "
+                                            "wait (throttled_strangers).")
+    stranger_bytes_per_s: float = Field(2 * 2**20, gt=0, description="Likewise, bytes of "
+                                        "envelopes per second (bursts of 2 s, at least "
+                                        "two of the largest envelopes).")

@@ -313,6 +313,7 @@ class TransportCore(Core):
                 "redial_addresses": len(self._known),
                 "peers": len(self.endpoint.peers) if self.endpoint else 0,
                 "half_open": self.endpoint.half_open if self.endpoint else 0,
+                "throttled": self.endpoint.throttled if self.endpoint else 0,
                 "deliver_queue": len(self._inbox) + len(self._failed),
                 "deliver_queue_cost": self._inbox_cost,
                 "delivering": self._delivering}

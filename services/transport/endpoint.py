@@ -32,7 +32,9 @@ peer. The budget is one for all connections, a peer's retired ones (below) inclu
 window no longer grows; the complete frames of a connection that ends are handed over past
 the budget (they were acknowledged), but at most ``OVERDRAFT`` past it, so connection churn
 cannot grow the owner's queue (issue 13: a retired connection parsed regardless of the
-budget, with a window that kept growing, let one peer fill 592 MiB).
+budget, with a window that kept growing, let one peer fill 592 MiB). A stranger's lane
+is also parsed no faster than its rate (ratelimit.py: envelopes and bytes per second, for
+all its connections), so one peer cannot take the CPU a legitimate peer's message needs.
 
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
 Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
@@ -122,6 +124,7 @@ from .events import (
     SendError,
     framed,
 )
+from .ratelimit import StrangerRate
 from .signalling import (
     ADDR_BURST,
     CONTROL,
@@ -323,6 +326,10 @@ class Endpoint(Signalling):
             limits = dataclasses.replace(limits, max_connections=max_connections)
         self.limits = limits
         self._half_open = HalfOpen(limits)
+        self._rate = StrangerRate(limits.stranger_envelopes_per_s, limits.stranger_bytes_per_s,
+                                  min_bytes_burst=2 * max_frame_bytes)
+        self._throttled: dict[_Conn, float] = {}
+        """Strangers' connections whose lane waits for their rate (ratelimit.py): when."""
         self._retry = QuicRetryTokenHandler()
         self.known: dict[bytes, None] = {}
         """Node ids the owner asked for (``want``): never strangers to admission."""
@@ -426,6 +433,11 @@ class Endpoint(Signalling):
         return self._half_open.total
 
     @property
+    def throttled(self) -> int:
+        """Strangers' connections waiting for their rate."""
+        return len(self._throttled)
+
+    @property
     def accepting(self) -> bool:
         return self.budget > 0
 
@@ -510,6 +522,13 @@ class Endpoint(Signalling):
                 conn.quic.handle_timer(now)
             self._pump(conn, now)
         self._punch_timers(now)
+        for conn in [c for c, t in self._throttled.items() if t <= now]:
+            del self._throttled[conn]
+            if conn in self._conns and self.budget > 0:
+                self._parse(conn, now)
+                self._pump(conn, now)  # the window update goes out
+        if not self._throttled:
+            self._rate.prune(now)
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -541,6 +560,7 @@ class Endpoint(Signalling):
         times += [c.retired_until for c in self._conns
                   if c.retired_until is not None and not c.closing]
         times += self._punch_deadlines()
+        times += self._throttled.values()
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------------
@@ -617,6 +637,7 @@ class Endpoint(Signalling):
         for cid in [k for k, c in self._routes.items() if c is conn]:
             del self._routes[cid]
         self._conns.discard(conn)
+        self._throttled.pop(conn, None)
 
     def _add(self, conn: _Conn) -> None:
         self._conns.add(conn)
@@ -690,6 +711,11 @@ class Endpoint(Signalling):
                 return
             if end - pos - PREFIX < size:
                 break
+            if node_id is not None and not final and rx[pos + PREFIX] != CONTROL \
+                    and node_id not in self.known \
+                    and not self._rate.take(node_id, size, now):
+                self._throttle(conn, node_id, size, now)
+                break
             frame = bytes(rx[pos + PREFIX:pos + PREFIX + size])
             pos += PREFIX + size
             if node_id is None:
@@ -720,6 +746,13 @@ class Endpoint(Signalling):
         if stream is not None and node_id is not None and conn.retired_until is None \
                 and conn.parsed + self.window - stream.max_stream_data_local >= self.window // 4:
             stream.max_stream_data_local = conn.parsed + self.window
+
+    def _throttle(self, conn: _Conn, node_id: bytes, size: int, now: float) -> None:
+        """A stranger's lane waits for its rate: parsed again when a ``size`` envelope fits
+        (``handle_timer``); meanwhile its window does not grow."""
+        if conn not in self._throttled:
+            self.counters["throttled_strangers"] += 1
+        self._throttled[conn] = self._rate.ready_at(node_id, size, now)
 
     def _drop_rest(self, rx: bytearray, pos: int) -> None:
         """Count the complete frames left on an ended connection past the overdraft."""

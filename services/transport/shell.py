@@ -50,7 +50,9 @@ class TransportService(Service):
                                                    * cfg.reserved_share),
                         max_half_open=cfg.max_half_open,
                         half_open_per_address=cfg.half_open_per_address,
-                        retry_above=cfg.retry_above, stranger_grace_s=cfg.stranger_grace_s)
+                        retry_above=cfg.retry_above, stranger_grace_s=cfg.stranger_grace_s,
+                        stranger_envelopes_per_s=cfg.stranger_envelopes_per_s,
+                        stranger_bytes_per_s=cfg.stranger_bytes_per_s)
         return TransportCore(Ed25519PrivateKey.generate(), time.time, ("0.0.0.0", 0),
                              cfg.binding_hours * 3600, cfg.idle_timeout_s, limits)
 

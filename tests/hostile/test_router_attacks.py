@@ -32,6 +32,7 @@ from shared.primitives import SigningKey
 from shared.wire import ErrorCode, RemoteError
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
+from shared.wire.messages.sys import Status, StatusReply
 from tests.e2e.test_router import NODE_TOML, RealNode, _status, tom, until
 from tom.client import Client
 
@@ -58,6 +59,11 @@ class Node(RealNode):
 
     def counters(self) -> dict[str, int]:
         return dict(self.client.stats().counters)
+
+    def transport_counters(self) -> dict[str, int]:
+        status = self.client.bus.request("transport", Status())
+        assert isinstance(status, StatusReply)
+        return dict(status.counters)
 
     def queues(self) -> dict[str, int]:
         return dict(self.client.stats().queues)
@@ -137,12 +143,31 @@ def blast(node: Node, peer: bytes, raws: list[bytes], window: int = 64) -> int:
         client.close()
 
 
+PACE_S = 0.05
+"""L's messages during an attack start at most this often: a person chatting, not a
+benchmark (L is a stranger to V, whose inbox takes 5,000 messages a day from one)."""
+
+
 def rtts(src: Node, dst: Node, n: int, during: threading.Thread | None = None) -> list[float]:
-    """message -> ACK times of ``src`` writing to ``dst`` (while ``during`` runs, if
-    given, and at least ``n``); each must reach delivered."""
+    """message -> ACK times of ``src`` writing to ``dst`` (while the attack ``during``
+    lasts, if given, and at least ``n``); each must reach delivered. The attack lasts until
+    ``dst``'s transport has taken every envelope of it off the attacker's connection (the
+    attacker's transport takes them at once and sends them as ``dst`` reads)."""
     out: list[float] = []
     src.client.subscribe()
-    while len(out) < n or (during is not None and during.is_alive() and len(out) < 500):
+
+    def attacked() -> bool:
+        if during is None or len(out) >= 1000:
+            return False
+        if during.is_alive():
+            return True
+        taken = dst.transport_counters().get("frames_received", 0) - len(out)
+        return taken - during.frames0 < during.total  # type: ignore[attr-defined]
+
+    t0 = 0.0
+    while len(out) < n or attacked():
+        # a person chatting, not a benchmark (the same pace idle and during attacks)
+        time.sleep(max(0.0, PACE_S - (time.monotonic() - t0)))
         t0 = time.monotonic()
         msg = src.client.send(dst.id, f"ping {len(out)}")
         assert delivered(src.client, msg), f"L's message {len(out)} was not delivered"
@@ -173,7 +198,8 @@ def report(what: str, idle: list[float], attacked: list[float]) -> None:
           f"max {max(attacked) * 1000:.1f} ms, ratio {p50(attacked) / p50(idle):.2f}")
 
 
-def attack(target: Any, *args: Any, victim: Node | None = None) -> threading.Thread:
+def attack(target: Any, *args: Any, victim: Node) -> threading.Thread:
+    """Run ``blast(*args)`` against ``victim`` in a thread."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -187,7 +213,10 @@ def attack(target: Any, *args: Any, victim: Node | None = None) -> threading.Thr
     th.errors = errors  # type: ignore[attr-defined]
     th.started = time.monotonic()  # type: ignore[attr-defined]
     th.victim = victim  # type: ignore[attr-defined]
-    th.cpu = victim.cpu() if victim else {}  # type: ignore[attr-defined]
+    th.cpu = victim.cpu()  # type: ignore[attr-defined]
+    th.total = len(args[2])  # type: ignore[attr-defined]
+    th.frames0 = victim.transport_counters().get(  # type: ignore[attr-defined]
+        "frames_received", 0)
     th.start()
     return th
 
@@ -207,19 +236,23 @@ def finish(th: threading.Thread) -> None:
 
 @pytest.fixture(scope="module")
 def idle(net: dict[str, Node]) -> list[float]:
-    return rtts(net["lg"], net["v"], 15)
+    return rtts(net["lg"], net["v"], 30)  # paced like during the attacks
 
 
 # -- item 5 of issue 13: made-up senders, peer table ----------------------------------------
 
-def test_thirty_thousand_made_up_senders_leave_a_bounded_table_and_l_is_served(
+def test_made_up_senders_leave_a_bounded_table_and_l_is_served(
         net: dict[str, Node], idle: list[float]) -> None:
+    """6,000 envelopes, each from a new identity: ACKs nobody asked for, and 3,000 chats
+    (1.5 times the peer table's cap). Issue 13 sent 30,000 (10 % chats) as fast as QUIC
+    carried them; M is a stranger to V, so now its lane is read at 250 envelopes/s
+    (the transport's stranger rate) and 30,000 would take two minutes."""
     v, lg, m = net["v"], net["lg"], net["m"]
     before = v.counters()
     raws = []
-    for i in range(30_000):  # every one a new identity: ACKs nobody asked for, and chats
+    for i in range(6_000):
         k = SigningKey(os.urandom(32))
-        if i % 10 == 0:
+        if i % 2 == 0:
             raws.append(envelope(k, v.id, payload=b"hello from a stranger").encode())
         else:
             ack = AckPayload(os.urandom(16), AckType.RECIPIENT_RECEIVED).encode()
@@ -227,18 +260,19 @@ def test_thirty_thousand_made_up_senders_leave_a_bounded_table_and_l_is_served(
     th = attack(blast, m, v.id, raws, victim=v)
     during = rtts(lg, v, 5, th)
     finish(th)
-    report("30,000 made-up senders", idle, during)
+    report("6,000 made-up senders", idle, during)
+    assert v.transport_counters().get("throttled_strangers", 0) > 0  # M read at its rate
 
     def counted() -> bool:
         c = v.counters()
-        return c.get("unknown_acks", 0) - before.get("unknown_acks", 0) >= 27_000 \
+        return c.get("unknown_acks", 0) - before.get("unknown_acks", 0) >= 3_000 \
             and c.get("received", 0) - before.get("received", 0) >= 3_000
 
     until("V to take every envelope", counted, 60)
     t0 = time.monotonic()
     peers = v.client.peers()
     took = time.monotonic() - t0
-    print(f"[30,000 made-up senders] router.peers: {len(peers)} peers in {took * 1000:.0f} ms")
+    print(f"[6,000 made-up senders] router.peers: {len(peers)} peers in {took * 1000:.0f} ms")
     assert len(peers) <= 2_000 and v.queues()["known_peers"] <= 2_000
     assert any(p.node_id == lg.id for p in peers) and any(p.node_id == m.id for p in peers)
     with sqlite3.connect(f"file:{v.db}?mode=ro", uri=True) as db:
@@ -262,6 +296,7 @@ def test_one_connection_cannot_fill_the_disk_and_l_is_served(
     during = rtts(lg, v, 5, th)
     finish(th)
     report("40 MiB+ through one connection", idle, during)
+    assert v.transport_counters().get("throttled_strangers", 0) > 0
 
     def refused() -> bool:
         c = v.counters()

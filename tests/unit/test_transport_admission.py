@@ -4,19 +4,27 @@ authenticated-connection cap that keeps room for the node's own dials and known 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from services.crypto.core import Identity
-from services.transport.admission import Limits
-from services.transport.endpoint import ALPN, Endpoint, PeerAuthenticated, PeerClosed
+from services.transport.endpoint import (
+    ALPN,
+    CONTROL,
+    Endpoint,
+    PeerAuthenticated,
+    PeerClosed,
+    Received,
+)
 
 from .test_transport_endpoint import (
     A_ID,
     A_SEED,
     B_ID,
     B_SEED,
+    UNLIMITED,
     Net,
     add_endpoint,
     endpoint,
@@ -48,7 +56,7 @@ def node_id(n: int) -> bytes:
 
 
 def victim(**limits: float) -> tuple[Net, Endpoint]:
-    net = Net(b=endpoint(B_SEED, limits=Limits(**limits)))  # type: ignore[arg-type]
+    net = Net(b=endpoint(B_SEED, limits=replace(UNLIMITED, **limits)))  # type: ignore[arg-type]
     return net, net.eps[net.addr["b"]]
 
 
@@ -203,7 +211,8 @@ def test_a_punch_dial_toward_an_introduced_node_is_a_stranger_s() -> None:
     take a reserved slot, or forged introductions would buy them."""
     from .test_transport_endpoint import C_SEED, control
 
-    net = Net(b=endpoint(B_SEED, limits=Limits(max_connections=3, reserved_connections=2)),
+    net = Net(b=endpoint(B_SEED, limits=replace(UNLIMITED, max_connections=3,
+                                                       reserved_connections=2)),
               r=endpoint(C_SEED))
     b, r = net.eps[net.addr["b"]], net.eps[net.addr["r"]]
     r.dial(B_ID, net.addr["b"], net.now)  # the relay: a stranger, the one stranger slot
@@ -217,3 +226,60 @@ def test_a_punch_dial_toward_an_introduced_node_is_a_stranger_s() -> None:
     net.run(500, until=lambda: b.counters["refused_connections"] > 0 or x.node_id in live(b))
     assert b.counters["punch_dials"] == 1  # (x's id is above B's: B dials)
     assert x.node_id not in live(b) and b.counters["refused_strangers"] == 1
+
+
+# -- strangers' rate (ratelimit.py) ------------------------------------------------------
+
+def rated(envelopes_per_s: float = 100, bytes_per_s: float = 10**9) -> Net:
+    limits = replace(UNLIMITED, stranger_envelopes_per_s=envelopes_per_s,
+                     stranger_bytes_per_s=bytes_per_s)
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED, limits=limits))
+    net.eps[net.addr["a"]].dial(B_ID, net.addr["b"], net.now)
+    net.run(until=lambda: bool(net.of("a", PeerAuthenticated)
+                               and net.of("b", PeerAuthenticated)))
+    return net
+
+
+def test_a_stranger_s_envelopes_are_taken_at_its_rate_and_none_is_lost() -> None:
+    """A, which B never asked for, sends 1,000 envelopes at once: B takes a burst of 2 s
+    (200 at 100/s), then 100 a second, in order, every one in the end."""
+    net = rated(envelopes_per_s=100)
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    start = net.now
+    for i in range(1000):
+        a.send(B_ID, bytes([i % CONTROL]) * 100, net.now)
+    net.run(2000, until=lambda: len(net.of("b", Received)) >= 300)
+    assert b.counters["throttled_strangers"] >= 1
+    assert 0.9 <= net.now - start <= 1.2  # 200 at once, then 100 in the next second
+    net.run(20_000, until=lambda: len(net.of("b", Received)) == 1000)
+    assert [e.data for e in net.of("b", Received)] == [  # type: ignore[attr-defined]
+        bytes([i % CONTROL]) * 100 for i in range(1000)]
+    assert 7.9 <= net.now - start <= 8.5
+
+
+def test_a_stranger_s_bytes_are_taken_at_its_rate() -> None:
+    """At 1 MB/s in bursts of 2 s, 40 envelopes of 100 kB (4 MB) take about 2 s, not one
+    round trip."""
+    net = rated(envelopes_per_s=10**6, bytes_per_s=10**6)
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    start = net.now
+    for _ in range(40):
+        while a.backlog(B_ID) > 1_000_000:
+            net.run(5)
+        a.send(B_ID, b"z" * 100_000, net.now)
+    net.run(50_000, until=lambda: len(net.of("b", Received)) == 40)
+    assert len(net.of("b", Received)) == 40
+    assert 1.8 <= net.now - start <= 2.5
+    assert b.counters["throttled_strangers"] >= 1
+
+
+def test_the_nodes_the_owner_asked_for_are_not_rated() -> None:
+    net = rated(envelopes_per_s=100)
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    b.want(A_ID)
+    start = net.now
+    for i in range(1000):
+        a.send(B_ID, bytes([i % CONTROL]), net.now)
+    net.run(2000, until=lambda: len(net.of("b", Received)) == 1000)
+    assert len(net.of("b", Received)) == 1000 and net.now - start < 0.5
+    assert b.counters["throttled_strangers"] == 0

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.crypto.core import Identity
+from services.transport.admission import Limits
 from services.transport.endpoint import (
     CONTROL,
     FRAME_COST,
@@ -43,7 +44,13 @@ def endpoint(seed: bytes, key: Ed25519PrivateKey | None = None, binding_key: byt
     key = key or Ed25519PrivateKey.generate()
     ident = Identity(seed, os.urandom)
     binding = ident.bind_transport(binding_key or transport_public(key), not_after, NOW_S - 10)
+    kw.setdefault("limits", UNLIMITED)  # type: ignore[arg-type]
     return Endpoint(key, binding.encode(), lambda: NOW_S, **kw)
+
+
+UNLIMITED = Limits(stranger_envelopes_per_s=1e9, stranger_bytes_per_s=1e15)
+"""Strangers' rates out of the way of tests about other things (tests of the rate pass
+their own limits)."""
 
 
 class Net:
