@@ -10,6 +10,8 @@ Inputs:
   :class:`PeerReplied`  the reply to a :class:`Call` this core made
   :class:`PeerFailed`   a :class:`Call` failed: timeout, error reply, or the peer is unknown
   :class:`EventReceived` an event from a subscribed service
+  :class:`PeerRestarted` a service this one calls or listens to restarted (a new
+                        incarnation) or went silent: what lived in it is gone
 
 Actions:
   :class:`Reply`, :class:`Fail`  answer a request (once; later answers are dropped)
@@ -60,12 +62,24 @@ class EventReceived:
     src: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerRestarted:
+    """Another service (``role``) is not the process it was: it started again (``lost``
+    False: it serves now, with a new incarnation, or answers again after a silence) or its
+    heartbeats stopped (``lost`` True). Calls in flight to it have been failed already
+    (``unavailable``); the core drops what it held about the old process (connections,
+    paths) and rebuilds it from the new one."""
+
+    role: str
+    lost: bool = False
+
+
 class ServiceInput:
     """Base of inputs a service's shell feeds from outside the bus (the transport's
     datagrams)."""
 
 
-Input = Request | PeerReplied | PeerFailed | EventReceived | ServiceInput
+Input = Request | PeerReplied | PeerFailed | EventReceived | PeerRestarted | ServiceInput
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from .core import (
     Input,
     PeerFailed,
     PeerReplied,
+    PeerRestarted,
     Publish,
     Reply,
     Request,
@@ -66,6 +67,11 @@ from .wire.messages.sys import (
 )
 
 IMPL = "tom-node-python/0.1.0"
+EARLY_HEARTBEATS_S = (0.2, 0.5, 1.0, 2.0)
+"""Heartbeats after start, before the regular ones: subscribers reconnecting to a restarted
+service hear its new incarnation within about a second."""
+SILENT_HEARTBEATS = 3
+"""Heartbeat intervals without a word after which a service is taken for gone."""
 OUTBOX_FLUSH = 16
 """Replies (or calls) queued before they are sent without waiting for the end of the
 batch."""
@@ -90,6 +96,13 @@ class ServiceContext:
     @property
     def bus(self) -> cfg.BusSection:
         return self.section("bus", cfg.BusSection)
+
+
+@dataclass
+class _PeerService:
+    incarnation: bytes
+    heard: float
+    lost: bool = False
 
 
 @dataclass
@@ -120,12 +133,15 @@ class Service:
         self.wall = wall
         self.core = self.build_core(context)
         self.ids = MsgIds(os.urandom(8))
+        self.incarnation = os.urandom(8)
+        """Drawn at each start: in ``sys.ready`` and every heartbeat."""
         self.started = clock()
         self.stats: Counter[str] = Counter()
         self.errors_sent: Counter[str] = Counter()
         self._pending: dict[bytes, _Pending] = {}
         self._deadlines: list[tuple[float, bytes]] = []
         self._dealers: dict[str, zmq.Socket] = {}
+        self._subs: dict[str, zmq.Socket] = {}
         self._locks: list[int] = []
         self._outbox: list[tuple[zmq.Socket | None, list[bytes], bytes, Call | None]] = []
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
@@ -144,7 +160,9 @@ class Service:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._again: asyncio.Handle | None = None
-        self._next_heartbeat = self.started + self.bus.heartbeat_s
+        self._next_heartbeat = self.started + EARLY_HEARTBEATS_S[0]
+        self._peers: dict[str, _PeerService] = {}
+        """The services this one calls or listens to, as their heartbeats show them."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pong = PingReply(service=self.role, impl=IMPL, pid=os.getpid())
         self._pong_packed = pack_body(self._pong)
@@ -172,7 +190,8 @@ class Service:
                 sock.bind(bind_address(url, self.bus.bind_host))
         self._watch(self.rpc, self._on_request, authed)
         self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
-        self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid()))
+        self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid(),
+                            incarnation=self.incarnation))
         self._flush()
         if ready:
             ready()
@@ -308,7 +327,8 @@ class Service:
     def _arm_timer(self) -> None:
         if self._stopped.is_set() or self._loop is None:
             return
-        when = self._next_heartbeat
+        when = min([self._next_heartbeat, *(p.heard + self._silence_s for p in
+                                             self._peers.values() if not p.lost)])
         while self._deadlines and self._deadlines[0][1] not in self._pending:
             heapq.heappop(self._deadlines)
         if self._deadlines:
@@ -335,8 +355,18 @@ class Service:
                                       f"{p.role} did not answer {p.request.msg_type} within "
                                       f"{p.timeout_s:g} s (is it running?)"))
         if now >= self._next_heartbeat:
-            self._publish(Heartbeat(service=self.role, uptime_s=now - self.started))
-            self._next_heartbeat = now + self.bus.heartbeat_s
+            self._publish(Heartbeat(service=self.role, uptime_s=now - self.started,
+                                    incarnation=self.incarnation))
+            early = [t for t in EARLY_HEARTBEATS_S if self.started + t > now]
+            self._next_heartbeat = self.started + early[0] if early \
+                else now + self.bus.heartbeat_s
+        for role, peer in self._peers.items():
+            if not peer.lost and now - peer.heard >= self._silence_s:
+                peer.lost = True
+                self.stats["peer_services_lost"] += 1
+                self.log.warning("%s has been silent for %.0f s: taken for gone", role,
+                                 now - peer.heard)
+                self._peer_restarted(role, lost=True)
         core_at = self.core.next_deadline()
         if core_at is not None and core_at <= now:
             self._run_core(lambda: self.core.on_timer(now), None)
@@ -419,7 +449,45 @@ class Service:
             self.stats["decode_errors"] += 1
             self.log.warning("unreadable event: %s", e.message)
             return
-        self._feed(EventReceived(msg.body, msg.blobs, msg.header.src))
+        body = msg.body
+        if isinstance(body, (Ready, Heartbeat)):
+            self._peer_seen(body.service, body.incarnation)
+            return
+        self._feed(EventReceived(body, msg.blobs, msg.header.src))
+
+    # -- the services this one depends on --------------------------------------------------
+
+    @property
+    def _silence_s(self) -> float:
+        return SILENT_HEARTBEATS * self.bus.heartbeat_s
+
+    def _peer_seen(self, role: str, incarnation: bytes) -> None:
+        """A ``sys.ready`` or heartbeat of ``role``: a new incarnation, or a word after a
+        silence, means what lived in the process we knew is gone."""
+        peer = self._peers.get(role)
+        if peer is None:  # not a service we call or listen to (or first word: the base line)
+            if role in self._dealers or role in self._subs:
+                self._peers[role] = _PeerService(incarnation, self.clock())
+            return
+        peer.heard = self.clock()
+        restarted = peer.lost or bool(incarnation and peer.incarnation
+                                      and incarnation != peer.incarnation)
+        peer.lost = False
+        peer.incarnation = incarnation or peer.incarnation
+        if restarted:
+            self.stats["peer_services_restarted"] += 1
+            self.log.info("%s restarted: resynchronising", role)
+            self._peer_restarted(role, lost=False)
+
+    def _peer_restarted(self, role: str, lost: bool) -> None:
+        """Fail the calls in flight to ``role`` (the process that had them is gone), then
+        tell the core."""
+        for msg_id, p in list(self._pending.items()):
+            if p.role == role:
+                del self._pending[msg_id]
+                self._feed(PeerFailed(p.token, ErrorCode.UNAVAILABLE,
+                                      f"{role} {'went silent' if lost else 'restarted'}"))
+        self._feed(PeerRestarted(role, lost))
 
     def _feed(self, event: Input) -> None:
         self._run_core(lambda: self.core.handle(event, self.clock()), None)
@@ -564,14 +632,31 @@ class Service:
             sock = self._dealers[role] = socket(self.zctx, zmq.DEALER, self.bus.hwm)
             self._dial(sock, role, url)
             self._watch(sock, lambda frames: self._on_reply(role, frames))
+            try:
+                self._listen(role)  # its heartbeats: calls in flight fail when it restarts
+            except (KeyError, EndpointsError) as e:
+                self.log.warning("cannot listen to %s's events: %s", role, e)
         return sock
 
     def subscribe(self, role: str, prefix: str = "") -> None:
         """Receive ``role``'s events whose msg_type starts with ``prefix``."""
-        sock = socket(self.zctx, zmq.SUB, self.bus.hwm)
-        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._dial(sock, role, self.connect_to[role].events)
-        self._watch(sock, self._on_event)
+        self._listen(role).setsockopt(zmq.SUBSCRIBE, prefix.encode())
+
+    def _listen(self, role: str) -> zmq.Socket:
+        """The SUB socket to ``role``'s events; it always takes ``sys.*`` (heartbeats: who
+        restarted)."""
+        sock = self._subs.get(role)
+        if sock is None:
+            sock = self._subs[role] = socket(self.zctx, zmq.SUB, self.bus.hwm)
+            sock.setsockopt(zmq.SUBSCRIBE, b"sys.")
+            try:
+                self._dial(sock, role, self.connect_to[role].events)
+            except (KeyError, EndpointsError):
+                sock.close(0)
+                del self._subs[role]
+                raise
+            self._watch(sock, self._on_event)
+        return sock
 
     # -- status ------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from shared.core import (
     Input,
     PeerFailed,
     PeerReplied,
+    PeerRestarted,
     Publish,
     Reply,
     Request,
@@ -268,6 +269,8 @@ class RouterCore(Core):
                 return self._answered(kind, rest, event, now)
             case BusEvent(body=body):
                 return self._transport_event(body, now)
+            case PeerRestarted(role="transport", lost=lost):
+                return self._transport_restarted(lost, now)
         return super().handle(event, now)
 
     def _ask_id(self) -> list[Action]:
@@ -717,7 +720,22 @@ class RouterCore(Core):
         self.stats["send_failures"] += 1
         if event.code == ErrorCode.TOO_LARGE:
             return self._advance(msg, FAILED, event.message)
-        msg.next_try = now + (0.5 if event.code == ErrorCode.OVERLOADED else 1.0)
+        if event.code == ErrorCode.OVERLOADED:
+            msg.next_try = now + 0.5
+            return []
+        if event.code == ErrorCode.UNAVAILABLE and self.topo is not None:
+            # the transport holds no connection to the hop (or is gone): our view was
+            # wrong. Mark it offline, so that the next attempt dials or takes a relay (with
+            # the message's backoff, set by _attempt), and dial now.
+            hop = msg.env.via[0] if msg.env.via else msg.to
+            p = self.topo.peers.get(hop)
+            if p is not None and p.connected:
+                self.stats["send_not_connected"] += 1
+                self.topo.set_connected(hop, False)
+                p.rtt_ms = None
+                self._stalled.discard(hop)
+                self._announce_dirty = True
+                return [self._path_event(hop)] + self._connect(hop, now)
         return []
 
     def _outgoing(self, msg_id: bytes) -> OutMsg | None:
@@ -840,7 +858,10 @@ class RouterCore(Core):
                     self.store.put_peer(peer, host, port, p.bootstrap, self.now_ms(),
                                         p.contact)
                 self._greet.add(peer)  # gossip once our announcement lists it
-                return [self._path_event(peer)] + self._peer_up(now)
+                # what was sent over its last connection and is not acknowledged may have
+                # died with it: again over this one (the receiver drops duplicates)
+                return [self._path_event(peer)] + self._peer_up(now) \
+                    + self._reroute(peer, now)
             case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
                 self._stalled.discard(peer)
                 self._greet.discard(peer)
@@ -869,6 +890,32 @@ class RouterCore(Core):
                 self._punching = {n: (now, f) if t != float("inf") else (t, f)
                                   for n, (t, f) in self._punching.items()}
         return []
+
+    def _transport_restarted(self, lost: bool, now: float) -> list[Action]:
+        """The transport's connections died with its process (or it went silent): every
+        peer is offline, no dial or punch is in flight, and what it had not confirmed
+        delivered is sent again at once; then the picture is rebuilt from what the new one
+        holds (``transport.peers``), dialling the peers messages wait for."""
+        if self.topo is None:
+            return []
+        self.stats["transport_restarts"] += 1
+        actions: list[Action] = []
+        for node, p in list(self.topo.peers.items()):
+            if p.connected or node in self._stalled:
+                self.topo.set_connected(node, False)
+                p.rtt_ms = None
+                actions.append(self._path_event(node))
+        self._stalled.clear()
+        self._connecting.clear()
+        self._greet.clear()
+        self._punching = {n: (now, f) for n, (_, f) in self._punching.items()}
+        self._announce_dirty = True
+        for msg in self.out.values():
+            if msg.status < DELIVERED:
+                msg.next_try = now
+        if not lost:
+            actions.append(Call("transport", tm.Peers(), ("tpeers",)))
+        return actions
 
     def _connected(self, node: bytes, host: str, port: int, rtt: float | None) -> None:
         assert self.topo is not None

@@ -80,12 +80,20 @@ class Ready(Message):
     service: str = Field(description="Role of the service.")
     impl: str = Field(description="Name and version of the implementation.")
     pid: U64 = Field(description="Operating-system process id.")
+    incarnation: bytes = Field(b"", max_length=16, description="Random id drawn at each "
+                               "start (8 bytes): a service that sees another's change knows "
+                               "it restarted and drops what lived in the old process. Empty: "
+                               "not told.")
 
 
 @message("sys.heartbeat", "event")
 class Heartbeat(Message):
-    """Published every `bus.heartbeat_s` seconds while the service runs."""
+    """Published every `bus.heartbeat_s` seconds while the service runs, and a few times
+    in its first seconds (0.2, 0.5, 1 and 2 s after start), so that subscribers that
+    reconnect after a restart hear the new incarnation at once. A subscriber that hears
+    nothing from a service for three intervals treats it as gone."""
 
     service: str = Field(description="Role of the service.")
     uptime_s: float = Field(ge=0, allow_inf_nan=False,
                             description="Seconds since the service started.")
+    incarnation: bytes = Field(b"", max_length=16, description="As in `sys.ready`.")
