@@ -14,7 +14,18 @@ import zmq
 
 from shared import endpoints as ep
 from shared.bus import BusClient
-from shared.core import Action, Call, Core, Fail, Input, PeerFailed, Publish, Reply, Request
+from shared.core import (
+    Action,
+    Call,
+    Core,
+    Fail,
+    Input,
+    PeerFailed,
+    PeerRestarted,
+    Publish,
+    Reply,
+    Request,
+)
 from shared.service import Service, ServiceContext
 from shared.wire import BusTimeout, ErrorCode, Header, RemoteError, encode
 from shared.wire.messages.crypto import NodeId, NodeIdReply
@@ -193,3 +204,62 @@ def test_calls_are_queued_with_replies_and_a_full_queue_fails_them_overloaded(
         assert overloaded + timeouts == 30 and overloaded >= 10 and timeouts >= 10
         assert status.counters["call_timeouts"] == timeouts
         assert status.queues["pending_calls"] == 0
+
+
+class RestartAwareCore(CallingCore):
+    """CallingCore that also records what the base tells it about restarts."""
+
+    def __init__(self) -> None:
+        self.restarts: list[PeerRestarted] = []
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        if isinstance(event, PeerRestarted):
+            self.restarts.append(event)
+            return []
+        return super().handle(event, now)
+
+
+def _heartbeat(pub: zmq.Socket, incarnation: bytes) -> None:
+    body = Heartbeat(service="router", uptime_s=0.0, incarnation=incarnation)
+    pub.send_multipart([b"sys.heartbeat", *encode(body, Header(
+        body.msg_type, b"\0" * 8, None, "router", time.time()))])
+
+
+def test_a_restarted_peer_service_fails_calls_in_flight_and_tells_the_core(
+        tmp_path: Path) -> None:
+    """The router (a fake that never answers) changes incarnation while a call to it is in
+    flight: the call fails at once as unavailable, long before its 5 s timeout, and the core
+    hears PeerRestarted; then its heartbeats stop, and the core hears that it is lost."""
+    core = RestartAwareCore()
+    with serving(tmp_path, lambda: core, request_timeout_s=5.0, heartbeat_s=0.3) \
+            as (svc, client):
+        router = svc.connect_to["router"]
+        ctx = zmq.Context.instance()
+        rpc, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+        try:
+            rpc.bind(router.rpc)
+            pub.bind(router.events)
+            waiting = client.send("crypto", NodeId())  # the core calls the router
+            assert rpc.poll(5000)  # the call reached the fake router, which keeps it
+            t0 = time.monotonic()
+            while "router" not in svc._peers and time.monotonic() - t0 < 5:
+                _heartbeat(pub, b"old incarn")  # until the service has heard it
+                time.sleep(0.02)
+            _heartbeat(pub, b"new incarn")
+            with pytest.raises(RemoteError) as failed:
+                client.recv("crypto", waiting, timeout_s=2)
+            assert failed.value.code == ErrorCode.UNAVAILABLE
+            assert "router restarted" in str(failed.value)
+            assert time.monotonic() - t0 < 4
+            assert core.restarts == [PeerRestarted("router", lost=False)]
+            deadline = time.monotonic() + 5  # silent for 3 x 0.3 s: lost
+            while len(core.restarts) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert core.restarts[1:] == [PeerRestarted("router", lost=True)]
+            status = client.request("crypto", Status())
+            assert isinstance(status, StatusReply)
+            assert status.counters["peer_services_restarted"] == 1
+            assert status.counters["peer_services_lost"] == 1
+        finally:
+            rpc.close(0)
+            pub.close(0)
