@@ -102,6 +102,9 @@ TICK_S = 1.0
 LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
 CONNECT_RETRY_S = 5.0
+TRANSPORT_RETRY_S = 0.5
+"""How soon messages waiting for a peer try again when our own transport could not dial yet
+(``unavailable``: it restarted and has no binding yet)."""
 PUNCH_RETRY_FIRST_S = 2.0
 PUNCH_RETRY_MAX_S = 16.0
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
@@ -831,8 +834,16 @@ class RouterCore(Core):
                     self._connected(p.node_id, p.host, p.port, p.rtt_ms)
                 return self._peer_up(now)
             case "connect" if not ok:
+                assert isinstance(event, PeerFailed)
                 self._connecting.pop(rest[0], None)  # may be dialled again at once
-                if self.topo is not None:
+                if event.code == ErrorCode.UNAVAILABLE:
+                    # our own transport is not ready (just restarted, no binding yet): the
+                    # address is not at fault; what waits for this peer tries again soon
+                    # instead of at its backoff
+                    for msg in self.out.values():
+                        if rest[0] in (msg.to, *msg.env.via[:1]) and msg.status < DELIVERED:
+                            msg.next_try = min(msg.next_try, now + TRANSPORT_RETRY_S)
+                elif self.topo is not None:
                     self.topo.next_address(rest[0])
                 return []
             case "punch":
