@@ -830,9 +830,24 @@ class RouterCore(Core):
                              blobs=event.blobs)]
             case "tpeers" if isinstance(event, PeerReplied) \
                     and isinstance(event.body, tm.PeersReply):
+                assert self.topo is not None
+                held = {p.node_id for p in event.body.peers}
+                actions = []
+                for node, entry in list(self.topo.peers.items()):
+                    if entry.connected and node not in held:  # an event we missed
+                        self.stats["views_reconciled"] += 1
+                        actions += self._transport_event(
+                            tm.PeerDisconnected(peer=node, reason="not held"), now)
                 for p in event.body.peers:
-                    self._connected(p.node_id, p.host, p.port, p.rtt_ms)
-                return self._peer_up(now)
+                    known = self.topo.peers.get(p.node_id)
+                    if known is None or not (known.connected or p.node_id in self._stalled):
+                        if known is not None:
+                            self.stats["views_reconciled"] += 1
+                        actions += self._transport_event(tm.PeerConnected(
+                            peer=p.node_id, host=p.host, port=p.port, dialled=False), now)
+                    if p.node_id in self.topo.peers and p.rtt_ms is not None:
+                        self.topo.peers[p.node_id].rtt_ms = p.rtt_ms
+                return actions
             case "connect" if not ok:
                 assert isinstance(event, PeerFailed)
                 self._connecting.pop(rest[0], None)  # may be dialled again at once
@@ -1093,6 +1108,9 @@ class RouterCore(Core):
                 actions += self._gossip_to(peer)
         if now >= self._next_liveness:
             self._next_liveness = now + LIVENESS_S
+            # what the transport holds, against our picture (an event missed while either
+            # side restarted would otherwise leave it wrong for good)
+            actions.append(Call("transport", tm.Peers(), ("tpeers",), timeout_s=2.0))
             actions += [Publish(rm.PeerChanged(node_id=n, status=s))  # type: ignore[arg-type]
                         for n, s in self.topo.liveness(self.now_ms())]
             self._forget(self.topo.removed, self.topo.removed_saved)
