@@ -484,3 +484,31 @@ def test_the_rate_limit_prunes_at_its_cap_and_what_refilled_at_its_rate() -> Non
     assert set(rl.buckets) == {b"c", b"d"}
     rl.prune(1.0)  # exactly full again: forgotten
     assert rl.buckets == {}
+
+
+# -- the peer table -------------------------------------------------------------------------------
+
+def test_the_peer_table_still_evicts_after_restored_connected_and_added_peers(
+        tmp_path: Any) -> None:
+    """Entries the router creates itself (saved contacts, connections, bootstrap peers) can
+    be ranked by the eviction that keeps the table at its cap."""
+    db = str(tmp_path / "b.db")
+    saved = Store(db)
+    contact = stranger().public
+    saved.put_peer(contact, "10.9.9.9", 9, False, int(1_800_000_000_000), True)
+    saved.close()
+    sim = Sim("a", "b", db={"b": db}, max_peers=20)
+    sim.connect("a", "b")
+    sim.disconnect("a", "b")
+    b = sim.nodes["b"]
+    topo = b.router.topo
+    assert topo is not None and contact in topo.peers
+    now_ms = int(sim.wall * 1000)
+    while len(topo.peers) < 20:
+        topo.seen(os.urandom(32), now_ms)
+    boot = stranger().public  # the table is full when the user adds a peer
+    assert isinstance(sim.call("b", rm.AddPeer(node_id=boot, host="10.1.1.1", port=1)), Reply)
+    for _ in range(100):
+        topo.seen(os.urandom(32), now_ms + 1)
+    assert len(topo.peers) <= 20 and topo.stats["peers_evicted"] >= 80
+    assert contact in topo.peers and boot in topo.peers
