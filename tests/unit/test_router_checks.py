@@ -512,3 +512,43 @@ def test_the_peer_table_still_evicts_after_restored_connected_and_added_peers(
         topo.seen(os.urandom(32), now_ms + 1)
     assert len(topo.peers) <= 20 and topo.stats["peers_evicted"] >= 80
     assert contact in topo.peers and boot in topo.peers
+
+
+def test_a_stranger_the_user_adds_as_a_peer_leaves_the_strangers_share() -> None:
+    sim = Sim("b", inbox_max_messages=4, inbox_strangers_share=0.5)
+    b = sim.nodes["b"]
+    k = stranger()
+    for _ in range(3):
+        hand_ctx(sim, "b", signed(k, sim, b.id), k.public)
+    assert len(b.received()) == 2 and b.router.stats["inbox_refused_strangers"] == 1
+    sim.call("b", rm.AddPeer(node_id=k.public, host="10.1.1.1", port=1))
+    j = stranger()
+    hand_ctx(sim, "b", signed(j, sim, b.id), j.public)
+    assert len(b.received()) == 3
+
+
+def test_a_node_that_wrote_is_remembered_for_forget_after_s() -> None:
+    sim = Sim("b", forget_after_s=600.0)
+    b = sim.nodes["b"]
+    k = stranger()
+    hand_ctx(sim, "b", signed(k, sim, b.id), k.public)
+    sim.run(30)
+    assert b.router.topo is not None and k.public in b.router.topo.peers
+
+
+def test_a_read_receipt_after_the_senders_restart_moves_the_stored_message(
+        tmp_path: Any) -> None:
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", db={"a": db})
+    sim.connect("a", "b")
+    a = sim.nodes["a"]
+    msg = send(sim, "a", "b", b"x")
+    assert a.statuses(msg)[-1] == "delivered"
+    a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: a.router.on_timer(sim.now))
+    sim.run()
+    ev = sim.nodes["b"].delivered[0][0]
+    assert isinstance(sim.call("b", rm.Read(id=ev.id, sender=ev.sender)), Reply)
+    assert a.statuses(msg)[-1] == "read"
+    [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
+    assert state.status == "read"
