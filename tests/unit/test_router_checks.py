@@ -14,7 +14,7 @@ import pytest
 from services.router import gossip as g
 from services.router.core import RouterCore, RouterSettings
 from services.router.store import Store
-from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Publish, Reply, Request
+from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Reply, Request
 from shared.envelope import AckPayload, AckType, Envelope, EnvelopeError, MessageType, decode
 from shared.primitives import SigningKey
 from shared.wire import ErrorCode
@@ -495,7 +495,7 @@ def test_the_peer_table_still_evicts_after_restored_connected_and_added_peers(
     db = str(tmp_path / "b.db")
     saved = Store(db)
     contact = stranger().public
-    saved.put_peer(contact, "10.9.9.9", 9, False, int(1_800_000_000_000), True)
+    saved.put_peer(contact, "10.9.9.9", 9, False, 1_800_000_000_000, True)
     saved.close()
     sim = Sim("a", "b", db={"b": db}, max_peers=20)
     sim.connect("a", "b")
