@@ -505,3 +505,17 @@ def test_the_inbox_reply_names_its_tail_so_an_app_can_start_from_new_messages() 
     reply = sim.call("b", rm.Inbox(after=2**63 - 1, limit=1)).body
     assert reply.messages == [] and reply.tail == sim.nodes["b"].delivered[-1][0].seq
     assert sim.call("b", rm.Inbox(after=0, limit=1)).body.tail == reply.tail
+
+
+def test_a_crypto_answering_the_wrong_thing_fails_the_waiting_and_is_asked_again() -> None:
+    c = core()
+    [call] = c.handle(Request("a", rm.NodeInfo()), 0.0)
+    assert isinstance(call, Call)
+    out = c.handle(PeerReplied(call.token, rm.AddPeerReply()), 0.5)
+    assert out == [Fail("a", ErrorCode.FAILED, f"crypto answered {rm.AddPeerReply().msg_type}")]
+    assert c.on_timer(1.0) == [Call("crypto", NodeId(), call.token)]  # asked again
+    c.handle(PeerFailed(call.token, ErrorCode.PEER_TIMEOUT, "no"), 1.5)
+    assert c.on_timer(4.0) == [Call("crypto", NodeId(), call.token)]
+    out = c.handle(Request("x", rm.Peers()), 4.5)
+    assert out[0] == Fail("x", ErrorCode.UNAVAILABLE, "the router does not know its node "
+                          "id yet (is crypto running?)")

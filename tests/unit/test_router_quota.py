@@ -68,3 +68,40 @@ def test_load_counts_what_the_inbox_holds() -> None:
     assert q.total == [4, 350 + 4 * ROW_OVERHEAD]
     assert q.strangers == [3, 300 + 3 * ROW_OVERHEAD]
     assert q.by_hop[H] == [4, 350 + 4 * ROW_OVERHEAD]
+
+
+def test_a_new_hop_and_a_new_sender_start_from_nothing() -> None:
+    q = quota(hop_messages=1, sender_messages=1)
+    assert q.refusal(S, H, 0) is None  # the first message through a new peer fits
+    q.add(S, H, 0)
+    assert q.refusal(T, H, 0) == "hop"
+
+
+def test_a_hop_with_history_gets_the_larger_hop_limit() -> None:
+    q = quota(hop_messages=2)  # history_factor=2: K as a hop may deliver 4
+    for sender in (S, T, b"u" * 32):
+        q.add(sender, K, 0)
+        assert q.refusal(b"v" * 32, K, 0) is None
+    q.add(b"v" * 32, K, 0)
+    assert q.refusal(b"w" * 32, K, 0) == "hop"
+
+
+def test_a_contacts_messages_take_nothing_from_the_strangers_share() -> None:
+    q = quota(max_messages=6, strangers_share=0.5)  # at most 3 messages from strangers
+    for sender in (K, K, S, T):
+        q.add(sender, H, 0)
+    assert q.refusal(b"u" * 32, H, 0) is None and q.strangers[0] == 2
+    q.add(b"u" * 32, H, 0)
+    assert q.refusal(b"v" * 32, H, 0) == "strangers"
+
+
+def test_the_strangers_share_after_a_restart_counts_every_stranger() -> None:
+    q = quota(max_messages=8, strangers_share=0.5)  # at most 4 messages from strangers
+    q.load([(S, H, 1, 100), (T, H, 2, 200)])
+    assert q.refusal(b"u" * 32, H, 0) is None
+    q.add(b"u" * 32, H, 0)
+    assert q.refusal(b"u" * 32, H, 0) == "strangers"
+    q = quota(max_bytes=2 * 3 * (100 + ROW_OVERHEAD), strangers_share=0.5)
+    q.load([(S, H, 1, 100), (T, H, 1, 100)])  # room for one more such message, exactly
+    assert q.refusal(b"u" * 32, H, 100) is None
+    assert q.refusal(b"u" * 32, H, 101) == "strangers"
