@@ -212,6 +212,12 @@ REASONS.update(_each(f"{_R}_outgoing", "1 2", "finds our own message in memory e
 REASONS.update(_each(f"{_R}_outgoing", "8", "a receipt for a message already Read is loaded "
                      "and then refused by _advance as a stale update (counted) instead of "
                      "counted unknown: no status moves either way"))
+REASONS.update(_each(f"{_R}_outgoing", "14 20 21", "created_ms and attempts of a message "
+                     "reloaded for an ACK or receipt: only Delivered rows are loaded here (open "
+                     "ones are all in memory since _started, Read and Failed ones are refused "
+                     "by the `>= READ` check), and _attempt, the only reader of created_ms, "
+                     "returns at once for them; attempts is only written back to the store, "
+                     "which no reply shows"))
 REASONS.update(_each(f"{_R}_forget", "1 4 7", "drops the dial, punch and stall state of "
                      "evicted peers; entries exist only for nodes this node dialled, punched or "
                      "was connected to (its own sends and connections), so a stranger cannot "

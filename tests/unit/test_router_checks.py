@@ -528,12 +528,29 @@ def test_a_stranger_the_user_adds_as_a_peer_leaves_the_strangers_share() -> None
 
 
 def test_a_node_that_wrote_is_remembered_for_forget_after_s() -> None:
-    sim = Sim("b", forget_after_s=600.0)
+    from services.router.topology import OFFLINE_MS
+
+    sim = Sim("b", forget_after_s=OFFLINE_MS / 1000 + 60)
     b = sim.nodes["b"]
     k = stranger()
     hand_ctx(sim, "b", signed(k, sim, b.id), k.public)
-    sim.run(30)
+    sim.run(OFFLINE_MS / 1000 + 10, step=5.0)  # offline, not yet forgotten
     assert b.router.topo is not None and k.public in b.router.topo.peers
+    sim.run(60, step=5.0)
+    assert k.public not in b.router.topo.peers
+
+
+def test_a_chat_refused_by_the_quota_after_crypto_opened_it_still_answers_the_transport(
+        ) -> None:
+    sim = Sim("b", inbox_sender_max_messages=1)
+    b = sim.nodes["b"]
+    k = stranger()
+    sent = [deliver(sim, "b", signed(k, sim, b.id).encode(), k.public) for _ in range(2)]
+    answers = [crypto_answer(sim, "b", call) for _, [call] in sent]
+    b.router.handle(answers[0], sim.now)
+    ctx, _ = sent[1]
+    assert b.router.handle(answers[1], sim.now) == [Reply(ctx, rm.DeliverReply())]
+    assert b.router.stats["inbox_refused_sender"] == 1
 
 
 def test_a_read_receipt_after_the_senders_restart_moves_the_stored_message(
@@ -552,3 +569,24 @@ def test_a_read_receipt_after_the_senders_restart_moves_the_stored_message(
     assert a.statuses(msg)[-1] == "read"
     [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
     assert state.status == "read"
+
+
+def test_a_late_relay_ack_after_the_senders_restart_is_a_stale_update(tmp_path: Any) -> None:
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", "c", db={"a": db})
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    a, b = sim.nodes["a"], sim.nodes["b"]
+    msg = send(sim, "a", "c", b"x")
+    assert a.statuses(msg)[-1] == "delivered"
+    a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: a.router.on_timer(sim.now))
+    sim.run()
+    f = Forger(sim, "b", "a")  # b's own relay ACK, arriving late (b is on the path)
+    f.deliver(f.env(msg_type=MessageType.ACK,
+                    payload=AckPayload(msg, AckType.RELAY_FORWARDED).encode()).encode())
+    assert a.router.stats["stale_status_updates"] == 1
+    sim.run(2)  # the router goes on
+    [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
+    assert state.status == "delivered" and b.router.stats["forwarded"] >= 2
