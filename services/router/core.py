@@ -102,6 +102,10 @@ TICK_S = 1.0
 LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
 CONNECT_RETRY_S = 5.0
+RELAY_ACK_S = 2.0
+RELAY_FAST_TRIES = 4
+"""A message sent through a relay that has not said it forwarded it is sent again after
+``RELAY_ACK_S`` (its first ``RELAY_FAST_TRIES`` tries; then the usual backoff)."""
 TRANSPORT_RETRY_S = 0.5
 """How soon messages waiting for a peer try again when our own transport could not dial yet
 (``unavailable``: it restarted and has no binding yet)."""
@@ -111,6 +115,11 @@ RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.
 _OPEN_REJECTS = {ErrorCode.BAD_SIGNATURE: "forged", ErrorCode.UNSIGNED: "unsigned",
                  ErrorCode.TOO_LARGE: "oversize", ErrorCode.BAD_ENVELOPE: "malformed"}
 """crypto.open's refusals, counted under the names the router's own checks use."""
+
+
+def _backoff(attempts: int) -> float:
+    """How long a message sent ``attempts`` times waits for its ACK before the next try."""
+    return min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
 
 
 def _code_name(code: int) -> str:
@@ -540,6 +549,7 @@ class RouterCore(Core):
             self._reject("ack_not_from_relay")
             return []
         self._heard(env.sender)
+        msg.next_try = max(msg.next_try, now + _backoff(msg.attempts))  # now the recipient's
         return self._advance(msg, RELAYED)
 
     def _heard(self, node: bytes) -> None:
@@ -691,7 +701,11 @@ class RouterCore(Core):
             return actions + [Call("crypto", cm.Sign(), ("resign", msg.id),
                                    blobs=(unsigned.encode(),))]
         msg.attempts += 1
-        msg.next_try = now + min(RETRY_FIRST_S * 2 ** (msg.attempts - 1), RETRY_MAX_S)
+        msg.next_try = now + _backoff(msg.attempts)
+        if route and msg.status < RELAYED and msg.attempts <= RELAY_FAST_TRIES:
+            # a relay that forwards says so at once (RELAYED); silence means it could not
+            # (its next hop had just gone, or not come back yet): ask again soon
+            msg.next_try = now + min(RELAY_ACK_S, _backoff(msg.attempts))
         if msg.attempts > 1:
             self.stats["retries"] += 1
         hop = route[0] if route else msg.to

@@ -519,3 +519,40 @@ def test_a_crypto_answering_the_wrong_thing_fails_the_waiting_and_is_asked_again
     out = c.handle(Request("x", rm.Peers()), 4.5)
     assert out[0] == Fail("x", ErrorCode.UNAVAILABLE, "the router does not know its node "
                           "id yet (is crypto running?)")
+
+
+def test_a_relay_that_did_not_forward_is_asked_again_soon_then_with_backoff() -> None:
+    """A message through B that B could not pass on (its link to C had just dropped; B sends
+    no relay ACK) goes again after 2 s, not after the 5 s of a direct send; once B says it
+    forwarded it, the usual backoff applies (a relay ACK alone does not make it retry
+    fast)."""
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)  # announcements travel: A reaches C through B
+    a_sends = [0]
+
+    def lose_first(name: str, raw: bytes) -> bool:
+        if name != "a":
+            return False
+        a_sends[0] += 1
+        return a_sends[0] == 1
+
+    sim.lose = lose_first
+    msg = send(sim, "a", "c", b"again soon")
+    assert sim.nodes["c"].received() == []
+    sim.run(2.5)
+    assert sim.nodes["c"].received() == [b"again soon"]
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed", "delivered"]
+    # a relayed message whose delivery ACK is lost waits for the backoff, not 2 s
+    sim.lose = lambda name, raw: name == "c"  # C's ACKs vanish
+    msg = send(sim, "a", "c", b"relayed, not acknowledged")
+    def tries() -> int:
+        return sum(1 for n, raw in sim.sent if n == "a" and decode(raw).id == msg)
+
+    assert tries() == 1
+    sim.run(4.5)
+    assert tries() == 1
+    sim.run(1.0)  # 5 s: the first retry of the usual backoff
+    assert tries() == 2
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed"]
