@@ -50,7 +50,7 @@ mutate: $(STAMP)
 	$(BIN)/python -m bench.transport_mutations
 	$(BIN)/python -m bench.mutate
 
-## chaos: three nodes, 200 rounds of random SIGKILLs (about 10 minutes); nothing may be lost,
+## chaos: three nodes, 200 rounds of random SIGKILLs (about 20 minutes); nothing may be lost,
 ## doubled or left unconverged 15 s after a restart (report: bench/results/chaos.md)
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos --rounds 200 --report bench/results/chaos.md

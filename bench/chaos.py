@@ -12,7 +12,7 @@ backup are killed like the others).
 
     .venv/bin/python -m bench.chaos [--rounds 200] [--seed N] [--report bench/results/chaos.md]
 
-(``make chaos``: 200 rounds, about 10 minutes.) The report lists each round: what was
+(``make chaos``: 200 rounds, about 20 minutes.) The report lists each round: what was
 killed, how long until the restarts, how long until everything handed over was delivered.
 A failing round can be replayed with the same ``--seed``.
 """
