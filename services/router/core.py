@@ -102,6 +102,8 @@ TICK_S = 1.0
 LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
 CONNECT_RETRY_S = 5.0
+REDIAL_CONTACTS = 16
+"""Contacts dialled when the router or its transport starts again."""
 RELAY_ACK_S = 2.0
 RELAY_FAST_TRIES = 4
 """A message sent through a relay that has not said it forwarded it is sent again after
@@ -321,7 +323,18 @@ class RouterCore(Core):
                                       row.created_ms, row.attempts, next_try=now)
         self.stats["restored_messages"] += len(self.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
+        actions += self._redial_contacts(now)
         return actions
+
+    def _redial_contacts(self, now: float) -> list[Action]:
+        """After a restart, dial the contacts seen last (the bootstrap peers are dialled at
+        every tick anyway): a peer still holding a connection to our dead process learns
+        at once that we are back, instead of when that connection times out."""
+        assert self.topo is not None
+        contacts = sorted((p for p in self.topo.peers.values()
+                           if p.contact and not p.bootstrap and not p.connected),
+                          key=lambda p: p.last_seen_ms, reverse=True)
+        return [a for p in contacts[:REDIAL_CONTACTS] for a in self._connect(p.node_id, now)]
 
     def _add_bootstrap(self, node: bytes, host: str, port: int) -> None:
         assert self.topo is not None
@@ -955,6 +968,7 @@ class RouterCore(Core):
                 msg.next_try = now
         if not lost:
             actions.append(Call("transport", tm.Peers(), ("tpeers",)))
+            actions += self._redial_contacts(now)
         return actions
 
     def _connected(self, node: bytes, host: str, port: int, rtt: float | None) -> None:

@@ -11,7 +11,16 @@ import pytest
 from services.crypto.core import Identity
 from services.router.core import RouterCore, RouterSettings
 from services.router.store import Store
-from shared.core import Call, EventReceived, Fail, PeerFailed, PeerReplied, Reply, Request
+from shared.core import (
+    Call,
+    EventReceived,
+    Fail,
+    PeerFailed,
+    PeerReplied,
+    PeerRestarted,
+    Reply,
+    Request,
+)
 from shared.envelope import AckPayload, AckType, Envelope, MessageType, decode
 from shared.wire import ErrorCode
 from shared.wire.messages import router as rm
@@ -556,3 +565,35 @@ def test_a_relay_that_did_not_forward_is_asked_again_soon_then_with_backoff() ->
     sim.run(1.0)  # 5 s: the first retry of the usual backoff
     assert tries() == 2
     assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed"]
+
+
+def test_a_restarted_router_dials_its_contacts_not_strangers(tmp_path: Path) -> None:
+    """A sent to B (a contact); C only wrote to A (a stranger to A). A's router starts
+    again on the same file: it dials B at once, with nothing waiting for B, and not C."""
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", "c", db={"a": db})
+    sim.connect("a", "b")
+    sim.connect("a", "c")
+    send(sim, "a", "b", b"hello")
+    send(sim, "c", "a", b"hi")
+    sim.dials.clear()
+    sim.nodes["a"].router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: sim.nodes["a"].router.on_timer(sim.now))
+    sim.run()
+    assert ("a", sim.nodes["b"].id) in sim.dials
+    assert ("a", sim.nodes["c"].id) not in sim.dials
+
+
+def test_after_a_transport_restart_the_router_dials_its_contacts_not_strangers() -> None:
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("a", "c")
+    send(sim, "a", "b", b"hello")
+    send(sim, "c", "a", b"hi")
+    sim.dials.clear()
+    router = sim.nodes["a"].router
+    sim.feed("a", lambda: router.handle(PeerRestarted("transport"), sim.now))
+    sim.run()
+    assert ("a", sim.nodes["b"].id) in sim.dials
+    assert ("a", sim.nodes["c"].id) not in sim.dials
+    assert router.stats["transport_restarts"] == 1
