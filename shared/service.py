@@ -71,7 +71,11 @@ EARLY_HEARTBEATS_S = (0.2, 0.5, 1.0, 2.0)
 """Heartbeats after start, before the regular ones: subscribers reconnecting to a restarted
 service hear its new incarnation within about a second."""
 SILENT_HEARTBEATS = 3
-"""Heartbeat intervals without a word after which a service is taken for gone."""
+"""Heartbeat intervals without a word after which a service is taken for gone..."""
+MIN_SILENCE_S = 5.0
+"""...but never sooner: a service whose loop is busy for a moment (a test's 0.5 s heartbeats
+on a loaded machine) is not taken for gone, which would drop every connection the router
+knows of. Restarts are seen at once anyway, by the new incarnation."""
 OUTBOX_FLUSH = 16
 """Replies (or calls) queued before they are sent without waiting for the end of the
 batch."""
@@ -459,7 +463,7 @@ class Service:
 
     @property
     def _silence_s(self) -> float:
-        return SILENT_HEARTBEATS * self.bus.heartbeat_s
+        return max(SILENT_HEARTBEATS * self.bus.heartbeat_s, MIN_SILENCE_S)
 
     def _peer_seen(self, role: str, incarnation: bytes) -> None:
         """A ``sys.ready`` or heartbeat of ``role``: a new incarnation, or a word after a

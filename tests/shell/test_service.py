@@ -252,7 +252,7 @@ def test_a_restarted_peer_service_fails_calls_in_flight_and_tells_the_core(
             assert "router restarted" in str(failed.value)
             assert time.monotonic() - t0 < 4
             assert core.restarts == [PeerRestarted("router", lost=False)]
-            deadline = time.monotonic() + 5  # silent for 3 x 0.3 s: lost
+            deadline = time.monotonic() + 10  # silent for max(3 x 0.3 s, 5 s): lost
             while len(core.restarts) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert core.restarts[1:] == [PeerRestarted("router", lost=True)]

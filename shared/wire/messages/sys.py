@@ -91,7 +91,7 @@ class Heartbeat(Message):
     """Published every `bus.heartbeat_s` seconds while the service runs, and a few times
     in its first seconds (0.2, 0.5, 1 and 2 s after start), so that subscribers that
     reconnect after a restart hear the new incarnation at once. A subscriber that hears
-    nothing from a service for three intervals treats it as gone."""
+    nothing from a service for three intervals (and at least 5 s) treats it as gone."""
 
     service: str = Field(description="Role of the service.")
     uptime_s: float = Field(ge=0, allow_inf_nan=False,
