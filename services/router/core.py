@@ -911,10 +911,8 @@ class RouterCore(Core):
                     self.store.put_peer(peer, host, port, p.bootstrap, self.now_ms(),
                                         p.contact)
                 self._greet.add(peer)  # gossip once our announcement lists it
-                # what was sent over its last connection and is not acknowledged may have
-                # died with it: again over this one (the receiver drops duplicates)
                 return [self._path_event(peer)] + self._peer_up(now) \
-                    + self._reroute(peer, now)
+                    + self._resend_to(peer, now)
             case tm.PeerDisconnected(peer=peer) if peer in self.topo.peers:
                 self._stalled.discard(peer)
                 self._greet.discard(peer)
@@ -1022,6 +1020,19 @@ class RouterCore(Core):
         return Publish(rm.PathChanged(node_id=node, path=path_kind(route),
                                       route=list(route or ()),
                                       rtt_ms=p.rtt_ms if p.connected else None))
+
+    def _resend_to(self, peer: bytes, now: float) -> list[Action]:
+        """``peer`` (re)connected: what was sent over its last connection, or to it through
+        a relay, and is not acknowledged may have died with its old process or connection
+        (a relay forwards into a connection it has not yet seen die): again now, over the
+        path of the moment (the receiver drops duplicates)."""
+        actions: list[Action] = []
+        for msg in list(self.out.values()):
+            hop = msg.env.via[0] if msg.env.via else msg.to
+            if peer in (hop, msg.to) and SENT <= msg.status < DELIVERED and not msg.busy:
+                self.stats["resent_on_connect"] += 1
+                actions += self._attempt(msg, now)
+        return actions
 
     def _reroute(self, gone: bytes, now: float) -> list[Action]:
         """Send again at once what was last sent over a connection that just dropped and

@@ -597,3 +597,23 @@ def test_after_a_transport_restart_the_router_dials_its_contacts_not_strangers()
     assert ("a", sim.nodes["b"].id) in sim.dials
     assert ("a", sim.nodes["c"].id) not in sim.dials
     assert router.stats["transport_restarts"] == 1
+
+
+def test_a_peer_that_connects_gets_at_once_what_a_relay_passed_into_a_dead_connection(
+        ) -> None:
+    """B forwarded A's message (A saw "relayed") into a connection to C that was already
+    dead; when C connects to A, the message goes again at once, directly, not at A's
+    backoff."""
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    c_id = sim.nodes["c"].id
+    sim.lose = lambda name, raw: name == "b" and decode(raw).to == c_id  # B's copy dies
+    msg = send(sim, "a", "c", b"into the void")
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed"]
+    assert sim.nodes["c"].received() == []
+    sim.lose = None
+    sim.connect("a", "c")  # no time passes
+    assert sim.nodes["c"].received() == [b"into the void"]
+    assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
