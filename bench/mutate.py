@@ -134,41 +134,41 @@ REASONS.update(_each(f"{_R}__init__", "10 20 21 23 25 27 28 29 30 34 36 37 38 39
                      "initial values of timers and flags (first tick, announce, gossip and "
                      "liveness times; dirty flags), replaced at the first on_timer, which runs "
                      "at once; scheduling only"))
-REASONS.update(_each(f"{_R}handle", "28 38", "`_asked_id = None` instead of False after crypto "
+REASONS.update(_each(f"{_R}handle", "29 39", "`_asked_id = None` instead of False after crypto "
                      "failed: both falsy, equivalent"))
-REASONS.update(_each(f"{_R}handle", "66 72", "`now` passed as None to _send / _read, which do "
+REASONS.update(_each(f"{_R}handle", "67 73", "`now` passed as None to _send / _read, which do "
                      "not read it: equivalent"))
-REASONS.update(_each(f"{_R}handle", "82 83", "router.outbox from the local app: which rows it "
+REASONS.update(_each(f"{_R}handle", "83 84", "router.outbox from the local app: which rows it "
                      "gets; " + _E2E_STATUS))
-REASONS.update(_each(f"{_R}handle", "88 93 94 95 96 98 99", "the 1 MiB bound of one "
+REASONS.update(_each(f"{_R}handle", "89 94 95 96 97 99 100", "the 1 MiB bound of one "
                      "router.inbox reply to the local app (it pages with `after`); not a "
                      "check on peers; " + _E2E_STATUS))
-REASONS.update(_each(f"{_R}handle", "129 130 132 133 134", "router.add_peer from the local "
+REASONS.update(_each(f"{_R}handle", "130 131 133 134 135", "router.add_peer from the local "
                      "app naming this node itself: the fields of the refusal (the peer is not "
                      "added either way: _add_bootstrap skips this node's own id)"))
-REASONS.update(_each(f"{_R}handle", "145 148", "router.add_peer from the local app: its reply, "
+REASONS.update(_each(f"{_R}handle", "146 149", "router.add_peer from the local app: its reply, "
                      "and the immediate dial (on_timer dials bootstrap peers within a second "
                      "anyway)"))
-REASONS.update(_each(f"{_R}handle", "164 165 166 167", "the base class's answer to inputs no "
+REASONS.update(_each(f"{_R}handle", "171 172 173 174", "the base class's answer to inputs no "
                      "case matches: every request type in `handles` and every token of the "
                      "router's own calls has a case, so only unknown bus events reach it"))
 REASONS.update(_each(f"{_R}on_timer", "3 6 9 10 12 13 22 23 24 25 26 27 28 29 30 31 34 35 36 "
-                     "37 38 43 47 52 53 54 55 57 58 60 64 66 69", "scheduling of the "
+                     "37 38 43 47 52 53 54 55 57 58 60 64 66 83", "scheduling of the "
                      "router's own work at each tick: retrying our messages, dialling "
                      "bootstrap peers, re-announcing, gossiping, liveness events; "
                      + _E2E_DELIVERY + "; " + _E2E_DISCOVERY))
-REASONS.update(_each(f"{_R}on_timer", "82", "`<=` instead of `<` keeps a forwarding record "
+REASONS.update(_each(f"{_R}on_timer", "96", "`<=` instead of `<` keeps a forwarding record "
                      "exactly 2 s old one tick longer; _forward treats it as expired either "
                      "way (`now - t < FORWARD_DEDUP_S`): equivalent"))
-REASONS.update(_each(f"{_R}on_timer", "84 85 86 87", "housekeeping of the saved-peer table: "
+REASONS.update(_each(f"{_R}on_timer", "98 99 100 101", "housekeeping of the saved-peer table: "
                      "pruning again when nothing was added (idempotent) and its "
                      "saved_peers_pruned counter; the bound itself is tested "
                      "(test_strangers_are_not_saved_...: the store keeps 5)"))
-REASONS.update(_each(f"{_R}on_timer", "95", "the inbox purge's cutoff 0.1% further back (a "
+REASONS.update(_each(f"{_R}on_timer", "109", "the inbox purge's cutoff 0.1% further back (a "
                      "window of 24 h 10 min kept 87 s longer): the safe side, replays are "
                      "refused by the freshness check on their timestamp (tested at its edges); "
                      "the purge only frees room"))
-REASONS.update(_each(f"{_R}on_timer", "104 105 108 109 111 112", "purge of our own finished "
+REASONS.update(_each(f"{_R}on_timer", "118 119 122 123 125 126", "purge of our own finished "
                      "messages from the outbox after their lifetime (and its counter); "
                      "storage of the local app's messages, not a check on peers"))
 REASONS.update(_each(f"{_R}_started", "13", "forget_after_s × 1001 ms instead of 1000: peers "
@@ -223,8 +223,8 @@ REASONS.update(_each(f"{_R}_forget", "1 4 7", "drops the dial, punch and stall s
                      "was connected to (its own sends and connections), so a stranger cannot "
                      "grow them; a stale one delays one dial or punch of a re-learned node by "
                      "at most 16 s"))
-REASONS.update(_each(f"{_R}_answered", "9 12 57 66 80 83 84 95 96 101 103 108 109 110 111 116 "
-                     "130 132 133 134 139 142 143 145 147 148 153 160 161 162",
+REASONS.update(_each(f"{_R}_answered", "9 57 66 80 83 84 95 96 101 103 108 109 110 111 116 130 "
+                     "188 189 191 206 211 218 219 220",
                      "dispatch of the answers to the router's own calls to the transport "
                      "(announce info and sealing, gossip and control sends, transport.peers, "
                      "connect, punch) and the <kind>_failures counters; the tokens are the "
