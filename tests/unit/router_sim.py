@@ -74,6 +74,9 @@ class Sim:
         """Every envelope handed to ``transport.send``: (sending node, envelope)."""
         self.dials: list[tuple[str, bytes]] = []
         """Every ``transport.connect``: (dialling node, node dialled)."""
+        self.transport_down: set[str] = set()
+        """Nodes whose transport cannot dial or send yet (it restarted and has no binding):
+        ``connect`` and ``send`` fail ``unavailable``."""
         self.tried: list[tuple[str, bytes]] = []
         """Every envelope given to ``transport.send``, also to peers it is not connected
         to (those fail)."""
@@ -210,6 +213,10 @@ class Sim:
                 host="10.0.0.1", port=other.port, elapsed_ms=1.0)))
         elif isinstance(body, tm.Connect):
             self.dials.append((name, body.peer))
+            if name in self.transport_down:
+                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.UNAVAILABLE,
+                                                       "no binding yet"))
+                return
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable:
                 self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,
