@@ -237,6 +237,29 @@ def test_a_dial_that_fails_otherwise_waits_for_the_backoff() -> None:
     assert sim.dials[dials:].count(("a", b.id)) == 2
 
 
+def test_a_dial_that_fails_moves_to_the_next_announced_address_unless_unavailable() -> None:
+    """C announces two addresses; a dial that times out tries the next one next time, a
+    dial our own transport could not make does not count against the address."""
+    sim = Sim("a", "b", "c")
+    sim.reflexive["c"] = [("192.0.2.30", 40003)]
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    a, c = sim.nodes["a"], sim.nodes["c"]
+    assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
+        == ("192.0.2.30", 40003)
+    sim.transport_down.add("a")
+    fail = PeerFailed(("connect", c.id), ErrorCode.UNAVAILABLE, "no binding yet")
+    sim.feed("a", lambda: a.router.handle(fail, sim.now))
+    sim.run()
+    assert peer_entry(sim, "a", "c").host == "192.0.2.30"
+    fail = PeerFailed(("connect", c.id), ErrorCode.PEER_TIMEOUT, "no answer")
+    sim.feed("a", lambda: a.router.handle(fail, sim.now))
+    sim.run()
+    assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
+        == ("10.0.0.1", c.port)
+
+
 # -- the view against what the transport holds ---------------------------------------------
 
 def test_the_router_asks_the_transport_what_it_holds_every_liveness_tick() -> None:
