@@ -133,6 +133,22 @@ def test_messages_restored_after_a_router_restart_go_at_the_first_tick(tmp_path:
     assert [s.status for s in states] == ["delivered"] * 3
 
 
+def test_a_restarted_router_takes_the_connections_its_transport_holds_at_once(
+        tmp_path: Path) -> None:
+    """A new router process asks transport.peers as soon as it knows its node id: the peers
+    the transport holds are online before its first tick."""
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", db={"a": db})
+    sim.connect("a", "b")
+    sim.run(3)
+    sim.nodes["a"].router.close(sim.now)  # the process dies (its file is closed)
+    before = len(paths(sim, "a", "b"))
+    sim.nodes["a"].router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: sim.nodes["a"].router.on_timer(sim.now))
+    sim.run()  # crypto answers the node id; no time passes
+    assert paths(sim, "a", "b")[before:] == ["direct"] and peer_entry(sim, "a", "b").connected
+
+
 # -- a send or a dial our transport cannot make -------------------------------------------
 
 def test_a_send_failing_unavailable_marks_the_hop_offline_and_dials_it() -> None:
