@@ -74,6 +74,12 @@ class Sim:
         """Every envelope handed to ``transport.send``: (sending node, envelope)."""
         self.dials: list[tuple[str, bytes]] = []
         """Every ``transport.connect``: (dialling node, node dialled)."""
+        self.reflexive: dict[str, list[tuple[str, int]]] = {}
+        """Addresses peers see a node at (its transport's ``reflexive``), announced before
+        its local one."""
+        self.transport_down: set[str] = set()
+        """Nodes whose transport cannot dial or send yet (it restarted and has no binding):
+        ``connect`` and ``send`` fail ``unavailable``."""
         self.tried: list[tuple[str, bytes]] = []
         """Every envelope given to ``transport.send``, also to peers it is not connected
         to (those fail)."""
@@ -194,6 +200,8 @@ class Sim:
         elif isinstance(body, tm.Info):
             self._answer(name, a.token, PeerReplied(a.token, tm.InfoReply(
                 node_id=node.id, host="0.0.0.0", port=node.port, ready=True,
+                reflexive=[tm.SocketAddr(host=h, port=p)
+                           for h, p in self.reflexive.get(name, [])],
                 local=[tm.SocketAddr(host="10.0.0.1", port=node.port)])))
         elif isinstance(body, tm.Punch):  # a NAT between them unless reachable
             relay, other = self.by_id(body.via), self.by_id(body.peer)
@@ -210,6 +218,10 @@ class Sim:
                 host="10.0.0.1", port=other.port, elapsed_ms=1.0)))
         elif isinstance(body, tm.Connect):
             self.dials.append((name, body.peer))
+            if name in self.transport_down:
+                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.UNAVAILABLE,
+                                                       "no binding yet"))
+                return
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable:
                 self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,
