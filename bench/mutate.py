@@ -247,6 +247,9 @@ REASONS.update(_each(f"{_R}_transmitted", "49 50", _ANNOUNCE_DIRTY.format(
     what="a send found its hop gone")))
 REASONS.update(_each(f"{_R}_transport_restarted", "20 21", _ANNOUNCE_DIRTY.format(
     what="the transport restarted")))
+REASONS.update(_each(f"{_R}_transport_restarted", "12", "`set_connected(node, None)`: "
+                     "None is falsy wherever `connected` is read (routes, neighbours, "
+                     "`connected()`, `router.peers`): equivalent"))
 REASONS.update(_each(f"{_R}_transport_restarted", "22", "`<=` instead of `<`: a delivered "
                      "message's next try is set to now too, but on_timer and _attempt skip "
                      "every message at DELIVERED or beyond: equivalent"))

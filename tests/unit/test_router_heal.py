@@ -383,3 +383,67 @@ def test_a_direct_message_is_not_retried_fast_and_backs_off() -> None:
     assert tries(sim, "a", msg) == 2
     sim.run(1.0)
     assert tries(sim, "a", msg) == 3
+
+
+# -- after a restart: contacts dialled, unacknowledged messages resent on connect ----------
+
+def test_after_a_restart_the_16_contacts_seen_last_are_dialled() -> None:
+    """20 contacts: the 16 seen most recently are dialled, the 4 seen longest ago are not
+    (bootstrap peers are dialled by the tick anyway, strangers never)."""
+    sim = Sim("a")
+    router = sim.nodes["a"].router
+    assert router.topo is not None
+    ids = [bytes([i]) * 32 for i in range(1, 21)]
+    for i, node in enumerate(ids):
+        p = router.topo.peer(node, 0)
+        p.contact, p.host, p.port, p.last_seen_ms = True, "10.0.0.9", 4000 + i, 1000 * i
+    dialled = [a.body.peer for a in router._redial_contacts(sim.now)
+               if isinstance(a, Call) and isinstance(a.body, tm.Connect)]
+    assert dialled == ids[:3:-1]  # the most recent first; not the 4 oldest
+
+
+def test_restored_and_restart_flushed_messages_are_tried_at_the_next_tick(
+        tmp_path: Path) -> None:
+    """Messages for a peer that cannot be reached: after a router restart (restored from
+    the file) and after a transport restart they are tried again at the next tick, and the
+    timer keeps working."""
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", db={"a": db})
+    sim.connect("a", "b")
+    sim.drop_sends.add(frozenset("ab"))
+    msg = send(sim, "a", "b", b"waits")
+    drop_links(sim, "a")
+    sim.reachable.clear()  # B is gone for good
+    sim.nodes["a"].router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: sim.nodes["a"].router.on_timer(sim.now))
+    sim.run(2.5)  # the node id at the first tick, the restored message at the next
+    router = sim.nodes["a"].router
+    assert router.stats["no_route"] == 1  # then 5 s of backoff...
+    restart_transport(sim, "a")
+    sim.run(1.0)
+    assert router.stats["no_route"] == 2  # ...cut short by the transport's restart
+    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+
+
+def test_a_peer_that_connects_again_gets_what_was_sent_over_it_or_to_it(
+        ) -> None:
+    """A sends two messages to C through B that B never receives, one to C that C got and
+    acknowledged, and one to B that B got. B connects again: the two through B go again,
+    counted exactly (not the delivered one, not B's own)."""
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)
+    a, b, c = (sim.nodes[n] for n in "abc")
+    done = send(sim, "a", "c", b"delivered")
+    send(sim, "a", "b", b"to b")
+    sim.lose = lambda name, raw: name == "a"  # A's next sends vanish on the way to B
+    lost = [send(sim, "a", "c", b"lost %d" % i) for i in range(2)]
+    sim.lose = None
+    assert a.statuses(done)[-1] == "delivered" and c.received() == [b"delivered"]
+    event = tm.PeerConnected(peer=b.id, host="10.0.0.1", port=b.port, dialled=True)
+    sim.feed("a", lambda: a.router.handle(EventReceived(event), sim.now))  # no time passes
+    sim.run()
+    assert a.router.stats["resent_on_connect"] == 2
+    assert sorted(c.received()) == sorted([b"delivered", b"lost 0", b"lost 1"])
+    assert all(a.statuses(m)[-1] == "delivered" for m in lost)
