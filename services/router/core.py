@@ -102,6 +102,9 @@ TICK_S = 1.0
 LIVENESS_S = 5.0
 ANNOUNCE_S = 60.0
 CONNECT_RETRY_S = 5.0
+RESEND_AFTER_S = 1.0
+"""A peer that connects gets again only what was sent at least this long ago: a message
+just sent through a relay is on its way (a punch completing meanwhile must not double it)."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
 RELAY_ACK_S = 2.0
@@ -174,6 +177,8 @@ class OutMsg:
     next_try: float = 0.0
     busy: bool = False
     """A crypto or transport call about this message is in flight."""
+    sent_at: float = float("-inf")
+    """When it was last handed to the transport."""
 
 
 class RouterCore(Core):
@@ -714,6 +719,7 @@ class RouterCore(Core):
             return actions + [Call("crypto", cm.Sign(), ("resign", msg.id),
                                    blobs=(unsigned.encode(),))]
         msg.attempts += 1
+        msg.sent_at = now
         msg.next_try = now + _backoff(msg.attempts)
         if route and msg.status < RELAYED and msg.attempts <= RELAY_FAST_TRIES:
             # a relay that forwards says so at once (RELAYED); silence means it could not
@@ -1029,7 +1035,8 @@ class RouterCore(Core):
         actions: list[Action] = []
         for msg in list(self.out.values()):
             hop = msg.env.via[0] if msg.env.via else msg.to
-            if peer in (hop, msg.to) and SENT <= msg.status < DELIVERED and not msg.busy:
+            if peer in (hop, msg.to) and SENT <= msg.status < DELIVERED and not msg.busy \
+                    and now - msg.sent_at >= RESEND_AFTER_S:
                 self.stats["resent_on_connect"] += 1
                 actions += self._attempt(msg, now)
         return actions

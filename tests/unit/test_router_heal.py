@@ -61,6 +61,7 @@ def test_a_restarted_transport_marks_every_peer_offline_redials_and_resends_at_o
     msg = send(sim, "a", "b", b"x")
     assert a.statuses(msg) == ["pending", "sent"] and b.received() == [b"x"]
     sim.lose = None
+    sim.run(1.0)
     drop_links(sim, "a")
     dials = len(sim.dials)
     before = len(paths(sim, "a", "b"))
@@ -442,7 +443,11 @@ def test_a_peer_that_connects_again_gets_what_was_sent_over_it_or_to_it(
     sim.lose = None
     assert a.statuses(done)[-1] == "delivered" and c.received() == [b"delivered"]
     event = tm.PeerConnected(peer=b.id, host="10.0.0.1", port=b.port, dialled=True)
-    sim.feed("a", lambda: a.router.handle(EventReceived(event), sim.now))  # no time passes
+    sim.feed("a", lambda: a.router.handle(EventReceived(event), sim.now))
+    sim.run()  # no time passed: what was just sent is on its way, not sent twice
+    assert a.router.stats["resent_on_connect"] == 0 and c.received() == [b"delivered"]
+    sim.run(1.0)  # before the relay retry (2 s)
+    sim.feed("a", lambda: a.router.handle(EventReceived(event), sim.now))
     sim.run()
     assert a.router.stats["resent_on_connect"] == 2
     assert sorted(c.received()) == sorted([b"delivered", b"lost 0", b"lost 1"])
