@@ -9,7 +9,8 @@ can reach a port could otherwise talk to it, so every ``tcp://`` socket uses CUR
   key pair in ``DATA/bus/`` (``NAME.key`` public, ``NAME.key_secret`` secret, mode 0600, in
   a 0700 directory), in ZeroMQ's certificate format;
 - third-party apps are admitted by dropping their public certificate into ``DATA/bus/apps/``
-  (``NAME.key``); an app key reaches the router (the app API) and nothing else;
+  (``NAME.key``); an app key reaches the router and the groups service (the app APIs)
+  and nothing else;
 - a server socket accepts a client only if its key is one of those (a ZAP handler per
   ZeroMQ context, domain = the serving role); refusals are counted (``bus_auth_refused``);
 - the ZAP handler tells the service which key a request came from (ZeroMQ's ``User-Id``

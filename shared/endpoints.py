@@ -43,7 +43,8 @@ SPECS: dict[str, RoleSpec] = {
     "router": RoleSpec("routing, topology, discovery, message tracker, the app API",
                        calls=("crypto",)),
     "crypto": RoleSpec("the identity secret: sign, seal, open, verify"),
-    "groups": RoleSpec("group hub and member logic"),
+    "groups": RoleSpec("group hub and member logic, the groups app API",
+                       calls=("router", "crypto"), subscribes=("router",)),
     "backup": RoleSpec("store-and-forward for offline recipients"),
 }
 

@@ -49,6 +49,8 @@ class MessageType(StrEnum):
     ACK = "Ack"
     READ_RECEIPT = "ReadReceipt"
     HEARTBEAT = "Heartbeat"
+    GROUP = "Group"
+    """Every group payload (docs/protocol.md §8.8); the upstream names below are unused."""
     GROUP_CREATE = "GroupCreate"
     GROUP_CREATED = "GroupCreated"
     GROUP_INVITE = "GroupInvite"

@@ -207,11 +207,12 @@ class Service:
 
     def _authenticate(self) -> None:
         """CURVE on this role's server sockets: only the node's services, its owner and (for
-        the router) the listed apps get in; the ZAP handler runs before anything binds."""
+        the router and groups, the app APIs) the listed apps get in; the ZAP handler runs
+        before anything binds."""
         assert self.rpc is not None and self.pub is not None
         keys = self._bus_keys()
         admitted = keys.node_keys()
-        if self.role == "router":
+        if self.role in ("router", "groups"):  # the app APIs
             admitted |= keys.app_keys()
         buskeys.guard(self.zctx).admit(self.role, admitted)
         for sock in (self.rpc, self.pub):

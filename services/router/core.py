@@ -87,7 +87,7 @@ from shared.wire.messages import transport as tm
 
 from . import gossip
 from .quota import InboxLimits, InboxQuota
-from .store import InRow, OutRow, Store
+from .store import CHAT, GROUP, InRow, OutRow, Store
 from .topology import Topology, path_kind
 
 PENDING, SENT, RELAYED, DELIVERED, READ, FAILED = range(6)
@@ -120,6 +120,16 @@ RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.
 _OPEN_REJECTS = {ErrorCode.BAD_SIGNATURE: "forged", ErrorCode.UNSIGNED: "unsigned",
                  ErrorCode.TOO_LARGE: "oversize", ErrorCode.BAD_ENVELOPE: "malformed"}
 """crypto.open's refusals, counted under the names the router's own checks use."""
+
+
+_MESSAGE_TYPES = frozenset({MessageType.CHAT, MessageType.GROUP})
+"""Envelope types that are opened, stored in the inbox and acknowledged."""
+
+
+def _groups_caller(caller: str | None) -> bool:
+    """Group envelopes are the groups service's (over ipc/inproc, where callers are not
+    told apart by key, the file system guards the bus)."""
+    return caller is None or caller in ("service:groups", "owner")
 
 
 def _backoff(attempts: int) -> float:
@@ -179,6 +189,8 @@ class OutMsg:
     """A crypto or transport call about this message is in flight."""
     sent_at: float = float("-inf")
     """When it was last handed to the transport."""
+    expires_ms: int = 0
+    """When it fails unacknowledged (Unix ms); 0: ``message_lifetime_s`` after creation."""
 
 
 class RouterCore(Core):
@@ -265,10 +277,14 @@ class RouterCore(Core):
                 return self._read(event.ctx, msg_id, sender, now)
             case Request(body=rm.Outbox(ids=ids, limit=limit)):
                 return [Reply(event.ctx, rm.OutboxReply(messages=self._states(ids, limit)))]
-            case Request(body=rm.Inbox(after=after, limit=limit)):
+            case Request(body=rm.Inbox(after=after, limit=limit, groups=groups)):
+                if groups and not _groups_caller(event.caller):
+                    return [Fail(event.ctx, ErrorCode.FORBIDDEN, "only the groups service "
+                                 "reads group envelopes")]
+                stored = GROUP if groups else CHAT
                 rows: list[InRow] = []
                 size = 0
-                for r in self.store.inbox_after(after, limit):
+                for r in self.store.inbox_after(after, limit, stored):
                     size += len(r.payload) + 100
                     if rows and size > INBOX_REPLY_BYTES:
                         break
@@ -276,7 +292,7 @@ class RouterCore(Core):
                 return [Reply(event.ctx, rm.InboxReply(messages=[rm.Stored(
                     seq=r.seq, id=r.id, sender=r.sender, timestamp_ms=r.timestamp_ms,
                     encrypted=r.encrypted, relayed=r.relayed, payload=r.payload)
-                    for r in rows], tail=self.store.inbox_tail()))]
+                    for r in rows], tail=self.store.inbox_tail(stored)))]
             case Request(body=rm.Peers()):
                 return [Reply(event.ctx, rm.PeersReply(peers=self._peer_entries()))]
             case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):
@@ -325,7 +341,8 @@ class RouterCore(Core):
         self.quota.load(self.store.inbox_usage())
         for row in self.store.open_out(DELIVERED):
             self.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
-                                      row.created_ms, row.attempts, next_try=now)
+                                      row.created_ms, row.attempts, next_try=now,
+                                      expires_ms=row.expires_ms)
         self.stats["restored_messages"] += len(self.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
         actions += self._redial_contacts(now)
@@ -369,7 +386,7 @@ class RouterCore(Core):
         try:
             env = decode(raw)
             self.topo.seen(peer, now_ms)  # the authenticated last hop
-            if env.to == self.node_id and env.msg_type == MessageType.CHAT:
+            if env.to == self.node_id and env.msg_type in _MESSAGE_TYPES:
                 # a chat for us goes to crypto.open, which verifies the signature before
                 # anything else; nothing here uses it before that (see _receive_chat)
                 return self._receive_chat(req, env, raw, peer, now)
@@ -505,15 +522,17 @@ class RouterCore(Core):
         if not self.store.has_in(env.sender, env.id) \
                 and not self._room(env, hop, len(payload) + len(raw)):
             return [Reply(ctx, rm.DeliverReply())]  # not stored, so not acknowledged
+        kind = GROUP if env.msg_type == MessageType.GROUP else CHAT
         seq = self.store.put_in(env.id, env.sender, env.timestamp_ms, env.encrypted,
-                                bool(env.via), payload, now_ms, raw, hop)
+                                bool(env.via), payload, now_ms, raw, hop, kind)
         actions: list[Action] = []
         if seq is not None:
             self.quota.add(env.sender, hop, len(payload) + len(raw))
             self.topo.seen(env.sender, now_ms)
             self.stats["received"] += 1
             # after the commit, like the ACK: the app never sees a seq a crash could undo
-            self._held_replies.append(Publish(rm.MessageReceived(
+            event_type = rm.GroupEnvelope if kind == GROUP else rm.MessageReceived
+            self._held_replies.append(Publish(event_type(
                 seq=seq, id=env.id, sender=env.sender, timestamp_ms=env.timestamp_ms,
                 encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
         else:
@@ -651,6 +670,9 @@ class RouterCore(Core):
         if body.to == self.node_id:
             return [Fail(req.ctx, ErrorCode.INVALID, "cannot send a message to this node "
                          "itself")]
+        if body.groups and not _groups_caller(req.caller):
+            return [Fail(req.ctx, ErrorCode.FORBIDDEN, "only the groups service sends group "
+                         "envelopes")]
         if len(req.blobs[0]) > MAX_PAYLOAD:
             return [Fail(req.ctx, ErrorCode.TOO_LARGE, f"payload of {len(req.blobs[0])} "
                          f"bytes exceeds {MAX_PAYLOAD}")]
@@ -666,21 +688,25 @@ class RouterCore(Core):
         via = self.topo.route(body.to) or ()
         msg_id = body.id or self.rng.randbytes(16)
         self._sealing.add(msg_id)
-        return [Call("crypto", cm.Seal(to=body.to, envelope_type=MessageType.CHAT,
+        kind = MessageType.GROUP if body.groups else MessageType.CHAT
+        expires_ms = 0 if body.lifetime_s is None \
+            else self.now_ms() + int(body.lifetime_s * 1000)
+        return [Call("crypto", cm.Seal(to=body.to, envelope_type=kind,
                                        via=list(via), encrypt=body.encrypt, id=msg_id),
-                     ("seal", req.ctx, msg_id), blobs=req.blobs)]
+                     ("seal", req.ctx, msg_id, expires_ms), blobs=req.blobs)]
 
-    def _sealed(self, ctx: object, msg_id: bytes, event: PeerReplied | PeerFailed,
-                now: float) -> list[Action]:
+    def _sealed(self, ctx: object, msg_id: bytes, expires_ms: int,
+                event: PeerReplied | PeerFailed, now: float) -> list[Action]:
         self._sealing.discard(msg_id)
         if isinstance(event, PeerFailed):
             return [Fail(ctx, event.code, event.message)]
         env = decode(event.blobs[0])
         now_ms = self.now_ms()
-        msg = OutMsg(msg_id, env.to, env, PENDING, now_ms, next_try=now)
+        msg = OutMsg(msg_id, env.to, env, PENDING, now_ms, next_try=now,
+                     expires_ms=expires_ms)
         self.out[msg_id] = msg
         self.store.put_out(OutRow(msg_id, env.to, event.blobs[0], PENDING, "", now_ms,
-                                  now_ms, 0))
+                                  now_ms, 0, expires_ms))
         self.stats["accepted"] += 1
         self._contact(env.to)
         self._held_replies.append(Reply(ctx, rm.SendReply(id=msg_id)))
@@ -702,9 +728,11 @@ class RouterCore(Core):
         assert self.topo is not None
         if msg.busy or msg.status >= DELIVERED:
             return []
-        if self.wall() * 1000 - msg.created_ms > self.settings.message_lifetime_s * 1000:
+        lifetime_ms = msg.expires_ms - msg.created_ms if msg.expires_ms \
+            else self.settings.message_lifetime_s * 1000
+        if self.wall() * 1000 - msg.created_ms > lifetime_ms:
             return self._advance(msg, FAILED, "not acknowledged within "
-                                 f"{self.settings.message_lifetime_s:g} s")
+                                 f"{lifetime_ms / 1000:g} s")
         route = self.topo.route(msg.to)
         actions: list[Action] = []
         if route != ():  # a direct path, for later messages
@@ -781,7 +809,7 @@ class RouterCore(Core):
             if row is None or row.status >= READ:
                 return None
             msg = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
-                         row.created_ms, row.attempts)
+                         row.created_ms, row.attempts, expires_ms=row.expires_ms)
             self.out[msg_id] = msg
         return msg
 
@@ -801,7 +829,7 @@ class RouterCore(Core):
     def _read(self, ctx: object, msg_id: bytes, sender: bytes, now: float) -> list[Action]:
         assert self.topo is not None
         if not self.store.mark_read(sender, msg_id):
-            if not self.store.has_in(sender, msg_id):
+            if not self.store.has_in(sender, msg_id, CHAT):
                 return [Fail(ctx, ErrorCode.INVALID, "no such message in the inbox")]
             return [Reply(ctx, rm.ReadReply())]  # read before: one receipt is enough
         via = self.topo.route(sender) or ()
@@ -826,7 +854,7 @@ class RouterCore(Core):
         ok = isinstance(event, PeerReplied)
         match kind:
             case "seal":
-                return self._sealed(rest[0], rest[1], event, now)
+                return self._sealed(rest[0], rest[1], rest[2], event, now)
             case "open":
                 return self._opened(rest[0], rest[1], rest[2], rest[3], event, now)
             case "resign":

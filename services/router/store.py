@@ -20,14 +20,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
     status INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
-    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (status);
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL, sender BLOB NOT NULL,
     timestamp_ms INTEGER NOT NULL, encrypted INTEGER NOT NULL, relayed INTEGER NOT NULL,
     payload BLOB NOT NULL, received_ms INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,
-    envelope BLOB NOT NULL DEFAULT x'', hop BLOB NOT NULL DEFAULT x'', UNIQUE (sender, id)
+    envelope BLOB NOT NULL DEFAULT x'', hop BLOB NOT NULL DEFAULT x'',
+    kind INTEGER NOT NULL DEFAULT 0, UNIQUE (sender, id)
 );
 CREATE INDEX IF NOT EXISTS inbox_age ON inbox (received_ms);
 CREATE TABLE IF NOT EXISTS peers (
@@ -40,8 +42,13 @@ MIGRATIONS = (
     ("inbox", "envelope", "ALTER TABLE inbox ADD COLUMN envelope BLOB NOT NULL DEFAULT x''"),
     ("inbox", "hop", "ALTER TABLE inbox ADD COLUMN hop BLOB NOT NULL DEFAULT x''"),
     ("peers", "contact", "ALTER TABLE peers ADD COLUMN contact INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "expires_ms",
+     "ALTER TABLE outbox ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0"),
+    ("inbox", "kind", "ALTER TABLE inbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns added since the first release: (table, column, how to add it)."""
+CHAT, GROUP = 0, 1
+"""Inbox kinds: a chat for the app, a group envelope for the groups service."""
 _SIZE = "sum(length(payload) + length(envelope))"
 """What a received message costs the inbox quotas (services/router/quota.py), in SQL."""
 
@@ -56,6 +63,8 @@ class OutRow:
     created_ms: int
     updated_ms: int
     attempts: int
+    expires_ms: int = 0
+    """When it fails unacknowledged, Unix ms; 0: the router's message lifetime."""
 
 
 @dataclass
@@ -95,9 +104,9 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     def put_out(self, r: OutRow) -> None:
-        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?)",
+        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?)",
                         (r.id, r.recipient, r.envelope, r.status, r.reason, r.created_ms,
-                         r.updated_ms, r.attempts))
+                         r.updated_ms, r.attempts, r.expires_ms))
         self.dirty = True
 
     def update_out(self, msg_id: bytes, status: int, reason: str, updated_ms: int,
@@ -132,28 +141,31 @@ class Store:
 
     # -- inbox ----------------------------------------------------------------------------
 
-    def has_in(self, sender: bytes, msg_id: bytes) -> bool:
-        return self.db.execute("SELECT 1 FROM inbox WHERE sender=? AND id=?",
-                               (sender, msg_id)).fetchone() is not None
+    def has_in(self, sender: bytes, msg_id: bytes, kind: int | None = None) -> bool:
+        if kind is None:
+            return self.db.execute("SELECT 1 FROM inbox WHERE sender=? AND id=?",
+                                   (sender, msg_id)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM inbox WHERE sender=? AND id=? AND kind=?",
+                               (sender, msg_id, kind)).fetchone() is not None
 
     def put_in(self, msg_id: bytes, sender: bytes, timestamp_ms: int, encrypted: bool,
                relayed: bool, payload: bytes, received_ms: int, envelope: bytes = b"",
-               hop: bytes = b"") -> int | None:
+               hop: bytes = b"", kind: int = CHAT) -> int | None:
         """Store a received message (and the signed envelope it came in: crypto signs its
         read receipt only with it; and the peer that delivered it, for the quotas); its
         seq, or None if it was already there."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO inbox (id, sender, timestamp_ms, encrypted, relayed, "
-            "payload, received_ms, envelope, hop) VALUES (?,?,?,?,?,?,?,?,?)",
+            "payload, received_ms, envelope, hop, kind) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (msg_id, sender, timestamp_ms, int(encrypted), int(relayed), payload, received_ms,
-             envelope, hop))
+             envelope, hop, kind))
         self.dirty = True
         return cur.lastrowid if cur.rowcount else None
 
-    def inbox_after(self, after: int, limit: int) -> list[InRow]:
+    def inbox_after(self, after: int, limit: int, kind: int = CHAT) -> list[InRow]:
         rows = self.db.execute(
             "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload FROM inbox "
-            "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+            "WHERE seq > ? AND kind = ? ORDER BY seq LIMIT ?", (after, kind, limit)).fetchall()
         return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
 
     def envelope_in(self, sender: bytes, msg_id: bytes) -> bytes:
@@ -163,13 +175,15 @@ class Store:
                               (sender, msg_id)).fetchone()
         return bytes(row[0]) if row else b""
 
-    def inbox_tail(self) -> int:
-        """The seq of the newest message in the inbox (0 if none)."""
-        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox").fetchone()[0])
+    def inbox_tail(self, kind: int = CHAT) -> int:
+        """The seq of the newest message of ``kind`` in the inbox (0 if none)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE kind = ?",
+                                   (kind,)).fetchone()[0])
 
     def mark_read(self, sender: bytes, msg_id: bytes) -> bool:
         """Mark a received message read; False if unknown or already read."""
-        n = self.db.execute("UPDATE inbox SET read=1 WHERE sender=? AND id=? AND read=0",
+        n = self.db.execute("UPDATE inbox SET read=1 WHERE sender=? AND id=? AND read=0 "
+                            "AND kind=0",
                             (sender, msg_id)).rowcount
         self.dirty = self.dirty or n > 0
         return n > 0

@@ -26,6 +26,7 @@ NAMESPACE_TITLES = {
     "sys": "`sys.*` — handled by every service's base",
     "crypto": "`crypto.*`",
     "router": "`router.*`",
+    "groups": "`groups.*`",
     "transport": "`transport.*`",
 }
 

@@ -60,7 +60,9 @@ def strategy(annotation: object, metadata: list[object]) -> st.SearchStrategy[ob
         le = getattr(bounds.get("Le"), "le", 2**64 - 1)
         return st.integers(ge, le)
     if annotation is float:
-        return st.floats(min_value=0, max_value=1e12)
+        gt = getattr(bounds.get("Gt"), "gt", None)
+        return st.floats(min_value=0 if gt is None else gt, exclude_min=gt is not None,
+                         max_value=getattr(bounds.get("Le"), "le", 1e12))
     if isinstance(annotation, type) and issubclass(annotation, Message):
         return bodies(annotation)
     raise TypeError(f"no strategy for {annotation!r}")

@@ -71,6 +71,12 @@ class Send(Message):
                                   "bytes), so that re-sending after a lost reply is "
                                   "idempotent; default: a fresh random id.")
     encrypt: bool = Field(True, description="Encrypt end to end.")
+    groups: bool = Field(False, description="For the recipient's groups service (envelope "
+                         "type `Group`) instead of its apps (`Chat`); only the groups service "
+                         "may send these (`forbidden` to other bus keys).")
+    lifetime_s: float | None = Field(None, gt=0, le=86_400, description="Fail it if it is "
+                                     "not acknowledged within this many seconds; default "
+                                     "`[router] message_lifetime_s`.")
 
 
 @message("router.read_reply", "reply")
@@ -149,6 +155,9 @@ class Inbox(Message):
 
     after: U64 = Field(0, description="Last seq already handled; 0: from the start.")
     limit: int = Field(100, ge=1, le=1000, description="At most this many.")
+    groups: bool = Field(False, description="Read the groups service's envelopes instead of "
+                         "the apps' messages (`forbidden` to other bus keys); both share one "
+                         "seq.")
 
 
 class PeerEntry(Message):
@@ -203,6 +212,13 @@ class AddPeer(Message):
 class MessageReceived(Received):
     """A message arrived for the app. Events can be missed (an app that was not
     subscribed); `router.inbox` returns them by `seq`."""
+
+
+@message("router.group_envelope", "event", blobs="1: the payload (plaintext)")
+class GroupEnvelope(Received):
+    """A `Group` envelope arrived for the groups service, stored in the inbox (kind
+    `group`) before it was acknowledged. The groups service handles it when `seq` follows
+    the last one it handled, and otherwise reads what it missed with `router.inbox`."""
 
 
 @message("router.status", "event")
