@@ -70,6 +70,7 @@ class GroupsCore(Core):
         self.member = Member(self.ctx)
         self.hub = Hub(self.ctx, self.member)
         self.failover = Failover(self.ctx, self.hub, self.member)
+        self.member.failover = self.failover
         self._asked_id = False
         self._waiting: list[Request] = []
         self._cursor = 0
@@ -181,18 +182,8 @@ class GroupsCore(Core):
             ctx.count("rejected_malformed")
             return
         ctx.count(f"in_{p.kind}")
-        a = p.args
-        if self.hub.payload(sender, p, now) or self.member.payload(sender, p, now):
-            return
-        match p.kind:
-            case "beat":
-                self.failover.on_beat(sender, p.group_id, a[0], a[1], now)
-            case "claim":
-                self.failover.on_claim(sender, p.group_id, a[0], a[1], now)
-            case "claimed":
-                self.failover.claimed(sender, p.group_id, a[0], a[1], a[2], a[3], now)
-            case "stale":
-                self.failover.on_stale(sender, p.group_id, a[0], a[1], a[2], now)
+        _ = self.hub.payload(sender, p, now) or self.member.payload(sender, p, now) or \
+            self.failover.payload(sender, p, now)
 
     # -- answers ------------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ class Member:
         self.joining: dict[str, bytes] = {}
         """group -> the hub asked to admit (or create) it: only it may send the state."""
         self.resent: dict[str, float] = {}
+        self.failover: Any = None
+        """The :class:`~.failover.Failover` that judges higher terms (set by the core)."""
 
     # -- the log --------------------------------------------------------------------------
 
@@ -42,7 +44,7 @@ class Member:
         if g is None:
             ctx.count("unknown_group")
             return
-        if not self.authorised(g, sender, term):
+        if not self.authorised(g, sender, term, last, entries, now):
             return
         ctx.heard[gid] = now
         buf = self.buffered.setdefault(gid, {})
@@ -62,9 +64,10 @@ class Member:
         if buf or last > g.seq:
             self.sync(g, now)
 
-    def authorised(self, g: GroupState, sender: bytes, term: int) -> bool:
+    def authorised(self, g: GroupState, sender: bytes, term: int, last: int,
+                   entries: tuple[Entry, ...], now: float) -> bool:
         """Entries come from the hub of their term: the current one, or for a higher term
-        one of the successors of the current term (a takeover)."""
+        the successor this node granted it to (services/groups/failover.py)."""
         ctx = self.ctx
         if term < g.term:
             ctx.count("rejected_stale_term")
@@ -73,9 +76,8 @@ class Member:
         if term == g.term and sender != g.hub:
             ctx.count("rejected_not_hub")
             return False
-        if term > g.term and sender != g.hub and sender not in g.successors():
-            ctx.count("rejected_not_hub")
-            return False
+        if term > g.term:
+            return self.failover.accepts(g, sender, term, last, entries, now)
         return True
 
     def truncate(self, g: GroupState, seq: int) -> None:

@@ -153,6 +153,8 @@ _PAYLOAD_ARGS: dict[str, tuple[str, ...]] = {
     "claim": ("count", "count"),
     "claimed": ("count", "bool", "count", "entries"),
     "stale": ("count", "node", "count"),
+    "ping": ("count",),
+    "pong": ("count",),
 }
 """kind -> the fields after ``[kind, group_id]``."""
 
