@@ -305,3 +305,80 @@ def test_garbage_and_hostile_payloads_leave_the_service_serving(
     mid = send(b, gid, "still serving")
     until("the group still works", lambda: all(
         mid in {m.id for m in n.history(gid)} for n in (a, b, c)), 30)
+
+
+class Writer(threading.Thread):
+    """A member's app writing one message per 100 ms until stopped; keeps the ids the
+    groups service accepted (stored) — those must reach every member."""
+
+    def __init__(self, node: GroupNode, gid: str) -> None:
+        super().__init__(daemon=True)
+        self.node, self.gid = node, gid
+        self.ids: list[bytes] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = Client(DataDir(self.node.data), timeout_s=2)
+        try:
+            i = 0
+            while not self.stop.is_set():
+                try:
+                    self.ids.append(send(self.node, self.gid, f"{self.node.name} {i}", client))
+                except (BusTimeout, RemoteError, OSError):
+                    return  # its node is gone: what it accepted is counted
+                i += 1
+                self.stop.wait(0.1)
+        finally:
+            client.close()
+
+
+# last in this module: it kills and restarts nodes of the shared fixture
+@pytest.mark.parametrize("hub_name", ["e", "a"], ids=["non-member-hub", "member-hub"])
+def test_the_hub_node_killed_mid_conversation_a_successor_takes_over_nothing_lost_no_split(
+        five: dict[str, GroupNode], hub_name: str) -> None:
+    a, b, c, d = (five[n] for n in "abcd")
+    hub = five[hub_name]
+    members = [a, b, c, d]
+    gid = make_group(a, [b, c, d], hub, f"failover-{hub_name}")
+    writers = {m.name: Writer(m, gid) for m in members}
+    for w in writers.values():
+        w.start()
+    until("traffic from every member", lambda: all(len(w.ids) >= 10
+                                                   for w in writers.values()), 30)
+    hub.kill()
+    killed_at = time.monotonic()
+    survivors = [m for m in members if m is not hub]
+    until("a successor took over", lambda: all(
+        s.groups()[gid].hub != hub.id for s in survivors), 60)
+    took = time.monotonic() - killed_at
+    new = survivors[0].groups()[gid]
+    assert new.term == 2 and all(s.groups()[gid].hub == new.hub for s in survivors)
+    counts_at = {n: len(w.ids) for n, w in writers.items()}
+    until("more traffic in the new term", lambda: all(
+        len(writers[s.name].ids) >= counts_at[s.name] + 10 for s in survivors), 30)
+    for w in writers.values():
+        w.stop.set()
+    for w in writers.values():
+        w.join(30)
+
+    hub.start()  # the old hub comes back: it must follow, not split the group
+    if hub in members:
+        until("the old hub follows the new one", lambda: hub.groups()[gid].hub == new.hub
+              and hub.groups()[gid].term == 2, 60)
+    else:
+        until("the old hub dropped the group it no longer hosts",
+              lambda: gid not in hub.groups(), 60)
+    late = [send(m, gid, f"after the return {m.name}") for m in members]
+    want = {(m.id, i) for m in members for i in writers[m.name].ids} | \
+        {(m.id, i) for m, i in zip(members, late, strict=True)}
+    until("every member has every message accepted by any member", lambda: all(
+        set(counts(m, gid)) >= want for m in members), 120)
+    for m in members:
+        seen = counts(m, gid)
+        assert set(seen) == want, m.name
+        assert set(seen.values()) == {1}, f"{m.name} has a message twice"
+    orders = {m.name: order(m, gid) for m in members}
+    assert all(o == orders["b"] for o in orders.values()), "members disagree on the order"
+    seqs = [m.seq for m in b.history(gid)]
+    assert seqs == sorted(set(seqs)), "a seq was reused"
+    print(f"\nhub {hub_name} killed: successor took over after {took:.1f} s")
