@@ -36,6 +36,8 @@ claim_wait_s = 1.0
 resend_s = 2.0
 """
 RETRYABLE = (504, 503, 429)
+OFFLINE_S = 120.0
+"""Acceptance: a member offline this long gets what it missed."""
 
 
 class GroupNode(RealNode):
@@ -305,6 +307,30 @@ def test_garbage_and_hostile_payloads_leave_the_service_serving(
     mid = send(b, gid, "still serving")
     until("the group still works", lambda: all(
         mid in {m.id for m in n.history(gid)} for n in (a, b, c)), 30)
+
+
+
+def test_a_member_offline_for_two_minutes_gets_what_it_missed_once(
+        five: dict[str, GroupNode]) -> None:
+    a, b, c, d = (five[n] for n in "abcd")
+    gid = make_group(a, [b, c, d], a, "offline")
+    first = send(b, gid, "before D leaves")
+    until("D has the first message", lambda: first in {m.id for m in d.history(gid)}, 30)
+    d.kill()
+    away_until = time.monotonic() + OFFLINE_S
+    missed: list[tuple[bytes, bytes]] = []
+    i = 0
+    while time.monotonic() < away_until:  # the others talk while D is away
+        for n in (a, b, c):
+            missed.append((n.id, send(n, gid, f"while D was away {n.name} {i}")))
+        i += 1
+        time.sleep(1.0)  # the conversation's pace, not a wait for readiness
+    d.start()
+    want = set(missed) | {(b.id, first)}
+    until("D has every message it missed", lambda: set(counts(d, gid)) >= want, 120)
+    seen = counts(d, gid)
+    assert set(seen) == want and set(seen.values()) == {1}
+    assert order(d, gid) == order(a, gid)
 
 
 class Writer(threading.Thread):
