@@ -21,7 +21,7 @@ GROUPS = {"beat_s": 0.5, "takeover_after_s": 3.0, "claim_wait_s": 1.0, "resend_s
 class Member(GroupNode):
     """A lab node driven through the groups API (GroupNode's helpers, not its start-up)."""
 
-    def __init__(self, node: tl.LabNode) -> None:  # noqa: super not called: started by the lab
+    def __init__(self, node: tl.LabNode) -> None:  # started by the lab, not by GroupNode
         self.node, self.name, self.id = node, node.name, node.id
         self.data, self.client = node.data, node.client
 
