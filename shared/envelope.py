@@ -51,6 +51,8 @@ class MessageType(StrEnum):
     HEARTBEAT = "Heartbeat"
     GROUP = "Group"
     """Every group payload (docs/protocol.md §8.8); the upstream names below are unused."""
+    GROUP_SIGNAL = "GroupSignal"
+    """A group payload sent once and not stored: liveness beats and probes."""
     GROUP_CREATE = "GroupCreate"
     GROUP_CREATED = "GroupCreated"
     GROUP_INVITE = "GroupInvite"

@@ -17,6 +17,8 @@ from . import wire
 from .state import GroupState
 from .store import Store
 
+SIGNALS = frozenset({"beat", "ping", "pong"})
+"""Payloads that only matter now: sent as router signals (not stored, not retried)."""
 LOCAL_MAX = 10_000
 """Payloads this node addresses to itself (a hub that is also a member) queued at once."""
 
@@ -67,7 +69,8 @@ class Context:
 
     def send(self, to: bytes, kind: str, gid: str, *args: Any,
              lifetime_s: float | None = None) -> None:
-        """A payload to another node's groups service (or to this one, processed next)."""
+        """A payload to another node's groups service (or to this one, processed next).
+        Beats, pings and pongs go as signals: once, not stored, not acknowledged."""
         raw = wire.encode(kind, gid, *args)
         if to == self.node_id:
             if len(self.local) >= LOCAL_MAX:
@@ -75,8 +78,11 @@ class Context:
                 return
             self.local.append((to, raw))
             return
-        self.actions.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s),
-                                 ("sent", to, raw, lifetime_s), blobs=(raw,)))
+        signal = kind in SIGNALS
+        self.actions.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s,
+                                                   signal=signal),
+                                 ("sent", to, raw, lifetime_s if not signal else 0.0),
+                                 blobs=(raw,)))
 
     def fan(self, to: bytes, gid: str, e: wire.Entry) -> None:
         """An entry for ``to``; entries for one node leave together at the flush."""

@@ -36,7 +36,7 @@ from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
 
 from . import wire
-from .context import Context, GroupsSettings
+from .context import SIGNALS, Context, GroupsSettings
 from .failover import Failover
 from .hub import Hub
 from .member import Member
@@ -103,6 +103,9 @@ class GroupsCore(Core):
                 return self._ask_id()
             case Request():
                 self._request(event, now)
+            case EventReceived(body=rm.GroupEnvelope(seq=0, sender=sender), blobs=blobs) \
+                    if ctx.node_id and blobs:  # a signal: in no inbox, handled if it came
+                self._payload(sender, blobs[0], now, signal=True)
             case EventReceived(body=rm.GroupEnvelope(seq=seq, sender=sender), blobs=blobs) \
                     if ctx.node_id:
                 if not self._pulling and seq == self._cursor + 1 and blobs:
@@ -174,12 +177,15 @@ class GroupsCore(Core):
         self._advance(seq)
         self._payload(sender, raw, now)
 
-    def _payload(self, sender: bytes, raw: bytes, now: float) -> None:
+    def _payload(self, sender: bytes, raw: bytes, now: float, signal: bool = False) -> None:
         ctx = self.ctx
         try:
             p = wire.decode(raw)
         except wire.BadPayload:
             ctx.count("rejected_malformed")
+            return
+        if signal != (p.kind in SIGNALS) and sender != ctx.node_id:
+            ctx.count("rejected_malformed")  # signals only as signals, and the rest never
             return
         ctx.count(f"in_{p.kind}")
         _ = self.hub.payload(sender, p, now) or self.member.payload(sender, p, now) or \

@@ -122,6 +122,10 @@ _OPEN_REJECTS = {ErrorCode.BAD_SIGNATURE: "forged", ErrorCode.UNSIGNED: "unsigne
 """crypto.open's refusals, counted under the names the router's own checks use."""
 
 
+SIGNAL_RATE, SIGNAL_BURST = 20.0, 40.0
+"""Group signals taken from one sender per second, and in a burst."""
+SIGNAL_MAX_AGE_MS = 30_000
+"""A group signal older (or further ahead) than this is stale: it only matters now."""
 _MESSAGE_TYPES = frozenset({MessageType.CHAT, MessageType.GROUP})
 """Envelope types that are opened, stored in the inbox and acknowledged."""
 
@@ -239,6 +243,7 @@ class RouterCore(Core):
         next tick (once, however many announcements came)."""
         self._gossip_limit = gossip.RateLimit(self.settings.gossip_rate,
                                               self.settings.gossip_burst)
+        self._signal_limit = gossip.RateLimit(SIGNAL_RATE, SIGNAL_BURST)
         self.quota = InboxQuota(self.settings.inbox_limits(), self._has_history)
         self.stats: Counter[str] = Counter()
 
@@ -397,6 +402,8 @@ class RouterCore(Core):
                 return ok + self._on_ack(env, now)  # verified once it is known to be ours
             if env.to == self.node_id and env.msg_type == MessageType.READ_RECEIPT:
                 return ok + self._on_receipt(env, now)
+            if env.to == self.node_id and env.msg_type == MessageType.GROUP_SIGNAL:
+                return ok + self._signal(env, raw, now)
             env.verify()
         except EnvelopeTooLarge:
             self._reject("oversize")
@@ -421,6 +428,18 @@ class RouterCore(Core):
             return ok + self._forward(env, peer, now)
         self._reject("not_for_us")
         return ok
+
+    def _signal(self, env: Envelope, raw: bytes, now: float) -> list[Action]:
+        """A group signal for this node: fresh, within its sender's rate, then opened by
+        crypto (which verifies it first) and passed on; nothing is stored or ACKed."""
+        if not self._fresh_unverified(env, self.now_ms()) or \
+                abs(self.now_ms() - env.timestamp_ms) > SIGNAL_MAX_AGE_MS:
+            self._reject("stale_signal")
+            return []
+        if not self._signal_limit.take(env.sender, now):
+            self._reject("signal_rate")
+            return []
+        return [Call("crypto", cm.Open(), ("signal", env), blobs=(raw,))]
 
     def _gossip_allowed(self, env: Envelope, peer: bytes, now: float) -> bool:
         """Gossip comes straight from its signer, at most ``gossip_rate`` per second."""
@@ -687,6 +706,12 @@ class RouterCore(Core):
                          "not delivered yet")]
         via = self.topo.route(body.to) or ()
         msg_id = body.id or self.rng.randbytes(16)
+        if body.signal:
+            if not body.groups:
+                return [Fail(req.ctx, ErrorCode.INVALID, "only group payloads are signals")]
+            return [Call("crypto", cm.Seal(to=body.to, envelope_type=MessageType.GROUP_SIGNAL,
+                                           via=list(via), id=msg_id),
+                         ("sealsig", req.ctx, msg_id), blobs=req.blobs)]
         self._sealing.add(msg_id)
         kind = MessageType.GROUP if body.groups else MessageType.CHAT
         expires_ms = 0 if body.lifetime_s is None \
@@ -859,6 +884,24 @@ class RouterCore(Core):
                 return self._opened(rest[0], rest[1], rest[2], rest[3], event, now)
             case "resign":
                 return self._resigned(rest[0], event, now)
+            case "sealsig":
+                if not isinstance(event, PeerReplied):
+                    return [Fail(rest[0], event.code, event.message)]
+                env = decode(event.blobs[0])
+                self.stats["signals_sent"] += 1
+                hop = env.via[0] if env.via else env.to
+                return [Reply(rest[0], rm.SendReply(id=rest[1])),
+                        Call("transport", tm.Send(peer=hop), ("ctl_sent",), blobs=event.blobs)]
+            case "signal":
+                if isinstance(event, PeerReplied) and event.blobs:
+                    e = rest[0]
+                    self.stats["signals_received"] += 1
+                    return [Publish(rm.GroupEnvelope(
+                        seq=0, id=e.id, sender=e.sender, timestamp_ms=e.timestamp_ms,
+                        encrypted=e.encrypted, relayed=bool(e.via)), event.blobs[:1])]
+                if isinstance(event, PeerFailed) and event.code not in RETRYABLE:
+                    self._reject(_OPEN_REJECTS.get(event.code) or _code_name(event.code))
+                return []
             case "xmit":
                 return self._transmitted(rest[0], event, now)
             case "ctl" if ok:

@@ -4,6 +4,7 @@ lifetime per message (what the groups service's short-lived payloads use)."""
 from __future__ import annotations
 
 from shared.core import Fail, Request
+from shared.envelope import decode
 from shared.wire import ErrorCode
 from shared.wire.messages import router as rm
 
@@ -100,3 +101,35 @@ def test_a_lifetime_survives_a_router_restart(tmp_path: object) -> None:
     sim2.run(10)  # (checked when it is next tried: it is never sent once expired)
     [state] = sim2.call("a", rm.Outbox(ids=[short])).body.messages
     assert state.status == "failed", state
+
+
+def test_a_signal_goes_once_and_is_neither_stored_acked_nor_kept_in_an_inbox() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    sig = send(sim, "a", "b", b"beat", groups=True, signal=True)
+    sim.run(30)
+    assert [n for n, e in sim.sent if decode(e).id == sig] == ["a"]  # once, no ACK back
+    assert sim.nodes["a"].router.store.get_out(sig) is None
+    assert sim.nodes["a"].statuses(sig) == []
+    [ev] = group_events(sim, "b")
+    assert ev.seq == 0 and ev.id == sig and ev.sender == sim.nodes["a"].id
+    assert sim.call("b", rm.Inbox(groups=True)).body.messages == []
+    assert sim.call("a", rm.Send(to=sim.nodes["b"].id, signal=True), (b"x",)).code \
+        == ErrorCode.INVALID  # only group payloads
+
+
+def test_signals_over_the_rate_or_out_of_time_are_refused_and_counted() -> None:
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    for _ in range(60):
+        sim.request("a", rm.Send(to=sim.nodes["b"].id, groups=True, signal=True), (b"x",))
+    sim.run()
+    b = sim.nodes["b"].router
+    assert 40 <= len(group_events(sim, "b")) < 60
+    assert b.stats["rejected_signal_rate"] == 60 - len(group_events(sim, "b"))
+    env = next(e for _, e in reversed(sim.sent) if decode(e).msg_type == "GroupSignal")
+    sim.wall += 60  # the same signal a minute later: a replay
+    sim.feed("b", lambda: b.handle(Request("t", rm.Deliver(peer=sim.nodes["a"].id,
+                                                           path="direct"), (env,)), sim.now))
+    sim.run()
+    assert b.stats["rejected_stale_signal"] == 1

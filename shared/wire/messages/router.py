@@ -77,6 +77,10 @@ class Send(Message):
     lifetime_s: float | None = Field(None, gt=0, le=86_400, description="Fail it if it is "
                                      "not acknowledged within this many seconds; default "
                                      "`[router] message_lifetime_s`.")
+    signal: bool = Field(False, description="With `groups`: send it once, now, along the "
+                         "path of the moment (envelope type `GroupSignal`): not stored, not "
+                         "retried, not acknowledged, not kept in the recipient's inbox "
+                         "(liveness beats and probes). No status events.")
 
 
 @message("router.read_reply", "reply")
@@ -218,7 +222,8 @@ class MessageReceived(Received):
 class GroupEnvelope(Received):
     """A `Group` envelope arrived for the groups service, stored in the inbox (kind
     `group`) before it was acknowledged. The groups service handles it when `seq` follows
-    the last one it handled, and otherwise reads what it missed with `router.inbox`."""
+    the last one it handled, and otherwise reads what it missed with `router.inbox`. A
+    `GroupSignal` (sent with `signal`) arrives with `seq` 0: it is in no inbox."""
 
 
 @message("router.status", "event")
