@@ -209,6 +209,10 @@ class Hub:
             return self.refuse(sender, g.group_id, "sync", "not a member")
         self.ctx.count("syncs_served")
         entries = self.ctx.store.entries_after(g.group_id, after, SYNC_BATCH)
+        first = entries[0].seq if entries else g.seq + 1
+        if first > after + 1:  # what it misses is purged (older than history_s)
+            self.ctx.send(sender, "state", g.group_id, g.snapshot().pack())
+            return
         for e in entries:
             self.ctx.fan(sender, g.group_id, e)
         if not entries:

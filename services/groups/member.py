@@ -178,6 +178,10 @@ class Member:
         """The hub admitted this node (or created the group it asked for): start from its
         snapshot."""
         ctx = self.ctx
+        g = ctx.groups.get(gid)
+        if g is not None and sender == g.hub and ctx.node_id in g.members \
+                and snap.term == g.term and snap.seq > g.seq:
+            return self.reset(g, snap)
         if self.joining.get(gid) != sender:
             ctx.count("rejected_unasked_state")
             return
@@ -195,6 +199,19 @@ class Member:
                                     hub=g.hub, term=g.term))
         self.rotate(g, now)
         self.early(g)
+
+    def reset(self, g: GroupState, snap: wire.Snapshot) -> None:
+        """The hub no longer has the entries this node misses (older than its history):
+        start again from its state. The messages in between are not shown."""
+        ctx = self.ctx
+        fresh = GroupState.from_snapshot(g.group_id, g.hub, snap)
+        fresh.prev_hub = g.prev_hub
+        ctx.groups[g.group_id] = fresh
+        self.buffered.pop(g.group_id, None)
+        ctx.store.put_group(fresh)
+        ctx.count("resets")
+        if ctx.node_id not in fresh.members:
+            self.remove(fresh, "removed")
 
     def invited(self, hub: bytes, gid: str, name: str, inviter: bytes, expires_ms: int) -> None:
         ctx = self.ctx
@@ -326,9 +343,11 @@ class Member:
             self.resent.setdefault(g.group_id, now)
             return
         self.resent[g.group_id] = now
-        for mid, epoch, ct, _t in ctx.store.outbox(g.group_id):
-            ctx.count("resent")
-            ctx.send(g.hub, "msg", g.group_id, mid, epoch, ct)
+        older = ctx.now_ms() - int(ctx.settings.resend_s * 1000)
+        for mid, epoch, ct, created_ms in ctx.store.outbox(g.group_id):
+            if force or created_ms <= older:  # (a fresh one is on its way)
+                ctx.count("resent")
+                ctx.send(g.hub, "msg", g.group_id, mid, epoch, ct)
 
     def tick(self, now: float) -> None:
         for g in list(self.ctx.groups.values()):
