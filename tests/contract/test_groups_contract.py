@@ -410,6 +410,30 @@ class TestGroupsRole:
             assert isinstance(c.request(ROLE, Ping()), PingReply)
         assert {m.node_id for m in bench.group(gid).members} == {NODE, A.id}
 
+    def test_a_members_messages_are_published_as_groups_message_in_group_order(
+            self, bench: Bench) -> None:
+        gid = bench.hosted(joined=(A, B))
+        events = Events(bench.node)
+        try:
+            bench.peers.deliver(A.id, payload("key", gid, A.epoch, A.key))
+            base = bench.group(gid).seq
+            sent = [A.msg(gid, text) for text in (b"one", b"two", b"three")]
+            for _, raw in sent:
+                bench.peers.deliver(A.id, raw)
+
+            def shown() -> list[tuple[gm.MessageReceived, tuple[bytes, ...]]]:
+                events.pump(50)
+                got = [(b, blobs) for b, blobs in events.got
+                       if isinstance(b, gm.MessageReceived)]
+                return got if len(got) >= 3 else []
+            got = wait_for(shown, WAIT_S, "three groups.message events")
+            assert [(b.group_id, b.seq, b.id, b.sender, blobs) for b, blobs in got] == [
+                (gid, base + i + 1, mid, A.id, (text,))
+                for i, ((mid, _), text) in enumerate(zip(sent, (b"one", b"two", b"three"),
+                                                         strict=True))]
+        finally:
+            events.close()
+
     # keys
 
     def test_sender_keys_go_sealed_through_router_send_to_members_only(
@@ -553,6 +577,40 @@ class TestGroupsRole:
         assert [(m.seq, m.text, m.sender) for m in got] == [
             (created + 2, "one", B.id), (created + 3, "two", B.id)]
         assert bench.counter("rejected_not_hub") == before + 2
+
+    def test_a_sent_message_goes_to_the_hub_and_is_ordered_when_the_hub_sends_its_entry(
+            self, bench: Bench) -> None:
+        hub = A
+        gid = bench.joined_under(hub)
+        events = Events(bench.node)
+        try:
+            reply, _ = bench.call(gm.Send(group_id=gid), b"hello hub")
+            assert isinstance(reply, gm.SendReply)
+            sent = wait_for(lambda: [p for _, p in bench.peers.payloads("msg", hub.id)
+                                     if p.args[0] == reply.id], WAIT_S,
+                            "the message goes to the hub")[0]
+            _, epoch, ct = sent.args
+            gc = GroupCiphertext.decode(ct)
+            gc.verify()
+            assert (gc.group_id, gc.sender) == (gid, NODE), "sealed and signed by this node"
+            assert b"hello hub" not in ct
+            seq = bench.group(gid).seq + 1
+            entry = wire.Entry(seq, 1, int(time.time() * 1000), "msg", (NODE, reply.id, epoch,
+                                                                       ct))
+            bench.peers.deliver(hub.id, payload("entries", gid, 1, seq, [entry.pack()]))
+
+            def status() -> list[gm.SendStatus]:
+                events.pump(50)
+                return [b for b, _ in events.got if isinstance(b, gm.SendStatus)]
+            st = wait_for(status, WAIT_S, "groups.status once the hub ordered it")
+            assert [(s.group_id, s.id, s.status, s.seq) for s in st] == [
+                (gid, reply.id, "ordered", seq)]
+            history, _ = bench.call(gm.History(group_id=gid))
+            assert isinstance(history, gm.HistoryReply)
+            assert [(m.seq, m.id, m.sender, m.text) for m in history.messages] == [
+                (seq, reply.id, NODE, "hello hub")]
+        finally:
+            events.close()
 
     def test_send_stores_before_it_replies_kill_9_after_the_reply_and_it_still_goes_out(
             self, bench: Bench) -> None:
