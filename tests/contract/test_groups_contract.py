@@ -290,6 +290,53 @@ class TestGroupsRole:
         err = bench.error(gm.Send(group_id=gid))
         assert (err.code, err.name) == (422, "invalid"), "the text blob is required"
 
+    def test_requests_about_a_group_fail_with_the_documented_errors(
+            self, bench: Bench) -> None:
+        gid = bench.hosted(joined=(A,))
+        cases: list[tuple[Message, tuple[int, str]]] = [
+            (gm.Leave(group_id=gid), (520, "failed")),  # the last admin, with a member left
+            (gm.Kick(group_id=gid, node_id=C.id), (422, "invalid")),  # not a member
+            (gm.SetRole(group_id=gid, node_id=C.id, role="admin"), (422, "invalid")),
+            (gm.InviteMember(group_id=gid, node_id=A.id), (422, "invalid")),  # a member already
+            (gm.Kick(group_id="nosuchgroup", node_id=A.id), (422, "invalid")),
+            (gm.Leave(group_id="nosuchgroup"), (422, "invalid")),
+            (gm.History(group_id="nosuchgroup"), (422, "invalid")),
+            (gm.Join(group_id="nosuchgroup"), (422, "invalid")),  # no invitation, no hub
+            (gm.Join(group_id="Not-A-Group-Id", hub=A.id), (422, "invalid")),
+        ]
+        for body, expected in cases:
+            err = bench.error(body)
+            assert (err.code, err.name) == expected, (body, err)
+        assert {m.node_id for m in bench.group(gid).members} == {NODE, A.id}
+
+    def test_an_invitation_is_listed_and_joining_asks_the_hub_that_sent_it(
+            self, bench: Bench) -> None:
+        hub, gid = A, "g-invited-here"
+        expires = int(time.time() * 1000) + 60_000
+        bench.peers.deliver(hub.id, payload("invited", gid, "club", B.id, expires))
+        invites = wait_for(lambda: bench.groups().invites, WAIT_S, "the invitation is listed")
+        assert [(i.group_id, i.name, i.hub, i.inviter) for i in invites] == [
+            (gid, "club", hub.id, B.id)]
+        done, _ = bench.call(gm.Join(group_id=gid))
+        assert isinstance(done, gm.Done)
+        wait_for(lambda: [p for _, p in bench.peers.payloads("join", hub.id)
+                          if p.group_id == gid], WAIT_S, "a join payload to the hub")
+        now = int(time.time() * 1000)
+        snap = wire.Snapshot(1, 2, "club", True, 50, now, ((B.id, "admin", now),
+                                                          (NODE, "member", now)))
+        bench.peers.deliver(C.id, payload("state", gid, snap.pack()))  # not the hub asked
+        bench.peers.deliver(hub.id, payload("state", gid, snap.pack()))
+        g = wait_for(lambda: [g for g in bench.groups().groups if g.group_id == gid],
+                     WAIT_S, "the hub's state makes this node a member")[0]
+        assert (g.hub, g.member, g.seq) == (hub.id, True, 2)
+        assert bench.groups().invites == [], "an accepted invitation is gone"
+        # a plain member may not do what admins do
+        for body in (gm.Kick(group_id=gid, node_id=B.id),
+                     gm.SetRole(group_id=gid, node_id=B.id, role="member"),
+                     gm.InviteMember(group_id=gid, node_id=C.id)):
+            err = bench.error(body)
+            assert (err.code, err.name) == (520, "failed"), (body, err)
+
     # the hub
 
     def test_a_join_from_an_invited_node_is_ordered_and_sent_to_the_members(
@@ -342,6 +389,25 @@ class TestGroupsRole:
             assert [e.seq for e in msgs] == sorted(e.seq for e in msgs), "sent in order"
         assert bench.group(gid).seq == base + 3
         assert not bench.peers.payloads("entries", C.id)
+
+    def test_a_message_sent_again_is_ordered_once_and_the_sender_learns_its_place_again(
+            self, bench: Bench) -> None:
+        gid = bench.hosted(joined=(A, B))
+        mid, raw = A.msg(gid, b"once")
+        bench.peers.deliver(A.id, raw)
+        first = bench.ordered(A, gid, mid)
+        bench.peers.deliver(A.id, raw)  # its sender did not hear back: it sends it again
+        wait_for(lambda: len([e for e in bench.peers.entries(A.id, gid)
+                              if e.kind == "msg" and e.args[1] == mid]) >= 2, WAIT_S,
+                 "the sender is told the message's place again")
+        again = [e for e in bench.peers.entries(A.id, gid) if e.kind == "msg"
+                 and e.args[1] == mid]
+        assert [e.seq for e in again] == [first.seq, first.seq]
+        closing, closer = A.msg(gid, b"next")
+        bench.peers.deliver(A.id, closer)
+        assert bench.ordered(B, gid, closing).seq == first.seq + 1
+        assert [e.seq for e in bench.peers.entries(B.id, gid) if e.kind == "msg"] == [
+            first.seq, first.seq + 1], "the others get it once"
 
     def test_a_message_from_a_non_member_is_refused_not_ordered_and_counted(
             self, bench: Bench) -> None:
