@@ -357,6 +357,30 @@ class TestGroupsRole:
         g = bench.group(gid)
         assert {m.node_id for m in g.members} == {NODE, A.id, B.id} and g.seq == created + 2
 
+    def test_a_join_to_an_open_group_needs_no_invitation(self, bench: Bench) -> None:
+        reply, _ = bench.call(gm.Create(name="open", invite_only=False))
+        assert isinstance(reply, gm.CreateReply)
+        gid = reply.group_id
+        assert bench.group(gid).invite_only is False
+        bench.peers.deliver(C.id, payload("join", gid))
+        assert C.id in {n for n, _, _ in bench.state_to(C, gid).members}
+
+    def test_a_kicked_member_is_told_and_its_messages_are_refused_afterwards(
+            self, bench: Bench) -> None:
+        gid = bench.hosted(joined=(A, B))
+        done, _ = bench.call(gm.Kick(group_id=gid, node_id=A.id))
+        assert isinstance(done, gm.Done)
+        for member in (A, B):
+            wait_for(lambda m=member: [e for e in bench.peers.entries(m.id, gid)
+                                       if e.kind == "kicked" and e.args[0] == A.id], WAIT_S,
+                     "the kicked entry goes to the members and to the one kicked")
+        assert {m.node_id for m in bench.group(gid).members} == {NODE, B.id}
+        late_mid, late = A.msg(gid, b"still here?")
+        bench.peers.deliver(A.id, late)
+        wait_for(lambda: [p for _, p in bench.peers.payloads("refused", A.id)
+                          if p.args[0] == "msg"], WAIT_S, "a refused payload to the kicked node")
+        assert not [e for e in bench.peers.entries(B.id, gid) if e.kind == "msg"]
+
     def test_a_join_from_a_node_not_invited_is_refused_and_not_ordered(
             self, bench: Bench) -> None:
         gid = bench.create(members=(A,))
@@ -548,7 +572,7 @@ class TestGroupsRole:
         gid = bench.hosted(joined=(A, B))
         mid, raw = A.msg(gid, b"before")
         last = bench.peers.deliver(A.id, raw)
-        bench.ordered(B, gid, mid)
+        first = bench.ordered(B, gid, mid)
         before = len(bench.peers.sent)
         bench.kill()
         bench.start()
@@ -562,7 +586,7 @@ class TestGroupsRole:
         assert {s.kind() for s in again} == {"entries"}, [s.kind() for s in again]
         assert {x.args[1] for s in again for x in s.payload.args[2]} == {mid2}, \
             "nothing handled before the kill is handled again"
-        assert e.seq == bench.group(gid).seq
+        assert e.seq == first.seq + 1 == bench.group(gid).seq, "the log goes on where it was"
 
     def test_a_missed_envelope_is_read_from_the_inbox_in_order(self, bench: Bench) -> None:
         gid = bench.create(members=(A, B))
