@@ -370,12 +370,13 @@ class TestGroupsRole:
         gid = bench.hosted(joined=(A, B))
         done, _ = bench.call(gm.Kick(group_id=gid, node_id=A.id))
         assert isinstance(done, gm.Done)
-        for member in (A, B):
-            wait_for(lambda m=member: [e for e in bench.peers.entries(m.id, gid)
-                                       if e.kind == "kicked" and e.args[0] == A.id], WAIT_S,
-                     "the kicked entry goes to the members and to the one kicked")
+        def kicked(to: Other) -> list[wire.Entry]:
+            return [e for e in bench.peers.entries(to.id, gid)
+                    if e.kind == "kicked" and e.args[0] == A.id]
+        wait_for(lambda: kicked(A) and kicked(B), WAIT_S,
+                 "the kicked entry goes to the members and to the one kicked")
         assert {m.node_id for m in bench.group(gid).members} == {NODE, B.id}
-        late_mid, late = A.msg(gid, b"still here?")
+        _, late = A.msg(gid, b"still here?")
         bench.peers.deliver(A.id, late)
         wait_for(lambda: [p for _, p in bench.peers.payloads("refused", A.id)
                           if p.args[0] == "msg"], WAIT_S, "a refused payload to the kicked node")
