@@ -1,11 +1,11 @@
 """A test of the groups contract suite: it must fail deliberately wrong implementations.
 
-Each mutant (tests/contract/mutants/) is the real groups service with one rule broken. The
+Each mutant (tests/contract/groups_mutants/) is the real groups service with one rule broken. The
 suite is run against it exactly as against any implementation, through
 ``TOM_CONTRACT_CMD``, and the checks named here must fail; the same checks must pass
 against the unbroken service started through the same runner (the control), so a failure
 is the mutation's doing. The whole suite can be run against a mutant by hand (see
-mutants/__init__.py).
+groups_mutants/__init__.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "tests/contract/test_groups_contract.py::TestGroupsRole::"
-TEMPLATE = ("{python} -m tests.contract.mutants %s {role} --data {data} "
+TEMPLATE = ("{python} -m tests.contract.groups_mutants %s {role} --data {data} "
             "--endpoints {endpoints}")
 
 KILLED_BY: dict[str, list[str]] = {
