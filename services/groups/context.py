@@ -79,10 +79,12 @@ class Context:
             self.local.append((to, raw))
             return
         signal = kind in SIGNALS
-        self.actions.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s,
-                                                   signal=signal),
-                                 ("sent", to, raw, lifetime_s if not signal else 0.0),
-                                 blobs=(raw,)))
+        # held until the commit of what made it: a crash never sends a payload whose cause
+        # is undone (a key the restarted service would draw again, differently)
+        self.held.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s,
+                                                signal=signal),
+                              ("sent", to, raw, lifetime_s if not signal else 0.0),
+                              blobs=(raw,)))
 
     def fan(self, to: bytes, gid: str, e: wire.Entry) -> None:
         """An entry for ``to``; entries for one node leave together at the flush."""

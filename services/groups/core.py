@@ -74,9 +74,12 @@ class GroupsCore(Core):
         self._asked_id = False
         self._waiting: list[Request] = []
         self._cursor = 0
+        self._announced = 0
+        """The highest inbox seq announced: one announced during a read is read after it."""
         self._pulling = False
         self._next_tick = 0.0
         self._history: dict[int, _History] = {}
+        self._history_keys = 0
         self._retry: list[tuple[float, Any]] = []
 
     @property
@@ -111,6 +114,7 @@ class GroupsCore(Core):
                 if not self._pulling and seq == self._cursor + 1 and blobs:
                     self._intake(seq, sender, blobs[0], now)
                 elif seq > self._cursor:
+                    self._announced = max(self._announced, seq)  # read after a pull too
                     self._pull()
             case PeerReplied(token=("pull",), body=rm.InboxReply(messages=rows, tail=tail)):
                 self._pulling = False
@@ -121,6 +125,8 @@ class GroupsCore(Core):
                     self._pull()
                 elif tail > self._cursor:  # what is left was purged
                     self._advance(tail)
+                if self._announced > self._cursor:  # announced while the read was made
+                    self._pull()
             case PeerFailed(token=("pull",)):
                 self._pulling = False
                 self._retry.append((now + 1.0, ("pull",)))
@@ -348,6 +354,11 @@ class GroupsCore(Core):
             ctx.actions.append(Fail(req.ctx, ErrorCode.TOO_LARGE, f"text of {len(text)} bytes "
                                     f"exceeds {wire.MAX_TEXT}"))
             return
+        try:
+            text.decode()
+        except UnicodeDecodeError:
+            ctx.actions.append(Fail(req.ctx, ErrorCode.INVALID, "the text is not UTF-8"))
+            return
         mid = body.id or ctx.randbytes(16)
         if body.id is not None and (ctx.store.has_out(g.group_id, mid) or
                                     ctx.store.has_message(g.group_id, ctx.node_id, mid)):
@@ -362,7 +373,8 @@ class GroupsCore(Core):
         if g is None:
             return
         entries = ctx.store.messages_after(g.group_id, body.after, body.limit)
-        key = id(req) ^ len(self._history)
+        self._history_keys += 1
+        key = self._history_keys
         calls = []
         for e in entries:
             sender, mid, epoch, ct = e.args

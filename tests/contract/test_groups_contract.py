@@ -609,10 +609,6 @@ class TestGroupsRole:
                  "router.inbox again after the router's incarnation changed")
         bench.state_to(A, gid)
 
-    @pytest.mark.xfail(strict=True, reason="bug: an envelope announced while a router.inbox "
-                       "read is in flight is dropped (GroupsCore.handle, EventReceived while "
-                       "_pulling), and the reply, older than it, does not lead to another read: "
-                       "it waits for the next envelope or a router restart")
     def test_an_envelope_announced_during_an_inbox_read_is_not_left_behind(
             self, bench: Bench) -> None:
         gid = bench.create(members=(A, B))
