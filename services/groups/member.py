@@ -19,6 +19,8 @@ MAX_EARLY_KEYS = 64
 """Sender keys held per group from nodes that are not members yet (a joiner's key can
 overtake the hub's entry that admits it)."""
 SYNC_EVERY_S = 2.0
+KEY_WAIT_S = 10.0
+"""How long a message waiting for its sender's key holds back the later ones' events."""
 
 
 class Member:
@@ -32,6 +34,9 @@ class Member:
         self.joining: dict[str, bytes] = {}
         """group -> the hub asked to admit (or create) it: only it may send the state."""
         self.resent: dict[str, float] = {}
+        self.showing: dict[str, dict[int, Any]] = {}
+        """group -> seq -> when it began waiting (wall s), or (event, blobs) once opened, or
+        None (could not be opened): what is published, in order, by :meth:`release`."""
         self.failover: Any = None
         """The :class:`~.failover.Failover` that judges higher terms (set by the core)."""
 
@@ -169,6 +174,7 @@ class Member:
         ctx.store.delete_group(g.group_id)
         ctx.groups.pop(g.group_id, None)
         self.buffered.pop(g.group_id, None)
+        self.showing.pop(g.group_id, None)
         ctx.publish(gm.GroupChanged(group_id=g.group_id, change=change, hub=g.hub,  # type: ignore[arg-type]
                                     term=g.term))
 
@@ -297,6 +303,9 @@ class Member:
     def open(self, gid: str, e: Entry) -> None:
         ctx = self.ctx
         sender, _mid, epoch, ct = e.args
+        showing = self.showing.setdefault(gid, {})
+        if len(showing) < 2 * MAX_BUFFERED:
+            showing.setdefault(e.seq, ctx.wall())
         key = ctx.store.key(gid, sender, epoch)
         if key is None:
             waiting = self.waiting.setdefault((gid, sender, epoch), [])
@@ -312,12 +321,34 @@ class Member:
         if gid not in ctx.groups:
             return
         ctx.store.mark_shown(gid, e.seq)
+        showing = self.showing.setdefault(gid, {})
         if not ok:
             ctx.count("undecryptable")
+            showing[e.seq] = None
+        else:
+            ctx.count("received")
+            showing[e.seq] = (gm.MessageReceived(group_id=gid, seq=e.seq, id=e.args[1],
+                                                 sender=e.args[0], timestamp_ms=e.ts_ms),
+                              blobs[:1])
+        self.release(gid)
+
+    def release(self, gid: str) -> None:
+        """Publish the opened messages in group order: one still waiting for its sender's
+        key holds the later ones back for ``KEY_WAIT_S``, then they go on without it (it
+        follows when its key comes; its seq says where it belongs)."""
+        showing = self.showing.get(gid)
+        if not showing:
             return
-        ctx.count("received")
-        ctx.publish(gm.MessageReceived(group_id=gid, seq=e.seq, id=e.args[1], sender=e.args[0],
-                                       timestamp_ms=e.ts_ms), blobs[:1])
+        now = self.ctx.wall()
+        for seq in sorted(showing):
+            v = showing[seq]
+            if isinstance(v, float):
+                if now - v < KEY_WAIT_S:
+                    return
+                continue
+            del showing[seq]
+            if v is not None:
+                self.ctx.publish(v[0], v[1])
 
     def reopen(self, gid: str) -> None:
         """After a restart: what was ordered but not shown yet."""
@@ -350,6 +381,10 @@ class Member:
                 ctx.send(g.hub, "msg", g.group_id, mid, epoch, ct)
 
     def tick(self, now: float) -> None:
+        for gid in list(self.showing):
+            self.release(gid)
+            if not self.showing[gid]:
+                del self.showing[gid]
         for g in list(self.ctx.groups.values()):
             if self.ctx.node_id in g.members and self.ctx.store.outbox(g.group_id):
                 self.resend(g, now)

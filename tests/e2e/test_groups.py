@@ -93,6 +93,32 @@ class GroupNode(RealNode):
         self.client = Client(DataDir(self.data))
 
 
+class GroupEvents:
+    """A subscriber to a node's groups events (what an app listening to the group sees)."""
+
+    def __init__(self, node: GroupNode) -> None:
+        import zmq
+
+        from shared import endpoints as ep
+        from shared.bus import socket
+        self.sub = socket(zmq.Context.instance(), zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"groups.message")
+        node.client.bus.connect(self.sub, "groups",
+                                ep.load(DataDir(node.data).endpoints)["groups"].events)
+        self.seqs: list[int] = []
+
+    def poll(self, gid: str) -> list[int]:
+        from shared.wire import decode
+        while self.sub.poll(0):
+            body = decode(self.sub.recv_multipart()[1:]).body
+            if isinstance(body, gm.MessageReceived) and body.group_id == gid:
+                self.seqs.append(body.seq)
+        return self.seqs
+
+    def close(self) -> None:
+        self.sub.close(0)
+
+
 def send(node: GroupNode, gid: str, text: str, client: Client | None = None) -> bytes:
     """Hand a message over (same id on every retry); its id once the service stored it."""
     mid = os.urandom(16)
@@ -177,6 +203,7 @@ def test_every_member_gets_every_message_once_in_one_order(
     members = [a, b, c, d]
     marker = f"secret-{hub_name}-{os.urandom(4).hex()}"
     sent: dict[str, list[bytes]] = {m.name: [] for m in members}
+    listening = GroupEvents(b)  # subscribed before anything is sent
 
     def writer(m: GroupNode) -> None:
         client = Client(DataDir(m.data))
@@ -201,6 +228,10 @@ def test_every_member_gets_every_message_once_in_one_order(
         assert set(seen.values()) == {1}, f"{m.name} has a message twice"
     orders = {m.name: order(m, gid) for m in members}
     assert all(o == orders["a"] for o in orders.values()), "members disagree on the order"
+    # an app listening on B got each message once, in the group's order
+    until("B's app got 400 events", lambda: len(listening.poll(gid)) >= 400, 30)
+    listening.close()
+    assert listening.seqs == sorted(set(listening.seqs)) == [m.seq for m in b.history(gid)]
     # nothing readable on the hub: its databases (with their WAL files) and its logs
     assert plaintext_in(hub.data, marker.encode()) == []
 
