@@ -27,7 +27,7 @@ from shared.envelope import BadSignature, EnvelopeError, GroupCiphertext
 
 from . import wire
 from .context import Context
-from .hub import Hub
+from .hub import FAN_BATCH_BYTES, Hub
 from .member import Member
 from .state import GroupState
 from .wire import Entry
@@ -146,8 +146,13 @@ class Failover:
             ctx.count("terms_granted")
         for claimant, term, seq in p.claims:
             ok = self.granted.get(gid) == (term, claimant)
-            packed = [e.pack() for e in ctx.store.messages_after(gid, seq, wire.MAX_ENTRIES)] \
-                if ok else []
+            packed: list[list[object]] = []
+            size = 0
+            for e in ctx.store.messages_after(gid, seq, wire.MAX_ENTRIES) if ok else []:
+                size += len(e.args[3]) + 100
+                if packed and size > FAN_BATCH_BYTES:  # what the router carries; the rest
+                    break  # comes again from its senders
+                packed.append(e.pack())
             ctx.send(claimant, "claimed", gid, term, not ok, g.seq, packed)
         for sender, term, last, entries in p.held:
             self.member.entries(sender, gid, term, last, entries, now)
@@ -204,9 +209,12 @@ class Failover:
         del self.claims[g.group_id]
         if g.hub == ctx.node_id or g.term >= c.term:
             return  # another successor won meanwhile
-        if c.asked and not c.granted:  # the hub answers the others, or nobody answers us
+        if c.asked and 2 * len(c.granted) < len(c.asked):
+            # at least half the others must have granted: two successors on two sides of a
+            # partition would otherwise both open this term, and the group stay split
             ctx.heard[g.group_id] = now
             ctx.count("claims_dropped")
+            ctx.count("claims_unanswered")
             return
         self.take_over(g, c, now)
 
@@ -232,8 +240,8 @@ class Failover:
         self.hub.append(g, "hub", ctx.node_id, g.hub, now=now, term=c.term, fan=False)
         ctx.count("takeovers")
         for node in g.members:
-            if node != ctx.node_id:
-                after = min(c.answered.get(node, c.base), g.seq)
+            if node != ctx.node_id:  # from the hub entry at the latest (g.seq is its seq)
+                after = min(c.answered.get(node, c.base), g.seq - 1)
                 for entry in ctx.store.entries_after(g.group_id, after, wire.MAX_ENTRIES):
                     ctx.fan(node, g.group_id, entry)
         self.member.resend(g, now, force=True)
@@ -243,6 +251,11 @@ class Failover:
     def on_claim(self, sender: bytes, gid: str, term: int, seq: int, now: float) -> None:
         ctx = self.ctx
         g = ctx.groups.get(gid)
+        if g is not None and term <= g.term and sender in g.members and g.term > 1:
+            # a term that is taken: the claimant missed it (it was cut off); tell it
+            ctx.count("rejected_claims")
+            ctx.send(sender, "stale", gid, g.term, g.hub, self.base(g))
+            return
         if g is None or term <= g.term or sender not in g.successors() or \
                 ctx.node_id not in g.members:
             ctx.count("rejected_claims")
@@ -271,6 +284,10 @@ class Failover:
             ctx.count("rejected_stale_term")
             ctx.send(sender, "stale", gid, g.term, g.hub, self.base(g))
             return
+        if term > g.term and sender in g.successors() and sender != g.hub:
+            ctx.count("newer_beats")  # a hub of a term this node missed: ask it for the log
+            self.member.sync(g, now, to=sender)
+            return
         if sender != g.hub or term != g.term:
             ctx.count("rejected_not_hub")
             return
@@ -293,7 +310,7 @@ class Failover:
         so."""
         ctx = self.ctx
         g = ctx.groups.get(gid)
-        if g is None or term <= g.term or sender not in g.members or \
+        if g is None or term <= g.term or (sender not in g.members and sender != g.hub) or \
                 hub not in g.successors() or hub == ctx.node_id:
             ctx.count("rejected_stale")
             return
@@ -307,6 +324,9 @@ class Failover:
             ctx.count("stepped_down")
             self.granted[gid] = (term, hub)
             self.stale_from.pop(gid, None)
+            for node in g.members:  # those that followed this hub learn it too
+                if node not in said and node not in (ctx.node_id, hub):
+                    ctx.send(node, "stale", gid, term, hub, base)
         ctx.count("stale_hints")
         self.member.synced.pop(gid, None)
         ctx.send(hub, "sync", gid, max(0, min(base, g.seq + 1) - 1))

@@ -44,7 +44,7 @@ class Hub:
         also to ``extra``: a member just removed learns it)."""
         e = Entry(g.seq + 1, term or g.term, self.ctx.now_ms(), kind, args)
         targets = [n for n in g.members if n not in (skip, self.ctx.node_id)] if fan else []
-        if extra and extra != self.ctx.node_id:
+        if extra and extra != self.ctx.node_id and extra not in targets:
             targets.append(extra)
         self.member.apply(g, e, self.ctx.node_id, now)
         for node in targets:
@@ -57,19 +57,20 @@ class Hub:
         ctx = self.ctx
         for (to, gid), entries in ctx.fanout.items():
             g = ctx.groups.get(gid)
-            if g is None:
-                continue
+            # a group that just ended (its last member left) still tells that member
+            term, last = (g.term, g.seq) if g is not None else (entries[-1].term,
+                                                                 entries[-1].seq)
             chunk: list[Any] = []
             size = 0
             for e in entries:
                 packed = e.pack()
                 n = len(e.args[3]) + 100 if e.kind == "msg" else 200
                 if chunk and (size + n > FAN_BATCH_BYTES or len(chunk) >= wire.MAX_ENTRIES):
-                    ctx.send(to, "entries", gid, g.term, g.seq, chunk)
+                    ctx.send(to, "entries", gid, term, last, chunk)
                     chunk, size = [], 0
                 chunk.append(packed)
                 size += n
-            ctx.send(to, "entries", gid, g.term, g.seq, chunk)
+            ctx.send(to, "entries", gid, term, last, chunk)
         ctx.fanout.clear()
 
     def refuse(self, to: bytes, gid: str, what: str, why: str) -> None:
@@ -213,6 +214,12 @@ class Hub:
         if first > after + 1:  # what it misses is purged (older than history_s)
             self.ctx.send(sender, "state", g.group_id, g.snapshot().pack())
             return
+        opening = self.ctx.store.first_of_term(g.group_id, g.term)
+        if opening is not None and opening.kind == "hub" and opening.seq <= after:
+            # the entry that opened this term, also to a node that asks from past it: one
+            # still in an older term sets aside what it holds from there on (it cannot know
+            # where the term began; a stale hint gives only the informer's last seq)
+            self.ctx.fan(sender, g.group_id, opening)
         for e in entries:
             self.ctx.fan(sender, g.group_id, e)
         if not entries:

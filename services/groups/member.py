@@ -31,6 +31,8 @@ class Member:
         """(group, sender, epoch) -> messages waiting for that sender key."""
         self.early_keys: dict[str, dict[tuple[bytes, int], bytes]] = {}
         self.synced: dict[str, float] = {}
+        self.want_sync: dict[str, bytes | None] = {}
+        """group -> whom to ask (None: the hub), for a sync put off by SYNC_EVERY_S."""
         self.joining: dict[str, bytes] = {}
         """group -> the hub asked to admit (or create) it: only it may send the state."""
         self.resent: dict[str, float] = {}
@@ -39,6 +41,14 @@ class Member:
         None (could not be opened): what is published, in order, by :meth:`release`."""
         self.failover: Any = None
         """The :class:`~.failover.Failover` that judges higher terms (set by the core)."""
+        self.greeted: dict[str, set[bytes]] = {}
+        """group -> members this node, since it joined, answered with its own key. Each
+        member gives a joiner its key when it applies the join, so the answer reaches it
+        after the join too: the joiner's first key may have reached it earlier, before the
+        leave of the joiner's previous membership, which then forgot it."""
+        self.opening: set[tuple[str, bytes, bytes]] = set()
+        """(group, sender, message id) of the messages crypto is opening: one that comes
+        back at a new place meanwhile (a truncated term) is not opened and shown twice."""
 
     # -- the log --------------------------------------------------------------------------
 
@@ -66,8 +76,8 @@ class Member:
                 return
         if g.group_id not in ctx.groups:
             return  # this node left or was removed
-        if buf or last > g.seq:
-            self.sync(g, now)
+        if buf or last > g.seq:  # a newer term's hub (its hub entry missed): ask it
+            self.sync(g, now, to=sender if term > g.term else None)
 
     def authorised(self, g: GroupState, sender: bytes, term: int, last: int,
                    entries: tuple[Entry, ...], now: float) -> bool:
@@ -99,11 +109,14 @@ class Member:
         ctx.store.put_group(g)
         ctx.count("log_truncated")
 
-    def sync(self, g: GroupState, now: float, force: bool = False) -> None:
+    def sync(self, g: GroupState, now: float, force: bool = False,
+             to: bytes | None = None) -> None:
         if not force and now - self.synced.get(g.group_id, -1e9) < SYNC_EVERY_S:
+            self.want_sync[g.group_id] = to  # asked again at a tick, not dropped
             return
+        self.want_sync.pop(g.group_id, None)
         self.synced[g.group_id] = now
-        self.ctx.send(g.hub, "sync", g.group_id, g.seq)
+        self.ctx.send(to or g.hub, "sync", g.group_id, g.seq)
 
     def apply(self, g: GroupState, e: Entry, source: bytes, now: float) -> bool:
         """Apply the next entry of ``g`` (ordered by this node as hub, or received from the
@@ -112,6 +125,9 @@ class Member:
         me = ctx.node_id
         if e.kind == "hub" and e.term <= g.term:
             ctx.count("rejected_stale_term")
+            return False
+        if e.kind == "hub" and (e.args[0] not in g.successors() or e.args[1] != g.hub):
+            ctx.count("rejected_hub_entries")  # only a successor replaces the hub it names
             return False
         if e.kind == "msg" and e.args[0] not in g.members:
             ctx.count("rejected_not_member")  # stored for the order, never shown
@@ -139,13 +155,18 @@ class Member:
                 self.member_event(g, e, node, "joined")
                 if was_member and node != me:
                     self.give_key(g, node, now)
+                    if g.group_id in self.greeted:  # it has this node's key: no answer
+                        self.greeted[g.group_id].add(node)
                     self.early(g)
             case "left" | "kicked":
                 node = e.args[0]
                 self.member_event(g, e, node, e.kind)
-                if node == me:
+                if node == me and g.hub != me:
                     self.remove(g, "left" if e.kind == "left" else "removed")
                     return False
+                if node == me:  # the hub goes on hosting the group, as a non-member
+                    self.stop_member(g, "left" if e.kind == "left" else "removed")
+                    return True
                 ctx.store.forget_keys(g.group_id, node)
                 if was_member:
                     self.rotate(g, now)  # what is sent from now on, the node cannot read
@@ -175,6 +196,15 @@ class Member:
         ctx.groups.pop(g.group_id, None)
         self.buffered.pop(g.group_id, None)
         self.showing.pop(g.group_id, None)
+        self.greeted.pop(g.group_id, None)
+        ctx.publish(gm.GroupChanged(group_id=g.group_id, change=change, hub=g.hub,  # type: ignore[arg-type]
+                                    term=g.term))
+
+    def stop_member(self, g: GroupState, change: str) -> None:
+        """This node, the hub, is no longer a member: it keeps ordering, holds no key."""
+        ctx = self.ctx
+        for node in (*g.members, ctx.node_id):
+            ctx.store.forget_keys(g.group_id, node)
         ctx.publish(gm.GroupChanged(group_id=g.group_id, change=change, hub=g.hub,  # type: ignore[arg-type]
                                     term=g.term))
 
@@ -203,6 +233,7 @@ class Member:
         creator = len(g.members) == 1 and g.is_admin(ctx.node_id)
         ctx.publish(gm.GroupChanged(group_id=gid, change="created" if creator else "joined",
                                     hub=g.hub, term=g.term))
+        self.greeted[gid] = set()
         self.rotate(g, now)
         self.early(g)
 
@@ -295,6 +326,10 @@ class Member:
         ctx.store.put_key(g.group_id, sender, epoch, key, ctx.now_ms())
         ctx.store.purge_keys(g.group_id, sender, epoch - 4)
         ctx.count("keys_received")
+        greeted = self.greeted.get(g.group_id)
+        if greeted is not None and sender not in greeted:
+            greeted.add(sender)
+            self.give_key(g, sender, 0.0)
         for e in self.waiting.pop((g.group_id, sender, epoch), []):
             self.open(g.group_id, e)
 
@@ -302,7 +337,7 @@ class Member:
 
     def open(self, gid: str, e: Entry) -> None:
         ctx = self.ctx
-        sender, _mid, epoch, ct = e.args
+        sender, mid, epoch, ct = e.args
         showing = self.showing.setdefault(gid, {})
         if len(showing) < 2 * MAX_BUFFERED:
             showing.setdefault(e.seq, ctx.wall())
@@ -313,14 +348,18 @@ class Member:
                 waiting.append(e)
             ctx.count("waiting_for_key")
             return
+        if (gid, sender, mid) in self.opening:
+            return
+        self.opening.add((gid, sender, mid))
         ctx.call("crypto", cm.GroupOpen(group_id=gid, sender=sender, key=key),
                  ("open", gid, e), blobs=(ct,))
 
     def opened(self, gid: str, e: Entry, ok: bool, blobs: tuple[bytes, ...]) -> None:
         ctx = self.ctx
+        self.opening.discard((gid, e.args[0], e.args[1]))
         if gid not in ctx.groups:
             return
-        ctx.store.mark_shown(gid, e.seq)
+        ctx.store.mark_shown_message(gid, e.args[0], e.args[1])  # wherever it is now
         showing = self.showing.setdefault(gid, {})
         if not ok:
             ctx.count("undecryptable")
@@ -385,6 +424,12 @@ class Member:
             self.release(gid)
             if not self.showing[gid]:
                 del self.showing[gid]
+        for gid, to in list(self.want_sync.items()):
+            g = self.ctx.groups.get(gid)
+            if g is None:
+                del self.want_sync[gid]
+            else:
+                self.sync(g, now, to=to)
         for g in list(self.ctx.groups.values()):
             if self.ctx.node_id in g.members and self.ctx.store.outbox(g.group_id):
                 self.resend(g, now)

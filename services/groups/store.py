@@ -117,6 +117,13 @@ class Store:
             "SELECT entry FROM log WHERE gid=? AND seq>? ORDER BY seq LIMIT ?",
             (gid, after, limit))]
 
+    def first_of_term(self, gid: str, term: int) -> Entry | None:
+        """The first entry of ``term`` in the log (the ``hub`` entry that opened it, when
+        this node has it)."""
+        row = self.db.execute("SELECT entry FROM log WHERE gid=? AND term=? AND seq>0 "
+                              "ORDER BY seq LIMIT 1", (gid, term)).fetchone()
+        return entry_decode(row[0]) if row else None
+
     def messages_after(self, gid: str, after: int, limit: int) -> list[Entry]:
         return [entry_decode(r[0]) for r in self.db.execute(
             "SELECT entry FROM log WHERE gid=? AND seq>? AND mid IS NOT NULL ORDER BY seq "
@@ -130,6 +137,9 @@ class Store:
 
     def mark_shown(self, gid: str, seq: int) -> None:
         self._w("UPDATE log SET shown=1 WHERE gid=? AND seq=?", (gid, seq))
+
+    def mark_shown_message(self, gid: str, sender: bytes, mid: bytes) -> None:
+        self._w("UPDATE log SET shown=1 WHERE gid=? AND sender=? AND mid=?", (gid, sender, mid))
 
     def truncate(self, gid: str, from_seq: int) -> list[Entry]:
         """Set aside the entries from ``from_seq`` on (ordered by a hub whose term ended
