@@ -8,7 +8,7 @@ messages they hold beyond its own last entry. A member asked (and a member that 
 entries of a higher term it did not grant) does not take the claimant's word: it *probes*
 the hub itself (``ping``, answered ``pong`` by a hub that hosts the group) and grants the new
 term only when its own probe goes unanswered within ``claim_wait_s``. The claimant takes over
-when at least one member granted (or it is the only other member): it orders what it
+when at least half of the members it asked granted (or there is nobody to ask): it orders what it
 collected under the same numbers and appends a ``hub`` entry that opens its term. So a member
 that forges a hub change while the hub is alive is refused by everyone (``rejected_not_hub``),
 and a successor cut off from everyone claims alone and never takes over.
