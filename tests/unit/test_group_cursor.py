@@ -1,0 +1,78 @@
+"""tom.client.GroupCursor: what an app is given of a group's messages, from events that can
+be missed or come out of order and history that leaves out what cannot be decrypted yet:
+each message once, in group order (late only when its gap was given up on)."""
+
+from __future__ import annotations
+
+import os
+
+from shared.primitives import SigningKey
+from shared.wire.messages import groups as gm
+from tom.client import HOLD_S, GroupCursor, GroupMessage
+
+SENDER = SigningKey(b"\x02" * 32).public
+GID = "g" + "00" * 12
+
+
+def msg(seq: int) -> GroupMessage:
+    return GroupMessage(gm.GroupMessage(group_id=GID, seq=seq, id=os.urandom(16),
+                                        sender=SENDER, timestamp_ms=0), f"m{seq}".encode())
+
+
+def seqs(out: list[GroupMessage]) -> list[int]:
+    return [m.seq for m in out]
+
+
+def test_in_order_and_each_once() -> None:
+    c = GroupCursor(3)
+    assert seqs(c.add(msg(4), 0)) == [4]
+    assert seqs(c.add(msg(5), 0)) == [5]
+    assert c.add(msg(5), 0) == [] and c.add(msg(2), 0) == []  # again, or before the start
+    assert c.done == 5 and not c.gap
+
+
+def test_a_message_after_a_gap_waits_for_the_missing_one() -> None:
+    c = GroupCursor(0)
+    assert c.add(msg(3), 0) == [] and c.gap  # 1 and 2 missing
+    assert c.add(msg(2), 0.5) == []
+    assert seqs(c.add(msg(1), 1.0)) == [1, 2, 3]
+    assert not c.gap and c.add(msg(2), 1.1) == []
+
+
+def test_a_membership_entry_closes_its_gap_at_once() -> None:
+    c = GroupCursor(1)
+    assert c.add(msg(3), 0) == []
+    assert seqs(c.not_message(2, 0.1)) == [3]
+    assert c.not_message(7, 0.2) == [] and seqs(c.add(msg(4), 0.3)) == [4]
+    assert c.add(msg(6), 0.3) == []
+    assert seqs(c.add(msg(5), 0.3)) == [5, 6]  # 7 known not to be a message
+    assert c.done == 7
+
+
+def test_a_gap_is_given_up_after_hold_s_and_its_message_still_comes_once() -> None:
+    c = GroupCursor(0)
+    c.not_message(1, 0)
+    assert c.add(msg(4), 10.0) == []
+    assert c.release(10.0 + HOLD_S - 0.01) == []
+    assert seqs(c.release(10.0 + HOLD_S)) == [4]  # 2 and 3: not messages, or late
+    assert seqs(c.add(msg(3), 20.0)) == [3]  # late (its key came late): yielded, once
+    assert c.add(msg(3), 20.1) == []
+    assert seqs(c.add(msg(2), 20.2)) == [2] and c.add(msg(2), 20.3) == []
+    assert seqs(c.add(msg(5), 21.0)) == [5]
+
+
+def test_a_new_gap_waits_its_own_time() -> None:
+    c = GroupCursor(0)
+    c.add(msg(2), 0)
+    assert seqs(c.add(msg(1), HOLD_S - 0.5)) == [1, 2]
+    assert c.add(msg(4), HOLD_S) == []  # 3 missing: a new wait from here
+    assert c.release(HOLD_S + 1) == []
+    assert seqs(c.release(2 * HOLD_S)) == [4]
+
+
+def test_a_group_first_seen_yields_what_it_already_held_once() -> None:
+    c = GroupCursor(5, (1, 5))  # the group held up to seq 5 when this client saw it
+    assert seqs(c.add(msg(3), 0)) == [3]  # from history or its (late) event
+    assert c.add(msg(3), 0) == []
+    assert seqs(c.add(msg(6), 0)) == [6]
+    assert seqs(c.add(msg(5), 0)) == [5] and c.late == [(1, 2), (4, 4)]
