@@ -839,13 +839,16 @@ class ChatApp(App[None]):
         elif isinstance(r, GroupList):
             self.groups = {g.group_id: g for g in r.reply.groups}
             self.invites = r.reply.invites
+            if not self.groups_ok:
+                self.groups_ok = True
+                self.redraw_status()
             for gid, what in list(self._asked.items()):
                 g = self.groups.get(gid)
                 if g is not None and g.member:
                     del self._asked[gid]
+                    self.switch(gid)
                     self.system(f"{what} {self.group_name(gid)} ({gid}): "
                                 f"{len(g.members)} members")
-                    self.switch(gid)
             self.redraw_peers()
             self.redraw_header()
             if r.show:

@@ -491,9 +491,8 @@ class Client:
             for gid, g in mine.items():
                 if start is None:  # from now on
                     self.cursors[gid] = GroupCursor(g.seq)
-                elif gid in start:
+                elif gid in start:  # (its history is read below)
                     self.cursors[gid] = GroupCursor(start[gid])
-                    self._pending_history.add(gid)
         for gid, g in mine.items():
             cursor = self.cursors.get(gid)
             if cursor is None:  # joined meanwhile (its event missed), or not in group_after
