@@ -78,8 +78,10 @@ Event = (Message | rm.StatusChanged | rm.PeerChanged | rm.PathChanged | GroupMes
 CATCH_UP_S = 1.0
 """``events`` asks the router (and the groups service) for missed messages at most this often
 (and on a gap)."""
-HOLD_S = 3.0
-"""How long a group message waits for a missing earlier one before it is yielded anyway."""
+HOLD_S = 5.0
+"""How long a group message waits for a missing earlier one before it is yielded anyway (a
+member's sender key can reach another member a second or two after the messages it opens,
+when the two have no direct path yet)."""
 GROUPS_RETRY_S = 5.0
 """After the groups service did not answer, ``events`` asks it again this much later (router
 events keep flowing meanwhile)."""
@@ -333,7 +335,8 @@ class Client:
     @property
     def group_after(self) -> dict[str, int]:
         """Per group, the seq up to which messages were yielded (or settled): what to pass
-        as ``group_after`` to continue later."""
+        as ``group_after`` to continue later. (A message given up on after ``HOLD_S`` and
+        still to come late when the app stops is not yielded after such a restart.)"""
         return {g: c.done for g, c in (self.cursors or {}).items()}
 
     # -- events ---------------------------------------------------------------------------
