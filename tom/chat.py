@@ -51,7 +51,7 @@ from shared.wire.messages.sys import StatusReply
 
 from .client import RETRYABLE, Client, Event, GroupMessage, Message
 from .display import printable
-from .group import resolve, resolve_invite
+from .group import n_members, resolve, resolve_invite
 from .node import NodeError
 from .peer import Peer, parse_peer
 
@@ -677,7 +677,7 @@ class ChatApp(App[None]):
             g = self.groups.get(self.room)
             where = f"Group → {self.group_name(self.room)} ({self.room})"
             if g is not None:
-                where += f", {len(g.members)} members"
+                where += f", {n_members(g)}"
         elif self.peer:
             where = f"Peer → {self.name_of(self.peer)}"
         else:
@@ -848,7 +848,7 @@ class ChatApp(App[None]):
                     del self._asked[gid]
                     self.switch(gid)
                     self.system(f"{what} {self.group_name(gid)} ({gid}): "
-                                f"{len(g.members)} members")
+                                f"{n_members(g)}")
             self.redraw_peers()
             self.redraw_header()
             if r.show:
@@ -946,7 +946,7 @@ class ChatApp(App[None]):
         if not mine and not self.invites:
             self.system("no groups (/create NAME [ID...] makes one)")
         for g in mine:
-            self.system(f"{g.group_id} {printable(g.name, 64)}: {len(g.members)} members, hub "
+            self.system(f"{g.group_id} {printable(g.name, 64)}: {n_members(g)}, hub "
                         f"{self.name_of(g.hub)}")
         for i in self.invites:
             self.system(f"{i.group_id} {printable(i.name, 64)}: invited by "

@@ -78,10 +78,16 @@ Event = (Message | rm.StatusChanged | rm.PeerChanged | rm.PathChanged | GroupMes
 CATCH_UP_S = 1.0
 """``events`` asks the router (and the groups service) for missed messages at most this often
 (and on a gap)."""
-HOLD_S = 5.0
-"""How long a group message waits for a missing earlier one before it is yielded anyway (a
-member's sender key can reach another member a second or two after the messages it opens,
-when the two have no direct path yet)."""
+GAP_GRACE_S = 1.0
+"""A group message after a gap waits at least this long for the missing one (its event may
+be on its way, or crypto still opening it)..."""
+HOLD_S = 60.0
+"""... and at most this long while the groups service holds messages waiting for their
+sender's key (``waiting_for_key`` in its ``sys.status`` queues): a member's key can reach
+another member seconds after the messages it opens, when the two have no path yet. With none
+waiting, a gap is an entry that is not a message (a new hub), or one never to be shown."""
+KEYS_EVERY_S = 1.0
+"""``events`` asks the groups service whether messages wait for keys at most this often."""
 GROUPS_RETRY_S = 5.0
 """After the groups service did not answer, ``events`` asks it again this much later (router
 events keep flowing meanwhile)."""
@@ -98,9 +104,11 @@ class GroupCursor:
     ``groups.history``, which leaves out what this node cannot decrypt (yet). The log also
     holds entries that are not messages (membership changes, a new hub), and neither source
     says whether a missing seq is such an entry or a message still to come. So a message
-    after a gap is held until the gap fills, or for ``HOLD_S``; a ``groups.member`` event
-    (it carries the entry's seq) closes its gap at once. A message whose gap was given up on
-    and that comes later anyway is still yielded, once, late (its seq says where it belongs).
+    after a gap is held until the gap fills: at least ``GAP_GRACE_S``, then for as long as
+    the service says that messages wait for keys (at most ``HOLD_S``); a ``groups.member``
+    event (it carries the entry's seq) closes its gap at once. A message whose gap was given
+    up on and that comes later anyway is still yielded, once, late (its seq says where it
+    belongs).
 
     Pure (no I/O): the client feeds it and asks it what to yield.
     """
@@ -137,7 +145,14 @@ class GroupCursor:
             self.skip.add(seq)
         return self.release(now)
 
-    def release(self, now: float) -> list[GroupMessage]:
+    def stalled(self, now: float) -> bool:
+        """Whether messages have waited behind a gap for ``GAP_GRACE_S`` (whether keys are
+        awaited then decides)."""
+        return self._gap is not None and bool(self.held) and now - self._gap[1] >= GAP_GRACE_S
+
+    def release(self, now: float, keys_awaited: bool = True) -> list[GroupMessage]:
+        """What the held messages allow to yield now; ``keys_awaited``: whether the service
+        holds messages waiting for keys (if not, a gap is given up after ``GAP_GRACE_S``)."""
         out: list[GroupMessage] = []
         while True:
             nxt = self.done + 1
@@ -148,7 +163,8 @@ class GroupCursor:
             elif self.held:
                 if self._gap is None or self._gap[0] != nxt:
                     self._gap = (nxt, now)  # a new gap: its wait starts now
-                if now - self._gap[1] < HOLD_S:
+                waited = now - self._gap[1]
+                if waited < GAP_GRACE_S or keys_awaited and waited < HOLD_S:
                     break
                 first = min(self.held)  # given up: the gap's messages may still come, late
                 self._add_late(nxt, first - 1)
@@ -201,6 +217,9 @@ class Client:
         """Why the groups service did not answer the last time ``events`` asked it."""
         self._next_groups = 0.0
         self._pending_history: set[str] = set()
+        self._keys_checked = -KEYS_EVERY_S
+        self._awaited = True
+        self._waiting_before = 1
         """Groups whose history is still to be read from the start (first seen)."""
 
     # -- requests -------------------------------------------------------------------------
@@ -335,8 +354,8 @@ class Client:
     @property
     def group_after(self) -> dict[str, int]:
         """Per group, the seq up to which messages were yielded (or settled): what to pass
-        as ``group_after`` to continue later. (A message given up on after ``HOLD_S`` and
-        still to come late when the app stops is not yielded after such a restart.)"""
+        as ``group_after`` to continue later. (A message given up on and still to come late
+        when the app stops is not yielded after such a restart.)"""
         return {g: c.done for g, c in (self.cursors or {}).items()}
 
     # -- events ---------------------------------------------------------------------------
@@ -528,9 +547,28 @@ class Client:
         """Messages held behind a gap whose wait is over."""
         if self.cursors:
             now = time.monotonic()
-            for cursor in list(self.cursors.values()):
-                if cursor.gap:
-                    yield from cursor.release(now)
+            stalled = [c for c in self.cursors.values() if c.stalled(now)]
+            if stalled:
+                awaited = self._keys_awaited(now)
+                for cursor in stalled:
+                    yield from cursor.release(now, awaited)
+
+    def _keys_awaited(self, now: float) -> bool:
+        """Whether the groups service holds messages waiting for their sender's key (asked at
+        most every ``KEYS_EVERY_S``). No only when two answers in a row say none: a key that
+        came just before one is answered may still be opening its messages. Yes when it
+        does not answer: keep waiting."""
+        if now >= self._keys_checked + KEYS_EVERY_S:
+            self._keys_checked = now
+            try:
+                reply = self.bus.request("groups", Status())
+                assert isinstance(reply, StatusReply)
+                waiting = reply.queues.get("waiting_for_key", 0)
+            except WireError:
+                waiting = 1
+            self._awaited = waiting > 0 or self._waiting_before > 0
+            self._waiting_before = waiting
+        return self._awaited
 
     def _groups_failed(self, e: WireError) -> None:
         self.groups_error = str(e)

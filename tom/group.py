@@ -104,6 +104,10 @@ def group_of(client: Client, text: str) -> gm.GroupInfo:
     return resolve(client.groups().groups, text)
 
 
+def n_members(g: gm.GroupInfo) -> str:
+    return f"{len(g.members)} member{'s' if len(g.members) != 1 else ''}"
+
+
 def label(g: gm.GroupInfo | gm.Invite) -> str:
     return f"{printable(g.name, 64)} ({g.group_id})"
 
@@ -195,7 +199,7 @@ def cmd_join(data: DataDir, args: Any) -> int:
             return timed_out(args.timeout, "the hub has not admitted this node yet (not "
                              "invited, the group full, or the hub unreachable)")
     assert isinstance(g, gm.GroupInfo)
-    print(f"joined {label(g)}: {len(g.members)} members")
+    print(f"joined {label(g)}: {n_members(g)}")
     return 0
 
 
@@ -277,10 +281,10 @@ def cmd_list(data: DataDir, args: Any) -> int:
     if not listed.groups:
         print("no groups")
     else:
-        print(f"{'GROUP':25} {'NAME':20} {'MEMBERS':>7} {'ROLE':7} HUB")
+        print(f"{'GROUP':25} {'NAME':20} {'MEMBERS':>7} {'ROLE':8} HUB")
     for g in listed.groups:
         role = next((m.role for m in g.members if m.node_id == own), "hub only")
-        print(f"{g.group_id:25} {printable(g.name, 19):20} {len(g.members):>7} {role:7} "
+        print(f"{g.group_id:25} {printable(g.name, 19):20} {len(g.members):>7} {role:8} "
               f"{who(g.hub, own)}")
     if listed.invites:
         print("invitations (tom group join GROUP):")
@@ -304,7 +308,7 @@ def cmd_members(data: DataDir, args: Any) -> int:
         g = group_of(client, args.group)
         own = client.node_id()
         names = usernames(client)
-    print(f"{label(g)}: {len(g.members)} members, hub {who(g.hub, own)} (term {g.term})")
+    print(f"{label(g)}: {n_members(g)}, hub {who(g.hub, own)} (term {g.term})")
     for m in sorted(g.members, key=lambda m: (m.role != "admin", m.joined_ms)):
         notes = [n for n, yes in (("this node", m.node_id == own), ("hub", m.node_id == g.hub))
                  if yes]

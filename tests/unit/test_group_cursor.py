@@ -8,7 +8,7 @@ import os
 
 from shared.primitives import SigningKey
 from shared.wire.messages import groups as gm
-from tom.client import HOLD_S, GroupCursor, GroupMessage
+from tom.client import GAP_GRACE_S, HOLD_S, GroupCursor, GroupMessage
 
 SENDER = SigningKey(b"\x02" * 32).public
 GID = "g" + "00" * 12
@@ -49,25 +49,34 @@ def test_a_membership_entry_closes_its_gap_at_once() -> None:
     assert c.done == 7
 
 
-def test_a_gap_is_given_up_after_hold_s_and_its_message_still_comes_once() -> None:
+def test_a_gap_waits_while_keys_are_awaited_and_its_message_still_comes_once() -> None:
     c = GroupCursor(0)
     c.not_message(1, 0)
-    assert c.add(msg(4), 10.0) == []
-    assert c.release(10.0 + HOLD_S - 0.01) == []
-    assert seqs(c.release(10.0 + HOLD_S)) == [4]  # 2 and 3: not messages, or late
-    assert seqs(c.add(msg(3), 20.0)) == [3]  # late (its key came late): yielded, once
-    assert c.add(msg(3), 20.1) == []
-    assert seqs(c.add(msg(2), 20.2)) == [2] and c.add(msg(2), 20.3) == []
-    assert seqs(c.add(msg(5), 21.0)) == [5]
+    assert c.add(msg(4), 10.0) == [] and not c.stalled(10.0)
+    assert c.release(10.0 + GAP_GRACE_S - 0.01, keys_awaited=False) == []  # the grace
+    assert c.stalled(10.0 + GAP_GRACE_S)
+    assert c.release(10.0 + HOLD_S - 0.01, keys_awaited=True) == []  # a key may come
+    assert seqs(c.release(10.0 + HOLD_S, keys_awaited=True)) == [4]  # not forever
+    assert seqs(c.add(msg(3), 80.0)) == [3]  # late after all: yielded, once
+    assert c.add(msg(3), 80.1) == []
+    assert seqs(c.add(msg(2), 80.2)) == [2] and c.add(msg(2), 80.3) == []
+    assert seqs(c.add(msg(5), 81.0)) == [5]
+
+
+def test_with_no_key_awaited_a_gap_is_given_up_after_the_grace() -> None:
+    c = GroupCursor(0)
+    assert c.add(msg(2), 0) == []  # 1: a new hub's entry (its event carries no seq)
+    assert seqs(c.release(GAP_GRACE_S, keys_awaited=False)) == [2]
+    assert not c.gap and seqs(c.add(msg(3), GAP_GRACE_S)) == [3]
 
 
 def test_a_new_gap_waits_its_own_time() -> None:
     c = GroupCursor(0)
     c.add(msg(2), 0)
-    assert seqs(c.add(msg(1), HOLD_S - 0.5)) == [1, 2]
-    assert c.add(msg(4), HOLD_S) == []  # 3 missing: a new wait from here
-    assert c.release(HOLD_S + 1) == []
-    assert seqs(c.release(2 * HOLD_S)) == [4]
+    assert seqs(c.add(msg(1), GAP_GRACE_S - 0.5)) == [1, 2]
+    assert c.add(msg(4), GAP_GRACE_S) == []  # 3 missing: a new wait from here
+    assert c.release(2 * GAP_GRACE_S - 0.01, keys_awaited=False) == []
+    assert seqs(c.release(2 * GAP_GRACE_S, keys_awaited=False)) == [4]
 
 
 def test_a_group_first_seen_yields_what_it_already_held_once() -> None:
