@@ -86,7 +86,7 @@ HOLD_S = 60.0
 sender's key (``waiting_for_key`` in its ``sys.status`` queues): a member's key can reach
 another member seconds after the messages it opens, when the two have no path yet. With none
 waiting, a gap is an entry that is not a message (a new hub), or one never to be shown."""
-KEYS_EVERY_S = 1.0
+KEYS_EVERY_S = 0.5
 """``events`` asks the groups service whether messages wait for keys at most this often."""
 GROUPS_RETRY_S = 5.0
 """After the groups service did not answer, ``events`` asks it again this much later (router
@@ -113,15 +113,15 @@ class GroupCursor:
     Pure (no I/O): the client feeds it and asks it what to yield.
     """
 
-    def __init__(self, done: int, late: tuple[int, int] | None = None) -> None:
+    def __init__(self, done: int) -> None:
         self.done = done
         """Every seq up to this one is settled: yielded, not a message, or given up on."""
         self.held: dict[int, GroupMessage] = {}
         self.skip: set[int] = set()
         """Seqs above ``done`` known not to be messages."""
-        self.late: list[tuple[int, int]] = [late] if late and late[0] <= late[1] else []
+        self.late: list[tuple[int, int]] = []
         """Ranges (inclusive) at or below ``done`` where a message is still yielded if it
-        comes: a gap given up on, or what a group held when this client first saw it."""
+        comes: gaps given up on."""
         self.checked = done
         """The last log seq a history read covered."""
         self._gap: tuple[int, float] | None = None
@@ -216,11 +216,9 @@ class Client:
         self.groups_error: str | None = None
         """Why the groups service did not answer the last time ``events`` asked it."""
         self._next_groups = 0.0
-        self._pending_history: set[str] = set()
         self._keys_checked = -KEYS_EVERY_S
         self._awaited = True
         self._waiting_before = 1
-        """Groups whose history is still to be read from the start (first seen)."""
 
     # -- requests -------------------------------------------------------------------------
 
@@ -451,17 +449,13 @@ class Client:
                 return  # before the start: the cursors are set from the service's state
             m = GroupMessage(gm.GroupMessage(**body.model_dump()), msg.blobs[0])
             cursor = self._cursor(body.group_id)
-            if cursor is None:
-                return
             had_gap = cursor.gap
             yield from cursor.add(m, now)
             if cursor.gap and not had_gap:  # an event may have been missed: look now
                 yield from self._read_history(body.group_id, cursor)
         elif isinstance(body, gm.MemberChanged):
             if self.cursors is not None and body.seq:
-                cursor = self._cursor(body.group_id)
-                if cursor is not None:
-                    yield from cursor.not_message(body.seq, now)
+                yield from self._cursor(body.group_id).not_message(body.seq, now)
             yield body
         elif isinstance(body, gm.GroupChanged):
             if self.cursors is not None:
@@ -473,26 +467,14 @@ class Client:
         elif isinstance(body, gm.Invited | gm.SendStatus):
             yield body
 
-    def _cursor(self, gid: str) -> GroupCursor | None:
-        """The group's cursor; for a group first seen now, one that yields everything this
-        node holds of it (a group just joined: from the join on), read from history."""
+    def _cursor(self, gid: str) -> GroupCursor:
+        """The group's cursor; for a group first seen now, one from its start: everything
+        this node holds of it (a group just joined: from the join on; the entries before
+        are a gap given up on like any other, once no key is awaited)."""
         assert self.cursors is not None
         cursor = self.cursors.get(gid)
-        if cursor is not None:
-            return cursor
-        try:
-            seq = next((g.seq for g in self.groups().groups if g.group_id == gid), 0)
-        except WireError as e:
-            self._groups_failed(e)
-            return None
-        return self._first_seen(gid, seq)
-
-    def _first_seen(self, gid: str, seq: int) -> GroupCursor:
-        """A cursor for a group new to this client: what the group holds up to ``seq`` is
-        yielded from history (in order) or as its events come, what follows in order."""
-        assert self.cursors is not None
-        cursor = self.cursors[gid] = GroupCursor(seq, (1, seq))
-        self._pending_history.add(gid)
+        if cursor is None:
+            cursor = self.cursors[gid] = GroupCursor(0)  # its history: at the catch-up
         return cursor
 
     def _groups_catch_up(self) -> Iterator[Event]:
@@ -516,19 +498,13 @@ class Client:
                 elif gid in start:  # (its history is read below)
                     self.cursors[gid] = GroupCursor(start[gid])
         for gid, g in mine.items():
-            cursor = self.cursors.get(gid)
-            if cursor is None:  # joined meanwhile (its event missed), or not in group_after
-                cursor = self._first_seen(gid, g.seq)
-            if cursor.gap or g.seq > max(cursor.done, cursor.checked) \
-                    or gid in self._pending_history:
+            cursor = self._cursor(gid)  # new: joined meanwhile, or not in group_after
+            if cursor.gap or g.seq > max(cursor.done, cursor.checked):
                 yield from self._read_history(gid, cursor)
 
     def _read_history(self, gid: str, cursor: GroupCursor) -> Iterator[Event]:
-        """Feed the cursor what the group's history holds after it (and the late ranges of
-        a group first seen)."""
+        """Feed the cursor what the group's history holds after it."""
         after = cursor.done
-        if gid in self._pending_history and cursor.late:
-            after = min(after, cursor.late[0][0] - 1)
         try:
             for _ in range(HISTORY_PAGES):
                 page, seq = self.group_history(gid, after, 1000)
@@ -541,7 +517,6 @@ class Client:
         except WireError as e:
             self._groups_failed(e)
             return
-        self._pending_history.discard(gid)
 
     def _release_held(self) -> Iterator[Event]:
         """Messages held behind a gap whose wait is over."""

@@ -79,9 +79,9 @@ def test_a_new_gap_waits_its_own_time() -> None:
     assert seqs(c.release(2 * GAP_GRACE_S, keys_awaited=False)) == [4]
 
 
-def test_a_group_first_seen_yields_what_it_already_held_once() -> None:
-    c = GroupCursor(5, (1, 5))  # the group held up to seq 5 when this client saw it
-    assert seqs(c.add(msg(3), 0)) == [3]  # from history or its (late) event
-    assert c.add(msg(3), 0) == []
-    assert seqs(c.add(msg(6), 0)) == [6]
-    assert seqs(c.add(msg(5), 0)) == [5] and c.late == [(1, 2), (4, 4)]
+def test_a_group_first_seen_starts_at_its_first_message_once_no_key_is_awaited() -> None:
+    c = GroupCursor(0)  # a group just joined: its log starts after the join (seq 7 here)
+    assert c.add(msg(9), 0) == [] and c.add(msg(8), 0.1) == []
+    assert c.release(GAP_GRACE_S, keys_awaited=True) == []  # 8 may wait for its key
+    assert seqs(c.release(GAP_GRACE_S + 0.5, keys_awaited=False)) == [8, 9]
+    assert c.late == [(1, 7)] and c.add(msg(8), 2) == []
