@@ -697,3 +697,24 @@ def test_bot_answers_in_groups(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mine" not in out
     assert f"[bot] reply to #1: ordered as #5 in club ({GID})" in out
     assert "[bot] stopped: 2 received, 1 replied" in out
+
+
+def test_a_group_is_named_by_its_id_or_a_name_only_one_has() -> None:
+    from tom.group import resolve, resolve_invite
+
+    one, two, three = (group(f"g{i:024x}", n, [OWN, PEER]) for i, n in
+                       enumerate(("club", "twin", "twin")))
+    hosted = group("g" + "f" * 24, "hosted", [PEER])  # this node its hub, not a member
+    groups = [one, two, three, hosted]
+    assert resolve(groups, "club") is one and resolve(groups, two.group_id) is two
+    with pytest.raises(NodeError, match="2 groups are named 'twin': give the id"):
+        resolve(groups, "twin")
+    for nobody in ("hosted", hosted.group_id, "nothing"):
+        with pytest.raises(NodeError, match="not a group this node is in"):
+            resolve(groups, nobody)
+    invites = [gm.Invite(group_id=g, name=n, hub=PEER, inviter=PEER, expires_ms=1)
+               for g, n in (("g1", "a"), ("g2", "b"), ("g3", "b"))]
+    assert resolve_invite(invites, "a") is invites[0]
+    assert resolve_invite(invites, "g3") is invites[2] and resolve_invite(invites, "z") is None
+    with pytest.raises(NodeError, match="2 invitations are to groups named 'b'"):
+        resolve_invite(invites, "b")
