@@ -1,7 +1,9 @@
 """`tom chat`, `tom chat --bot` and `tom send`: chat over the node's app API (tom.client).
 
-    tom chat [PEER]            terminal chat (textual): delivery status of every message sent
+    tom chat [PEER]            terminal chat (textual): delivery status of every message sent,
+                               1:1 and in group rooms (/group NAME)
     tom chat --bot [PEER]      headless: print each message received, mark it read, echo it back
+                               (in groups too: it joins the groups it is invited to)
     tom send PEER TEXT         send one message and wait until it is delivered (or fails)
 
 PEER is a node id (64 hex or 52 base32 characters), optionally ``ID@host:port``: the node is
@@ -13,6 +15,12 @@ textual timer every 50 ms, so a router that is slow or down never freezes the sc
 shows an error line, and the link keeps retrying. Status events can be missed (ZeroMQ
 PUB/SUB while the router restarts), so the link also asks ``router.outbox`` every couple of
 seconds for the messages whose status may still move.
+
+Rooms: the 1:1 room holds every 1:1 message (sent to the current peer), and each group has a
+room of its own with a member pane. Group messages come from the client once each and in
+group order (tom.client.GroupCursor); a line is still placed by its seq, so one that comes
+late lands where it belongs. A message sent to a group waits at the bottom (``pending``)
+until its hub orders it, then moves to its place (``ordered``).
 """
 
 from __future__ import annotations
@@ -37,16 +45,24 @@ from textual.widgets import Input, Static
 from shared import nodeid
 from shared.paths import DataDir
 from shared.wire import BusTimeout, RemoteError, WireError
+from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
 from shared.wire.messages.sys import StatusReply
 
-from .client import RETRYABLE, Client, Event, Message
+from .client import RETRYABLE, Client, Event, GroupMessage, Message
 from .display import printable
+from .group import n_members, resolve, resolve_invite
 from .node import NodeError
+from .peer import Peer, parse_peer
 
 T = TypeVar("T")
 STATUS_RANK = {"pending": 0, "sent": 1, "relayed": 2, "delivered": 3, "read": 4}
 """Order of a sent message's statuses; ``failed`` is terminal (only before delivered)."""
+GROUP_STATUS_RANK = {"sending": 0, "pending": 1, "ordered": 2}
+"""A message sent to a group: stored by the groups service (pending), then ordered by the
+hub; ``failed`` only before it is ordered."""
+DIRECT = ""
+"""The room of 1:1 messages (group rooms are named by their group id)."""
 POLL_S = 0.05
 """UI timer period and the link's wait for events between commands."""
 PEERS_EVERY_S = 3.0
@@ -75,39 +91,19 @@ class AppClient(Protocol):
     def events(self, timeout_s: float = 0.0) -> Iterator[Event]: ...
     def close(self) -> None: ...
 
+    groups_error: str | None
+
+    def groups(self) -> gm.ListReply: ...
+    def group_create(self, name: str, members: list[bytes] | tuple[bytes, ...] = (),
+                     hub: bytes | None = None, invite_only: bool = True) -> str: ...
+    def group_invite(self, group_id: str, node_id: bytes) -> None: ...
+    def group_join(self, group_id: str, hub: bytes | None = None) -> None: ...
+    def group_leave(self, group_id: str) -> None: ...
+    def group_send(self, group_id: str, text: bytes | str, deadline_s: float = 30.0,
+                   msg_id: bytes | None = None) -> bytes: ...
+
 
 # -- helpers shared by the three commands ---------------------------------------------------
-
-@dataclass(frozen=True)
-class Peer:
-    node_id: bytes
-    host: str = ""
-    port: int = 0
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return (self.host, self.port) if self.host else None
-
-
-def parse_peer(text: str) -> Peer:
-    """``ID`` or ``ID@host:port`` (``ID@[v6]:port`` for IPv6); raises NodeError."""
-    ident, at, addr = text.strip().partition("@")
-    try:
-        node_id = nodeid.parse(ident)
-    except nodeid.InvalidNodeId as e:
-        raise NodeError(f"not a node id: {e}") from None
-    if not at:
-        return Peer(node_id)
-    host, colon, port_text = addr.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = 0
-    if not colon or not host or not 1 <= port <= 65535:
-        raise NodeError(f"{addr!r}: expected host:port after '@' (port 1-65535)")
-    return Peer(node_id, host, port)
-
 
 def short(node_id: bytes) -> str:
     return nodeid.short(node_id)
@@ -142,6 +138,25 @@ def moves(old: str, new: str) -> bool:
     return STATUS_RANK.get(new, -1) > STATUS_RANK.get(old, -1)
 
 
+def group_moves(old: str, new: str) -> bool:
+    """Whether a group message's status may replace another (pending, ordered; failed)."""
+    if old in ("failed", "ordered") or old == new:
+        return False
+    if new == "failed":
+        return True
+    return GROUP_STATUS_RANK.get(new, -1) > GROUP_STATUS_RANK.get(old, -1)
+
+
+def place(seqs: list[int | None], seq: int) -> int | None:
+    """Where a group message with ``seq`` goes among the group lines of a room (their seqs,
+    top to bottom; None: a message of ours not ordered yet, which stays at the bottom): the
+    index of the line to put it before, or None for after the last one."""
+    for i, s in enumerate(seqs):
+        if s is None or s > seq:
+            return i
+    return None
+
+
 def own_id_hint(data: DataDir) -> bytes | None:
     """This node's id from its key file (the header shows it before the router answers)."""
     from . import node
@@ -158,6 +173,9 @@ def own_id_hint(data: DataDir) -> bytes | None:
 class Notice:
     text: str
     error: bool = False
+    about: str = "router"
+    """Whose health it tells: ``router``, ``groups`` (the groups service), or "" (none: a
+    command refused)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +206,28 @@ class Stats:
     reply: StatusReply
 
 
-Report = Notice | OwnId | Stored | SendFailed | PeerList | Stats | Event
+@dataclass(frozen=True)
+class GroupStored:
+    key: int
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class GroupList:
+    reply: gm.ListReply
+    show: bool  # asked for by /groups (print it), or a refresh (side panel only)
+
+
+@dataclass(frozen=True)
+class GroupAsked:
+    """A group was created or joined from here: its room opens once this node is in it."""
+
+    group_id: str
+    what: str
+
+
+Report = (Notice | OwnId | Stored | SendFailed | PeerList | Stats | GroupStored | GroupList
+          | GroupAsked | Event)
 
 
 def describe(e: BaseException) -> str:
@@ -201,11 +240,14 @@ class Link:
     def __init__(self, factory: Callable[[], AppClient]) -> None:
         self.factory = factory
         self.reports: queue.Queue[Report] = queue.Queue()
-        self._commands: queue.Queue[tuple[str, Callable[[AppClient], None]]] = queue.Queue()
+        self._commands: queue.Queue[tuple[str, Callable[[AppClient], None], str]] = \
+            queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tom-chat-link", daemon=True)
         self._open: dict[bytes, str] = {}  # sent ids whose status may still move -> status
         self._failing: str | None = None
+        self._groups_failing: str | None = None
+        self._groups_next = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -225,8 +267,9 @@ class Link:
 
     # commands (called from the UI thread; run in the link's thread)
 
-    def _submit(self, what: str, fn: Callable[[AppClient], None]) -> None:
-        self._commands.put((what, fn))
+    def _submit(self, what: str, fn: Callable[[AppClient], None], about: str = "router"
+                ) -> None:
+        self._commands.put((what, fn, about))
 
     def ask_id(self) -> None:
         self._submit("node_id", lambda c: self.reports.put(OwnId(c.node_id())))
@@ -258,6 +301,56 @@ class Link:
     def ask_stats(self) -> None:
         self._submit("stats", lambda c: self.reports.put(Stats(c.stats())))
 
+    # group commands: a refusal (not an admin, no such invitation...) is an error line, not
+    # a sign that a service is down
+
+    def ask_groups(self, show: bool = True) -> None:
+        self._submit("groups", lambda c: self._list_groups(c, show), "")
+
+    def group_send(self, key: int, group_id: str, text: str) -> None:
+        def run(c: AppClient) -> None:
+            try:
+                msg_id = c.group_send(group_id, text, deadline_s=UI_SEND_DEADLINE_S)
+            except Exception as e:  # the message was not stored: its line says why
+                self.reports.put(SendFailed(key, f"not stored: {describe(e)}"))
+                return
+            self.reports.put(GroupStored(key, msg_id))
+        self._submit("send", run, "")
+
+    def group_create(self, name: str, members: list[bytes]) -> None:
+        def run(c: AppClient) -> None:
+            gid = c.group_create(name, members)
+            self.reports.put(GroupAsked(gid, "created"))
+            self._list_groups(c, False)
+        self._submit("create", run, "")
+
+    def group_join(self, group_id: str) -> None:
+        def run(c: AppClient) -> None:
+            c.group_join(group_id)
+            self.reports.put(GroupAsked(group_id, "joining"))
+        self._submit("join", run, "")
+
+    def group_invite(self, group_id: str, node_id: bytes) -> None:
+        def run(c: AppClient) -> None:
+            c.group_invite(group_id, node_id)
+            self.reports.put(Notice(f"invited {short(node_id)}: the hub sends the invitation",
+                                    about=""))
+        self._submit("invite", run, "")
+
+    def group_leave(self, group_id: str) -> None:
+        self._submit("leave", lambda c: c.group_leave(group_id), "")
+
+    def _list_groups(self, client: AppClient, show: bool) -> None:
+        try:
+            reply = client.groups()
+        except WireError as e:
+            self._groups_down(f"groups service not answering: {describe(e)}")
+            if show:
+                raise
+            return
+        self._groups_up()
+        self.reports.put(GroupList(reply, show))
+
     # the thread
 
     def _run(self) -> None:
@@ -288,6 +381,12 @@ class Link:
                     if now >= next_peers:
                         next_peers = now + PEERS_EVERY_S
                         self.reports.put(PeerList(client.peers(), False))
+                    if now >= self._groups_next:
+                        self._groups_next = now + PEERS_EVERY_S
+                        self._list_groups(client, False)
+                    if client.groups_error:  # the client's own catch-up could not reach it
+                        self._groups_down(f"groups service not answering: "
+                                          f"{client.groups_error}")
                     if self._open and now >= next_outbox:
                         next_outbox = now + OUTBOX_EVERY_S
                         self._poll_outbox(client)
@@ -302,13 +401,14 @@ class Link:
     def _commands_for(self, client: AppClient) -> None:
         while True:
             try:
-                what, fn = self._commands.get_nowait()
+                what, fn, about = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
                 fn(client)
             except Exception as e:
-                self.reports.put(Notice(f"{what} failed: {describe(e)}", error=True))
+                self.reports.put(Notice(f"{what} failed: {describe(e)}", error=True,
+                                        about=about))
 
     def _track(self, ev: Event) -> None:
         if isinstance(ev, rm.StatusChanged) and ev.id in self._open:
@@ -335,20 +435,39 @@ class Link:
             self._failing = None
             self.reports.put(Notice("router answering again"))
 
+    def _groups_down(self, why: str) -> None:
+        if self._groups_failing != why:
+            self._groups_failing = why
+            self.reports.put(Notice(why, error=True, about="groups"))
+
+    def _groups_up(self) -> None:
+        if self._groups_failing is not None:
+            self._groups_failing = None
+            self.reports.put(Notice("groups service answering again", about="groups"))
+
 
 # -- the UI ---------------------------------------------------------------------------------
 
 HELP = [
     ("/connect ID[@host:port], /c", "chat with ID (with an address: introduce it first)"),
+    ("/direct, /d", "back to the 1:1 room"),
+    ("/group GROUP, /g", "open a group's room (its id, or its name)"),
+    ("/groups", "your groups and invitations"),
+    ("/create NAME [ID...]", "create a group (this node its hub and admin), invite IDs"),
+    ("/join GROUP", "accept an invitation (the room opens once the hub admits you)"),
+    ("/invite ID[@host:port]", "invite a node to this room's group"),
+    ("/leave", "leave this room's group"),
     ("/id", "this node's full id"),
     ("/peers", "nodes the router knows"),
     ("/stats", "session counters and the router's"),
-    ("/clear", "clear the messages"),
+    ("/clear", "clear this room's messages"),
     ("/help, /h", "this list"),
     ("/quit, /q", "leave (also Esc, Ctrl+C)"),
 ]
 STATUS_STYLE = {"pending": "dim", "sent": "yellow", "relayed": "yellow", "delivered": "green",
-                "read": "bold green", "failed": "bold red", "sending": "dim"}
+                "read": "bold green", "failed": "bold red", "sending": "dim",
+                "ordered": "green"}
+MEMBER_CHANGE = {"joined": "joined", "left": "left", "kicked": "was removed"}
 
 
 class Line(Static):
@@ -386,6 +505,42 @@ class OutLine(Line):
         self.refresh_text()
 
 
+class GroupLine(Line):
+    """A group message, placed in its room by ``seq`` (None: ours, not ordered yet)."""
+
+    def __init__(self, seq: int | None, stamp: str, sender: str, text: str,
+                 own: bool = False) -> None:
+        super().__init__()
+        self.seq, self.stamp, self.sender, self.message = seq, stamp, sender, text
+        self.own = own
+        self.status, self.reason = ("ordered" if seq is not None else "sending"), ""
+
+    def set_status(self, status: str, reason: str = "", seq: int | None = None) -> bool:
+        if not group_moves(self.status, status):
+            return False
+        self.status, self.reason = status, reason
+        if seq is not None:
+            self.seq = seq
+        self.refresh_text()
+        return True
+
+    def render_text(self) -> Text:
+        t = Text.assemble((f"[{self.stamp}] ", "dim"),
+                          (self.sender, "bold cyan" if self.own else "bold green"), ": ",
+                          self.message)
+        if self.own:
+            t.append("  ")
+            t.append(f"({status_text(self.status, self.reason)})",
+                     STATUS_STYLE.get(self.status, ""))
+        return t
+
+    def refresh_text(self) -> None:
+        self.update(self.render_text())
+
+    def on_mount(self) -> None:
+        self.refresh_text()
+
+
 class ChatInput(Input):
     """An input that handles Enter in order with the other keys.
 
@@ -410,15 +565,16 @@ class ChatInput(Input):
 
 
 class ChatApp(App[None]):
-    """The chat screen: header, messages, peers, input, status line."""
+    """The chat screen: header, messages (one pane per room), peers or members, input, status
+    line."""
 
     TITLE = "tom chat"
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     #header { height: 1; background: $primary; color: $text; padding: 0 1; }
     #main { height: 1fr; }
-    #messages { width: 1fr; padding: 0 1; }
-    #peers { width: 34; height: 1fr; border-left: solid $primary; padding: 0 1; }
+    .room { width: 1fr; padding: 0 1; }
+    #peers { width: 40; height: 1fr; border-left: solid $primary; padding: 0 1; }
     #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -438,20 +594,30 @@ class ChatApp(App[None]):
         self.intro = peer if peer and peer.address else None
         self.sent = self.received = 0
         self.router_ok: bool | None = None
+        self.groups_ok: bool | None = None
         self.peer_entries: list[rm.PeerEntry] = []
-        self._outgoing: dict[int, OutLine] = {}
+        self._outgoing: dict[int, OutLine | GroupLine] = {}
         self._by_id: dict[bytes, OutLine] = {}
+        self._group_ids: dict[bytes, GroupLine] = {}
         self._next_key = 0
+        self.room = DIRECT
+        self.groups: dict[str, gm.GroupInfo] = {}
+        self.invites: list[gm.Invite] = []
+        self.unread: dict[str, int] = {}
+        self._unread_direct: list[Message] = []  # shown (so read) when the 1:1 room opens
+        self._rooms: dict[str, VerticalScroll] = {}
+        self._asked: dict[str, str] = {}  # groups created or joined from here -> what
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         with Horizontal(id="main"):
-            yield VerticalScroll(id="messages")
+            yield VerticalScroll(id="messages", classes="room")
             yield Static("Peers", id="peers")
         yield ChatInput(placeholder="Enter to send, /help for commands", id="input")
         yield Static(id="status")
 
     def on_mount(self) -> None:
+        self._rooms[DIRECT] = self.query_one("#messages", VerticalScroll)
         self.link.start()
         if self.intro:
             self.link.add_peer(self.intro)
@@ -465,9 +631,41 @@ class ChatApp(App[None]):
     def on_unmount(self) -> None:
         self.link.stop()
 
+    # rooms
+
+    def pane(self, room: str | None = None) -> VerticalScroll:
+        """The message pane of ``room`` (default: the one shown), made on first use."""
+        room = self.room if room is None else room
+        pane = self._rooms.get(room)
+        if pane is None:
+            pane = VerticalScroll(classes="room")
+            pane.display = room == self.room
+            self._rooms[room] = pane
+            self.query_one("#main", Horizontal).mount(pane, before=self.query_one("#peers"))
+        return pane
+
+    def switch(self, room: str) -> None:
+        self.room = room
+        for name, pane in self._rooms.items():
+            pane.display = name == room
+        self.pane(room).scroll_end(animate=False)
+        self.unread.pop(room, None)
+        if room == DIRECT:
+            for msg in self._unread_direct:  # on screen now: the senders see "read"
+                self.link.read(msg)
+            self._unread_direct.clear()
+        self.redraw_header()
+        self.redraw_peers()
+
+    def group_name(self, gid: str) -> str:
+        g = self.groups.get(gid) or next((i for i in self.invites if i.group_id == gid), None)
+        return printable(g.name, 32) if g else gid
+
     # drawing
 
     def name_of(self, node_id: bytes) -> str:
+        if node_id == self.own:
+            return "me"
         for p in self.peer_entries:
             if p.node_id == node_id and p.username:
                 return f"{printable(p.username, 32)} ({short(node_id)})"
@@ -475,46 +673,110 @@ class ChatApp(App[None]):
 
     def redraw_header(self) -> None:
         you = short(self.own) if self.own else "?"
-        peer = f"Peer → {self.name_of(self.peer)}" if self.peer else "(no peer)"
-        self.query_one("#header", Static).update(Text(f"tom chat | You: {you} | {peer}"))
+        if self.room != DIRECT:
+            g = self.groups.get(self.room)
+            where = f"Group → {self.group_name(self.room)} ({self.room})"
+            if g is not None:
+                where += f", {n_members(g)}"
+        elif self.peer:
+            where = f"Peer → {self.name_of(self.peer)}"
+        else:
+            where = "(no peer)"
+        self.query_one("#header", Static).update(Text(f"tom chat | You: {you} | {where}"))
 
     def redraw_status(self) -> None:
         router = {None: "connecting", True: "ok", False: "NOT ANSWERING"}[self.router_ok]
+        groups = {None: "", True: " | groups ok", False: " | groups NOT ANSWERING"}[
+            self.groups_ok]
         self.query_one("#status", Static).update(Text(
-            f"router {router} | {self.sent} sent, {self.received} received | "
+            f"router {router}{groups} | {self.sent} sent, {self.received} received | "
             "Esc or /q quits"))
 
     def redraw_peers(self) -> None:
-        t = Text("Peers\n", style="bold")
-        if not self.peer_entries:
-            t.append("none known\n", style="dim")
-        for p in self.peer_entries:
-            mark = "›" if p.node_id == self.peer else " "
-            colour = {"online": "green", "stale": "yellow"}.get(p.status, "dim")
-            t.append(f"{mark} ")
-            t.append("●", style=colour)
-            t.append(f" {short(p.node_id)} {p.status}")
-            if p.username:
-                t.append(f" {printable(p.username, 32)}", style="cyan")
-            if p.route:
-                t.append(" via relay", style="dim")
-            t.append("\n")
+        g = self.groups.get(self.room) if self.room != DIRECT else None
+        t = Text()
+        if g is not None:
+            self._members(t, g)
+        else:
+            t.append("Peers\n", style="bold")
+            if not self.peer_entries:
+                t.append("none known\n", style="dim")
+            for p in self.peer_entries:
+                mark = "›" if p.node_id == self.peer else " "
+                colour = {"online": "green", "stale": "yellow"}.get(p.status, "dim")
+                t.append(f"{mark} ")
+                t.append("●", style=colour)
+                t.append(f" {short(p.node_id)} {p.status}")
+                if p.username:
+                    t.append(f" {printable(p.username, 32)}", style="cyan")
+                if p.route:
+                    t.append(" via relay", style="dim")
+                t.append("\n")
+        self._rooms_list(t)
         self.query_one("#peers", Static).update(t)
 
-    def add_line(self, line: Line) -> None:
-        pane = self.query_one("#messages", VerticalScroll)
+    def _members(self, t: Text, g: gm.GroupInfo) -> None:
+        t.append(f"Members of {printable(g.name, 24)}\n", style="bold")
+        status = {p.node_id: p.status for p in self.peer_entries}
+        for m in sorted(g.members, key=lambda m: (m.role != "admin", m.node_id)):
+            st = "online" if m.node_id == self.own else status.get(m.node_id, "unknown")
+            t.append("  ")
+            t.append("●", style={"online": "green", "stale": "yellow"}.get(st, "dim"))
+            t.append(f" {'you' if m.node_id == self.own else short(m.node_id)}")
+            if m.role == "admin":
+                t.append(" admin", style="cyan")
+            if m.node_id == g.hub:
+                t.append(" hub", style="magenta")
+            t.append("\n")
+        if g.hub not in {m.node_id for m in g.members}:
+            t.append(f"  hub {short(g.hub)} (not a member)\n", style="dim")
+
+    def _rooms_list(self, t: Text) -> None:
+        if not self.groups and not self.invites:
+            return
+        t.append("\nRooms\n", style="bold")
+        rooms = [(DIRECT, "1:1")] + [(gid, printable(g.name, 24)) for gid, g in
+                                     sorted(self.groups.items(), key=lambda x: x[1].name)
+                                     if g.member]
+        for room, name in rooms:
+            t.append(f"{'›' if room == self.room else ' '} {name}")
+            if self.unread.get(room):
+                t.append(f" ({self.unread[room]} new)", style="bold yellow")
+            t.append("\n")
+        for i in self.invites:
+            t.append(f"  {printable(i.name, 24)} ", style="dim")
+            t.append("invited: /join\n", style="yellow")
+
+    def add_line(self, line: Line, room: str | None = None) -> None:
+        pane = self.pane(room)
         at_end = pane.scroll_y >= pane.max_scroll_y - 1
         pane.mount(line)
         if at_end:
             pane.scroll_end(animate=False)
 
-    def system(self, text: str, error: bool = False) -> None:
+    def add_group_line(self, gid: str, line: GroupLine) -> None:
+        """Mount ``line`` at its place in the group's room (by seq)."""
+        pane = self.pane(gid)
+        lines = [w for w in pane.children if isinstance(w, GroupLine) and w is not line]
+        at_end = pane.scroll_y >= pane.max_scroll_y - 1
+        i = place([w.seq for w in lines], line.seq) if line.seq is not None else None
+        if line.parent is None:
+            if i is None:
+                pane.mount(line)
+            else:
+                pane.mount(line, before=lines[i])
+        elif i is not None and pane.children.index(line) > pane.children.index(lines[i]):
+            pane.move_child(line, before=lines[i])  # ordered: up to its place
+        if at_end:
+            pane.scroll_end(animate=False)
+
+    def system(self, text: str, error: bool = False, room: str | None = None) -> None:
         self.add_line(Line(Text.assemble((f"[{clock()}] ", "dim"),
-                                         (text, "bold red" if error else "yellow italic"))))
+                                         (text, "bold red" if error else "yellow italic"))),
+                      room)
 
     def action_scroll(self, lines: int) -> None:
-        pane = self.query_one("#messages", VerticalScroll)
-        pane.scroll_relative(y=lines, animate=False)
+        self.pane().scroll_relative(y=lines, animate=False)
 
     # reports from the link
 
@@ -524,10 +786,13 @@ class ChatApp(App[None]):
 
     def on_report(self, r: Report) -> None:
         if isinstance(r, Notice):
-            if r.error:
-                self.router_ok = False
-            elif r.text == "router answering again":
-                self.router_ok = True
+            if r.about == "router":
+                if r.error:
+                    self.router_ok = False
+                elif r.text == "router answering again":
+                    self.router_ok = True
+            elif r.about == "groups":
+                self.groups_ok = not r.error
             self.system(r.text, r.error)
             self.redraw_status()
         elif isinstance(r, OwnId):
@@ -537,7 +802,7 @@ class ChatApp(App[None]):
             self.redraw_status()
         elif isinstance(r, Stored):
             line = self._outgoing.get(r.key)
-            if line is not None:
+            if isinstance(line, OutLine):
                 self._by_id[r.msg_id] = line
                 line.set_status("pending")
         elif isinstance(r, SendFailed):
@@ -562,13 +827,92 @@ class ChatApp(App[None]):
             name = f" ({printable(r.username, 32)})" if r.username else ""
             self.system(f"peer {short(r.node_id)}{name} {r.status}")
             self.link.ask_peers(show=False)
+        else:
+            self.on_group_report(r)
+
+    def on_group_report(self, r: Report) -> None:
+        if isinstance(r, GroupStored):
+            line = self._outgoing.get(r.key)
+            if isinstance(line, GroupLine):
+                self._group_ids[r.msg_id] = line
+                line.set_status("pending")
+        elif isinstance(r, GroupList):
+            self.groups = {g.group_id: g for g in r.reply.groups}
+            self.invites = r.reply.invites
+            if not self.groups_ok:
+                self.groups_ok = True
+                self.redraw_status()
+            for gid, what in list(self._asked.items()):
+                g = self.groups.get(gid)
+                if g is not None and g.member:
+                    del self._asked[gid]
+                    self.switch(gid)
+                    self.system(f"{what} {self.group_name(gid)} ({gid}): "
+                                f"{n_members(g)}")
+            self.redraw_peers()
+            self.redraw_header()
+            if r.show:
+                self.show_groups()
+        elif isinstance(r, GroupAsked):
+            self._asked[r.group_id] = "created" if r.what == "created" else "joined"
+            if r.what == "joining":
+                self.system(f"asked the hub of {self.group_name(r.group_id)} to admit you")
+            self.link.ask_groups(show=False)
+        elif isinstance(r, GroupMessage):
+            self.group_incoming(r)
+        elif isinstance(r, gm.SendStatus):
+            line = self._group_ids.get(r.id)
+            if line is not None and line.set_status(r.status, r.reason,
+                                                    r.seq if r.status == "ordered" else None):
+                if r.status == "ordered":
+                    self.add_group_line(r.group_id, line)
+        elif isinstance(r, gm.MemberChanged):
+            who = "you" if r.node_id == self.own else self.name_of(r.node_id)
+            what = MEMBER_CHANGE.get(r.change, f"is now {r.role}")
+            self.system(f"{who} {what}", room=r.group_id)
+            self.link.ask_groups(show=False)
+        elif isinstance(r, gm.GroupChanged):
+            self.group_changed(r)
+        elif isinstance(r, gm.Invited):
+            self.system(f"{self.name_of(r.inviter)} invited you to {printable(r.name, 64)} "
+                        f"({r.group_id}): /join {printable(r.name, 64)}")
+            self.link.ask_groups(show=False)
+
+    def group_changed(self, r: gm.GroupChanged) -> None:
+        name = f"{self.group_name(r.group_id)} ({r.group_id})"
+        if r.change == "hub":
+            self.system(f"the hub of {name} is now {self.name_of(r.hub)} (term {r.term})",
+                        room=r.group_id)
+        elif r.change in ("left", "removed"):
+            self.system(f"you {'left' if r.change == 'left' else 'were removed from'} {name}")
+            if r.group_id in self._rooms and r.group_id != self.room:
+                self.system(f"you are no longer in {name}", room=r.group_id)
+        self.link.ask_groups(show=False)
+
+    def group_incoming(self, m: GroupMessage) -> None:
+        info = m.info
+        line = self._group_ids.get(info.id) if info.sender == self.own else None
+        if line is not None:  # ours, sent from here: it moves to its place
+            line.set_status("ordered", seq=info.seq)
+            self.add_group_line(info.group_id, line)
+            return
+        own = info.sender == self.own
+        if not own:
+            self.received += 1
+            self.redraw_status()
+        self.add_group_line(info.group_id, GroupLine(
+            info.seq, clock(info.timestamp_ms), self.name_of(info.sender),
+            printable(m.text), own=own))
+        if info.group_id != self.room:
+            self.unread[info.group_id] = self.unread.get(info.group_id, 0) + 1
+            self.redraw_peers()
 
     def incoming(self, msg: Message) -> None:
         info = msg.info
         self.received += 1
         if self.peer is None:
             self.peer = info.sender
-            self.system(f"Auto-connected to {short(info.sender)} (first message)")
+            self.system(f"Auto-connected to {short(info.sender)} (first message)", room=DIRECT)
             self.redraw_header()
             self.redraw_peers()
         tag = (f"[{'verified' if info.verified else 'UNVERIFIED'}, "
@@ -576,9 +920,15 @@ class ChatApp(App[None]):
                f"{', relayed' if info.relayed else ''}]")
         self.add_line(Line(Text.assemble(
             (f"[{clock(info.timestamp_ms)}] ", "dim"), (self.name_of(info.sender), "bold green"),
-            ": ", printable(msg.text), "  ", (tag, "green" if info.encrypted else "yellow"))))
+            ": ", printable(msg.text), "  ", (tag, "green" if info.encrypted else "yellow"))),
+            DIRECT)
         self.redraw_status()
-        self.link.read(msg)  # it is on screen: the sender sees "read"
+        if self.room == DIRECT:
+            self.link.read(msg)  # it is on screen: the sender sees "read"
+        else:
+            self._unread_direct.append(msg)
+            self.unread[DIRECT] = self.unread.get(DIRECT, 0) + 1
+            self.redraw_peers()
 
     def show_peers(self, peers: list[rm.PeerEntry]) -> None:
         if not peers:
@@ -590,6 +940,17 @@ class ChatApp(App[None]):
             user = f" {printable(p.username, 32)}" if p.username else ""
             conn = "connected" if p.connected else "not connected"
             self.system(f"{p.node_id.hex()}{user} {p.status}, {conn}{where}{rtt}{route}")
+
+    def show_groups(self) -> None:
+        mine = [g for g in self.groups.values() if g.member]
+        if not mine and not self.invites:
+            self.system("no groups (/create NAME [ID...] makes one)")
+        for g in mine:
+            self.system(f"{g.group_id} {printable(g.name, 64)}: {n_members(g)}, hub "
+                        f"{self.name_of(g.hub)}")
+        for i in self.invites:
+            self.system(f"{i.group_id} {printable(i.name, 64)}: invited by "
+                        f"{self.name_of(i.inviter)} (/join {printable(i.name, 64)})")
 
     def show_stats(self, st: StatusReply) -> None:
         self.system(f"this session: {self.sent} sent, {self.received} received")
@@ -612,6 +973,8 @@ class ChatApp(App[None]):
             self.send_text(text)
 
     def send_text(self, text: str) -> None:
+        if self.room != DIRECT:
+            return self.send_group(self.room, text)
         if self.peer is None:
             self.system("No peer selected: /connect ID[@host:port] first", error=True)
             return
@@ -623,6 +986,24 @@ class ChatApp(App[None]):
         self.sent += 1
         self.redraw_status()
         self.link.send(key, self.peer, text)
+
+    def send_group(self, gid: str, text: str) -> None:
+        key = self._next_key
+        self._next_key += 1
+        line = GroupLine(None, clock(), "me", printable(text), own=True)
+        self._outgoing[key] = line
+        self.add_group_line(gid, line)
+        self.sent += 1
+        self.redraw_status()
+        self.link.group_send(key, gid, text)
+
+    def find_group(self, text: str) -> str | None:
+        """The id of the group this node is in named by ``text``; None (and says why)."""
+        try:
+            return resolve(list(self.groups.values()), text).group_id
+        except NodeError as e:
+            self.system(str(e).replace("`tom group list`", "/groups"), error=True)
+            return None
 
     def command(self, text: str) -> None:
         cmd, _, arg = text.partition(" ")
@@ -639,19 +1020,80 @@ class ChatApp(App[None]):
             if peer.address:
                 self.link.add_peer(peer)
             self.peer = peer.node_id
+            if self.room != DIRECT:
+                self.switch(DIRECT)
             self.system(f"Chatting with {peer.node_id.hex()}")
             self.redraw_header()
             self.redraw_peers()
-        elif cmd == "/id":
+        elif cmd in ("/direct", "/d"):
+            self.switch(DIRECT)
+        elif cmd in ("/group", "/g"):
+            if not arg:
+                self.system("usage: /group GROUP (/groups lists them)", error=True)
+            elif (gid := self.find_group(arg)) is not None:
+                self.switch(gid)
+        elif cmd == "/groups":
+            self.link.ask_groups(show=True)
+        else:
+            self.group_command(cmd, arg)
+
+    def group_command(self, cmd: str, arg: str) -> None:
+        if cmd == "/create":
+            name, *members = arg.split() or [""]
+            if not name or len(name) > 64:
+                self.system("usage: /create NAME [ID...] (a name of 1 to 64 characters)",
+                            error=True)
+                return
+            try:
+                peers = [parse_peer(m) for m in members]
+            except NodeError as e:
+                self.system(str(e), error=True)
+                return
+            for p in peers:
+                if p.address:
+                    self.link.add_peer(p)
+            self.link.group_create(name, [p.node_id for p in peers])
+        elif cmd == "/join":
+            try:
+                invite = resolve_invite(self.invites, arg) if arg else None
+            except NodeError as e:
+                self.system(str(e), error=True)
+                return
+            if invite is None:
+                self.system("usage: /join GROUP, an invitation (/groups lists them)",
+                            error=True)
+                return
+            self.link.group_join(invite.group_id)
+        elif cmd in ("/invite", "/leave") and self.room == DIRECT:
+            self.system(f"{cmd} is for a group's room: /group GROUP first", error=True)
+        elif cmd == "/invite":
+            try:
+                peer = parse_peer(arg)
+            except NodeError as e:
+                self.system(str(e), error=True)
+                return
+            if peer.address:
+                self.link.add_peer(peer)
+            self.link.group_invite(self.room, peer.node_id)
+        elif cmd == "/leave":
+            self.link.group_leave(self.room)
+        else:
+            self.basic_command(cmd)
+
+    def basic_command(self, cmd: str) -> None:
+        if cmd == "/id":
             self.system(f"Your node id: {self.own.hex() if self.own else 'unknown yet'}")
         elif cmd == "/peers":
             self.link.ask_peers(show=True)
         elif cmd == "/stats":
             self.link.ask_stats()
         elif cmd == "/clear":
-            self.query_one("#messages", VerticalScroll).remove_children()
-            self._outgoing.clear()
-            self._by_id.clear()
+            pane = self.pane()
+            gone = set(pane.children)
+            pane.remove_children()
+            self._outgoing = {k: w for k, w in self._outgoing.items() if w not in gone}
+            self._by_id = {k: w for k, w in self._by_id.items() if w not in gone}
+            self._group_ids = {k: w for k, w in self._group_ids.items() if w not in gone}
         elif cmd in ("/help", "/h"):
             for usage, what in HELP:
                 self.system(f"{usage:30} {what}")
@@ -704,59 +1146,118 @@ def say(text: str, err: bool = False) -> None:
 
 def run_bot(client: AppClient, peer: Peer | None, stop: threading.Event) -> int:
     """Print every message received, mark it read, reply ``echo: <text>`` (not to echoes,
-    so two bots do not loop); log the status of the replies. Runs until ``stop``."""
-    say("[bot] running in bot mode")
-    own: bytes | None = None
-    received = replied = 0
-    replies: dict[bytes, int] = {}  # reply id -> the number of the message it answers
-    failing: str | None = None
-    introduced = peer is None or peer.address is None
-    while not stop.is_set():
+    so two bots do not loop); log the status of the replies. In groups the same, per group:
+    it joins the groups it is invited to, answers every member's message in the group (not
+    its own), and logs when the hub ordered each reply. Runs until ``stop``."""
+    return Bot(client).run(peer, stop)
+
+
+class Bot:
+    def __init__(self, client: AppClient) -> None:
+        self.client = client
+        self.own: bytes | None = None
+        self.received = self.replied = 0
+        self.replies: dict[bytes, int] = {}  # reply id -> the number of the message it answers
+        self.names: dict[str, str] = {}  # group id -> name, for the log
+
+    def run(self, peer: Peer | None, stop: threading.Event) -> int:
+        client = self.client
+        say("[bot] running in bot mode")
+        failing: str | None = None
+        introduced = peer is None or peer.address is None
+        while not stop.is_set():
+            try:
+                if self.own is None:
+                    self.own = client.node_id()
+                    say(f"[bot] node {self.own.hex()} ({short(self.own)})")
+                if not introduced:
+                    assert peer is not None
+                    client.add_peer(peer.node_id, peer.host, peer.port)
+                    say(f"[bot] introduced {short(peer.node_id)} at {peer.host}:{peer.port}")
+                    introduced = True
+                if client.after is None:
+                    start_listening(client)
+                for ev in client.events(timeout_s=0.2):
+                    self.on_event(ev)
+                if failing is not None:
+                    failing = None
+                    say("[bot] router answering again")
+            except WireError as e:
+                if failing != str(e):
+                    failing = str(e)
+                    say(f"[bot] router not answering: {e} (retrying)", err=True)
+                stop.wait(RETRY_EVERY_S)
+        say(f"[bot] stopped: {self.received} received, {self.replied} replied")
+        return 0
+
+    def on_event(self, ev: Event) -> None:
+        client = self.client
+        if isinstance(ev, Message):
+            self.received += 1
+            n, info = self.received, ev.info
+            sig = "verified" if info.verified else "UNVERIFIED"
+            say(f'[bot] #{n} from {short(info.sender)} | {sig} | "{ev.text}"')
+            client.read(ev)
+            if ev.text.startswith("echo: "):
+                return
+            try:
+                msg_id = client.send(info.sender, f"echo: {ev.text}", deadline_s=10)
+            except WireError as e:
+                say(f"[bot] reply to #{n} failed: {e}", err=True)
+                return
+            self.replies[msg_id] = n
+            self.replied += 1
+            say(f"[bot] replied to #{n}: \"echo: {ev.text}\"")
+        elif isinstance(ev, GroupMessage):
+            self.group_message(ev)
+        elif isinstance(ev, rm.StatusChanged) and ev.id in self.replies:
+            say(f"[bot] reply to #{self.replies[ev.id]}: {status_text(ev.status, ev.reason)}")
+            if ev.status in ("read", "failed"):
+                del self.replies[ev.id]
+        elif isinstance(ev, gm.SendStatus) and ev.id in self.replies:
+            say(f"[bot] reply to #{self.replies.pop(ev.id)}: "
+                f"{status_text(ev.status, ev.reason)}"
+                + (f" as #{ev.seq} in {self.group(ev.group_id)}" if ev.seq else ""))
+        elif isinstance(ev, rm.PeerChanged):
+            say(f"[bot] peer {short(ev.node_id)} {ev.status}")
+        elif isinstance(ev, gm.Invited):
+            self.names[ev.group_id] = ev.name
+            say(f"[bot] invited to {self.group(ev.group_id)} by {short(ev.inviter)}: joining")
+            try:
+                client.group_join(ev.group_id)
+            except WireError as e:
+                say(f"[bot] joining {self.group(ev.group_id)} failed: {e}", err=True)
+        elif isinstance(ev, gm.GroupChanged) and ev.change != "hub":
+            say(f"[bot] group {self.group(ev.group_id)}: {ev.change}")
+        elif isinstance(ev, gm.MemberChanged):
+            say(f"[bot] group {self.group(ev.group_id)}: {short(ev.node_id)} {ev.change}"
+                + (f" ({ev.role})" if ev.change == "role" else ""))
+
+    def group(self, gid: str) -> str:
+        name = self.names.get(gid)
+        return f"{name} ({gid})" if name else gid
+
+    def group_message(self, ev: GroupMessage) -> None:
+        info = ev.info
+        if info.sender == self.own:  # its own (a reply, or sent from elsewhere on this
+            if info.id in self.replies:  # node): not answered
+                say(f"[bot] reply to #{self.replies.pop(info.id)}: ordered as #{info.seq} "
+                    f"in {self.group(info.group_id)}")
+            return
+        self.received += 1
+        n = self.received
+        where = self.group(info.group_id)
+        say(f'[bot] #{n} in {where} from {short(info.sender)} | #{info.seq} | "{ev.text}"')
+        if ev.text.startswith("echo: "):
+            return
         try:
-            if own is None:
-                own = client.node_id()
-                say(f"[bot] node {own.hex()} ({short(own)})")
-            if not introduced:
-                assert peer is not None
-                client.add_peer(peer.node_id, peer.host, peer.port)
-                say(f"[bot] introduced {short(peer.node_id)} at {peer.host}:{peer.port}")
-                introduced = True
-            if client.after is None:
-                start_listening(client)
-            for ev in client.events(timeout_s=0.2):
-                if isinstance(ev, Message):
-                    received += 1
-                    info = ev.info
-                    sig = "verified" if info.verified else "UNVERIFIED"
-                    say(f'[bot] #{received} from {short(info.sender)} | {sig} | "{ev.text}"')
-                    client.read(ev)
-                    if ev.text.startswith("echo: "):
-                        continue
-                    try:
-                        msg_id = client.send(info.sender, f"echo: {ev.text}", deadline_s=10)
-                    except WireError as e:
-                        say(f"[bot] reply to #{received} failed: {e}", err=True)
-                        continue
-                    replies[msg_id] = received
-                    replied += 1
-                    say(f"[bot] replied to #{received}: \"echo: {ev.text}\"")
-                elif isinstance(ev, rm.StatusChanged) and ev.id in replies:
-                    say(f"[bot] reply to #{replies[ev.id]}: "
-                        f"{status_text(ev.status, ev.reason)}")
-                    if ev.status in ("read", "failed"):
-                        del replies[ev.id]
-                elif isinstance(ev, rm.PeerChanged):
-                    say(f"[bot] peer {short(ev.node_id)} {ev.status}")
-            if failing is not None:
-                failing = None
-                say("[bot] router answering again")
+            msg_id = self.client.group_send(info.group_id, f"echo: {ev.text}", deadline_s=10)
         except WireError as e:
-            if failing != str(e):
-                failing = str(e)
-                say(f"[bot] router not answering: {e} (retrying)", err=True)
-            stop.wait(RETRY_EVERY_S)
-    say(f"[bot] stopped: {received} received, {replied} replied")
-    return 0
+            say(f"[bot] reply to #{n} failed: {e}", err=True)
+            return
+        self.replies[msg_id] = n
+        self.replied += 1
+        say(f"[bot] replied to #{n} in {where}: \"echo: {ev.text}\"")
 
 
 def cmd_chat(data: DataDir, args: Any) -> int:

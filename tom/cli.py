@@ -8,6 +8,8 @@
     tom ping SERVICE [-c N]       ping one service over the bus
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
     tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
+    tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
+                                  list, members, send, history (tom/group.py)
 
 Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``).
 """
@@ -30,7 +32,7 @@ from shared.paths import DataDir, default_data_dir
 from shared.wire import WireError
 from shared.wire.messages.sys import Ping, PingReply
 
-from . import node
+from . import group, node
 from .display import printable
 
 
@@ -203,6 +205,83 @@ def positive(text: str) -> int:
     return n
 
 
+def nonnegative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return n
+
+
+NODE_HELP = "node id (64 hex or 52 base32 characters), optionally ID@host:port to introduce it"
+GROUP_HELP = "group id, or the name of a group this node is in"
+
+
+def add_group_parser(sub: argparse._SubParsersAction,
+                     common: argparse.ArgumentParser) -> None:
+    g = sub.add_parser("group", help="group messaging: create, invite, join, leave, send, "
+                       "history (tom group ACTION --help)"
+                       ).add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str, func: object, wait: str = "") -> argparse.ArgumentParser:
+        a = g.add_parser(name, parents=[common], help=help)
+        a.set_defaults(func=func)
+        if wait:
+            a.add_argument("--timeout", type=positive_float, default=30.0,
+                           help=f"seconds to wait for {wait} (default 30; exit 2 after it)")
+        return a
+
+    c = action("create", "create a group (this node its admin) and invite MEMBERs",
+               group.cmd_create, "the hub to create it")
+    c.add_argument("name", metavar="NAME", help="the group's name (1-64 characters)")
+    c.add_argument("members", nargs="*", metavar="MEMBER", help=f"{NODE_HELP}; invited")
+    c.add_argument("--hub", metavar="NODE", help="the node that orders and fans out the "
+                   "group's messages (default: this node)")
+    c.add_argument("--open", action="store_true",
+                   help="anyone who knows the group id and hub may join (default: invited "
+                   "nodes only)")
+    i = action("invite", "invite a node (admins; any member of an open group)",
+               group.cmd_invite)
+    i.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    i.add_argument("node", metavar="NODE", help=NODE_HELP)
+    j = action("join", "accept an invitation, or join an open group through its hub",
+               group.cmd_join, "the hub to admit this node")
+    j.add_argument("group", metavar="GROUP", help="group id, or the name of an invitation")
+    j.add_argument("--hub", metavar="NODE", help="the group's hub, to join an open group "
+                   "without an invitation")
+    d = action("decline", "drop an invitation", group.cmd_decline)
+    d.add_argument("group", metavar="GROUP", help="group id, or the name of an invitation")
+    lv = action("leave", "leave a group (the last admin must first make another admin)",
+                group.cmd_leave, "the hub to confirm")
+    lv.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    k = action("kick", "remove a member (admins only)", group.cmd_kick,
+               "the hub to remove it")
+    k.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    k.add_argument("node", metavar="NODE", help=NODE_HELP)
+    r = action("role", "make a member admin or member (admins only)", group.cmd_role,
+               "the hub to change it")
+    r.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    r.add_argument("node", metavar="NODE", help=NODE_HELP)
+    r.add_argument("role", choices=("admin", "member"), help="the new role")
+    ls = action("list", "the groups this node is in (or hosts) and its invitations",
+                group.cmd_list)
+    ls.add_argument("--json", action="store_true", help="machine-readable, with every field")
+    m = action("members", "a group's members, their roles and its hub", group.cmd_members)
+    m.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    sd = action("send", "send a message to a group", group.cmd_send,
+                "the service to store it (with --wait: the hub to order it)")
+    sd.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    sd.add_argument("text", metavar="TEXT", help="the message (UTF-8, at most 16 KiB)")
+    sd.add_argument("--wait", action="store_true",
+                    help="wait until the hub has ordered it and print its place (#seq)")
+    h = action("history", "a group's messages in group order (the log keeps 24 h)",
+               group.cmd_history)
+    h.add_argument("group", metavar="GROUP", help=GROUP_HELP)
+    h.add_argument("--after", type=nonnegative, default=0, metavar="N",
+                   help="only messages after seq N (default 0: all)")
+    h.add_argument("--json", action="store_true",
+                   help="machine-readable: seq, id, sender, timestamp_ms, text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --data and --endpoints are accepted before or after the subcommand
     common = argparse.ArgumentParser(add_help=False)
@@ -253,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--no-encrypt", action="store_true",
                       help="signed but not end-to-end encrypted")
     send.set_defaults(func=cmd_send)
+    add_group_parser(sub, common)
     return p
 
 

@@ -17,10 +17,11 @@ from textual.pilot import Pilot
 
 from shared.primitives import SigningKey
 from shared.wire import BusTimeout
+from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
 from shared.wire.messages.sys import StatusReply
 from tom import chat
-from tom.client import Event, Message
+from tom.client import Event, GroupMessage, Message
 from tom.node import NodeError
 
 OWN = SigningKey(b"\x01" * 32).public
@@ -44,6 +45,12 @@ class FakeClient:
         self.seq = 0
         self.closed = False
         self.on_send: Callable[[bytes], None] = lambda msg_id: None
+        self.groups_error: str | None = None
+        self.group_list: list[gm.GroupInfo] = []
+        self.invites: list[gm.Invite] = []
+        self.group_sent: list[tuple[str, str, bytes]] = []
+        self.group_calls: list[tuple[str, ...]] = []
+        self.groups_down = False
 
     def _check(self) -> None:
         if self.down:
@@ -105,6 +112,44 @@ class FakeClient:
     def close(self) -> None:
         self.closed = True
 
+    def _check_groups(self) -> None:
+        self._check()
+        if self.groups_down:
+            raise BusTimeout("no reply from groups at ipc://fake within 0.1 s")
+
+    def groups(self) -> gm.ListReply:
+        self._check_groups()
+        return gm.ListReply(groups=list(self.group_list), invites=list(self.invites))
+
+    def group_create(self, name: str, members: list[bytes] | tuple[bytes, ...] = (),
+                     hub: bytes | None = None, invite_only: bool = True) -> str:
+        self._check_groups()
+        self.group_calls.append(("create", name, *(m.hex() for m in members)))
+        gid = f"g{len(self.group_list):024x}"
+        self.group_list.append(group(gid, name, [OWN]))
+        return gid
+
+    def group_invite(self, group_id: str, node_id: bytes) -> None:
+        self._check_groups()
+        self.group_calls.append(("invite", group_id, node_id.hex()))
+
+    def group_join(self, group_id: str, hub: bytes | None = None) -> None:
+        self._check_groups()
+        self.group_calls.append(("join", group_id))
+
+    def group_leave(self, group_id: str) -> None:
+        self._check_groups()
+        self.group_calls.append(("leave", group_id))
+
+    def group_send(self, group_id: str, text: bytes | str, deadline_s: float = 30.0,
+                   msg_id: bytes | None = None) -> bytes:
+        self._check_groups()
+        msg_id = msg_id or os.urandom(16)
+        self.group_sent.append((group_id, text if isinstance(text, str) else text.decode(),
+                                msg_id))
+        self.on_send(msg_id)
+        return msg_id
+
     # test side
 
     def status(self, msg_id: bytes, status: str, reason: str = "", event: bool = True) -> None:
@@ -124,8 +169,33 @@ class FakeClient:
         return msg
 
 
+    def group_message(self, gid: str, seq: int, sender: bytes, text: str,
+                      msg_id: bytes | None = None) -> GroupMessage:
+        m = GroupMessage(gm.GroupMessage(group_id=gid, seq=seq, id=msg_id or os.urandom(16),
+                                         sender=sender, timestamp_ms=int(time.time() * 1000)),
+                         text.encode())
+        self.queue.put(m)
+        return m
+
+
+def group(gid: str, name: str, members: list[bytes], hub: bytes = OWN) -> gm.GroupInfo:
+    return gm.GroupInfo(group_id=gid, name=name, hub=hub, term=1, seq=1,
+                        members=[gm.Member(node_id=n, role="admin" if n == members[0]
+                                           else "member", joined_ms=0) for n in members],
+                        invite_only=True, max_members=50, successors=[], member=OWN in members)
+
+
 def pane(app: chat.ChatApp) -> str:
     return "\n".join(str(line.content) for line in app.query(chat.Line))
+
+
+def room(app: chat.ChatApp, name: str = "") -> list[str]:
+    """The lines of one room's pane, top to bottom (the 1:1 room by default)."""
+    return [str(w.content) for w in app.pane(name).children if isinstance(w, chat.Line)]
+
+
+def side(app: chat.ChatApp) -> str:
+    return str(app.query_one("#peers", chat.Static).content)
 
 
 def header(app: chat.ChatApp) -> str:
@@ -463,3 +533,188 @@ def test_printable() -> None:
     assert printable("a\tb\r\x00\x7f\x9b") == "a\\x09b\\x0d\\x00\\x7f\\x9b"
     assert printable("x\u2028y\u2066z") == "x\\u2028y\\u2066z"
     assert printable("abcdef", limit=3) == "abc…"
+
+
+# -- groups ---------------------------------------------------------------------------------
+
+GID = "g" + "ab" * 12
+
+
+def test_place_orders_group_lines_by_seq_and_keeps_ours_pending_at_the_bottom() -> None:
+    assert chat.place([], 5) is None
+    assert chat.place([1, 3], 4) is None
+    assert chat.place([1, 3], 2) == 1
+    assert chat.place([4, 7], 1) == 0
+    assert chat.place([1, 3, None, None], 4) == 2  # before our messages not ordered yet
+    assert chat.place([1, 3, None], 2) == 1
+
+
+def test_group_statuses_only_move_forward() -> None:
+    assert chat.group_moves("sending", "pending") and chat.group_moves("pending", "ordered")
+    assert chat.group_moves("sending", "ordered") and chat.group_moves("pending", "failed")
+    assert not chat.group_moves("ordered", "pending") and not chat.group_moves("ordered",
+                                                                                 "failed")
+    assert not chat.group_moves("failed", "ordered") and not chat.group_moves("pending",
+                                                                                "pending")
+
+
+def test_group_room_order_status_and_members() -> None:
+    fake = FakeClient()
+    fake.group_list = [group(GID, "friends", [OWN, PEER, OTHER])]
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: GID in app.groups, "the group list")
+        assert "friends" in side(app) and "Rooms" in side(app)
+        await type_line(pilot, "/g friends")
+        await until(pilot, lambda: "Group → friends" in header(app), "the room")
+        assert f"({GID}), 3 members" in header(app)
+        members = side(app)
+        assert "Members of friends" in members and "you admin hub" in members
+        assert PEER.hex()[:10] in members and OTHER.hex()[:10] in members
+        await type_line(pilot, "hello all")
+        await until(pilot, lambda: fake.group_sent, "the send")
+        (gid, text, mine), = fake.group_sent
+        assert (gid, text) == (GID, "hello all")
+        await until(pilot, lambda: "hello all  (pending)" in "\n".join(room(app, GID)),
+                    "pending")
+        fake.group_message(GID, 3, PEER, "from peer")
+        await until(pilot, lambda: "from peer" in "\n".join(room(app, GID)), "peer's message")
+        lines = [x for x in room(app, GID) if "]" in x and ": " in x]
+        assert "from peer" in lines[-2] and "hello all  (pending)" in lines[-1]  # ours below
+        fake.group_message(GID, 5, OWN, "hello all", msg_id=mine)  # the hub ordered it
+        fake.group_message(GID, 2, OTHER, "late one")  # came late: goes above
+        fake.queue.put(gm.SendStatus(group_id=GID, id=mine, status="ordered", seq=5))
+        fake.group_message(GID, 6, OTHER, "after")
+        await until(pilot, lambda: "after" in "\n".join(room(app, GID)), "the last one")
+        texts = [x.split(": ", 1)[1] for x in room(app, GID) if "] " in x and ": " in x
+                 and "Enter to send" not in x]
+        assert texts == ["late one", "from peer", "hello all  (ordered)", "after"], texts
+        assert "me: hello all" in "\n".join(room(app, GID))
+        assert not any("hello all" in x for x in room(app))  # not in the 1:1 room
+        assert app.received == 3 and app.sent == 1
+
+    drive(fake, scenario)
+
+
+def test_invitation_join_create_and_unread_counts() -> None:
+    fake = FakeClient()
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: fake.after is not None, "subscribed")
+        fake.invites = [gm.Invite(group_id=GID, name="club", hub=PEER, inviter=PEER,
+                                  expires_ms=2**40)]
+        fake.queue.put(gm.Invited(group_id=GID, name="club", hub=PEER, inviter=PEER,
+                                  expires_ms=2**40))
+        await until(pilot, lambda: "invited you to club" in pane(app), "the invitation")
+        assert f"({GID}): /join club" in pane(app)
+        await type_line(pilot, "/join nothing")
+        await until(pilot, lambda: "usage: /join GROUP" in pane(app), "unknown invitation")
+        await type_line(pilot, "/join club")
+        await until(pilot, lambda: ("join", GID) in fake.group_calls, "join")
+        await until(pilot, lambda: "asked the hub of club" in pane(app), "asked")
+        fake.invites = []
+        fake.group_list = [group(GID, "club", [PEER, OWN], hub=PEER)]
+        fake.queue.put(gm.GroupChanged(group_id=GID, change="joined", hub=PEER, term=1))
+        await until(pilot, lambda: app.room == GID, "the room to open once admitted")
+        assert "joined club" in pane(app) and "Group → club" in header(app)
+        # a 1:1 message while in a group room: counted, read only once its room is shown
+        fake.receive(PEER, "psst")
+        await until(pilot, lambda: "1:1 (1 new)" in side(app), "the 1:1 unread count")
+        assert fake.reads == []
+        await type_line(pilot, "/d")
+        await until(pilot, lambda: len(fake.reads) == 1, "the read receipt")
+        assert "Peer →" in header(app) and "psst" in "\n".join(room(app))
+        fake.group_message(GID, 4, PEER, "in the club")
+        await until(pilot, lambda: "club (1 new)" in side(app), "the group unread count")
+        await type_line(pilot, f"/create team {PEER.hex()} {OTHER.hex()}@10.0.0.2:4433")
+        await until(pilot, lambda: any(c[0] == "create" for c in fake.group_calls), "create")
+        assert ("create", "team", PEER.hex(), OTHER.hex()) in fake.group_calls
+        assert fake.added == [(OTHER, "10.0.0.2", 4433)]
+        await until(pilot, lambda: "Group → team" in header(app), "the new room")
+        await type_line(pilot, "/invite zz")
+        await until(pilot, lambda: "not a node id" in pane(app), "a bad id")
+        await type_line(pilot, f"/invite {OTHER.hex()}")
+        await until(pilot, lambda: "invited 0303" in pane(app) or
+                    f"invited {OTHER.hex()[:10]}" in pane(app), "invite")
+        await type_line(pilot, "/g nosuch")
+        await until(pilot, lambda: "not a group this node is in: 'nosuch' (/groups" in
+                    pane(app), "unknown group")
+        await type_line(pilot, "/groups")
+        await until(pilot, lambda: f"{GID} club: 2 members" in pane(app), "/groups")
+        await type_line(pilot, "/leave")
+        await until(pilot, lambda: fake.group_calls[-1][0] == "leave", "leave")
+        await type_line(pilot, "/d")
+        await type_line(pilot, "/leave")
+        await until(pilot, lambda: "/leave is for a group's room" in pane(app), "no group")
+
+    drive(fake, scenario)
+
+
+def test_a_groups_service_that_does_not_answer_leaves_the_router_ok() -> None:
+    fake = FakeClient()
+    fake.groups_down = True
+
+    async def scenario(app: chat.ChatApp, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: "groups service not answering" in pane(app), "error line")
+        status = str(app.query_one("#status", chat.Static).content)
+        assert "groups NOT ANSWERING" in status and "router ok" in status
+        fake.groups_down = False
+        await until(pilot, lambda: "groups service answering again" in pane(app), "recovery")
+        assert "groups ok" in str(app.query_one("#status", chat.Static).content)
+
+    drive(fake, scenario, chat.Peer(PEER))
+
+
+def test_bot_answers_in_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeClient()
+    stop = threading.Event()
+    fake.queue.put(gm.Invited(group_id=GID, name="club", hub=PEER, inviter=PEER,
+                              expires_ms=2**40))
+    fake.group_message(GID, 2, PEER, "hi bots")
+    fake.group_message(GID, 3, OTHER, "echo: hi")  # another bot's echo: not answered
+    fake.group_message(GID, 4, OWN, "mine")  # its own: not answered
+
+    def replied() -> None:
+        deadline = time.monotonic() + 5
+        while not fake.group_sent:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        fake.queue.put(gm.SendStatus(group_id=GID, id=fake.group_sent[0][2], status="ordered",
+                                     seq=5))
+        time.sleep(0.3)
+        stop.set()
+
+    t = threading.Thread(target=replied)
+    t.start()
+    assert chat.run_bot(fake, None, stop) == 0
+    t.join()
+    out = capsys.readouterr().out
+    assert ("join", GID) in fake.group_calls
+    assert f"[bot] invited to club ({GID}) by {PEER.hex()[:10]}: joining" in out
+    assert [(g, x) for g, x, _ in fake.group_sent] == [(GID, "echo: hi bots")]
+    assert f'[bot] #1 in club ({GID}) from {PEER.hex()[:10]} | #2 | "hi bots"' in out
+    assert f'[bot] #2 in club ({GID}) from {OTHER.hex()[:10]} | #3 | "echo: hi"' in out
+    assert "mine" not in out
+    assert f"[bot] reply to #1: ordered as #5 in club ({GID})" in out
+    assert "[bot] stopped: 2 received, 1 replied" in out
+
+
+def test_a_group_is_named_by_its_id_or_a_name_only_one_has() -> None:
+    from tom.group import resolve, resolve_invite
+
+    one, two, three = (group(f"g{i:024x}", n, [OWN, PEER]) for i, n in
+                       enumerate(("club", "twin", "twin")))
+    hosted = group("g" + "f" * 24, "hosted", [PEER])  # this node its hub, not a member
+    groups = [one, two, three, hosted]
+    assert resolve(groups, "club") is one and resolve(groups, two.group_id) is two
+    with pytest.raises(NodeError, match="2 groups are named 'twin': give the id"):
+        resolve(groups, "twin")
+    for nobody in ("hosted", hosted.group_id, "nothing"):
+        with pytest.raises(NodeError, match="not a group this node is in"):
+            resolve(groups, nobody)
+    invites = [gm.Invite(group_id=g, name=n, hub=PEER, inviter=PEER, expires_ms=1)
+               for g, n in (("g1", "a"), ("g2", "b"), ("g3", "b"))]
+    assert resolve_invite(invites, "a") is invites[0]
+    assert resolve_invite(invites, "g3") is invites[2] and resolve_invite(invites, "z") is None
+    with pytest.raises(NodeError, match="2 invitations are to groups named 'b'"):
+        resolve_invite(invites, "b")
