@@ -70,7 +70,7 @@ class GroupMessage:
         return self.info.seq
 
 
-GroupEvent = gm.MemberChanged | gm.GroupChanged | gm.Invited | gm.SendStatus
+GroupEvent = gm.MemberChanged | gm.GroupChanged | gm.Invited | gm.SendStatus | gm.Refused
 Event = (Message | rm.StatusChanged | rm.PeerChanged | rm.PathChanged | GroupMessage
          | GroupEvent)
 
@@ -461,10 +461,12 @@ class Client:
             if self.cursors is not None:
                 if body.change in ("left", "removed"):
                     self.cursors.pop(body.group_id, None)
+                elif body.seq:  # the entry that opened a term: no message there
+                    yield from self._cursor(body.group_id).not_message(body.seq, now)
                 else:
                     self._cursor(body.group_id)
             yield body
-        elif isinstance(body, gm.Invited | gm.SendStatus):
+        elif isinstance(body, gm.Invited | gm.SendStatus | gm.Refused):
             yield body
 
     def _cursor(self, gid: str) -> GroupCursor:

@@ -56,6 +56,7 @@ class _History:
     want: int
     got: dict[int, gm.StoredMessage] = field(default_factory=dict)
     done: int = 0
+    last: int = 0
 
 
 class GroupsCore(Core):
@@ -236,7 +237,8 @@ class GroupsCore(Core):
                 if h.done >= h.want:
                     del self._history[key]
                     ctx.actions.append(Reply(h.ctx, gm.HistoryReply(
-                        messages=[h.got[s] for s in sorted(h.got)], seq=h.seq)))
+                        messages=[h.got[s] for s in sorted(h.got)], seq=h.seq,
+                        last=h.last)))
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -373,6 +375,7 @@ class GroupsCore(Core):
         if g is None:
             return
         entries = ctx.store.messages_after(g.group_id, body.after, body.limit)
+        last = entries[-1].seq if len(entries) == body.limit else g.seq
         self._history_keys += 1
         key = self._history_keys
         calls = []
@@ -382,8 +385,8 @@ class GroupsCore(Core):
             if k is not None:
                 calls.append((e, sender, mid, k, ct))
         if not calls:
-            return self._reply(req, gm.HistoryReply(messages=[], seq=g.seq))
-        self._history[key] = _History(req.ctx, g.seq, len(calls))
+            return self._reply(req, gm.HistoryReply(messages=[], seq=g.seq, last=last))
+        self._history[key] = _History(req.ctx, g.seq, len(calls), last=last)
         for e, sender, mid, k, ct in calls:
             ctx.call("crypto", cm.GroupOpen(group_id=g.group_id, sender=sender, key=k),
                      ("hist", key, e.seq, (g.group_id, mid, sender, e.ts_ms)), blobs=(ct,))
@@ -454,7 +457,7 @@ class GroupsCore(Core):
 
     def queues(self) -> dict[str, int]:
         return {"groups": len(self.ctx.groups), "retry": len(self._retry),
-                "waiting_for_key": sum(len(v) for v in self.member.waiting.values())}
+                "waiting_for_key": self.member.holding()}
 
 
 class _Refused(Exception):

@@ -175,7 +175,7 @@ class Member:
             case "hub":
                 ctx.heard[g.group_id] = now
                 ctx.publish(gm.GroupChanged(group_id=g.group_id, change="hub", hub=g.hub,
-                                            term=g.term))
+                                            term=g.term, seq=e.seq))
                 ctx.count("hub_changes")
                 if g.hub != old_hub and me in g.members:
                     self.resend(g, now, force=True)
@@ -371,6 +371,12 @@ class Member:
                               blobs[:1])
         self.release(gid)
 
+    def holding(self) -> int:
+        """Messages that hold later ones back now (waiting for a key, not for long)."""
+        now = self.ctx.wall()
+        return sum(isinstance(v, float) and now - v < KEY_WAIT_S
+                   for showing in self.showing.values() for v in showing.values())
+
     def release(self, gid: str) -> None:
         """Publish the opened messages in group order: one still waiting for its sender's
         key holds the later ones back for ``KEY_WAIT_S``, then they go on without it (it
@@ -448,6 +454,9 @@ class Member:
                 self.key(sender, p.group_id, a[0], a[1])
             case "refused":
                 self.ctx.count("refused_by_hub")
+                if a[0] in ("join", "create") and self.joining.get(p.group_id) == sender:
+                    del self.joining[p.group_id]  # not admitted: nothing to wait for
+                self.ctx.publish(gm.Refused(group_id=p.group_id, what=a[0], reason=a[1]))
             case _:
                 return False
         return True

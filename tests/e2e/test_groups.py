@@ -68,10 +68,10 @@ class GroupNode(RealNode):
         while True:
             reply = self.g(gm.History(group_id=gid, after=after, limit=1000))
             assert isinstance(reply, gm.HistoryReply)
-            if not reply.messages:
-                return out
             out += reply.messages
-            after = reply.messages[-1].seq
+            if reply.last >= reply.seq:
+                return out
+            after = reply.last
 
     def counters(self, role: str = "groups") -> dict[str, int]:
         reply = self.client.bus.request(role, Status())

@@ -99,6 +99,10 @@ def test_an_invite_only_group_refuses_a_node_that_was_not_invited() -> None:
     assert members(sim, gid, "a") == {"a", "b"} and sim.nodes["c"].group(gid) is None
     assert sim.nodes["a"].stats["refused_join"] == 1
     assert sim.nodes["c"].stats["refused_by_hub"] == 1
+    # the app hears why, and nothing waits for an admission that will not come
+    [refused] = sim.nodes["c"].of(gm.Refused)
+    assert (refused.group_id, refused.what, refused.reason) == (gid, "join", "not invited")
+    assert gid not in sim.nodes["c"].c.member.joining
 
 
 def test_an_open_group_admits_anyone_who_names_its_hub() -> None:
@@ -623,3 +627,31 @@ def test_a_router_send_refused_for_good_or_with_a_lifetime_is_not_tried_again() 
     assert beats >= 1
     sim.run(1.5)
     assert sim.sent_by("a", gid).count((first, "beat")) == beats
+
+
+def test_history_pages_go_on_past_messages_this_node_cannot_read() -> None:
+    sim = GroupsSim("a", "b", "c")
+    gid = sim.create("a", members=("b", "c"))
+    for i in range(5):
+        sim.send("b", gid, f"m{i}".encode())
+    sim.run()
+    c = sim.nodes["c"]
+    c.c.ctx.store.forget_keys(gid, sim.nodes["b"].id)  # as if B's keys never came
+    page = sim.ok("c", gm.History(group_id=gid, after=0, limit=3))
+    assert page.messages == [] and 0 < page.last < page.seq  # not the end: go on from last
+    rest = sim.ok("c", gm.History(group_id=gid, after=page.last, limit=3))
+    assert rest.last == rest.seq
+
+
+def test_the_hub_change_event_names_the_entry_that_opened_the_term() -> None:
+    sim = GroupsSim("a", "b", "c")
+    gid = sim.create("a", members=("b", "c"))
+    first = successors(sim, gid)[0]
+    sim.partition("a")
+    sim.until(lambda: sim.nodes[first].group(gid).term == 2, 120)  # type: ignore[union-attr]
+    sim.run(5)
+    other = "c" if first == "b" else "b"
+    [ev] = [e for e in sim.nodes[other].of(gm.GroupChanged) if e.change == "hub"]
+    entry = [e for e in sim.nodes[other].c.ctx.store.entries_after(gid, 0, 100)
+             if e.kind == "hub"]
+    assert ev.seq == entry[0].seq and ev.term == 2

@@ -174,6 +174,8 @@ class HistoryReply(Message):
 
     messages: list[StoredMessage]
     seq: U64 = Field(description="The last log entry this node has.")
+    last: U64 = Field(0, description="The last message looked at (shown or left out): ask "
+                      "again after it; `seq` when there is nothing more.")
 
 
 @message("groups.history", "request", reply=HistoryReply)
@@ -210,11 +212,23 @@ class GroupChanged(Message):
     change: Literal["created", "joined", "hub", "left", "removed"]
     hub: NodeIdBytes
     term: U64
+    seq: U64 = Field(0, description="For `hub`: the log entry that opened the term (no "
+                     "message has that seq).")
 
 
 @message("groups.invited", "event")
 class Invited(Invite):
     """An invitation arrived."""
+
+
+@message("groups.refused", "event")
+class Refused(Message):
+    """The hub refused a request of this node (`what`: `join`, `leave`, `kick`, `role`,
+    `invite`, `msg`, `sync`, `create`) and said why."""
+
+    group_id: GroupId
+    what: str
+    reason: str
 
 
 @message("groups.status", "event")
