@@ -307,12 +307,15 @@ class BenchNode:
                 tom(self.data, "node", "down", timeout=30)
             except Exception:  # noqa: BLE001 - whatever happened, what is left is killed below
                 pass
-        deadline = time.monotonic() + 10
-        while self.supervisord_pid() is not None or self.service_pids():
-            self.kill()
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # waiting for the kernel to reap them
+        deadline = time.monotonic() + 15
+        clear = 0
+        while clear < 2 and time.monotonic() < deadline:  # twice, 0.3 s apart: a supervisord
+            if self.supervisord_pid() is not None or self.service_pids():  # still starting
+                self.kill()  # may spawn one more service meanwhile
+                clear = 0
+            else:
+                clear += 1
+            time.sleep(0.3)  # waiting for the kernel to reap them
 
 
 def start_all(nodes: list[BenchNode]) -> None:
@@ -1212,10 +1215,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--failover: {s!r} is not one of {', '.join(FAILOVER_SETTINGS)} or none")
 
     def stop_on_signal(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
         raise KeyboardInterrupt(f"signal {signum}")  # the finally blocks stop every node
 
-    signal.signal(signal.SIGTERM, stop_on_signal)
-    signal.signal(signal.SIGHUP, stop_on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # also when started in the
+        signal.signal(sig, stop_on_signal)  # background, where SIGINT is ignored
     t0 = time.monotonic()
     registry: list[BenchNode] = []
     col = Collector()
