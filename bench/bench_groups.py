@@ -4,17 +4,19 @@ nodes in the same run.
 
     .venv/bin/python -m bench.bench_groups        # quick: 5 members (five-process and
                                                   # all-in-one nodes), 3 fast failovers; ~2 min
-    .venv/bin/python -m bench.bench_groups --sizes 5,5aio,20aio,50aio --rounds 100 \\
-        --tput-n 500 --kills 20 --failover fast,default      # the docs/benchmarks.md run
+    .venv/bin/python -m bench.bench_groups --sizes 5,5aio,20aio,20aio-star,50aio-star \\
+        --rounds 100 --tput-n 1000 --rtt-n 200 --tput-1to1 1000 --kills 20 \\
+        --failover fast,default                   # the docs/benchmarks.md run; ~30 min
 
 Options: ``--sizes`` (comma list: ``N`` a group of N five-process nodes, ``Naio`` of N
 ``--all-in-one`` nodes, one process each; 20 and 50 members only fit on 2 cores as
-all-in-one nodes), ``--rounds`` (timed group messages per size, one at a time, after
-``--warmup``), ``--tput-n`` (messages per throughput measurement), ``--window`` (``groups.send``
-requests in flight per sender), ``--rtt-n`` / ``--tput-1to1`` (the 1:1 baseline),
-``--kills`` (hub kills per failover setting), ``--failover`` (``fast``, ``default`` or
-both, comma separated; ``none`` to skip), ``--payload``, ``--rate-per-s``, ``--keep``,
-``--out``.
+all-in-one nodes; ``-star`` appended: every member's transport holds one connection, the
+one to the hub, ``[transport] max_connections = 1``, see below), ``--rounds`` (timed group
+messages per size, one at a time, after ``--warmup``), ``--tput-n`` (messages per throughput
+measurement), ``--window`` (``groups.send`` requests in flight per sender), ``--rtt-n`` /
+``--tput-1to1`` (the 1:1 baseline), ``--kills`` (hub kills per failover setting),
+``--failover`` (``fast``, ``default`` or both, comma separated; ``none`` to skip),
+``--payload``, ``--rate-per-s``, ``--keep``, ``--out``.
 
 Every node is a real one: ``python -m tom.cli --data DIR node up [--all-in-one]`` in a fresh
 ``/tmp/tbg…`` directory whose ``node.toml`` binds the transport to 127.0.0.1 on a fixed free
@@ -24,12 +26,13 @@ by pid (supervisord from its pid file, the services found in /proc by their ``--
 
 Per size (one set of nodes each):
 
-1. Start N nodes (4 at a time), introduce every member to the hub and the hub to every member
-   (``router.add_peer``, in batches of 4: every node is 127.0.0.1, and a transport gives one
-   address at most 8 half-open handshakes), create the group on the first node (the hub, a
-   member) and have every other node accept its invitation (``groups.join``). Warm-up: every
-   member sends one message and the benchmark waits until every member's ``groups.history``
-   has all N (the sender keys have reached everyone; the routers have found each other).
+1. Start N nodes (4 at a time), introduce every member and the hub to each other
+   (``router.add_peer`` on both at once, see ``introduce``; in batches of 4: every node is
+   127.0.0.1, and a transport gives one address at most 8 half-open handshakes), create
+   the group on the first node (the hub, a member) and have every other node accept its
+   invitation (``groups.join``). Warm-up: every member sends one message and the benchmark
+   waits until every member's ``groups.history`` has all N (the sender keys have reached
+   everyone; the routers have found each other).
 2. 1:1 baseline between the sender (the second node) and the hub node: ``router.send`` →
    ``router.status`` ``delivered`` one at a time (``bench.bench_router.measure_rtt``, p50/p99
    over ``--rtt-n``), and ``--tput-1to1`` messages with ``--window`` in flight until the
@@ -49,6 +52,13 @@ Per size (one set of nodes each):
 5. CPU seconds of every node process (from /proc) during each phase, summed for the hub
    node, the sender's node and the other members; every node's groups counters that moved.
    Idle CPU of the N nodes over 3 s before the measurements.
+
+Members that exchange sender keys end up connected to each other (their routers dial or
+punch a direct path for the keys), so a group of N is a full mesh of N(N-1)/2 QUIC
+connections, each kept alive by a PING every second from both ends: on one machine that costs
+O(N²) CPU while idle (0.65 cores for 20 members here; 50 members need more than the 2 cores).
+``-star`` sizes measure the group's own path without that mesh: the members' transports keep
+only their connection to the hub, and sender keys go through the hub as a relay.
 
 The hub rate-limits each member to ``rate_per_s`` ordered messages per second (default 20,
 burst 50; more wait ``resend_s``, 10 s): the benchmark sets ``--rate-per-s`` (default 10 000)
@@ -181,7 +191,8 @@ class BenchNode:
     """One whole node in its own /tmp data directory, on a fixed UDP port."""
 
     def __init__(self, name: str, tmp: Path, all_in_one: bool,
-                 groups: dict[str, float] | None = None) -> None:
+                 groups: dict[str, float] | None = None,
+                 transport: dict[str, float] | None = None) -> None:
         self.name = name
         self.all_in_one = all_in_one
         self.data = tmp / name
@@ -191,6 +202,7 @@ class BenchNode:
         self.data.mkdir(mode=0o700)
         toml = ("[transport]\nhost = \"127.0.0.1\"\n"
                 f"port = {self.port}\nport_fallback = false\n")
+        toml += "".join(f"{k} = {v}\n" for k, v in (transport or {}).items())
         if groups:
             toml += "[groups]\n" + "".join(f"{k} = {v}\n" for k, v in groups.items())
         (self.data / "node.toml").write_text(toml)
@@ -338,11 +350,19 @@ def connected(a: BenchNode, b: BenchNode) -> bool:
 
 
 def introduce(pairs: list[tuple[BenchNode, BenchNode]], timeout_s: float = 60) -> None:
-    """``a`` dials ``b`` (router.add_peer), a few pairs at a time, until connected."""
+    """``a`` and ``b`` add each other (router.add_peer on both, back to back, before their
+    connection is up), a few pairs at a time, until connected.
+
+    Both at once, because only a router that is not yet connected to the peer asks its
+    transport to dial (``transport.connect``), and only that makes the transport treat the
+    peer as one its owner asked for: added once connected, the peer stays a stranger there,
+    whose envelopes are read at 250/s (2 s bursts; ``[transport]
+    stranger_envelopes_per_s``)."""
     for i in range(0, len(pairs), INTRO_BATCH):
         batch = pairs[i:i + INTRO_BATCH]
         for a, b in batch:
             a.c.add_peer(b.id, "127.0.0.1", b.port)
+            b.c.add_peer(a.id, "127.0.0.1", a.port)
         until("connections " + ", ".join(f"{a.name}→{b.name}" for a, b in batch),
               functools.partial(all_connected, batch), timeout_s, 0.1)
 
@@ -573,6 +593,28 @@ def make_group_hosted(creator: BenchNode, members: list[BenchNode], hub: BenchNo
     return gid
 
 
+def diagnose(nodes: list[BenchNode], gid: str, warm: set[bytes]) -> dict[str, Any]:
+    """Why the warm-up did not complete: per node, the warm-up messages it lacks, its
+    groups counters and queues, its connected peers, load average."""
+    out: dict[str, Any] = {"loadavg": os.getloadavg()}
+    for n in nodes:
+        row: dict[str, Any] = {}
+        try:
+            row["missing"] = len(warm - {m.id for m in n.history(gid)})
+            reply = n.c.bus.request("groups", Status())
+            assert isinstance(reply, StatusReply)
+            row["groups"] = {"counters": dict(reply.counters), "queues": dict(reply.queues)}
+            row["connected"] = sum(p.connected for p in n.c.peers())
+            row["transport"] = n.counters("transport")
+        except (WireError, AssertionError) as e:
+            row["error"] = repr(e)
+        out[n.name] = row
+    lacking = {k: v.get("missing") for k, v in out.items() if isinstance(v, dict)
+               and v.get("missing")}
+    log(f"warm-up incomplete: messages missing per node {lacking}; load {out['loadavg']}")
+    return out
+
+
 def connections(nodes: list[BenchNode]) -> dict[str, float]:
     """Peers each node's router lists as connected: min / mean / max over the nodes."""
     counts = [sum(p.connected for p in n.c.peers()) for n in nodes]
@@ -749,34 +791,39 @@ def idle_cpu(nodes: list[BenchNode], seconds: float = 3.0) -> dict[str, Any]:
                     time.monotonic() - t)
 
 
-def run_size(size: int, aio: bool, args: argparse.Namespace, col: Collector,
-             registry: list[BenchNode]) -> dict[str, Any]:
+def run_size(size: int, aio: bool, star: bool, args: argparse.Namespace, col: Collector,
+             registry: list[BenchNode], out: dict[str, Any]) -> dict[str, Any]:
+    """Fills ``out`` (kept by the caller also when this raises)."""
     kind = "all-in-one nodes (one process each)" if aio else "five-process nodes"
-    label = f"{size} members, {kind}"
+    label = f"{size} members, {kind}" + (", members connected to the hub only" if star else "")
     tmp = Path(tempfile.mkdtemp(prefix="tbg", dir="/tmp"))
     groups_cfg = {"rate_per_s": args.rate_per_s, "rate_burst": args.rate_per_s}
-    nodes = [BenchNode(f"n{i:02d}", tmp, aio, groups_cfg) for i in range(size)]
+    # star: a member's transport holds one connection, the one to the hub it dialled;
+    # member-to-member envelopes (sender keys) go through the hub as a relay
+    nodes = [BenchNode(f"n{i:02d}", tmp, aio, groups_cfg,
+                       {"max_connections": 1} if star and i else None) for i in range(size)]
     registry += nodes
-    out: dict[str, Any] = {"label": label, "size": size, "all_in_one": aio,
-                           "processes": size * (1 if aio else 5)}
+    out.update({"label": label, "size": size, "all_in_one": aio, "star": star,
+                "processes": size * (1 if aio else 5)})
     try:
         t = time.monotonic()
         log(f"{label}: starting {size} nodes (load average {os.getloadavg()[0]:.1f})")
         out["loadavg_start"] = os.getloadavg()
         start_all(nodes)
         out["start_s"] = time.monotonic() - t
+        log(f"{label}: up in {out['start_s']:.0f} s")
         hub, sender = nodes[0], nodes[1]
         members = nodes[1:]
         t = time.monotonic()
         until("every transport ready", lambda: all(transport_ready(n) for n in nodes), 60)
         introduce([(m, hub) for m in members], 120)
-        for m in members:  # the hub knows them too (people who know each other)
-            hub.c.add_peer(m.id, "127.0.0.1", m.port)
         out["connect_s"] = time.monotonic() - t
-        out["idle_star"] = idle_cpu(nodes)  # every member connected to the hub only
+        out["idle_before_group"] = idle_cpu(nodes)  # every member connected to the hub only
+        log(f"{label}: connected to the hub in {out['connect_s']:.0f} s")
         t = time.monotonic()
         gid = make_group(hub, members, f"bench-{size}", 60 + 4 * size)
         out["group_s"] = time.monotonic() - t
+        log(f"{label}: group of {size} in {out['group_s']:.0f} s")
         for n in nodes:
             col.add(n)
         sender.c.subscribe()  # router events, for the 1:1 baseline (connected long before it)
@@ -784,16 +831,20 @@ def run_size(size: int, aio: bool, args: argparse.Namespace, col: Collector,
         t = time.monotonic()
         text = b"x" * args.payload
         warm = {n.send(gid, text) for n in nodes}
-        for n in nodes:
-            until(f"{n.name} has every warm-up message", functools.partial(has_all, n, gid, warm),
-                  60 + 6 * size, 0.25)
+        try:
+            for n in nodes:
+                until(f"{n.name} has every warm-up message",
+                      functools.partial(has_all, n, gid, warm), 60 + 6 * size, 0.25)
+        except RuntimeError:
+            out["warmup_failed"] = diagnose(nodes, gid, warm)
+            raise
         out["warmup_s"] = time.monotonic() - t
         log(f"{label}: up {out['start_s']:.0f} s, connected {out['connect_s']:.0f} s, group "
             f"{out['group_s']:.0f} s, warm {out['warmup_s']:.0f} s")
         out["idle"] = idle_cpu(nodes)  # the group formed: the members have found each other
         out["connections"] = connections(nodes)
-        log(f"{label}: idle CPU {out['idle_star']['cores_busy']:.2f} cores before the group, "
-            f"{out['idle']['cores_busy']:.2f} after; connected peers per node "
+        log(f"{label}: idle CPU {out['idle_before_group']['cores_busy']:.2f} cores before the "
+            f"group, {out['idle']['cores_busy']:.2f} after; connected peers per node "
             f"{out['connections']}")
         transport0 = counters_all(nodes, "transport")
 
@@ -835,6 +886,11 @@ def run_size(size: int, aio: bool, args: argparse.Namespace, col: Collector,
                                                      args.window, text, timeout), per * size)
         out["transport_counters"] = counters_moved(
             transport0, counters_all(nodes, "transport"), hub.name)
+        throttled = out["transport_counters"]["hub"].get("throttled_strangers", 0) + \
+            out["transport_counters"]["members"].get("throttled_strangers", 0)
+        if throttled:
+            log(f"{label}: transports throttled strangers {throttled} times (the rates are "
+                "capped at 250 envelopes/s per sender)")
         return out
     finally:
         for n in nodes:
@@ -1048,6 +1104,11 @@ def failover_summary(f: dict[str, Any]) -> dict[str, Any]:
 
 # -- reporting ---------------------------------------------------------------------------------
 
+def size_name(s: dict[str, Any]) -> str:
+    return f"{s['size']} ({'all-in-one' if s['all_in_one'] else '5-process'}" + \
+        (", members connected to the hub only)" if s.get("star") else ")")
+
+
 def dig(d: Any, *path: str) -> Any:
     for k in path:
         if not isinstance(d, dict) or k not in d:
@@ -1076,9 +1137,9 @@ def size_rows(r: dict[str, Any]) -> list[list[str]]:
         def ratio(a: float | None, b: float | None, fmt: str = ".1f") -> str:
             return "–" if a is None or not b else format(a / b, fmt) + "×"
 
-        idle = [dig(s, k, "cores_busy") for k in ("idle_star", "idle")]
+        idle = [dig(s, k, "cores_busy") for k in ("idle_before_group", "idle")]
         rows.append([
-            f"{s['size']}" + (" (all-in-one)" if s["all_in_one"] else " (5-process)"),
+            size_name(s),
             f"{f(l50)} / {f(l99)}", f"{f(r50)} / {f(r99)}",
             f"{ratio(l50, r50)} / {ratio(l99, r99)}", f(ordered),
             f(one, ",.0f"), f(every, ",.0f"), f(deliveries, ",.0f"), f(t1, ",.0f"),
@@ -1095,7 +1156,7 @@ SIZE_HEADER = ["members (nodes)", "group msg → every member p50 / p99 (ms)",
                "msgs/s, every member sending", "member deliveries/s (every member sending)",
                "1:1 delivered/s", "group msgs/s / 1:1 (one / every)",
                "CPU ms per group msg (every member sending)",
-               "idle CPU of the nodes, of 2 cores (star / group formed)",
+               "idle CPU of the nodes, of 2 cores (before the group / group formed)",
                "connected peers per node"]
 
 
@@ -1126,7 +1187,7 @@ def markdown(r: dict[str, Any]) -> str:
                              f"{above[k] / (others if k == 'other members' else 1):.2f}"
                              for k in ("hub node", "sender node", "other members"))
             lines.append(
-                f"| {s['size']}{' (all-in-one)' if s['all_in_one'] else ' (5-process)'} | "
+                f"| {size_name(s)} | "
                 f"{p50('send_reply')} | {p50('ordered_by_hub')} | {p50('to_first_other')} | "
                 f"{p50('ordered_at_sender')} | {p50('to_last_member')} | "
                 + ("–" if sent is None or dlv is None else f"{sent / 1000:.1f} / {dlv / 1000:.1f}")
@@ -1169,18 +1230,25 @@ def cpu_lines(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def parse_sizes(text: str) -> list[tuple[int, bool]]:
+def parse_sizes(text: str) -> list[tuple[int, bool, bool]]:
+    """``N``, ``Naio``, ``Naio-star``, ``N-star`` → (N, all-in-one, star)."""
     out = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
+        star = part.endswith("-star")
+        part = part.removesuffix("-star")
         aio = part.endswith("aio")
-        n = int(part.removesuffix("aio"))
-        if not 2 <= n <= 50:
-            raise argparse.ArgumentTypeError(f"group size {n}: 2 to 50 (the hub's default "
+        try:
+            n = int(part.removesuffix("aio"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: N, Naio, N-star or Naio-star") \
+                from None
+        if not 3 <= n <= 50:
+            raise argparse.ArgumentTypeError(f"group size {n}: 3 to 50 (the hub's default "
                                              "max_members)")
-        out.append((n, aio))
+        out.append((n, aio, star))
     return out
 
 
@@ -1236,14 +1304,16 @@ def main(argv: list[str] | None = None) -> int:
                                                    "rate_per_s", "kills")},
         "sizes": [], "failover": [], "loadavg_start": os.getloadavg()}
     try:
-        for size, aio in args.sizes:
+        for size, aio, star in args.sizes:
+            name = f"{size}{'aio' if aio else ''}{'-star' if star else ''}"
+            out: dict[str, Any] = {"label": name, "size": size, "all_in_one": aio,
+                                   "star": star}
+            result["sizes"].append(out)
             try:
-                result["sizes"].append(run_size(size, aio, args, col, registry))
+                run_size(size, aio, star, args, col, registry, out)
             except Exception as e:  # noqa: BLE001 - recorded; the other sizes still run
-                log(f"size {size}{' aio' if aio else ''} FAILED: {e}")
-                result["sizes"].append({"label": f"{size}{' aio' if aio else ''}",
-                                        "size": size, "all_in_one": aio, "errors": {
-                                            "setup": repr(e)}})
+                log(f"size {name} FAILED: {e}")
+                out.setdefault("errors", {})["setup"] = repr(e)
         for setting in failover:
             f = run_failover(setting, args, col, registry)
             f["summary"] = failover_summary(f)
@@ -1263,7 +1333,8 @@ def main(argv: list[str] | None = None) -> int:
                    "msgs_per_s_one_sender": dig(s, "tput_one_sender", "msgs_per_s"),
                    "msgs_per_s_every_member": dig(s, "tput_all_members", "msgs_per_s"),
                    "one_to_one_delivered_per_s": dig(s, "one_to_one_tput", "delivered_per_s"),
-                   "idle_cores_busy": [dig(s, k, "cores_busy") for k in ("idle_star", "idle")],
+                   "idle_cores_busy": [dig(s, k, "cores_busy")
+                                       for k in ("idle_before_group", "idle")],
                    "errors": s.get("errors")}
                   for s in result["sizes"]],
         "failover": [{"setting": f["setting"], "config": f["config"], **f["summary"],
