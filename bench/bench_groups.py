@@ -604,14 +604,20 @@ def diagnose(nodes: list[BenchNode], gid: str, warm: set[bytes]) -> dict[str, An
             reply = n.c.bus.request("groups", Status())
             assert isinstance(reply, StatusReply)
             row["groups"] = {"counters": dict(reply.counters), "queues": dict(reply.queues)}
-            row["connected"] = sum(p.connected for p in n.c.peers())
+            peers = {p.node_id: p for p in n.c.peers()}
+            row["connected"] = sum(p.connected for p in peers.values())
+            row["no_path_to"] = sum(1 for m in nodes if m is not n and (
+                m.id not in peers or peers[m.id].path == "none"))
             row["transport"] = n.counters("transport")
         except (WireError, AssertionError) as e:
             row["error"] = repr(e)
         out[n.name] = row
     lacking = {k: v.get("missing") for k, v in out.items() if isinstance(v, dict)
                and v.get("missing")}
-    log(f"warm-up incomplete: messages missing per node {lacking}; load {out['loadavg']}")
+    no_path = {k: v.get("no_path_to") for k, v in out.items() if isinstance(v, dict)
+               and v.get("no_path_to")}
+    log(f"warm-up incomplete: messages missing per node {lacking}; members a node has no "
+        f"path to {no_path}; load {out['loadavg']}")
     return out
 
 
