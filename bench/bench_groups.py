@@ -360,9 +360,12 @@ def introduce(pairs: list[tuple[BenchNode, BenchNode]], timeout_s: float = 60) -
     stranger_envelopes_per_s``)."""
     for i in range(0, len(pairs), INTRO_BATCH):
         batch = pairs[i:i + INTRO_BATCH]
-        for a, b in batch:
-            a.c.add_peer(b.id, "127.0.0.1", b.port)
-            b.c.add_peer(a.id, "127.0.0.1", a.port)
+        for a, b in batch:  # both requests leave before either reply is awaited
+            reqs = [(x, x.c.bus.send("router", rm.AddPeer(node_id=y.id, host="127.0.0.1",
+                                                          port=y.port)))
+                    for x, y in ((a, b), (b, a))]
+            for x, req in reqs:
+                x.c.bus.recv("router", req)
         until("connections " + ", ".join(f"{a.name}→{b.name}" for a, b in batch),
               functools.partial(all_connected, batch), timeout_s, 0.1)
 
@@ -605,9 +608,14 @@ def diagnose(nodes: list[BenchNode], gid: str, warm: set[bytes]) -> dict[str, An
             assert isinstance(reply, StatusReply)
             row["groups"] = {"counters": dict(reply.counters), "queues": dict(reply.queues)}
             peers = {p.node_id: p for p in n.c.peers()}
+            names = {m.id: m.name for m in nodes}
             row["connected"] = sum(p.connected for p in peers.values())
-            row["no_path_to"] = sum(1 for m in nodes if m is not n and (
-                m.id not in peers or peers[m.id].path == "none"))
+            row["connected_to"] = sorted(names.get(p.node_id, p.node_id.hex()[:8])
+                                         for p in peers.values() if p.connected)
+            row["unknown"] = sorted(m.name for m in nodes if m is not n and m.id not in peers)
+            row["no_path"] = sorted(m.name for m in nodes if m is not n and m.id in peers
+                                    and peers[m.id].path == "none")
+            row["no_path_to"] = len(row["unknown"]) + len(row["no_path"])
             row["transport"] = n.counters("transport")
         except (WireError, AssertionError) as e:
             row["error"] = repr(e)
@@ -855,6 +863,7 @@ def run_size(size: int, aio: bool, star: bool, args: argparse.Namespace, col: Co
         transport0 = counters_all(nodes, "transport")
 
         def phase(name: str, fn: Callable[[], dict[str, Any]], n_msgs: int) -> None:
+            t0 = counters_all(nodes, "transport")
             c0, k0, w0 = cpu_snapshot(nodes), counters_all(nodes), time.monotonic()
             try:
                 res = fn()
@@ -872,6 +881,12 @@ def run_size(size: int, aio: bool, star: bool, args: argparse.Namespace, col: Co
                 k: 1000 * max(0.0, v - idle_rate.get(k, 0.0) * cpu["wall_s"]) / n_msgs
                 for k, v in cpu["by_node"].items()}
             res["counters"] = counters_moved(k0, counters_all(nodes), hub.name)
+            moved = counters_moved(t0, counters_all(nodes, "transport"), hub.name)
+            res["throttled_strangers"] = sum(m.get("throttled_strangers", 0)
+                                             for m in moved.values())
+            if res["throttled_strangers"]:
+                log(f"{label}: {name}: a transport read a stranger's envelopes at its rate "
+                    f"limit ({res['throttled_strangers']} times): the rate is capped")
             out[name] = res
             log(f"{label}: {name} done ({w1 - w0:.1f} s)")
 
@@ -1134,6 +1149,8 @@ def size_rows(r: dict[str, Any]) -> list[list[str]]:
             dig(s, "tput_all_members", "msgs_per_s")
         deliveries = dig(s, "tput_all_members", "member_deliveries_per_s")
         t1 = dig(s, "one_to_one_tput", "delivered_per_s")
+        capped = [k for k in ("one_to_one_tput", "tput_one_sender", "tput_all_members")
+                  if dig(s, k, "throttled_strangers")]
         ordered = dig(s, "latency", "ordered_at_sender", "p50_ms")
         cpu = dig(s, "tput_all_members", "cpu", "ms_per_msg")
 
@@ -1148,7 +1165,9 @@ def size_rows(r: dict[str, Any]) -> list[list[str]]:
             size_name(s),
             f"{f(l50)} / {f(l99)}", f"{f(r50)} / {f(r99)}",
             f"{ratio(l50, r50)} / {ratio(l99, r99)}", f(ordered),
-            f(one, ",.0f"), f(every, ",.0f"), f(deliveries, ",.0f"), f(t1, ",.0f"),
+            f(one, ",.0f") + ("‡" if "tput_one_sender" in capped else ""),
+            f(every, ",.0f") + ("‡" if "tput_all_members" in capped else ""),
+            f(deliveries, ",.0f"), f(t1, ",.0f") + ("‡" if "one_to_one_tput" in capped else ""),
             f"{ratio(one, t1, '.2f')} / {ratio(every, t1, '.2f')}", f(cpu),
             " / ".join("–" if x is None else f"{100 * x / 2:.0f} %" for x in idle),
             f(dig(s, "connections", "mean"), ".0f"),
@@ -1172,6 +1191,9 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(SIZE_HEADER) + " |",
                   "|" + "|".join(["---"] + ["---:"] * (len(SIZE_HEADER) - 1)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in size_rows(r)]
+        if any("‡" in cell for row in size_rows(r) for cell in row):
+            lines += ["", "‡ capped: a transport read a stranger's envelopes at its rate "
+                      "limit (250/s, `throttled_strangers`) during that measurement"]
     if r["sizes"]:
         lines += ["", "| members (nodes), p50 ms after `groups.send` → | its reply | "
                   "ordered by the hub (its clock) | first other member | `ordered` back at the "
