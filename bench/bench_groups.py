@@ -6,7 +6,7 @@ nodes in the same run.
                                                   # all-in-one nodes), 3 fast failovers; ~2 min
     .venv/bin/python -m bench.bench_groups --sizes 5,5aio,20aio,20aio-star,50aio-star \\
         --rounds 100 --tput-n 1000 --rtt-n 200 --tput-1to1 1000 --kills 20 \\
-        --failover fast,default                   # the docs/benchmarks.md run; ~30 min
+        --failover fast,default                   # the docs/benchmarks.md run; ~25 min
 
 Options: ``--sizes`` (comma list: ``N`` a group of N five-process nodes, ``Naio`` of N
 ``--all-in-one`` nodes, one process each; 20 and 50 members only fit on 2 cores as
@@ -56,9 +56,18 @@ Per size (one set of nodes each):
 Members that exchange sender keys end up connected to each other (their routers dial or
 punch a direct path for the keys), so a group of N is a full mesh of N(N-1)/2 QUIC
 connections, each kept alive by a PING every second from both ends: on one machine that costs
-O(N²) CPU while idle (0.65 cores for 20 members here; 50 members need more than the 2 cores).
-``-star`` sizes measure the group's own path without that mesh: the members' transports keep
-only their connection to the hub, and sender keys go through the hub as a relay.
+O(N²) CPU while idle (0.65-0.84 cores for 20 members here; 50 members would need about 4
+cores, and did not complete the warm-up on 2). ``-star`` sizes measure the group's own path
+without that mesh: the members' transports keep only their connection to the hub, and sender
+keys go through the hub as a relay; but the hub announces at most 32 neighbours, so beyond 33
+members some members are unreachable and never get the others' sender keys (50aio-star does
+not complete the warm-up either; docs/benchmarks.md, Groups). A size whose warm-up does not
+complete is reported with per-node diagnostics (``warmup_failed`` in the JSON: messages
+missing, members without a path, groups counters) and the run goes on.
+
+Every rate phase also records whether a transport throttled a stranger's envelopes
+(``throttled_strangers``: a peer introduced after it connected is a stranger there, read at
+250 envelopes/s); such figures are marked ‡.
 
 The hub rate-limits each member to ``rate_per_s`` ordered messages per second (default 20,
 burst 50; more wait ``resend_s``, 10 s): the benchmark sets ``--rate-per-s`` (default 10 000)
