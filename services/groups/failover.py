@@ -298,9 +298,7 @@ class Failover:
 
     def base(self, g: GroupState) -> int:
         """The seq of the entry that opened the current term (1 for the first)."""
-        row = self.ctx.store.db.execute("SELECT MIN(seq) FROM log WHERE gid=? AND term=? "
-                                        "AND seq>0", (g.group_id, g.term)).fetchone()
-        return int(row[0] or g.seq)
+        return self.ctx.store.term_start(g.group_id, g.term) or g.seq
 
     def on_stale(self, sender: bytes, gid: str, term: int, hub: bytes, base: int,
                  now: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.router.gossip import RateLimit
 from shared.envelope import BadSignature, EnvelopeError, GroupCiphertext
 
 from . import wire
@@ -19,18 +20,13 @@ SYNC_BATCH = 200
 FAN_BATCH_BYTES = 150 * 1024
 
 
-class Bucket:
-    __slots__ = ("level", "at")
-
-    def __init__(self, level: float, at: float) -> None:
-        self.level, self.at = level, at
-
-
 class Hub:
     def __init__(self, ctx: Context, member: Member) -> None:
         self.ctx = ctx
         self.member = member
-        self.rates: dict[tuple[str, bytes], Bucket] = {}
+        s = ctx.settings
+        self.rates = RateLimit(s.rate_per_s, s.rate_burst, keys=100_000)
+        """Per (group, member): what the hub orders from it."""
 
     def hosted(self, gid: str) -> GroupState | None:
         g = self.ctx.groups.get(gid)
@@ -186,24 +182,10 @@ class Hub:
             for e in ctx.store.entries_after(g.group_id, seq - 1, 1):
                 ctx.fan(sender, g.group_id, e)
             return
-        if not self.take(g.group_id, sender, now):
+        if not self.rates.take(g.group_id.encode() + sender, now):
             ctx.count("rate_limited")  # not ordered: the sender sends it again later
             return
         self.append(g, "msg", sender, mid, epoch, ct, now=now)
-
-    def take(self, gid: str, sender: bytes, now: float) -> bool:
-        s = self.ctx.settings
-        b = self.rates.get((gid, sender))
-        if b is None:
-            if len(self.rates) > 100_000:
-                self.rates.clear()
-            b = self.rates[(gid, sender)] = Bucket(s.rate_burst, now)
-        b.level = min(s.rate_burst, b.level + (now - b.at) * s.rate_per_s)
-        b.at = now
-        if b.level < 1:
-            return False
-        b.level -= 1
-        return True
 
     def sync(self, sender: bytes, g: GroupState, after: int) -> None:
         if sender not in g.members and sender != g.prev_hub:  # a deposed hub catches up

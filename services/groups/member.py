@@ -437,7 +437,7 @@ class Member:
             else:
                 self.sync(g, now, to=to)
         for g in list(self.ctx.groups.values()):
-            if self.ctx.node_id in g.members and self.ctx.store.outbox(g.group_id):
+            if self.ctx.node_id in g.members and self.ctx.store.has_outbox(g.group_id):
                 self.resend(g, now)
 
     def payload(self, sender: bytes, p: wire.Payload, now: float) -> bool:

@@ -152,6 +152,16 @@ class Store:
                 (min(low, 0) - 1, from_seq, gid, from_seq))
         return gone
 
+    def term_start(self, gid: str, term: int) -> int:
+        """The seq of the first entry of ``term`` in the log (0 if none)."""
+        row = self.db.execute("SELECT MIN(seq) FROM log WHERE gid=? AND term=? AND seq>0",
+                              (gid, term)).fetchone()
+        return int(row[0] or 0)
+
+    def has_outbox(self, gid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM outbox WHERE gid=? LIMIT 1",
+                               (gid,)).fetchone() is not None
+
     def purge(self, before_ms: int) -> int:
         return self._w("DELETE FROM log WHERE ts_ms<?", (before_ms,))
 
