@@ -79,12 +79,21 @@ class Context:
             self.local.append((to, raw))
             return
         signal = kind in SIGNALS
+        relay = self.relay(to, gid)
         # held until the commit of what made it: a crash never sends a payload whose cause
         # is undone (a key the restarted service would draw again, differently)
         self.held.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s,
-                                                signal=signal),
-                              ("sent", to, raw, lifetime_s if not signal else 0.0),
+                                                signal=signal, relay=relay),
+                              ("sent", to, raw, lifetime_s if not signal else 0.0, relay),
                               blobs=(raw,)))
+
+    def relay(self, to: bytes, gid: str) -> bytes | None:
+        """The group's hub, as the relay for a payload to another member: every member
+        reaches the hub, not always each other (the router tries its own path first)."""
+        g = self.groups.get(gid)
+        if g is None or g.hub in (to, self.node_id):
+            return None
+        return g.hub
 
     def fan(self, to: bytes, gid: str, e: wire.Entry) -> None:
         """An entry for ``to``; entries for one node leave together at the flush."""

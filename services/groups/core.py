@@ -206,7 +206,7 @@ class GroupsCore(Core):
         ok = isinstance(event, PeerReplied)
         blobs = event.blobs if isinstance(event, PeerReplied) else ()
         match token:
-            case ("sent", _to, _raw, lifetime):
+            case ("sent", _to, _raw, lifetime, _relay):
                 if not ok:
                     assert isinstance(event, PeerFailed)
                     ctx.count("sends_failed")
@@ -420,9 +420,9 @@ class GroupsCore(Core):
             if token == ("pull",):
                 self._pull()
             else:
-                _k, to, raw, lifetime = token
+                _k, to, raw, lifetime, relay = token
                 ctx.actions.append(Call("router", rm.Send(to=to, groups=True,
-                                                          lifetime_s=lifetime),
+                                                          lifetime_s=lifetime, relay=relay),
                                         token, blobs=(raw,)))
         self.failover.tick(now)
         if now >= self._next_tick:

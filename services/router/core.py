@@ -69,6 +69,7 @@ from shared.core import EventReceived as BusEvent
 from shared.envelope import (
     DEFAULT_TTL,
     MAX_TTL,
+    MAX_VIA,
     AckPayload,
     AckType,
     Envelope,
@@ -673,7 +674,7 @@ class RouterCore(Core):
         self.stats["forwarded"] += 1
         actions: list[Action] = [Call("transport", tm.Send(peer=hop), ("fwd",),
                                       blobs=(replace(env, ttl=env.ttl - 1).encode(),))]
-        if env.msg_type == MessageType.CHAT:  # not for ACKs: no ACKs of ACKs
+        if env.msg_type in (MessageType.CHAT, MessageType.GROUP):  # no ACKs of ACKs
             back = tuple(reversed(env.via[:pos]))
             payload = AckPayload(env.id, AckType.RELAY_FORWARDED).encode()
             actions += self._control(env.sender, MessageType.ACK, payload, back, env.encode())
@@ -704,7 +705,7 @@ class RouterCore(Core):
         if len(self.out) >= self.settings.max_open_messages:
             return [Fail(req.ctx, ErrorCode.OVERLOADED, f"{len(self.out)} messages are "
                          "not delivered yet")]
-        via = self.topo.route(body.to) or ()
+        via = self._route(body.to, body.relay) or ()
         msg_id = body.id or self.rng.randbytes(16)
         if body.signal:
             if not body.groups:
@@ -758,7 +759,7 @@ class RouterCore(Core):
         if self.wall() * 1000 - msg.created_ms > lifetime_ms:
             return self._advance(msg, FAILED, "not acknowledged within "
                                  f"{lifetime_ms / 1000:g} s")
-        route = self.topo.route(msg.to)
+        route = self._route(msg.to, msg.env.via[-1] if msg.env.via else None)
         actions: list[Action] = []
         if route != ():  # a direct path, for later messages
             actions += self._connect(msg.to, now) + self._punch(msg.to, route, now)
@@ -783,6 +784,20 @@ class RouterCore(Core):
         hop = route[0] if route else msg.to
         return actions + [Call("transport", tm.Send(peer=hop), ("xmit", msg.id),
                                blobs=(msg.env.encode(),))]
+
+    def _route(self, to: bytes, relay: bytes | None) -> tuple[bytes, ...] | None:
+        """The relays to ``to`` in the topology or, when it knows no path, through
+        ``relay`` (the app's hint, kept as the last hop of the envelope's signed ``via``,
+        so it outlives a restart) when that one is reachable: it forwards only if it is
+        connected to ``to``, and says so."""
+        assert self.topo is not None
+        route = self.topo.route(to)
+        if route is not None or relay is None or relay == to or relay == self.node_id:
+            return route
+        first = self.topo.route(relay)
+        if first is None or relay in first or len(first) >= MAX_VIA:
+            return None
+        return (*first, relay)
 
     def _resigned(self, msg_id: bytes, event: PeerReplied | PeerFailed,
                   now: float) -> list[Action]:

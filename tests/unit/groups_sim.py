@@ -119,6 +119,11 @@ class GroupsSim:
         self.queue: deque[tuple[str, Any]] = deque()
         self.side: dict[str, int] = {}
         """Partition sides: nodes reach each other only on the same side."""
+        self.links: set[frozenset[str]] | None = None
+        """Direct paths, when set: only these pairs reach each other directly, others only
+        through the relay the sender's ``router.send`` names (as in a star of members
+        connected to the hub alone, which announces at most 32 of them)."""
+        self.relayed = 0
         self.held: list[Held] = []
         self.lose: Callable[[str, str, bytes], bool] | None = None
         """``lose(src, dst, raw)``: a payload the router loses for good (it gave up)."""
@@ -294,8 +299,17 @@ class GroupsSim:
                 self._deliver(h.src, h.dst, h.raw)
         self.run()
 
-    def reachable(self, a: str, b: str) -> bool:
-        return self.side[a] == self.side[b]
+    def reachable(self, a: str, b: str, relay: bytes | None = None) -> bool:
+        if self.side[a] != self.side[b]:
+            return False
+        if self.links is None or frozenset((a, b)) in self.links:
+            return True
+        r = next((n.name for n in self.nodes.values() if n.id == relay), None)
+        if r is None or not {frozenset((a, r)), frozenset((r, b))} <= self.links \
+                or self.side[r] != self.side[a]:
+            return False
+        self.relayed += 1
+        return True
 
     def _expire(self) -> None:
         self.held = [h for h in self.held if h.expires > self.now]
@@ -386,7 +400,7 @@ class GroupsSim:
             if self.lose and self.lose(name, dst, raw):
                 return
             signal = getattr(body, "signal", False)  # router signals: once, in no inbox
-            if not self.reachable(name, dst):
+            if not self.reachable(name, dst, body.relay):
                 if not signal:
                     lifetime = body.lifetime_s if body.lifetime_s is not None else 86_400
                     self.held.append(Held(name, dst, raw, self.now + lifetime))

@@ -15,7 +15,7 @@ from shared.wire import ErrorCode
 from shared.wire.messages import groups as gm
 from shared.wire.messages.crypto import NodeIdReply
 
-from .groups_sim import GroupsSim, successors
+from .groups_sim import GroupsSim, successors, texts_once
 
 
 def members(sim: GroupsSim, gid: str, viewer: str) -> set[str]:
@@ -67,6 +67,24 @@ def test_create_invite_and_join_make_the_same_group_on_every_member() -> None:
     for n in (a, b, c):
         for o in (a, b, c):
             assert n.c.store.latest_key(gid, o.id) is not None, (n.name, o.name)
+
+
+def test_members_that_reach_only_the_hub_get_each_others_keys_through_it() -> None:
+    """A star: every member reaches the hub, no member another (a hub's announcement names
+    at most 32 neighbours, so beyond that a member's router knows no path to the others).
+    Keys between members name the hub as their relay; every message reaches everyone."""
+    names = ("a", "b", "c", "d", "e")
+    sim = GroupsSim(*names)
+    sim.links = {frozenset(("a", n)) for n in names[1:]}
+    gid = sim.create("a", members=names[1:])
+    for n in names:
+        sim.send(n, gid, n.encode())
+    sim.run()
+    for n in names:
+        assert sorted(texts_once(sim, n, gid)) == [x.encode() for x in names], n
+        for o in names:
+            assert sim.nodes[n].c.store.latest_key(gid, sim.nodes[o].id) is not None
+    assert sim.relayed >= 4 * 3 and not sim.held  # each member's key to the 3 others
 
 
 def test_a_remote_hub_announces_the_group_to_its_creator() -> None:

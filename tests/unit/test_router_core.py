@@ -618,3 +618,21 @@ def test_a_peer_that_connects_gets_at_once_what_a_relay_passed_into_a_dead_conne
     sim.connect("a", "c")  # long before A's 5 s backoff
     assert sim.nodes["c"].received() == [b"into the void"]
     assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
+
+
+def test_a_relay_named_by_the_app_carries_a_message_the_topology_has_no_path_for() -> None:
+    """The groups service names a group's hub as the relay to another member: a hub that
+    announces at most 32 neighbours is the only path a member of a large star knows."""
+    sim = Sim("a", "b", "c")
+    sim.connect("a", "b")
+    sim.connect("b", "c")  # no announcements travel: a knows no path to c
+    a, c = sim.nodes["a"], sim.nodes["c"]
+    assert a.router.topo is not None and a.router.topo.route(c.id) is None
+    stuck = send(sim, "a", "c", b"no path")
+    assert c.received() == [] and a.statuses(stuck) == ["pending"]
+    msg = send(sim, "a", "c", b"through b", relay=sim.nodes["b"].id)
+    assert c.received() == [b"through b"] and c.delivered[0][0].relayed
+    assert a.statuses(msg) == ["pending", "sent", "relayed", "delivered"]
+    # a relay that is not reachable is no path either
+    other = send(sim, "a", "c", b"through nobody", relay=b"\x09" * 32)
+    assert a.statuses(other) == ["pending"] and c.received() == [b"through b"]

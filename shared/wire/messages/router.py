@@ -81,6 +81,11 @@ class Send(Message):
                          "path of the moment (envelope type `GroupSignal`): not stored, not "
                          "retried, not acknowledged, not kept in the recipient's inbox "
                          "(liveness beats and probes). No status events.")
+    relay: NodeIdBytes | None = Field(None, description="A node to relay through while "
+                                      "this router knows no path to `to` of its own (the "
+                                      "groups service names a group's hub, which every "
+                                      "member reaches): the path the router finds is used "
+                                      "first, always.")
 
 
 @message("router.read_reply", "reply")
