@@ -42,6 +42,10 @@ class Claim:
     answered: dict[bytes, int] = field(default_factory=dict)
     granted: set[bytes] = field(default_factory=set)
     collected: dict[int, Entry] = field(default_factory=dict)
+    """Messages the granting members passed on (each signed by its sender)."""
+    votes: dict[int, dict[Entry, set[bytes]]] = field(default_factory=dict)
+    """Membership entries the granting members passed on, and who passed each on: the old
+    hub's word, which no signature of their own proves."""
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Probe:
 
 
 MAX_HELD = 8
+MEMBERSHIP = frozenset({"joined", "left", "kicked", "role"})
 
 
 class Failover:
@@ -148,8 +153,8 @@ class Failover:
             ok = self.granted.get(gid) == (term, claimant)
             packed: list[list[object]] = []
             size = 0
-            for e in ctx.store.messages_after(gid, seq, wire.MAX_ENTRIES) if ok else []:
-                size += len(e.args[3]) + 100
+            for e in ctx.store.entries_after(gid, seq, wire.MAX_ENTRIES) if ok else []:
+                size += (len(e.args[3]) if e.kind == "msg" else 0) + 100
                 if packed and size > FAN_BATCH_BYTES:  # what the router carries; the rest
                     break  # comes again from its senders
                 packed.append(e.pack())
@@ -198,9 +203,12 @@ class Failover:
         if not alive:
             c.granted.add(sender)
             for e in entries:
-                if e.kind == "msg" and e.seq > c.base and e.seq not in c.collected \
-                        and self.genuine(g, e):
+                if e.seq <= c.base:
+                    continue
+                if e.kind == "msg" and e.seq not in c.collected and self.genuine(g, e):
                     c.collected[e.seq] = e
+                elif e.kind in MEMBERSHIP and len(c.votes) < wire.MAX_ENTRIES:
+                    c.votes.setdefault(e.seq, {}).setdefault(e, set()).add(sender)
         if c.asked <= c.answered.keys():
             c.deadline = now
 
@@ -231,11 +239,30 @@ class Failover:
             return False
         return True
 
+    def agreed(self, c: Claim, seq: int) -> Entry | None:
+        """What the old hub ordered at ``seq``, as the granting members tell it: a signed
+        message, or a membership entry that at least half of the members asked passed on
+        identically (and nobody contradicted). A change that removes this node is not
+        taken: it would end the claimant's own membership in the middle of its claim."""
+        msg = c.collected.get(seq)
+        votes = c.votes.get(seq, {})
+        if msg is not None:
+            return msg if not votes else None
+        if len(votes) != 1:
+            return None
+        [(e, voters)] = votes.items()
+        if 2 * len(voters) < len(c.asked):
+            self.ctx.count("claim_entries_unconfirmed")
+            return None
+        if e.kind in ("left", "kicked") and e.args[0] == self.ctx.node_id:
+            return None
+        return e
+
     def take_over(self, g: GroupState, c: Claim, now: float) -> None:
-        """Order what was collected (as numbered by the old hub, up to the first gap), then
-        open the new term."""
+        """Order what was collected (as numbered by the old hub, up to the first gap or
+        disagreement), then open the new term."""
         ctx = self.ctx
-        while (e := c.collected.get(g.seq + 1)) is not None:
+        while (e := self.agreed(c, g.seq + 1)) is not None:
             self.member.apply(g, e, ctx.node_id, now)
         self.hub.append(g, "hub", ctx.node_id, g.hub, now=now, term=c.term, fan=False)
         ctx.count("takeovers")

@@ -196,6 +196,8 @@ class OutMsg:
     """When it was last handed to the transport."""
     expires_ms: int = 0
     """When it fails unacknowledged (Unix ms); 0: ``message_lifetime_s`` after creation."""
+    relay: bytes | None = None
+    """The relay the app named, for when the topology knows no path."""
 
 
 class RouterCore(Core):
@@ -348,7 +350,7 @@ class RouterCore(Core):
         for row in self.store.open_out(DELIVERED):
             self.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                                       row.created_ms, row.attempts, next_try=now,
-                                      expires_ms=row.expires_ms)
+                                      expires_ms=row.expires_ms, relay=row.relay or None)
         self.stats["restored_messages"] += len(self.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
         actions += self._redial_contacts(now)
@@ -719,9 +721,9 @@ class RouterCore(Core):
             else self.now_ms() + int(body.lifetime_s * 1000)
         return [Call("crypto", cm.Seal(to=body.to, envelope_type=kind,
                                        via=list(via), encrypt=body.encrypt, id=msg_id),
-                     ("seal", req.ctx, msg_id, expires_ms), blobs=req.blobs)]
+                     ("seal", req.ctx, msg_id, expires_ms, body.relay), blobs=req.blobs)]
 
-    def _sealed(self, ctx: object, msg_id: bytes, expires_ms: int,
+    def _sealed(self, ctx: object, msg_id: bytes, expires_ms: int, relay: bytes | None,
                 event: PeerReplied | PeerFailed, now: float) -> list[Action]:
         self._sealing.discard(msg_id)
         if isinstance(event, PeerFailed):
@@ -729,10 +731,10 @@ class RouterCore(Core):
         env = decode(event.blobs[0])
         now_ms = self.now_ms()
         msg = OutMsg(msg_id, env.to, env, PENDING, now_ms, next_try=now,
-                     expires_ms=expires_ms)
+                     expires_ms=expires_ms, relay=relay)
         self.out[msg_id] = msg
         self.store.put_out(OutRow(msg_id, env.to, event.blobs[0], PENDING, "", now_ms,
-                                  now_ms, 0, expires_ms))
+                                  now_ms, 0, expires_ms, relay or b""))
         self.stats["accepted"] += 1
         self._contact(env.to)
         self._held_replies.append(Reply(ctx, rm.SendReply(id=msg_id)))
@@ -759,7 +761,7 @@ class RouterCore(Core):
         if self.wall() * 1000 - msg.created_ms > lifetime_ms:
             return self._advance(msg, FAILED, "not acknowledged within "
                                  f"{lifetime_ms / 1000:g} s")
-        route = self._route(msg.to, msg.env.via[-1] if msg.env.via else None)
+        route = self._route(msg.to, msg.relay)
         actions: list[Action] = []
         if route != ():  # a direct path, for later messages
             actions += self._connect(msg.to, now) + self._punch(msg.to, route, now)
@@ -787,9 +789,8 @@ class RouterCore(Core):
 
     def _route(self, to: bytes, relay: bytes | None) -> tuple[bytes, ...] | None:
         """The relays to ``to`` in the topology or, when it knows no path, through
-        ``relay`` (the app's hint, kept as the last hop of the envelope's signed ``via``,
-        so it outlives a restart) when that one is reachable: it forwards only if it is
-        connected to ``to``, and says so."""
+        ``relay`` (the app's hint, kept with the message) when that one is reachable: it
+        forwards only if it is connected to ``to``, and says so."""
         assert self.topo is not None
         route = self.topo.route(to)
         if route is not None or relay is None or relay == to or relay == self.node_id:
@@ -849,7 +850,8 @@ class RouterCore(Core):
             if row is None or row.status >= READ:
                 return None
             msg = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
-                         row.created_ms, row.attempts, expires_ms=row.expires_ms)
+                         row.created_ms, row.attempts, expires_ms=row.expires_ms,
+                         relay=row.relay or None)
             self.out[msg_id] = msg
         return msg
 
@@ -894,7 +896,7 @@ class RouterCore(Core):
         ok = isinstance(event, PeerReplied)
         match kind:
             case "seal":
-                return self._sealed(rest[0], rest[1], rest[2], event, now)
+                return self._sealed(rest[0], rest[1], rest[2], rest[3], event, now)
             case "open":
                 return self._opened(rest[0], rest[1], rest[2], rest[3], event, now)
             case "resign":

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
     status INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
     created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL DEFAULT 0
+    expires_ms INTEGER NOT NULL DEFAULT 0, relay BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (status);
 CREATE TABLE IF NOT EXISTS inbox (
@@ -45,6 +45,7 @@ MIGRATIONS = (
     ("outbox", "expires_ms",
      "ALTER TABLE outbox ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0"),
     ("inbox", "kind", "ALTER TABLE inbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "relay", "ALTER TABLE outbox ADD COLUMN relay BLOB NOT NULL DEFAULT x''"),
 )
 """Columns added since the first release: (table, column, how to add it)."""
 CHAT, GROUP = 0, 1
@@ -65,6 +66,8 @@ class OutRow:
     attempts: int
     expires_ms: int = 0
     """When it fails unacknowledged, Unix ms; 0: the router's message lifetime."""
+    relay: bytes = b""
+    """The relay the app named (``router.send`` ``relay``), b"" if none."""
 
 
 @dataclass
@@ -104,9 +107,9 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     def put_out(self, r: OutRow) -> None:
-        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?)",
+        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)",
                         (r.id, r.recipient, r.envelope, r.status, r.reason, r.created_ms,
-                         r.updated_ms, r.attempts, r.expires_ms))
+                         r.updated_ms, r.attempts, r.expires_ms, r.relay))
         self.dirty = True
 
     def update_out(self, msg_id: bytes, status: int, reason: str, updated_ms: int,

@@ -636,3 +636,30 @@ def test_a_relay_named_by_the_app_carries_a_message_the_topology_has_no_path_for
     # a relay that is not reachable is no path either
     other = send(sim, "a", "c", b"through nobody", relay=b"\x09" * 32)
     assert a.statuses(other) == ["pending"] and c.received() == [b"through b"]
+
+
+def test_the_named_relay_outlives_a_direct_path_and_a_restart(tmp_path: Path) -> None:
+    """Sealed while a and c were connected (no via), the message is lost on the way; the
+    direct path goes, a restarts: the relay b the app named is still the way to c."""
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", "c", db={"a": db})
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.connect("a", "c")
+    a, c = sim.nodes["a"], sim.nodes["c"]
+    sim.lose = lambda name, raw: name == "a" and decode(raw).to == c.id
+    msg = send(sim, "a", "c", b"lost once", relay=sim.nodes["b"].id)
+    assert c.received() == [] and not decode(a.router.store.get_out(msg).envelope).via
+    a.router.store.commit()
+    a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: a.router.on_timer(sim.now))
+    sim.run(1)  # still connected: sent directly again, and lost again
+    assert c.received() == []
+    sim.lose = None
+    sim.reachable.discard(frozenset(("a", "c")))
+    sim.disconnect("a", "c")
+    sim.run(5)
+    assert a.router.topo is not None and a.router.topo.route(c.id) is None
+    assert c.received() == [b"lost once"] and c.delivered[0][0].relayed
+    [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
+    assert state.status == "delivered"
