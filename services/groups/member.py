@@ -100,7 +100,8 @@ class Member:
         there was ordered by a hub the others had left. This node's own messages among it go
         back to its outbox (the new hub orders them); messages already shown are not shown
         again when they come back at a new place. Membership changes in the part set aside
-        stay applied (docs/architecture.md, Groups)."""
+        stay applied (docs/architecture.md, Groups: the new hub took those that at least
+        half of the members confirmed; these too few had)."""
         ctx = self.ctx
         for e in ctx.store.truncate(g.group_id, seq):
             if e.kind == "msg" and e.args[0] == ctx.node_id:
