@@ -104,6 +104,7 @@ import queue
 import shutil
 import signal
 import socket as pysocket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -574,14 +575,48 @@ def counters_moved(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]], h
 
 # -- one size ----------------------------------------------------------------------------------
 
+FIREWALL_CHAIN = "TOMBENCHSTAR"
+
+
+def star_firewall(hub_port: int, member_ports: list[int]) -> None:
+    """Drop UDP on loopback to each member's port unless it comes from the hub's; with no
+    ports, remove the rules (and the chain) again."""
+    def ipt(*a: str, check: bool = True) -> None:
+        subprocess.run(["iptables", "-w", *a], check=check, capture_output=True)
+    jump = ("INPUT", "-i", "lo", "-p", "udp", "-j", FIREWALL_CHAIN)
+    ipt("-D", *jump, check=False)
+    ipt("-F", FIREWALL_CHAIN, check=False)
+    ipt("-X", FIREWALL_CHAIN, check=False)
+    if not member_ports:
+        return
+    ipt("-N", FIREWALL_CHAIN)
+    for port in member_ports:
+        ipt("-A", FIREWALL_CHAIN, "-p", "udp", "--dport", str(port), "!", "--sport",
+            str(hub_port), "-j", "DROP")
+    ipt("-I", *jump)
+
+
+JOIN_WAVE = 10
+"""Members that join at once: the next wave joins when the hub has admitted this one (as
+people join a group over time; 49 joins in the same second are a storm of 49 × 49 key and
+entry deliveries that a hub sharing 2 cores with 49 other nodes does not absorb)."""
+
+
 def make_group(hub: BenchNode, members: list[BenchNode], name: str, timeout_s: float) -> str:
-    """``hub`` creates the group (and hosts it) and invites ``members``; each joins."""
+    """``hub`` creates the group (and hosts it) and invites ``members``; they join in waves
+    of ``JOIN_WAVE``."""
     reply = hub.g(gm.Create(name=name, members=[m.id for m in members]))
     assert isinstance(reply, gm.CreateReply)
     gid = reply.group_id
-    for m in members:
-        until(f"{m.name} invited to {name}", functools.partial(invited, m, gid), timeout_s, 0.1)
-        m.g(gm.Join(group_id=gid))
+    for i in range(0, len(members), JOIN_WAVE):
+        wave = members[i:i + JOIN_WAVE]
+        for m in wave:
+            until(f"{m.name} invited to {name}", functools.partial(invited, m, gid),
+                  timeout_s, 0.1)
+            m.g(gm.Join(group_id=gid))
+        admitted = 1 + i + len(wave)
+        until(f"the hub admitted {admitted} members", lambda n=admitted: gid in (
+            gs := hub.groups()) and len(gs[gid].members) == n, timeout_s, 0.2)
     everyone = [hub, *members]
     until(f"{name} has {len(everyone)} members on every member", lambda: all(
         gid in (gs := n.groups()) and len(gs[gid].members) == len(everyone)
@@ -821,13 +856,21 @@ def run_size(size: int, aio: bool, star: bool, args: argparse.Namespace, col: Co
     label = f"{size} members, {kind}" + (", members connected to the hub only" if star else "")
     tmp = Path(tempfile.mkdtemp(prefix="tbg", dir="/tmp"))
     groups_cfg = {"rate_per_s": args.rate_per_s, "rate_burst": args.rate_per_s}
-    # star: a member's transport holds one connection, the one to the hub it dialled;
-    # member-to-member envelopes (sender keys) go through the hub as a relay
-    nodes = [BenchNode(f"n{i:02d}", tmp, aio, groups_cfg,
-                       {"max_connections": 1} if star and i else None) for i in range(size)]
+    # star: members reach the hub only; member-to-member envelopes (sender keys) go through
+    # the hub as a relay. As root with iptables, UDP between members is dropped (as between
+    # members behind NATs that punching does not open); else a member's transport holds one
+    # connection, the one to the hub (but a punch can take that one slot while the hub's
+    # connection is being replaced, and the member then refuses the hub)
+    firewall = star and os.geteuid() == 0 and shutil.which("iptables") is not None
+    limit = {"max_connections": 1} if star and not firewall else None
+    nodes = [BenchNode(f"n{i:02d}", tmp, aio, groups_cfg, limit if i else None)
+             for i in range(size)]
     registry += nodes
     out.update({"label": label, "size": size, "all_in_one": aio, "star": star,
+                "star_by": ("iptables" if firewall else "max_connections = 1") if star else None,
                 "processes": size * (1 if aio else 5)})
+    if firewall:
+        star_firewall(nodes[0].port, [n.port for n in nodes[1:]])
     try:
         t = time.monotonic()
         log(f"{label}: starting {size} nodes (load average {os.getloadavg()[0]:.1f})")
@@ -930,6 +973,8 @@ def run_size(size: int, aio: bool, star: bool, args: argparse.Namespace, col: Co
                 pass
         log(f"{label}: stopping {size} nodes")
         down_all(nodes)
+        if firewall:
+            star_firewall(0, [])
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
