@@ -43,7 +43,7 @@ REASONS: dict[str, str] = {
 }
 
 
-# -- the router (services/router/core.py) ---------------------------------------------------------
+# -- the router (services/router/core.py and its parts) -------------------------------------------
 # The security checks (what peers send: _deliver and what it calls, gossip.py, quota.py) have
 # tests in tests/unit/test_router_*.py; a survivor there is listed below only when it cannot be
 # told apart from the original (equivalent), with why. The rest is the router's own work on
