@@ -10,10 +10,10 @@ nodes in the same run.
 
 Options: ``--sizes`` (comma list: ``N`` a group of N five-process nodes, ``Naio`` of N
 ``--all-in-one`` nodes, one process each; 20 and 50 members only fit on 2 cores as
-all-in-one nodes; ``-star`` appended: every member's transport holds one connection, the
-one to the hub, ``[transport] max_connections = 1``, see below), ``--rounds`` (timed group
-messages per size, one at a time, after ``--warmup``), ``--tput-n`` (messages per throughput
-measurement), ``--window`` (``groups.send`` requests in flight per sender), ``--rtt-n`` /
+all-in-one nodes; ``-star`` appended: members reach the hub only, see below),
+``--rounds`` (timed group messages per size, one at a time, after ``--warmup``),
+``--tput-n`` (messages per throughput measurement), ``--window`` (``groups.send``
+requests in flight per sender), ``--rtt-n`` /
 ``--tput-1to1`` (the 1:1 baseline), ``--kills`` (hub kills per failover setting),
 ``--failover`` (``fast``, ``default`` or both, comma separated; ``none`` to skip),
 ``--payload``, ``--rate-per-s``, ``--keep``, ``--out``.
@@ -58,10 +58,11 @@ punch a direct path for the keys), so a group of N is a full mesh of N(N-1)/2 QU
 connections, each kept alive by a PING every second from both ends: on one machine that costs
 O(N²) CPU while idle (0.65-0.84 cores for 20 members here; 50 members would need about 4
 cores, and did not complete the warm-up on 2). ``-star`` sizes measure the group's own path
-without that mesh: the members' transports keep only their connection to the hub, and sender
-keys go through the hub as a relay; but the hub announces at most 32 neighbours, so beyond 33
-members some members are unreachable and never get the others' sender keys (50aio-star does
-not complete the warm-up either; docs/benchmarks.md, Groups). A size whose warm-up does not
+without that mesh: members reach the hub only (as root with iptables: UDP on loopback to a
+member's port is dropped unless it comes from the hub's, chain ``TOMBENCHSTAR``, removed at
+the end; elsewhere ``[transport] max_connections = 1`` for members, which breaks down at 50,
+docs/benchmarks.md, Groups), and sender keys go through the hub as the relay the groups
+service names. Members join in waves of ``JOIN_WAVE``. A size whose warm-up does not
 complete is reported with per-node diagnostics (``warmup_failed`` in the JSON: messages
 missing, members without a path, groups counters) and the run goes on.
 
