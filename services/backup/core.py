@@ -1,10 +1,242 @@
-"""Backup core. So far it serves only the base's `sys.*` requests; its own requests and
-state machines are added by the issue that brings the capability."""
+"""Backup core: sealed envelopes held for offline recipients on behalf of other nodes.
+
+What it holds is an envelope exactly as its sender's router sealed and signed it: encrypted
+end to end to the recipient, so a holder stores ciphertext it cannot read, and delivers bytes
+it cannot alter (the signature covers them). Each copy keeps the message's absolute expiry,
+at most 24 h after the sender's signed timestamp; nothing extends it.
+
+A copy ends in two ways only:
+
+* the recipient's signed delivery ACK (``backup.delivered``): an ``Ack`` envelope of type
+  ``RecipientReceived`` for that envelope id, signed by the copy's recipient and addressed to
+  its origin. The ACK is kept (``receipts``) until the message's expiry, so the origin learns
+  of the delivery when it comes back even if it was away meanwhile. Anything else is refused
+  and counted: nobody but the recipient can end a copy early;
+* its expiry (the timer): deleted, counted, and announced (``backup.expired``).
+
+Storage is bounded in total and per hop by :mod:`.quota` (a shrinking share, never an
+eviction). docs/architecture.md, "Backup decisions", states the rules; the router's hand-off,
+the redelivery and the replication among holders build on this core.
+"""
 
 from __future__ import annotations
 
-from shared.core import Core
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.core import Action, Core, Fail, Input, Publish, Reply, Request
+from shared.envelope import (
+    AckPayload,
+    AckType,
+    BadSignature,
+    EnvelopeError,
+    MessageType,
+    Unsigned,
+    decode,
+)
+from shared.wire import ErrorCode
+from shared.wire.messages import backup as bm
+
+from .quota import Quota
+from .store import Held, Store
+
+MAX_LIFETIME_MS = 86_400_000
+"""A copy lives at most this long after the envelope's signed timestamp."""
+MAX_FUTURE_MS = 60_000
+"""Clock skew tolerated on an envelope's timestamp."""
+MAX_ENVELOPE = 256 * 1024
+"""Above the router's 200 KiB payload limit plus the envelope's own fields."""
+PURGE_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    capacity_bytes: int = 64 * 1024 * 1024
+    capacity_messages: int = 50_000
 
 
 class BackupCore(Core):
     role = "backup"
+    handles = frozenset({bm.Hold, bm.Pending, bm.Delivered, bm.Receipts, bm.Summary})
+
+    def __init__(self, store: Store, wall: Callable[[], float],
+                 settings: BackupSettings | None = None) -> None:
+        self.store = store
+        self.wall = wall
+        self.settings = settings or BackupSettings()
+        self.quota = Quota(self.settings.capacity_bytes, self.settings.capacity_messages)
+        self.hops: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+        """(origin, id) -> (the hop charged for it, its size)."""
+        for origin, msg_id, hop, size in store.charges():
+            self.hops[(origin, msg_id)] = (hop, size)
+            self.quota.add(hop, size)
+        self.stats: Counter[str] = Counter()
+        self._next_purge = 0.0
+        self._held: list[Action] = []
+
+    def now_ms(self) -> int:
+        return int(self.wall() * 1000)
+
+    def handle(self, event: Input, now: float) -> list[Action]:
+        if not isinstance(event, Request):
+            return []
+        match event.body:
+            case bm.Hold():
+                return self._hold(event)
+            case bm.Pending(recipient=recipient, limit=limit):
+                rows = self.store.for_recipient(recipient, limit + 1)
+                return [Reply(event.ctx, bm.PendingReply(
+                    envelopes=[bm.HeldEnvelope(id=h.id, origin=h.origin,
+                                               expires_ms=h.expires_ms) for h in rows[:limit]],
+                    more=len(rows) > limit), tuple(h.envelope for h in rows[:limit]))]
+            case bm.Delivered():
+                return self._delivered(event)
+            case bm.Receipts(origin=origin, limit=limit):
+                acks = self.store.receipts(origin, limit)
+                return [Reply(event.ctx, bm.ReceiptsReply(count=len(acks)), tuple(acks))]
+            case bm.Summary():
+                return [Reply(event.ctx, self._summary())]
+        return super().handle(event, now)
+
+    # -- holding ------------------------------------------------------------------------------
+
+    def _hold(self, req: Request) -> list[Action]:
+        body = req.body
+        assert isinstance(body, bm.Hold)
+        if len(req.blobs) != 1:
+            return self._refuse(req, "malformed", ErrorCode.INVALID,
+                                "expected one blob: the sealed envelope")
+        raw = req.blobs[0]
+        if len(raw) > MAX_ENVELOPE:
+            return self._refuse(req, "oversize", ErrorCode.TOO_LARGE,
+                                f"envelope of {len(raw)} bytes exceeds {MAX_ENVELOPE}")
+        now_ms = self.now_ms()
+        try:
+            env = decode(raw)
+            if env.msg_type != MessageType.CHAT or not env.encrypted:
+                return self._refuse(req, "not_sealed", ErrorCode.INVALID,
+                                    "only end-to-end encrypted chat envelopes are held")
+            if env.timestamp_ms > now_ms + MAX_FUTURE_MS:
+                return self._refuse(req, "future", ErrorCode.INVALID,
+                                    "the envelope's timestamp is in the future")
+            env.verify()
+        except Unsigned:
+            return self._refuse(req, "unsigned", ErrorCode.UNSIGNED, "the envelope is unsigned")
+        except BadSignature:
+            return self._refuse(req, "forged", ErrorCode.BAD_SIGNATURE,
+                                "the envelope's signature is not its sender's")
+        except EnvelopeError as e:
+            return self._refuse(req, "malformed", ErrorCode.BAD_ENVELOPE, str(e))
+        expires = min(body.expires_ms, env.timestamp_ms + MAX_LIFETIME_MS)
+        if expires <= now_ms:
+            return self._refuse(req, "expired", ErrorCode.EXPIRED,
+                                "the message has no lifetime left")
+        if self.store.get(env.sender, env.id) is not None:
+            return [Reply(req.ctx, bm.HoldReply(expires_ms=expires, already=True))]
+        if self.store.has_receipt(env.sender, env.id):  # delivered: a late replica
+            self.stats["refused_delivered"] += 1
+            return [Fail(req.ctx, ErrorCode.REFUSED, "that message was delivered")]
+        hop = body.hop or env.sender
+        why = self.quota.refusal(hop, len(raw))
+        if why is not None:
+            return self._refuse(req, why, ErrorCode.OVERLOADED,
+                                "this node's backup store is full" if why == "full" else
+                                "that origin's share of this node's backup store is used up")
+        self.store.put(Held(env.sender, env.id, env.to, expires, raw), hop, now_ms)
+        self.quota.add(hop, len(raw))
+        self.hops[(env.sender, env.id)] = (hop, len(raw))
+        self.stats["held"] += 1
+        self.stats["held_bytes"] += len(raw)
+        self._held.append(Reply(req.ctx, bm.HoldReply(expires_ms=expires, already=False)))
+        return []  # the reply leaves after the commit (flush)
+
+    def _refuse(self, req: Request, why: str, code: ErrorCode, text: str) -> list[Action]:
+        self.stats[f"refused_{why}"] += 1
+        return [Fail(req.ctx, code, text)]
+
+    # -- ending a copy ------------------------------------------------------------------------
+
+    def _delivered(self, req: Request) -> list[Action]:
+        if len(req.blobs) != 1:
+            return self._refuse(req, "confirmation_malformed", ErrorCode.INVALID,
+                                "expected one blob: the delivery ACK envelope")
+        try:
+            ack = decode(req.blobs[0])
+            payload = AckPayload.decode(ack.payload) if ack.msg_type == MessageType.ACK \
+                else None
+            if payload is None or payload.ack_type != AckType.RECIPIENT_RECEIVED:
+                return self._refuse(req, "confirmation_not_ack", ErrorCode.INVALID,
+                                    "not a delivery ACK")
+            ack.verify()
+        except Unsigned:
+            return self._refuse(req, "confirmation_unsigned", ErrorCode.UNSIGNED,
+                                "the ACK is unsigned")
+        except BadSignature:
+            return self._refuse(req, "confirmation_forged", ErrorCode.BAD_SIGNATURE,
+                                "the ACK's signature is not its sender's")
+        except EnvelopeError as e:
+            return self._refuse(req, "confirmation_malformed", ErrorCode.BAD_ENVELOPE, str(e))
+        origin, msg_id = ack.to, payload.original_id
+        h = self.store.get(origin, msg_id)
+        if h is None:
+            self.stats["confirmations_unknown"] += 1
+            return [Reply(req.ctx, bm.DeliveredReply(deleted=False))]
+        if ack.sender != h.recipient:
+            return self._refuse(req, "confirmation_not_recipient", ErrorCode.INVALID,
+                                "only the message's recipient can confirm its delivery")
+        self._drop(h.origin, h.id)
+        self.store.put_receipt(origin, msg_id, h.recipient, h.expires_ms, req.blobs[0])
+        self.stats["delivered"] += 1
+        self._held.append(Reply(req.ctx, bm.DeliveredReply(deleted=True)))
+        return []
+
+    def _drop(self, origin: bytes, msg_id: bytes) -> None:
+        self.store.delete(origin, msg_id)
+        hop, size = self.hops.pop((origin, msg_id), (origin, 0))
+        self.quota.remove(hop, size)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._next_purge
+
+    def on_timer(self, now: float) -> list[Action]:
+        self._next_purge = now + PURGE_EVERY_S
+        out: list[Action] = []
+        for origin, msg_id, recipient in self.store.expired(self.now_ms()):
+            hop, size = self.hops.pop((origin, msg_id), (origin, 0))
+            self.quota.remove(hop, size)
+            self.stats["expired"] += 1
+            self._held.append(Publish(bm.Expired(id=msg_id, origin=origin,
+                                                 recipient=recipient)))
+        return out
+
+    def flush(self, now: float) -> list[Action]:
+        self.store.commit()
+        held, self._held = self._held, []
+        return held
+
+    def close(self, now: float) -> list[Action]:
+        self.store.close()
+        return []
+
+    # -- status -------------------------------------------------------------------------------
+
+    def _summary(self) -> bm.SummaryReply:
+        q = self.quota
+        origins = sorted(q.messages, key=lambda o: -q.messages[o])[:50]
+        return bm.SummaryReply(
+            messages=q.total_messages, bytes=q.total_bytes,
+            receipts=self.store.receipt_count(),
+            capacity_bytes=q.capacity_bytes, capacity_messages=q.capacity_messages,
+            origins=[bm.Usage(node_id=o, messages=q.messages[o], bytes=q.bytes[o])
+                     for o in origins],
+            recipients=[bm.Usage(node_id=r, messages=n, bytes=b)
+                        for r, n, b in self.store.by_recipient(50)])
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    def queues(self) -> dict[str, int]:
+        return {"held": self.quota.total_messages, "held_bytes": self.quota.total_bytes}

@@ -1,18 +1,28 @@
-"""Backup shell."""
+"""Backup shell: the SQLite file."""
 
 from __future__ import annotations
 
-from shared.core import Core
-from shared.service import Service, ServiceContext
+import sqlite3
 
-from .core import BackupCore
+from shared.core import Core
+from shared.service import Service, ServiceContext, StartupError
+
+from .config import BackupConfig
+from .core import BackupCore, BackupSettings
+from .store import Store
 
 
 class BackupService(Service):
     role = "backup"
 
     def build_core(self, context: ServiceContext) -> Core:
-        return BackupCore()
+        cfg = context.section("backup", BackupConfig)
+        path = context.data_dir / "backup.db"
+        try:
+            store = Store(path)
+        except sqlite3.Error as e:
+            raise StartupError(f"cannot open {path}: {e}") from None
+        return BackupCore(store, self.wall, BackupSettings(**cfg.model_dump()))
 
 
 SERVICE = BackupService

@@ -27,6 +27,7 @@ NAMESPACE_TITLES = {
     "crypto": "`crypto.*`",
     "router": "`router.*`",
     "groups": "`groups.*`",
+    "backup": "`backup.*`",
     "transport": "`transport.*`",
 }
 

@@ -3,8 +3,8 @@
 Importing this package registers every model in :data:`REGISTRY`.
 """
 
-from . import crypto, groups, router, sys, transport
+from . import backup, crypto, groups, router, sys, transport
 from .base import REGISTRY, Kind, Message, message
 
-__all__ = ["REGISTRY", "Kind", "Message", "message", "crypto", "groups", "router", "sys",
-           "transport"]
+__all__ = ["REGISTRY", "Kind", "Message", "message", "backup", "crypto", "groups", "router",
+           "sys", "transport"]
