@@ -103,7 +103,7 @@ def test_what_is_not_a_signed_sealed_chat_is_refused_and_counted(clock: Clock) -
     raw = seal(a, c)
     env = decode(raw)
     cases = {
-        "forged": replace(env, payload=env.payload[:-1] + b"x").encode(),
+        "forged": replace(env, payload=env.payload[:-1] + bytes([env.payload[-1] ^ 1])).encode(),
         "unsigned": replace(env, signature=b"").encode(),
         "not_sealed": seal(a, c, encrypt=False),
         "malformed": b"\x93garbage",
