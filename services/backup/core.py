@@ -25,7 +25,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.core import Action, Core, Fail, Input, Publish, Reply, Request
+from shared.core import (
+    Action,
+    Call,
+    Core,
+    EventReceived,
+    Fail,
+    Input,
+    PeerFailed,
+    PeerReplied,
+    Publish,
+    Reply,
+    Request,
+)
 from shared.envelope import (
     AckPayload,
     AckType,
@@ -37,6 +49,7 @@ from shared.envelope import (
 )
 from shared.wire import ErrorCode
 from shared.wire.messages import backup as bm
+from shared.wire.messages import router as rm
 
 from .quota import Quota
 from .store import Held, Store
@@ -48,6 +61,13 @@ MAX_FUTURE_MS = 60_000
 MAX_ENVELOPE = 256 * 1024
 """Above the router's 200 KiB payload limit plus the envelope's own fields."""
 PURGE_EVERY_S = 5.0
+PUSH_EVERY_S = 5.0
+"""A recipient (or origin) directly connected is given what is held for it at most this
+often (its router drops duplicates and ACKs them again: the ACK ends the copy)."""
+LOOK_EVERY_S = 10.0
+"""While something is held, the router's peers are looked at this often (a path event
+missed while this service restarted must not leave a copy waiting for the next one)."""
+PUSH_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -73,12 +93,29 @@ class BackupCore(Core):
             self.quota.add(hop, size)
         self.stats: Counter[str] = Counter()
         self._next_purge = 0.0
+        self._next_look = 0.0
+        self._pushed: dict[bytes, float] = {}
         self._held: list[Action] = []
 
     def now_ms(self) -> int:
         return int(self.wall() * 1000)
 
     def handle(self, event: Input, now: float) -> list[Action]:
+        match event:
+            case EventReceived(body=rm.PathChanged(node_id=node, path="direct")):
+                return self._push(node, now)
+            case EventReceived(body=rm.Confirmation(), blobs=(raw,)):
+                return self._confirmed(raw)
+            case PeerReplied(token="peers", body=rm.PeersReply(peers=peers)):
+                return [a for p in peers if p.connected for a in self._push(p.node_id, now)]
+            case PeerReplied(token=("passed", _node, n)):
+                self.stats["passed_on"] += n
+                return []
+            case PeerFailed(token=("passed", node, _n)):
+                self._pushed.pop(node, None)  # not connected after all: at the next path
+                return []
+            case PeerFailed(token="peers"):
+                return []
         if not isinstance(event, Request):
             return []
         match event.body:
@@ -161,35 +198,75 @@ class BackupCore(Core):
         if len(req.blobs) != 1:
             return self._refuse(req, "confirmation_malformed", ErrorCode.INVALID,
                                 "expected one blob: the delivery ACK envelope")
+        refused, deleted = self._confirm(req.blobs[0])
+        if refused is not None:
+            why, code, text = refused
+            return self._refuse(req, why, code, text)
+        self._held.append(Reply(req.ctx, bm.DeliveredReply(deleted=deleted is not None)))
+        return []
+
+    def _confirmed(self, raw: bytes) -> list[Action]:
+        """A delivery ACK the router saw pass (its signer delivered it to this node): the
+        copy it names ends, and the ACK goes on to the origin if it is connected (else it
+        waits in ``receipts``)."""
+        refused, origin = self._confirm(raw)
+        if refused is not None:
+            self.stats[f"refused_{refused[0]}"] += 1
+            return []
+        if origin is None:
+            return []
+        self._held.append(Call("router", rm.PassOn(to=origin), ("passed", origin, 1),
+                               blobs=(raw,), timeout_s=5.0))
+        return []
+
+    def _confirm(self, raw: bytes) -> tuple[tuple[str, ErrorCode, str] | None, bytes | None]:
+        """Check a delivery ACK and end the copy it names: (why it is refused, or None;
+        the origin of the copy deleted now, or None)."""
         try:
-            ack = decode(req.blobs[0])
+            ack = decode(raw)
             payload = AckPayload.decode(ack.payload) if ack.msg_type == MessageType.ACK \
                 else None
             if payload is None or payload.ack_type != AckType.RECIPIENT_RECEIVED:
-                return self._refuse(req, "confirmation_not_ack", ErrorCode.INVALID,
-                                    "not a delivery ACK")
+                return ("confirmation_not_ack", ErrorCode.INVALID, "not a delivery ACK"), None
             ack.verify()
         except Unsigned:
-            return self._refuse(req, "confirmation_unsigned", ErrorCode.UNSIGNED,
-                                "the ACK is unsigned")
+            return ("confirmation_unsigned", ErrorCode.UNSIGNED, "the ACK is unsigned"), None
         except BadSignature:
-            return self._refuse(req, "confirmation_forged", ErrorCode.BAD_SIGNATURE,
-                                "the ACK's signature is not its sender's")
+            return ("confirmation_forged", ErrorCode.BAD_SIGNATURE,
+                    "the ACK's signature is not its sender's"), None
         except EnvelopeError as e:
-            return self._refuse(req, "confirmation_malformed", ErrorCode.BAD_ENVELOPE, str(e))
+            return ("confirmation_malformed", ErrorCode.BAD_ENVELOPE, str(e)), None
         origin, msg_id = ack.to, payload.original_id
         h = self.store.get(origin, msg_id)
         if h is None:
             self.stats["confirmations_unknown"] += 1
-            return [Reply(req.ctx, bm.DeliveredReply(deleted=False))]
+            return None, None
         if ack.sender != h.recipient:
-            return self._refuse(req, "confirmation_not_recipient", ErrorCode.INVALID,
-                                "only the message's recipient can confirm its delivery")
+            return ("confirmation_not_recipient", ErrorCode.INVALID,
+                    "only the message's recipient can confirm its delivery"), None
         self._drop(h.origin, h.id)
-        self.store.put_receipt(origin, msg_id, h.recipient, h.expires_ms, req.blobs[0])
+        self.store.put_receipt(origin, msg_id, h.recipient, h.expires_ms, raw)
         self.stats["delivered"] += 1
-        self._held.append(Reply(req.ctx, bm.DeliveredReply(deleted=True)))
-        return []
+        return None, origin
+
+    # -- redelivery ---------------------------------------------------------------------------
+
+    def _push(self, node: bytes, now: float) -> list[Action]:
+        """Give a directly connected node what is held for it, and the delivery ACKs kept
+        for it as an origin (through ``router.pass_on``, unchanged)."""
+        if now - self._pushed.get(node, -1e9) < PUSH_EVERY_S:
+            return []
+        out: list[Action] = []
+        for kind, blobs in (("held", [h.envelope for h in
+                                      self.store.for_recipient(node, PUSH_BATCH)]),
+                            ("receipts", self.store.receipts(node, PUSH_BATCH))):
+            if blobs:
+                self.stats[f"pushed_{kind}"] += len(blobs)
+                out.append(Call("router", rm.PassOn(to=node), ("passed", node, len(blobs)),
+                                blobs=tuple(blobs), timeout_s=5.0))
+        if out:
+            self._pushed[node] = now
+        return out
 
     def _drop(self, origin: bytes, msg_id: bytes) -> None:
         self.store.delete(origin, msg_id)
@@ -199,11 +276,17 @@ class BackupCore(Core):
     # -- time ---------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self._next_purge
+        return min(self._next_purge, self._next_look)
 
     def on_timer(self, now: float) -> list[Action]:
-        self._next_purge = now + PURGE_EVERY_S
         out: list[Action] = []
+        if now >= self._next_look:
+            self._next_look = now + LOOK_EVERY_S
+            if self.quota.total_messages or self.store.receipt_count():
+                out.append(Call("router", rm.Peers(), "peers", timeout_s=5.0))
+        if now < self._next_purge:
+            return out
+        self._next_purge = now + PURGE_EVERY_S
         for origin, msg_id, recipient in self.store.expired(self.now_ms()):
             hop, size = self.hops.pop((origin, msg_id), (origin, 0))
             self.quota.remove(hop, size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from shared.core import Core
 from shared.service import Service, ServiceContext, StartupError
@@ -23,6 +24,16 @@ class BackupService(Service):
         except sqlite3.Error as e:
             raise StartupError(f"cannot open {path}: {e}") from None
         return BackupCore(store, self.wall, BackupSettings(**cfg.model_dump()))
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        def serving() -> None:
+            # direct paths (a recipient or an origin is back) and delivery ACKs passing by
+            self.subscribe("router", "router.path")
+            self.subscribe("router", "router.confirmation")
+            if ready:
+                ready()
+
+        await super().run(serving)
 
 
 SERVICE = BackupService

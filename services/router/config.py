@@ -54,6 +54,12 @@ class RouterConfig(Section):
                                "from one peer (`rejected_gossip_rate`).")
     gossip_burst: int = Field(10, ge=1, description="Gossip envelopes one peer may send at "
                               "once before `gossip_rate` applies.")
+    backup_after_s: float = Field(30.0, ge=0, description="A message its recipient has not "
+                                  "acknowledged for this long is handed to `backup_copies` "
+                                  "holders (directly connected peers closest to the "
+                                  "recipient), so it reaches the recipient even while this "
+                                  "node is away; 0: never.")
+    backup_copies: int = Field(3, ge=0, le=8, description="Holders per message.")
 
 
 def parse_peer(text: str) -> tuple[bytes, str, int]:

@@ -31,6 +31,11 @@ MAX_FUTURE_MS = 300_000
 RETRYABLE = frozenset({ErrorCode.PEER_TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED})
 
 
+def backup_caller(caller: str | None) -> bool:
+    """Envelopes passed on unchanged are the backup service's."""
+    return caller is None or caller in ("service:backup", "owner")
+
+
 def groups_caller(caller: str | None) -> bool:
     """Group envelopes are the groups service's (over ipc/inproc, where callers are not
     told apart by key, the file system guards the bus)."""
@@ -60,6 +65,8 @@ class RouterSettings:
     forget_after_s: float = 3_600
     gossip_rate: float = 1.0
     gossip_burst: int = 10
+    backup_after_s: float = 30.0
+    backup_copies: int = 3
 
     def inbox_limits(self) -> InboxLimits:
         return InboxLimits(self.inbox_max_bytes, self.inbox_max_messages,
@@ -85,6 +92,12 @@ class OutMsg:
     """When it fails unacknowledged (Unix ms); 0: ``message_lifetime_s`` after creation."""
     relay: bytes | None = None
     """The relay the app named, for when the topology knows no path."""
+    holders: tuple[bytes, ...] = ()
+    """Holders that confirmed they keep a copy (services/router/handoff.py)."""
+
+
+def split_ids(raw: bytes) -> tuple[bytes, ...]:
+    return tuple(raw[i:i + 32] for i in range(0, len(raw) - 31, 32))
 
 
 class Context:
@@ -139,11 +152,13 @@ class Context:
         return True
 
     def control(self, to: bytes, kind: str, payload: bytes,
-                via: tuple[bytes, ...], proof: bytes | None = None) -> list[Action]:
+                via: tuple[bytes, ...], proof: bytes | None = None,
+                also: bytes | None = None) -> list[Action]:
         """Seal (sign, not encrypt) a control envelope and send it to its first hop; best
         effort: the sender's retries cover a lost one. ``proof``: for an ACK or read receipt,
-        the envelope it acknowledges (crypto signs acknowledgements only with it)."""
+        the envelope it acknowledges (crypto signs acknowledgements only with it). ``also``:
+        a second peer that gets a copy (the holder that delivered a held message)."""
         hop = via[0] if via else to
         blobs = (payload,) if proof is None else (payload, proof)
         return [Call("crypto", cm.Seal(to=to, envelope_type=kind, via=list(via),
-                                       encrypt=False), ("ctl", hop), blobs=blobs)]
+                                       encrypt=False), ("ctl", hop, also), blobs=blobs)]

@@ -44,7 +44,7 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
-from .context import DELIVERED, Context, OutMsg, RouterSettings
+from .context import DELIVERED, Context, OutMsg, RouterSettings, split_ids
 from .discovery import Discovery
 from .incoming import Incoming
 from .outgoing import MAX_PAYLOAD, Outgoing
@@ -64,7 +64,7 @@ _NODE_ID = "node_id"
 class RouterCore(Core):
     role = "router"
     handles = frozenset({rm.NodeInfo, rm.Deliver, rm.Send, rm.Read, rm.Outbox, rm.Inbox,
-                         rm.Peers, rm.AddPeer})
+                         rm.Peers, rm.AddPeer, rm.PassOn})
 
     def __init__(self, store: Store, wall: Callable[[], float],
                  settings: RouterSettings | None = None,
@@ -157,6 +157,8 @@ class RouterCore(Core):
                     messages=self.outgoing.states(ids, limit)))]
             case Request(body=rm.Inbox(after=after, limit=limit, groups=groups)):
                 return self.incoming.inbox(event, after, limit, groups)
+            case Request(body=rm.PassOn()):
+                return self.peers.pass_on(event)
             case Request(body=rm.Peers()):
                 return [Reply(event.ctx, rm.PeersReply(peers=self.peers.entries()))]
             case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):
@@ -204,7 +206,8 @@ class RouterCore(Core):
         for row in ctx.store.open_out(DELIVERED):
             ctx.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                                      row.created_ms, row.attempts, next_try=now,
-                                     expires_ms=row.expires_ms, relay=row.relay or None)
+                                     expires_ms=row.expires_ms, relay=row.relay or None,
+                                     holders=split_ids(row.holders))
         ctx.stats["restored_messages"] += len(ctx.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
         actions += self.peers.redial_contacts(now)
@@ -230,8 +233,14 @@ class RouterCore(Core):
                 return self.outgoing.transmitted(rest[0], event, now)
             case "ctl" if ok:
                 assert isinstance(event, PeerReplied)
-                return [Call("transport", tm.Send(peer=rest[0]), ("ctl_sent",),
-                             blobs=event.blobs)]
+                return [Call("transport", tm.Send(peer=hop), ("ctl_sent",), blobs=event.blobs)
+                        for hop in rest if hop is not None]
+            case "passed_on":
+                return []
+            case "bk_sealed":
+                return self.outgoing.handoff.sealed(rest[0], rest[1], event)
+            case "bk_hold":
+                return self.outgoing.handoff.stored(rest[0], event)
             case "ann_info":
                 return self.discovery.info(event)
             case "announce" if ok:

@@ -118,10 +118,17 @@ class Incoming:
                 return ok
             if env.msg_type == MessageType.PEER_ANNOUNCE:
                 return ok + self.discovery.on_gossip(env, now)
+            if env.msg_type == MessageType.BACKUP_STORE:
+                return ok + self.outgoing.handoff.store(env, peer)
             ctx.reject("unsupported_type")
             return ok
         if ctx.node_id in env.via:
             return ok + self.relay.forward(env, peer, now)
+        if env.msg_type == MessageType.ACK and env.sender == peer:
+            # the recipient of a message this node may hold, confirming it (signature
+            # verified above; the backup service checks that it names a held copy)
+            ctx.stats["confirmations_seen"] += 1
+            return ok + [Publish(rm.Confirmation(sender=env.sender, to=env.to), (raw,))]
         ctx.reject("not_for_us")
         return ok
 
@@ -178,7 +185,7 @@ class Incoming:
             if inflight is None or raw in inflight or delivered:
                 ctx.stats["duplicates"] += 1
                 # delivered before: acknowledge again, once more (one being opened will be)
-                return ok + self._ack(env) if inflight is None else ok
+                return ok + self._ack(env, _holder(env, hop)) if inflight is None else ok
             # other bytes than the copy being opened (its sender re-signed it for a new
             # path, or that copy is a forgery): open this one too; the inbox keeps one
         elif not self._room(env, hop, len(env.payload) + len(raw)):  # (plaintext ≤ payload)
@@ -233,20 +240,23 @@ class Incoming:
                 encrypted=env.encrypted, relayed=bool(env.via)), (event.blobs[0],)))
         else:
             ctx.stats["duplicates"] += 1  # two copies were opened at once; one is kept
+        holder = _holder(env, hop)
         if len(event.blobs) < 2:  # a crypto that does not sign ACKs with open
-            actions += self._ack(env)
+            actions += self._ack(env, holder)
         else:  # back along the path, after the commit, ahead of the transport's reply
-            hop = env.via[-1] if env.via else env.sender
-            ctx.held.append(Call("transport", tm.Send(peer=hop), ("ctl_sent",),
-                                 blobs=(event.blobs[1],)))
+            for to in (env.via[-1] if env.via else env.sender, holder):
+                if to is not None:
+                    ctx.held.append(Call("transport", tm.Send(peer=to), ("ctl_sent",),
+                                         blobs=(event.blobs[1],)))
         ctx.held.append(Reply(req_ctx, rm.DeliverReply()))  # after the commit
         return actions
 
-    def _ack(self, env: Envelope) -> list[Action]:
-        """The delivery ACK, back along the reversed path."""
+    def _ack(self, env: Envelope, holder: bytes | None = None) -> list[Action]:
+        """The delivery ACK, back along the reversed path (and to the holder that delivered
+        a held copy, which deletes its copy on it)."""
         payload = AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode()
         return self.ctx.control(env.sender, MessageType.ACK, payload,
-                                tuple(reversed(env.via)), env.encode())
+                                tuple(reversed(env.via)), env.encode(), also=holder)
 
     def _on_ack(self, env: Envelope, now: float) -> list[Action]:
         """An ACK for us, not verified yet: one for no message of ours is dropped without
@@ -257,6 +267,12 @@ class Incoming:
         except EnvelopeError:
             ctx.reject("malformed_ack")
             return []
+        handed = self.outgoing.handoff.outer.get(ack.original_id)
+        if handed is not None:  # a holder keeps a copy of one of our messages
+            if not ctx.verified(env) or not ctx.fresh(env, ctx.now_ms()):
+                return []
+            return self.outgoing.handoff.confirmed(env, ack,
+                                                   self.outgoing.outgoing(handed[0]))
         msg = self.outgoing.outgoing(ack.original_id)
         if msg is None:
             ctx.stats["unknown_acks"] += 1
@@ -347,3 +363,9 @@ class Incoming:
         if gone:
             ctx.stats["inbox_purged"] += sum(n for _, _, n, _ in gone)
             ctx.quota.remove(gone)
+
+
+def _holder(env: Envelope, hop: bytes) -> bytes | None:
+    """The peer that delivered ``env`` when it is neither its sender nor on its signed path:
+    a holder passing on a copy it kept for this node (backup)."""
+    return None if hop == env.sender or hop in env.via else hop

@@ -37,7 +37,9 @@ from .context import (
     Context,
     OutMsg,
     groups_caller,
+    split_ids,
 )
+from .handoff import Handoff
 from .store import OutRow
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ class Outgoing:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.sealing: set[bytes] = set()
+        self.handoff = Handoff(ctx)
         self.peers: Peers
         """The :class:`~.peers.Peers` that dials and punches for a path (set by the core)."""
 
@@ -149,7 +152,7 @@ class Outgoing:
             return self.advance(msg, FAILED, "not acknowledged within "
                                 f"{lifetime_ms / 1000:g} s")
         route = self._route(msg.to, msg.relay)
-        actions: list[Action] = []
+        actions: list[Action] = self.handoff.offer(msg, now)  # long unacknowledged: backup
         if route != ():  # a direct path, for later messages
             actions += self.peers.connect(msg.to, now) + self.peers.punch(msg.to, route, now)
         if route is None:
@@ -234,7 +237,7 @@ class Outgoing:
                 return None
             msg = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                          row.created_ms, row.attempts, expires_ms=row.expires_ms,
-                         relay=row.relay or None)
+                         relay=row.relay or None, holders=split_ids(row.holders))
             ctx.out[msg_id] = msg
         return msg
 
@@ -248,9 +251,11 @@ class Outgoing:
         ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts)
         if status >= READ or status == FAILED:
             del ctx.out[msg.id]
+        if status >= DELIVERED:
+            self.handoff.forget(msg.id)
         ctx.stats[STATUS[status]] += 1
         return [Publish(rm.StatusChanged(id=msg.id, to=msg.to, status=STATUS[status],  # type: ignore[arg-type]
-                                         reason=reason))]
+                                         reason=reason, held_by=len(msg.holders)))]
 
     def states(self, ids: list[bytes], limit: int) -> list[rm.MessageState]:
         """``router.outbox``: the messages asked for, or the latest."""
@@ -258,7 +263,8 @@ class Outgoing:
         rows = [r for i in ids if (r := store.get_out(i)) is not None] if ids \
             else store.latest_out(limit)
         return [rm.MessageState(id=r.id, to=r.recipient, status=STATUS[r.status],  # type: ignore[arg-type]
-                                reason=r.reason, updated_ms=r.updated_ms) for r in rows]
+                                reason=r.reason, updated_ms=r.updated_ms,
+                                held_by=len(r.holders) // 32) for r in rows]
 
     # -- when paths change ----------------------------------------------------------------
 

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.core import Action, Call, PeerFailed, Publish
+from shared.core import Action, Call, Fail, PeerFailed, Publish, Reply, Request
 from shared.wire import ErrorCode
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
-from .context import Context
+from .context import Context, backup_caller
 from .discovery import Discovery
 from .outgoing import Outgoing
 from .topology import path_kind
 
 CONNECT_RETRY_S = 5.0
+MAX_PASS_ON = 1000
+"""Envelopes in one ``router.pass_on``."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
 TRANSPORT_RETRY_S = 0.5
@@ -222,6 +224,25 @@ class Peers:
             if p.node_id in ctx.topo.peers and p.rtt_ms is not None:
                 ctx.topo.peers[p.node_id].rtt_ms = p.rtt_ms
         return actions
+
+    def pass_on(self, req: Request) -> list[Action]:
+        """``router.pass_on``: envelopes the backup service holds for ``to`` (or ACKs it
+        keeps for it), sent unchanged on the direct connection; the receiving router checks
+        them as it checks any envelope."""
+        body = req.body
+        assert isinstance(body, rm.PassOn) and self.ctx.topo is not None
+        if not backup_caller(req.caller):
+            return [Fail(req.ctx, ErrorCode.FORBIDDEN, "only the backup service passes "
+                         "envelopes on")]
+        if not 1 <= len(req.blobs) <= MAX_PASS_ON:
+            return [Fail(req.ctx, ErrorCode.INVALID, f"expected 1 to {MAX_PASS_ON} envelopes")]
+        p = self.ctx.topo.peers.get(body.to)
+        if p is None or not p.connected:
+            return [Fail(req.ctx, ErrorCode.UNAVAILABLE, "not directly connected to that node")]
+        self.ctx.stats["passed_on"] += len(req.blobs)
+        actions: list[Action] = [Reply(req.ctx, rm.PassOnReply(count=len(req.blobs)))]
+        return actions + [Call("transport", tm.Send(peer=body.to), ("passed_on",),
+                               blobs=(raw,)) for raw in req.blobs]
 
     def not_connected(self, hop: bytes, now: float) -> list[Action]:
         """A send found no connection to ``hop`` that our view holds connected: mark it

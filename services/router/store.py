@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
     status INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
     created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, attempts INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL DEFAULT 0, relay BLOB NOT NULL DEFAULT x''
+    expires_ms INTEGER NOT NULL DEFAULT 0, relay BLOB NOT NULL DEFAULT x'',
+    holders BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (status);
 CREATE TABLE IF NOT EXISTS inbox (
@@ -46,6 +47,7 @@ MIGRATIONS = (
      "ALTER TABLE outbox ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0"),
     ("inbox", "kind", "ALTER TABLE inbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0"),
     ("outbox", "relay", "ALTER TABLE outbox ADD COLUMN relay BLOB NOT NULL DEFAULT x''"),
+    ("outbox", "holders", "ALTER TABLE outbox ADD COLUMN holders BLOB NOT NULL DEFAULT x''"),
 )
 """Columns added since the first release: (table, column, how to add it)."""
 CHAT, GROUP = 0, 1
@@ -68,6 +70,8 @@ class OutRow:
     """When it fails unacknowledged, Unix ms; 0: the router's message lifetime."""
     relay: bytes = b""
     """The relay the app named (``router.send`` ``relay``), b"" if none."""
+    holders: bytes = b""
+    """The node ids (32 bytes each) of the holders that keep a copy (backup hand-off)."""
 
 
 @dataclass
@@ -107,9 +111,9 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     def put_out(self, r: OutRow) -> None:
-        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)",
+        self.db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (r.id, r.recipient, r.envelope, r.status, r.reason, r.created_ms,
-                         r.updated_ms, r.attempts, r.expires_ms, r.relay))
+                         r.updated_ms, r.attempts, r.expires_ms, r.relay, r.holders))
         self.dirty = True
 
     def update_out(self, msg_id: bytes, status: int, reason: str, updated_ms: int,
@@ -121,6 +125,10 @@ class Store:
             self.db.execute("UPDATE outbox SET status=?, reason=?, updated_ms=?, attempts=?, "
                             "envelope=? WHERE id=?",
                             (status, reason, updated_ms, attempts, envelope, msg_id))
+        self.dirty = True
+
+    def set_holders(self, msg_id: bytes, holders: bytes) -> None:
+        self.db.execute("UPDATE outbox SET holders=? WHERE id=?", (holders, msg_id))
         self.dirty = True
 
     def get_out(self, msg_id: bytes) -> OutRow | None:

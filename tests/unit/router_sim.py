@@ -4,7 +4,10 @@ Each node is a RouterCore (SQLite in memory) and a CryptoCore; ``transport.*`` c
 carried out here: ``connect`` succeeds when the two nodes are ``reachable`` from each other,
 ``punch`` when they are reachable or ``punchable`` (behind NATs a hole punch opens),
 ``send`` hands the envelope to the other router as a ``router.deliver`` request when they
-are connected. The end-to-end tests run the same cores in real processes over QUIC.
+are connected. Each node also runs a BackupCore (SQLite in memory): the router's calls to
+``backup`` and the backup core's calls to ``router`` are carried out here, and the router's
+``router.path`` and ``router.confirmation`` events reach it, as over the bus. The end-to-end
+tests run the same cores in real processes over QUIC.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.backup.core import BackupCore
+from services.backup.store import Store as BackupStore
 from services.crypto.core import CryptoCore
 from services.router.core import RouterCore, RouterSettings
 from services.router.store import Store
@@ -39,6 +44,7 @@ class SimNode:
     router: RouterCore
     crypto: CryptoCore
     port: int
+    backup: BackupCore | None = None
     events: list[Any] = field(default_factory=list)
     delivered: list[tuple[Any, tuple[bytes, ...]]] = field(default_factory=list)
     replies: dict[Any, Any] = field(default_factory=dict)
@@ -93,7 +99,8 @@ class Sim:
         seed = bytes([i + 1]) * 32
         crypto = CryptoCore(seed, os.urandom, lambda: int(self.wall * 1000))
         router = RouterCore(Store(db), lambda: self.wall, RouterSettings(**self.settings))
-        node = self.nodes[name] = SimNode(name, router, crypto, 5000 + i)
+        backup = BackupCore(BackupStore(":memory:"), lambda: self.wall)
+        node = self.nodes[name] = SimNode(name, router, crypto, 5000 + i, backup)
         self.feed(name, lambda: router.on_timer(self.now))
         return node
 
@@ -132,6 +139,9 @@ class Sim:
                 due = node.router.next_deadline()
                 if due is not None and due <= self.now:
                     self.feed(name, lambda r=node.router: r.on_timer(self.now))
+                bdue = node.backup.next_deadline() if node.backup else None
+                if bdue is not None and bdue <= self.now:
+                    self._backup(name, lambda b: b.on_timer(self.now))
 
     def _drain(self) -> None:
         while self.queue:
@@ -171,14 +181,39 @@ class Sim:
         router = self.nodes[name].router
         self.feed(name, lambda: router.handle(result, self.now))
 
+    def _backup(self, name: str, step: Any) -> None:
+        """Run a step of ``name``'s backup core (and its flush: replies wait for the commit)."""
+        b = self.nodes[name].backup
+        assert b is not None
+        self.feed(name, lambda: step(b) + b.flush(self.now))
+
     def _do(self, name: str, a: Action) -> None:
         node = self.nodes[name]
         if isinstance(a, Publish):
             node.events.append(a.body)
             if isinstance(a.body, rm.MessageReceived):
                 node.delivered.append((a.body, a.blobs))
+            if isinstance(a.body, rm.PathChanged | rm.Confirmation) and node.backup:
+                ev = EventReceived(a.body, a.blobs, "router")
+                self._backup(name, lambda b, e=ev: b.handle(e, self.now))
+        elif isinstance(a, Reply | Fail) and isinstance(a.ctx, tuple) and a.ctx[:1] == ("bk",):
+            tok = a.ctx[1]  # the router answers the backup core
+            ev2: Any = PeerReplied(tok, a.body, a.blobs) if isinstance(a, Reply) \
+                else PeerFailed(tok, a.code, a.message)
+            self._backup(name, lambda b, e=ev2: b.handle(e, self.now))
+        elif isinstance(a, Reply | Fail) and isinstance(a.ctx, tuple) and a.ctx[:1] == ("rt",):
+            tok = a.ctx[1]  # the backup core answers the router
+            res: Any = PeerReplied(tok, a.body, a.blobs) if isinstance(a, Reply) \
+                else PeerFailed(tok, a.code, a.message)
+            self._answer(name, tok, res)
         elif isinstance(a, Reply | Fail):
             node.replies[a.ctx] = a
+        elif isinstance(a, Call) and a.role == "backup":
+            req = Request(("rt", a.token), a.body, a.blobs, caller="service:router")
+            self._backup(name, lambda b, r=req: b.handle(r, self.now))
+        elif isinstance(a, Call) and a.role == "router":
+            req2 = Request(("bk", a.token), a.body, a.blobs, caller="service:backup")
+            self.feed(name, lambda r=req2: node.router.handle(r, self.now))
         elif isinstance(a, Call) and a.role == "crypto":
             [r] = node.crypto.handle(Request("c", a.body, a.blobs), self.now)
             self._answer(name, a.token, PeerReplied(a.token, r.body, r.blobs)

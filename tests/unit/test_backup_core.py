@@ -65,7 +65,7 @@ class Holder:
         return self.ask(bm.Hold(expires_ms=exp, hop=hop), (raw,))
 
     def tick(self) -> list[Any]:
-        return self.core.on_timer(0.0) + self.core.flush(0.0)
+        return self.core.on_timer(self.clock.t) + self.core.flush(self.clock.t)
 
     def pending(self, recipient: bytes) -> Reply:
         r = self.ask(bm.Pending(recipient=recipient))

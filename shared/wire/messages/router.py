@@ -110,6 +110,8 @@ class MessageState(Message):
     status: Status = Field(description="See `router.status`.")
     reason: str = Field("", description="Why it failed (empty otherwise).")
     updated_ms: U64 = Field(description="When the status last changed, Unix milliseconds.")
+    held_by: int = Field(0, description="Holders that confirmed they keep a copy for the "
+                         "recipient (backup hand-off), until it is delivered or expires.")
 
 
 @message("router.outbox_reply", "reply")
@@ -231,6 +233,34 @@ class GroupEnvelope(Received):
     `GroupSignal` (sent with `signal`) arrives with `seq` 0: it is in no inbox."""
 
 
+@message("router.confirmation", "event", blobs="1: the ACK envelope, as signed")
+class Confirmation(Message):
+    """A delivery ACK that is not for this node came from its own signer: the recipient of a
+    message this node may hold for someone (backup), confirming that it arrived. Its
+    signature is verified; the backup service checks that it names a copy it holds."""
+
+    sender: NodeIdBytes = Field(description="Who signed it (the recipient of the message).")
+    to: NodeIdBytes = Field(description="Whom it is addressed to (the message's sender).")
+
+
+@message("router.pass_on_reply", "reply")
+class PassOnReply(Message):
+    """The envelopes are with the transport, on the connection to `to`."""
+
+    count: int
+
+
+@message("router.pass_on", "request", reply=PassOnReply,
+         blobs="1-1000: signed envelopes, as their signers made them")
+class PassOn(Message):
+    """Send envelopes this node holds for others, unchanged, to a directly connected peer:
+    held messages to their recipient, delivery ACKs to their origin (the backup service's
+    redelivery). Only the backup service may use it (`forbidden`); `unavailable` when `to`
+    is not directly connected now."""
+
+    to: NodeIdBytes
+
+
 @message("router.status", "event")
 class StatusChanged(Message):
     """A sent message's status moved (see `router.send`)."""
@@ -239,6 +269,8 @@ class StatusChanged(Message):
     to: NodeIdBytes
     status: Status
     reason: str = ""
+    held_by: int = Field(0, description="Holders keeping a copy for the recipient (backup "
+                         "hand-off); a status event with the same status says it grew.")
 
 
 @message("router.peer", "event")
