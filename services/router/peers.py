@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.core import Action, Call, Fail, PeerFailed, Publish, Reply, Request
 from shared.wire import ErrorCode
+from shared.wire.frame import MAX_BLOBS
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
@@ -32,8 +33,8 @@ from .outgoing import Outgoing
 from .topology import path_kind
 
 CONNECT_RETRY_S = 5.0
-MAX_PASS_ON = 1000
-"""Envelopes in one ``router.pass_on``."""
+MAX_PASS_ON = MAX_BLOBS
+"""Envelopes in one ``router.pass_on`` (one bus message's blobs)."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
 TRANSPORT_RETRY_S = 0.5

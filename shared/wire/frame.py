@@ -168,10 +168,10 @@ def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYT
                               f"service speaks {TAG!r}")
         raise DecodeError(ErrorCode.BAD_TAG, f"not a ToM bus message (tag {tag[:16]!r}, "
                           f"expected {TAG!r})")
-    if len(frames) - 3 > MAX_BLOBS:
-        raise DecodeError(ErrorCode.TOO_LARGE, f"{len(frames) - 3} blob frames exceed "
-                          f"the limit of {MAX_BLOBS}")
     header = decode_header(frames[1])
+    if len(frames) - 3 > MAX_BLOBS:  # after the header: the error names the request
+        raise DecodeError(ErrorCode.TOO_LARGE, f"{len(frames) - 3} blob frames exceed "
+                          f"the limit of {MAX_BLOBS}", parent_id=header.msg_id)
     cls = REGISTRY.get(header.msg_type)
     if cls is None:
         raise DecodeError(ErrorCode.UNSUPPORTED, f"unknown msg_type {header.msg_type!r}",

@@ -59,7 +59,7 @@ def hold(node: Node, raw: bytes) -> Message:
 
 
 def pending(node: Node, to: Identity = C) -> tuple[bytes, ...]:
-    body, blobs = call(node, bm.Pending(recipient=to.node_id, limit=1000))
+    body, blobs = call(node, bm.Pending(recipient=to.node_id, limit=16))
     assert isinstance(body, bm.PendingReply) and len(body.envelopes) == len(blobs)
     return blobs
 
@@ -108,7 +108,7 @@ class TestBackupContract(RoleContract):
         body, _ = call(node, bm.Delivered(), ack.encode())
         assert isinstance(body, bm.DeliveredReply) and body.deleted
         assert raw not in pending(node)
-        body, acks = call(node, bm.Receipts(origin=A.node_id, limit=1000))
+        body, acks = call(node, bm.Receipts(origin=A.node_id, limit=16))
         assert ack.encode() in acks
         assert self.status(node).counters.get("refused_confirmation_not_recipient", 0) >= 1
 

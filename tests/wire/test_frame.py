@@ -23,7 +23,7 @@ from shared.wire import (
     encode,
     split_routing,
 )
-from shared.wire.frame import MAX_HEADER_BYTES, pack_header
+from shared.wire.frame import MAX_BLOBS, MAX_HEADER_BYTES, pack_header
 from shared.wire.messages.sys import ErrorReply, Ping, StatusReply
 
 GOLDEN = Path(__file__).parent / "golden" / "frames.json"
@@ -160,6 +160,15 @@ def test_parent_id_survives_body_errors() -> None:
     with pytest.raises(DecodeError) as info:
         decode([TAG, pack_header(HEADER), b"\x93"])
     assert info.value.parent_id == HEADER.msg_id
+
+
+def test_too_many_blobs_is_refused_naming_the_request() -> None:
+    """The caller gets `too_large` for its request at once, not a timeout."""
+    frames = encode(Ping(), HEADER, (b"x",) * (MAX_BLOBS + 1))
+    with pytest.raises(DecodeError) as info:
+        decode(frames)
+    assert info.value.code is ErrorCode.TOO_LARGE and info.value.parent_id == HEADER.msg_id
+    assert decode(encode(Ping(), HEADER, (b"x",) * MAX_BLOBS)).blobs == (b"x",) * MAX_BLOBS
 
 
 def test_split_routing() -> None:

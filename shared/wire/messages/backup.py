@@ -60,7 +60,8 @@ class Pending(Message):
     """What this node holds for ``recipient`` (to deliver when it is back)."""
 
     recipient: NodeIdBytes
-    limit: int = Field(100, ge=1, le=1000)
+    limit: int = Field(16, ge=1, le=16, description="At most this many (one blob each: a "
+                       "bus message carries 16).")
 
 
 @message("backup.delivered_reply", "reply")
@@ -92,7 +93,8 @@ class Receipts(Message):
     """The delivery ACKs this node keeps for ``origin`` (to hand to it when it is back)."""
 
     origin: NodeIdBytes
-    limit: int = Field(100, ge=1, le=1000)
+    limit: int = Field(16, ge=1, le=16, description="At most this many (one blob each: a "
+                       "bus message carries 16).")
 
 
 class Usage(Message):

@@ -251,7 +251,7 @@ class PassOnReply(Message):
 
 
 @message("router.pass_on", "request", reply=PassOnReply,
-         blobs="1-1000: signed envelopes, as their signers made them")
+         blobs="1-16: signed envelopes, as their signers made them")
 class PassOn(Message):
     """Send envelopes this node holds for others, unchanged, to a directly connected peer:
     held messages to their recipient, delivery ACKs to their origin (the backup service's

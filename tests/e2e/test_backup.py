@@ -1,0 +1,130 @@
+"""Offline delivery that survives the sender (issue 16), with whole nodes (`tom node up`,
+five processes under supervisord each) over QUIC on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.paths import DataDir
+from shared.wire.messages.sys import Status, StatusReply
+from tom.client import Client
+
+from .test_router import RealNode, tom, until
+
+pytestmark = pytest.mark.slow
+TOML = """\
+[bus]
+heartbeat_s = 0.5
+[transport]
+host = "127.0.0.1"
+port = 0
+[router]
+gossip_interval_s = 1.0
+backup_after_s = 2
+"""
+
+
+class Later:
+    """A node with an identity, started later (its id is known before it runs)."""
+
+    def __init__(self, name: str) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix=f"tomb-{name}-", dir="/tmp"))
+        r = tom(self.data, "init")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = tom(self.data, "id")
+        assert out.returncode == 0, out.stderr
+        self.id = bytes.fromhex(out.stdout.split()[0])
+        self.client: Client | None = None
+
+    def up(self, toml: str) -> Client:
+        (self.data / "node.toml").write_text(toml)
+        r = tom(self.data, "node", "up")
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.client = Client(DataDir(self.data))
+        return self.client
+
+    def down(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        tom(self.data, "node", "down", timeout=30)
+
+    def remove(self) -> None:
+        self.down()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@pytest.fixture
+def nodes() -> Iterator[dict[str, object]]:
+    made: dict[str, object] = {}
+    try:
+        made["h"] = RealNode("h", TOML)
+        made["a"] = Later("a")
+        made["c"] = Later("c")
+        yield made
+    finally:
+        for n in made.values():
+            if isinstance(n, RealNode):
+                n.stop()
+            elif isinstance(n, Later):
+                n.remove()
+
+
+def test_messages_outlive_their_offline_sender_and_the_sender_learns_they_arrived(
+        nodes: dict[str, object]) -> None:
+    h, a, c = nodes["h"], nodes["a"], nodes["c"]
+    assert isinstance(h, RealNode) and isinstance(a, Later) and isinstance(c, Later)
+    boot = f'bootstrap = ["{h.id.hex()}@{h.host}:{h.port}"]\n'
+    ca = a.up(TOML + boot)
+    until("a connected to h", lambda: any(p.node_id == h.id and p.connected
+                                          for p in ca.peers()))
+    ids = [ca.send(c.id, f"while you were away {i}") for i in range(100)]
+    until("every message held by h", lambda: all(
+        s.held_by >= 1 for s in ca.outbox(ids)), 60)
+    assert {s.status for s in ca.outbox(ids)} <= {"pending", "sent"}
+    a.down()  # the sender goes away too
+
+    cc = c.up(TOML + boot)  # c knows only h
+    start = time.monotonic()
+
+    def received() -> list[bytes]:
+        return [m.payload for m in cc.inbox(limit=1000)]
+    try:
+        until("c received all 100", lambda: len(received()) >= 100, 10)
+    except AssertionError:
+        logs = "".join(f.read_text()[-3000:] for f in (h.data / "logs").glob("*.log"))
+        raise AssertionError(f"c has {len(received())}; h: {counters(h, 'backup')} "
+                             f"{counters(h, 'router')}\n{logs}") from None
+    took = time.monotonic() - start
+    counts = Counter(received())
+    assert len(counts) == 100 and set(counts.values()) == {1}, took
+    until("h deleted every copy", lambda: held_at(h) == 0, 10)
+    assert b"while you were away" not in (h.data / "backup.db").read_bytes()
+
+    ca = a.up(TOML + boot)  # the sender is back: h hands it c's ACKs
+    until("a sees all 100 delivered", lambda: all(
+        s.status in ("delivered", "read") for s in ca.outbox(ids)), 30)
+    time.sleep(0)  # (nothing else to wait for: the counts above are the end state)
+    assert len(Counter(m.payload for m in cc.inbox(limit=1000))) == 100
+
+
+def held_at(node: RealNode) -> int:
+    db = sqlite3.connect(f"file:{node.data / 'backup.db'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM held").fetchone()[0])
+    finally:
+        db.close()
+
+
+def counters(node: RealNode, role: str) -> dict[str, int]:
+    reply = node.client.bus.request(role, Status())
+    assert isinstance(reply, StatusReply)
+    return reply.counters
