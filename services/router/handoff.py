@@ -61,9 +61,8 @@ class Handoff:
         want = s.backup_copies - len(held)
         if want <= 0:
             return []
-        lifetime_ms = msg.expires_ms - msg.created_ms if msg.expires_ms \
-            else int(s.message_lifetime_s * 1000)
-        expires_ms = min(msg.created_ms + lifetime_ms, msg.env.timestamp_ms + 86_400_000)
+        expires_ms = min(msg.expires_ms or msg.created_ms + int(s.message_lifetime_s * 1000),
+                         msg.env.timestamp_ms + 86_400_000)
         if expires_ms <= now_ms:
             return []
         payload = msgpack.packb([expires_ms, msg.env.encode()], use_bin_type=True)

@@ -146,10 +146,9 @@ class Outgoing:
         assert ctx.topo is not None
         if msg.busy or msg.status >= DELIVERED:
             return []
-        lifetime_ms = msg.expires_ms - msg.created_ms if msg.expires_ms \
-            else ctx.settings.message_lifetime_s * 1000
-        if ctx.wall() * 1000 - msg.created_ms > lifetime_ms:
-            return self.advance(msg, FAILED, "not acknowledged within "
+        if self.expired(msg):
+            lifetime_ms = self.expires_at_ms(msg) - msg.created_ms
+            return self.advance(msg, FAILED, "expired: not acknowledged within "
                                 f"{lifetime_ms / 1000:g} s")
         route = self._route(msg.to, msg.relay)
         actions: list[Action] = self.handoff.offer(msg, now)  # long unacknowledged: backup
@@ -269,12 +268,23 @@ class Outgoing:
     # -- when paths change ----------------------------------------------------------------
 
     def due(self, now: float) -> list[Action]:
-        """At each tick: what waits for its next try."""
+        """At each tick: what waits for its next try, and what expired meanwhile (failed at
+        once, not at its next try: the holders of its copies delete them at that time
+        too)."""
         actions: list[Action] = []
         for msg in list(self.ctx.out.values()):
-            if not msg.busy and msg.status < DELIVERED and now >= msg.next_try:
+            if not msg.busy and msg.status < DELIVERED and (now >= msg.next_try
+                                                            or self.expired(msg)):
                 actions += self.attempt(msg, now)
         return actions
+
+    def expires_at_ms(self, msg: OutMsg) -> int:
+        """When ``msg`` fails unacknowledged (Unix ms)."""
+        return msg.expires_ms or msg.created_ms + int(self.ctx.settings.message_lifetime_s
+                                                      * 1000)
+
+    def expired(self, msg: OutMsg) -> bool:
+        return self.ctx.wall() * 1000 > self.expires_at_ms(msg)
 
     def peer_up(self, now: float) -> list[Action]:
         """A path may have appeared: retry what waits for one."""

@@ -3,7 +3,9 @@ five processes under supervisord each) over QUIC on loopback."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 import time
@@ -13,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from services.crypto.core import Identity
+from shared.envelope import AckPayload, AckType
 from shared.paths import DataDir
+from shared.wire import RemoteError
+from shared.wire.messages import backup as bm
 from shared.wire.messages.sys import Status, StatusReply
 from tom.client import Client
 
@@ -62,11 +68,18 @@ class Later:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 def nodes() -> Iterator[dict[str, object]]:
     made: dict[str, object] = {}
-    try:
-        made["h"] = RealNode("h", TOML)
+    try:  # the holder keeps its port across a restart: the others dial it there again
+        made["h"] = RealNode("h", TOML.replace(
+            "port = 0", f"port = {free_udp_port()}\nport_fallback = false"))
         made["a"] = Later("a")
         made["c"] = Later("c")
         yield made
@@ -91,6 +104,7 @@ def test_messages_outlive_their_offline_sender_and_the_sender_learns_they_arrive
         s.held_by >= 1 for s in ca.outbox(ids)), 60)
     assert {s.status for s in ca.outbox(ids)} <= {"pending", "sent"}
     a.down()  # the sender goes away too
+    restart(h)  # and the holder restarts while it holds them
 
     cc = c.up(TOML + boot)  # c knows only h
     start = time.monotonic()
@@ -112,8 +126,39 @@ def test_messages_outlive_their_offline_sender_and_the_sender_learns_they_arrive
     ca = a.up(TOML + boot)  # the sender is back: h hands it c's ACKs
     until("a sees all 100 delivered", lambda: all(
         s.status in ("delivered", "read") for s in ca.outbox(ids)), 30)
-    time.sleep(0)  # (nothing else to wait for: the counts above are the end state)
     assert len(Counter(m.payload for m in cc.inbox(limit=1000))) == 100
+
+
+def test_undelivered_copies_are_purged_everywhere_at_expiry_and_the_sender_is_told(
+        nodes: dict[str, object]) -> None:
+    h, a, c = nodes["h"], nodes["a"], nodes["c"]
+    assert isinstance(h, RealNode) and isinstance(a, Later) and isinstance(c, Later)
+    boot = f'bootstrap = ["{h.id.hex()}@{h.host}:{h.port}"]\n'
+    ca = a.up(TOML.replace("backup_after_s = 2", "backup_after_s = 2\n"
+                           "message_lifetime_s = 20") + boot)
+    ids = [ca.send(c.id, f"never read {i}") for i in range(5)]
+    until("every message held by h", lambda: all(
+        s.held_by >= 1 for s in ca.outbox(ids)), 30)
+    # a delivery confirmation c did not sign deletes nothing
+    forger = Identity(os.urandom(32), os.urandom)
+    ack = AckPayload(ids[0], AckType.RECIPIENT_RECEIVED).encode()
+    forged = forger.seal(a.id, "Ack", ack, int(time.time() * 1000), encrypt=False)
+    with pytest.raises(RemoteError):
+        h.client.bus.call("backup", bm.Delivered(), (forged.encode(),))
+    assert held_at(h) == 5 and counters(h, "backup")["refused_confirmation_not_recipient"] == 1
+    until("every copy purged at its expiry", lambda: held_at(h) == 0, 40)
+    until("a's statuses failed", lambda: all(s.status == "failed" for s in ca.outbox(ids)), 40)
+    assert all("expired" in s.reason for s in ca.outbox(ids))
+    assert counters(h, "backup")["expired"] == 5
+
+
+def restart(node: RealNode) -> None:
+    node.client.close()
+    r = tom(node.data, "node", "down", timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = tom(node.data, "node", "up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    node.client = Client(DataDir(node.data))
 
 
 def held_at(node: RealNode) -> int:
