@@ -110,6 +110,10 @@ def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
     for s in rows:
         if s.error:
             print(f"  {s.role}: {s.error}")
+        if s.role == "backup" and s.status is not None:  # its queues: what it holds
+            q = s.status.queues
+            print(f"  backup: holding {q.get('held', 0)} message(s), "
+                  f"{q.get('held_bytes', 0):,} bytes for offline recipients (`tom backup`)")
     print("healthy" if healthy else "NOT healthy")
     return healthy
 
@@ -140,6 +144,28 @@ def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
     print(f"{args.service} answered {args.count} ping(s): "
           f"median {statistics.median(rtts):.3f} ms, max {max(rtts):.3f} ms "
           f"({reply.impl}, pid {reply.pid})")
+    return 0
+
+
+def cmd_backup(data: DataDir, args: argparse.Namespace) -> int:
+    """What this node holds for offline recipients on behalf of others: counts only."""
+    from shared.wire.messages import backup as bm
+
+    with client_for(data) as client:
+        reply = client.request("backup", bm.Summary())
+    assert isinstance(reply, bm.SummaryReply)
+    if args.json:
+        print(json.dumps(reply.model_dump(mode="json")))
+        return 0
+    print(f"holding {reply.messages} message(s), {reply.bytes:,} bytes for offline "
+          f"recipients (capacity {reply.capacity_messages:,} messages, "
+          f"{reply.capacity_bytes:,} bytes); {reply.receipts} delivery ACK(s) kept for "
+          "their senders")
+    for title, rows in (("handed over by", reply.origins), ("for", reply.recipients)):
+        if rows:
+            print(f"{title}:")
+            for u in rows:
+                print(f"  {u.node_id.hex()}  {u.messages} message(s)  {u.bytes:,} bytes")
     return 0
 
 
@@ -308,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = n.add_parser("status", parents=[common], help="show each service's state and counters")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    backup = sub.add_parser("backup", parents=[common], help="what this node holds for "
+                            "offline recipients on behalf of others (counts only)")
+    backup.add_argument("--json", action="store_true", help="print JSON")
+    backup.set_defaults(func=cmd_backup)
     sub.add_parser("peers", parents=[common], help="known peers: path (direct with RTT, "
                    "or relayed via whom) and this node's public address"
                    ).set_defaults(func=cmd_peers)

@@ -104,6 +104,12 @@ def test_messages_outlive_their_offline_sender_and_the_sender_learns_they_arrive
         s.held_by >= 1 for s in ca.outbox(ids)), 60)
     assert {s.status for s in ca.outbox(ids)} <= {"pending", "sent"}
     a.down()  # the sender goes away too
+    shown = tom(h.data, "backup")
+    assert shown.returncode == 0 and "holding 100 message(s)" in shown.stdout, shown
+    assert a.id.hex() in shown.stdout and c.id.hex() in shown.stdout
+    assert b"while you were away" not in shown.stdout.encode()
+    status = tom(h.data, "node", "status")
+    assert "backup: holding 100 message(s)" in status.stdout, status.stdout
     restart(h)  # and the holder restarts while it holds them
 
     cc = c.up(TOML + boot)  # c knows only h
