@@ -52,8 +52,8 @@ class Handoff:
         """Hand ``msg`` to holders, if it is due and not held by enough of them."""
         ctx, s = self.ctx, self.ctx.settings
         if s.backup_after_s <= 0 or s.backup_copies <= 0 or msg.status >= DELIVERED \
-                or ctx.topo is None:
-            return []
+                or ctx.topo is None or msg.env.msg_type != MessageType.CHAT:
+            return []  # (group payloads have their own way back: the hub and resends)
         now_ms = ctx.now_ms()
         if now_ms - msg.created_ms < s.backup_after_s * 1000:
             return []
