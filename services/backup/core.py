@@ -69,8 +69,8 @@ LOOK_EVERY_S = 10.0
 """While something is held, the router's peers are looked at this often (a path event
 missed while this service restarted must not leave a copy waiting for the next one)."""
 PUSH_BATCH = 256
-"""Envelopes (and ACKs) given to a node at once, in ``router.pass_on`` calls of
-``MAX_BLOBS`` each; the rest at the next push."""
+"""Envelopes given to a node per page, in ``router.pass_on`` calls of ``MAX_BLOBS`` each;
+the next page leaves when the router has taken this one, until all are given."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ class BackupCore(Core):
         self._next_purge = 0.0
         self._next_look = 0.0
         self._pushed: dict[bytes, float] = {}
+        self._cursor: dict[bytes, int] = {}
+        """node -> the last row of its push in progress."""
         self._held: list[Action] = []
 
     def now_ms(self) -> int:
@@ -111,11 +113,12 @@ class BackupCore(Core):
                 return self._confirmed(raw)
             case PeerReplied(token="peers", body=rm.PeersReply(peers=peers)):
                 return [a for p in peers if p.connected for a in self._push(p.node_id, now)]
-            case PeerReplied(token=("passed", _node, n)):
+            case PeerReplied(token=("passed", node, n, last)):
                 self.stats["passed_on"] += n
-                return []
-            case PeerFailed(token=("passed", node, _n)):
+                return self._page(node) if last else []  # the router took it: the next
+            case PeerFailed(token=("passed", node, _n, _last)):
                 self._pushed.pop(node, None)  # not connected after all: at the next path
+                self._cursor.pop(node, None)
                 return []
             case PeerFailed(token="peers"):
                 return []
@@ -218,7 +221,7 @@ class BackupCore(Core):
             return []
         if origin is None:
             return []
-        self._held.append(Call("router", rm.PassOn(to=origin), ("passed", origin, 1),
+        self._held.append(Call("router", rm.PassOn(to=origin), ("passed", origin, 1, False),
                                blobs=(raw,), timeout_s=5.0))
         return []
 
@@ -255,22 +258,37 @@ class BackupCore(Core):
     # -- redelivery ---------------------------------------------------------------------------
 
     def _push(self, node: bytes, now: float) -> list[Action]:
-        """Give a directly connected node what is held for it, and the delivery ACKs kept
-        for it as an origin (through ``router.pass_on``, unchanged)."""
-        if now - self._pushed.get(node, -1e9) < PUSH_EVERY_S:
+        """Give a directly connected node what is held for it, page by page, and the
+        delivery ACKs kept for it as an origin (through ``router.pass_on``, unchanged)."""
+        if now - self._pushed.get(node, -1e9) < PUSH_EVERY_S or node in self._cursor:
             return []
-        out: list[Action] = []
-        for kind, blobs in (("held", [h.envelope for h in
-                                      self.store.for_recipient(node, PUSH_BATCH)]),
-                            ("receipts", self.store.receipts(node, PUSH_BATCH))):
-            self.stats[f"pushed_{kind}"] += len(blobs)
-            for i in range(0, len(blobs), MAX_BLOBS):
-                chunk = tuple(blobs[i:i + MAX_BLOBS])
-                out.append(Call("router", rm.PassOn(to=node), ("passed", node, len(chunk)),
-                                blobs=chunk, timeout_s=5.0))
-        if out:
-            self._pushed[node] = now
-        return out
+        self._pushed[node] = now
+        acks = self.store.receipts(node, PUSH_BATCH)
+        self.stats["pushed_receipts"] += len(acks)
+        out = self._calls(node, acks, last=False)
+        self._cursor[node] = 0
+        return out + self._page(node)
+
+    def _page(self, node: bytes) -> list[Action]:
+        """The next page of a push in progress (none left: the push ends; what is still
+        held when the node next connects, or at the next look, goes again)."""
+        after = self._cursor.get(node)
+        rows = self.store.page(node, after, PUSH_BATCH) if after is not None else []
+        if not rows:
+            self._cursor.pop(node, None)
+            return []
+        self._cursor[node] = rows[-1][0]
+        self.stats["pushed_held"] += len(rows)
+        return self._calls(node, [raw for _row, raw in rows], last=True)
+
+    def _calls(self, node: bytes, blobs: list[bytes], last: bool) -> list[Action]:
+        """``router.pass_on`` calls for ``blobs``, ``MAX_BLOBS`` each; with ``last``, the
+        reply to the final one asks for the next page."""
+        n = len(blobs)
+        return [Call("router", rm.PassOn(to=node),
+                     ("passed", node, len(blobs[i:i + MAX_BLOBS]), last and i + MAX_BLOBS >= n),
+                     blobs=tuple(blobs[i:i + MAX_BLOBS]), timeout_s=5.0)
+                for i in range(0, n, MAX_BLOBS)]
 
     def _drop(self, origin: bytes, msg_id: bytes) -> None:
         self.store.delete(origin, msg_id)

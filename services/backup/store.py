@@ -76,6 +76,13 @@ class Store:
             "SELECT origin, id, recipient, expires_ms, envelope FROM held WHERE recipient=? "
             "ORDER BY stored_ms, origin, id LIMIT ?", (recipient, limit))]
 
+    def page(self, recipient: bytes, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """(row, envelope) held for ``recipient`` after row ``after``, in the order stored:
+        one push's pages (a cursor that deletions meanwhile do not disturb)."""
+        return self.db.execute(
+            "SELECT rowid, envelope FROM held WHERE recipient=? AND rowid>? ORDER BY rowid "
+            "LIMIT ?", (recipient, after, limit)).fetchall()
+
     def expired(self, now_ms: int) -> list[tuple[bytes, bytes, bytes]]:
         """(origin, id, recipient) of held envelopes past their expiry, deleted now."""
         rows = self.db.execute("SELECT origin, id, recipient FROM held WHERE expires_ms<=?",

@@ -57,3 +57,21 @@ def test_a_message_delivered_before_backup_after_s_is_never_handed_off() -> None
     assert sim.nodes["a"].statuses(msg)[-1] == "delivered"
     assert sim.nodes["a"].router.stats["backup_offers"] == 0
     assert sim.nodes["h"].backup is not None and sim.nodes["h"].backup.quota.total_messages == 0
+
+
+def test_a_holder_gives_a_returning_recipient_everything_at_once_page_by_page() -> None:
+    """More than one page (256): the next page leaves as soon as the router took the last,
+    not at the next look (10 s later)."""
+    sim = Sim("a", "h", "c", backup_after_s=30)
+    h, c = sim.nodes["h"], sim.nodes["c"]
+    sim.connect("a", "h")
+    for i in range(600):
+        send(sim, "a", "c", b"m%d" % i)
+    sim.run(60)
+    assert h.backup is not None and h.backup.quota.total_messages == 600
+    sim.reachable.discard(frozenset(("a", "h")))
+    sim.disconnect("a", "h")
+    sim.connect("c", "h")
+    sim.run(1)
+    assert len(c.received()) == 600 and len(set(c.received())) == 600
+    assert h.backup.quota.total_messages == 0
