@@ -3,9 +3,13 @@ crypto, in-memory transport, a BackupCore per node)."""
 
 from __future__ import annotations
 
+import msgpack
+
+from shared.envelope import decode
 from shared.wire.messages import router as rm
 
 from .router_sim import Sim
+from .test_router_core import Forger
 
 
 def send(sim: Sim, src: str, dst: str, text: bytes) -> bytes:
@@ -75,3 +79,28 @@ def test_a_holder_gives_a_returning_recipient_everything_at_once_page_by_page() 
     sim.run(1)
     assert len(c.received()) == 600 and len(set(c.received())) == 600
     assert h.backup.quota.total_messages == 0
+
+
+def test_a_holder_takes_only_a_senders_own_sealed_messages_and_counts_the_rest() -> None:
+    """A BackupStore must carry [expires_ms, envelope] of a chat its own sender sealed and
+    encrypted: a peer cannot park third parties' envelopes or plaintext on a holder."""
+    sim = Sim("a", "h", "c")
+    sim.connect("a", "h")
+    h = sim.nodes["h"]
+    f = Forger(sim, "a", "h")
+    c_id = sim.nodes["c"].id
+    own = f.env(to=c_id, payload=b"x", encrypted=True).encode()
+    other = Forger(sim, "c", "h").env(to=sim.nodes["a"].id, encrypted=True).encode()
+    plain = f.env(to=c_id, payload=b"plaintext").encode()
+    exp = int(sim.wall * 1000) + 60_000
+    cases = [(b"\x93garbage", "rejected_malformed_backup"),
+             (msgpack.packb([exp, other]), "rejected_backup_not_own")]
+    for payload, counter in cases:
+        f.deliver(f.env(msg_type="BackupStore", payload=payload).encode())
+        assert h.router.stats[counter] == 1, counter
+    f.deliver(f.env(msg_type="BackupStore", payload=msgpack.packb([exp, plain])).encode())
+    assert h.backup is not None and h.backup.stats["refused_not_sealed"] == 1
+    assert h.backup.quota.total_messages == 0
+    f.deliver(f.env(msg_type="BackupStore", payload=msgpack.packb([exp, own])).encode())
+    assert h.backup.quota.total_messages == 1
+    assert h.router.stats["backup_holding"] == 1 and decode(own).to == c_id
