@@ -16,3 +16,6 @@ class BackupConfig(Section):
                                    "fill at most half of what the others leave free "
                                    "(`refused_share`): its share shrinks as it grows, and "
                                    "nothing accepted is pushed out.")
+    copies: int = Field(3, ge=1, le=8, description="Copies of a message its holders keep "
+                        "between them: when fewer of a copy's holders are reachable, this "
+                        "node hands it to the next closest peer (`replicated`).")

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
+
 from shared.core import (
     Action,
     Call,
@@ -77,6 +79,12 @@ the next page leaves when the router has taken this one, until all are given."""
 class BackupSettings:
     capacity_bytes: int = 64 * 1024 * 1024
     capacity_messages: int = 50_000
+    copies: int = 3
+
+
+MAX_HOLDERS = 8
+REPLICATE_SETS = 64
+"""Holder sets looked at per look (the rest at the next ones)."""
 
 
 class BackupCore(Core):
@@ -100,6 +108,7 @@ class BackupCore(Core):
         self._pushed: dict[bytes, float] = {}
         self._cursor: dict[bytes, int] = {}
         """node -> the last row of its push in progress."""
+        self.node_id: bytes | None = None
         self._held: list[Action] = []
 
     def now_ms(self) -> int:
@@ -112,7 +121,16 @@ class BackupCore(Core):
             case EventReceived(body=rm.Confirmation(), blobs=(raw,)):
                 return self._confirmed(raw)
             case PeerReplied(token="peers", body=rm.PeersReply(peers=peers)):
-                return [a for p in peers if p.connected for a in self._push(p.node_id, now)]
+                return [a for p in peers if p.connected for a in self._push(p.node_id, now)] \
+                    + self._replicate(peers)
+            case PeerReplied(token="node_id", body=rm.NodeInfoReply(node_id=node_id)):
+                self.node_id = node_id
+                return []
+            case PeerReplied(token=("replicated", _node, n)):
+                self.stats["replicated"] += n
+                return []
+            case PeerFailed(token=("replicated", _, _)) | PeerFailed(token="node_id"):
+                return []
             case PeerReplied(token=("passed", node, n, last)):
                 self.stats["passed_on"] += n
                 return self._page(node) if last else []  # the router took it: the next
@@ -186,7 +204,8 @@ class BackupCore(Core):
             return self._refuse(req, why, ErrorCode.OVERLOADED,
                                 "this node's backup store is full" if why == "full" else
                                 "that origin's share of this node's backup store is used up")
-        self.store.put(Held(env.sender, env.id, env.to, expires, raw), hop, now_ms)
+        holders = b"".join(list(dict.fromkeys(body.holders))[:MAX_HOLDERS])
+        self.store.put(Held(env.sender, env.id, env.to, expires, raw), hop, now_ms, holders)
         self.quota.add(hop, len(raw))
         self.hops[(env.sender, env.id)] = (hop, len(raw))
         self.stats["held"] += 1
@@ -295,6 +314,44 @@ class BackupCore(Core):
         hop, size = self.hops.pop((origin, msg_id), (origin, 0))
         self.quota.remove(hop, size)
 
+    # -- replication ("virus") ----------------------------------------------------------------
+
+    def _replicate(self, peers: list[rm.PeerEntry]) -> list[Action]:
+        """Entries whose holder set has fewer than ``copies`` members reachable now (one
+        died, or left) get one more holder: the directly connected peer closest to their
+        recipient outside the set (not the recipient, not the origin). Every holder of the
+        set computes the same one from the same view; a copy it has already is `already`."""
+        me = self.node_id
+        if me is None:
+            return []
+        reach = {p.node_id for p in peers if p.path != "none"}
+        direct = {p.node_id for p in peers if p.connected}
+        out: list[Action] = []
+        for holders, recipient, origin in self.store.holder_sets(REPLICATE_SETS):
+            hs = [holders[i:i + 32] for i in range(0, len(holders), 32)]
+            alive = [h for h in hs if h == me or h in reach]
+            if len(alive) >= self.settings.copies or recipient in direct:
+                continue  # enough copies, or the recipient is here (the push gives it)
+            cands = sorted((n for n in direct if n not in hs and n not in (recipient, origin)),
+                           key=lambda n: int.from_bytes(n, "big") ^ int.from_bytes(recipient,
+                                                                                    "big"))
+            if not cands:
+                self.stats["replicate_no_peer"] += 1
+                continue
+            target = cands[0]
+            kept = hs if len(hs) < MAX_HOLDERS else alive[:MAX_HOLDERS - 1]
+            new = [*kept, target]
+            rows = self.store.of_set(holders, recipient, origin, PUSH_BATCH)
+            payloads = [msgpack.packb([exp, env, new], use_bin_type=True)
+                        for exp, env, _row in rows]
+            for i in range(0, len(payloads), MAX_BLOBS):
+                chunk = tuple(payloads[i:i + MAX_BLOBS])
+                out.append(Call("router", rm.Replicate(to=target),
+                                ("replicated", target, len(chunk)), blobs=chunk,
+                                timeout_s=5.0))
+            self.store.set_holders([row for _e, _v, row in rows], b"".join(new))
+        return out
+
     # -- time ---------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
@@ -306,6 +363,8 @@ class BackupCore(Core):
             self._next_look = now + LOOK_EVERY_S
             if self.quota.total_messages or self.store.receipt_count():
                 out.append(Call("router", rm.Peers(), "peers", timeout_s=5.0))
+                if self.node_id is None:
+                    out.append(Call("router", rm.NodeInfo(), "node_id", timeout_s=5.0))
         if now < self._next_purge:
             return out
         self._next_purge = now + PURGE_EVERY_S

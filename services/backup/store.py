@@ -12,7 +12,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (
     origin BLOB NOT NULL, id BLOB NOT NULL, recipient BLOB NOT NULL, hop BLOB NOT NULL,
     expires_ms INTEGER NOT NULL, stored_ms INTEGER NOT NULL, size INTEGER NOT NULL,
-    envelope BLOB NOT NULL, PRIMARY KEY (origin, id)
+    envelope BLOB NOT NULL, holders BLOB NOT NULL DEFAULT x'', PRIMARY KEY (origin, id)
 );
 CREATE INDEX IF NOT EXISTS held_recipient ON held (recipient, stored_ms);
 CREATE INDEX IF NOT EXISTS held_expiry ON held (expires_ms);
@@ -39,6 +39,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "holders" not in {r[1] for r in self.db.execute("PRAGMA table_info(held)")}:
+            self.db.execute("ALTER TABLE held ADD COLUMN holders BLOB NOT NULL DEFAULT x''")
         self.db.commit()
         self.dirty = False
 
@@ -57,11 +59,30 @@ class Store:
 
     # -- held envelopes -------------------------------------------------------------------
 
-    def put(self, h: Held, hop: bytes, stored_ms: int) -> None:
-        """``hop``: the peer charged for it (:mod:`.quota`)."""
-        self._w("INSERT INTO held VALUES (?,?,?,?,?,?,?,?)",
+    def put(self, h: Held, hop: bytes, stored_ms: int, holders: bytes = b"") -> None:
+        """``hop``: the peer charged for it (:mod:`.quota`); ``holders``: the node ids
+        meant to hold it, 32 bytes each."""
+        self._w("INSERT INTO held VALUES (?,?,?,?,?,?,?,?,?)",
                 (h.origin, h.id, h.recipient, hop, h.expires_ms, stored_ms, len(h.envelope),
-                 h.envelope))
+                 h.envelope, holders))
+
+    def holder_sets(self, limit: int) -> list[tuple[bytes, bytes, bytes]]:
+        """(holders, recipient, origin) of the entries that know their holder set."""
+        return self.db.execute("SELECT holders, recipient, origin FROM held WHERE holders!=x'' "
+                               "GROUP BY holders, recipient, origin LIMIT ?",
+                               (limit,)).fetchall()
+
+    def of_set(self, holders: bytes, recipient: bytes, origin: bytes,
+               limit: int) -> list[tuple[int, bytes, int]]:
+        """(expires_ms, envelope, row) of one holder set's entries."""
+        return self.db.execute("SELECT expires_ms, envelope, rowid FROM held WHERE holders=? "
+                               "AND recipient=? AND origin=? ORDER BY rowid LIMIT ?",
+                               (holders, recipient, origin, limit)).fetchall()
+
+    def set_holders(self, rows: list[int], holders: bytes) -> None:
+        self.db.executemany("UPDATE held SET holders=? WHERE rowid=?",
+                            [(holders, r) for r in rows])
+        self.dirty = True
 
     def get(self, origin: bytes, msg_id: bytes) -> Held | None:
         row = self.db.execute("SELECT origin, id, recipient, expires_ms, envelope FROM held "

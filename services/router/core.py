@@ -64,7 +64,7 @@ _NODE_ID = "node_id"
 class RouterCore(Core):
     role = "router"
     handles = frozenset({rm.NodeInfo, rm.Deliver, rm.Send, rm.Read, rm.Outbox, rm.Inbox,
-                         rm.Peers, rm.AddPeer, rm.PassOn})
+                         rm.Peers, rm.AddPeer, rm.PassOn, rm.Replicate})
 
     def __init__(self, store: Store, wall: Callable[[], float],
                  settings: RouterSettings | None = None,
@@ -159,6 +159,8 @@ class RouterCore(Core):
                 return self.incoming.inbox(event, after, limit, groups)
             case Request(body=rm.PassOn()):
                 return self.peers.pass_on(event)
+            case Request(body=rm.Replicate()):
+                return self.outgoing.handoff.replicate(event)
             case Request(body=rm.Peers()):
                 return [Reply(event.ctx, rm.PeersReply(peers=self.peers.entries()))]
             case Request(body=rm.AddPeer(node_id=node, host=host, port=port)):

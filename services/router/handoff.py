@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import msgpack
 
-from shared.core import Action, Call, PeerFailed, PeerReplied, Publish
+from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Publish, Reply, Request
 from shared.envelope import AckPayload, AckType, Envelope, MessageType, decode
+from shared.wire import ErrorCode
 from shared.wire.messages import backup as bm
 from shared.wire.messages import crypto as cm
 from shared.wire.messages import router as rm
 from shared.wire.messages import transport as tm
 
-from .context import DELIVERED, STATUS, Context, OutMsg
+from .context import DELIVERED, STATUS, Context, OutMsg, backup_caller
 
 OFFER_AGAIN_S = 10.0
 MAX_OFFERS = 3
+MAX_HOLDERS = 8
 
 
 def distance(a: bytes, b: bytes) -> int:
@@ -65,18 +67,18 @@ class Handoff:
                          msg.env.timestamp_ms + 86_400_000)
         if expires_ms <= now_ms:
             return []
-        payload = msgpack.packb([expires_ms, msg.env.encode()], use_bin_type=True)
-        out: list[Action] = []
+        chosen: list[bytes] = []
         for node in sorted((n for n in ctx.topo.connected() if n != msg.to),
                            key=lambda n: distance(n, msg.to)):
-            if want <= 0:
+            if len(chosen) >= want:
                 break
-            if node in held:
-                continue
+            if node not in held and self.offers.get((msg.id, node), (0, 0))[1] < MAX_OFFERS:
+                chosen.append(node)  # (one that did not take it thrice: the next closest)
+        holders = [*msg.holders, *chosen][:MAX_HOLDERS]  # each copy knows the others
+        payload = msgpack.packb([expires_ms, msg.env.encode(), holders], use_bin_type=True)
+        out: list[Action] = []
+        for node in chosen:
             last, times = self.offers.get((msg.id, node), (-1e9, 0))
-            if times >= MAX_OFFERS:
-                continue  # it did not take it: the next closest one
-            want -= 1
             if now - last < OFFER_AGAIN_S:
                 continue
             self.offers[(msg.id, node)] = (now, times + 1)
@@ -122,19 +124,24 @@ class Handoff:
     # -- the holder's side ----------------------------------------------------------------
 
     def store(self, env: Envelope, peer: bytes) -> list[Action]:
-        """A ``BackupStore`` for this node (signature verified): to the backup service."""
+        """A ``BackupStore`` (from the message's sender) or ``BackupReplicate`` (from
+        another holder) for this node, signature verified: to the backup service."""
         ctx = self.ctx
         try:
-            expires_ms, inner = msgpack.unpackb(env.payload, raw=False)
-            if type(expires_ms) is not int or not isinstance(inner, bytes):
-                raise ValueError("not [expires_ms, envelope]")
+            expires_ms, inner, *rest = msgpack.unpackb(env.payload, raw=False)
+            holders = rest[0] if rest else []
+            if type(expires_ms) is not int or not isinstance(inner, bytes) or len(rest) > 1 \
+                    or not isinstance(holders, list) or len(holders) > MAX_HOLDERS or not all(
+                        isinstance(h, bytes) and len(h) == 32 for h in holders):
+                raise ValueError("not [expires_ms, envelope, [holders]]")
         except (ValueError, TypeError, msgpack.UnpackException):
             ctx.reject("malformed_backup")
             return []
-        if decode_sender(inner) != env.sender:
-            ctx.reject("backup_not_own")  # a node hands over its own messages only
+        if env.msg_type == MessageType.BACKUP_STORE and decode_sender(inner) != env.sender:
+            ctx.reject("backup_not_own")  # a sender hands over its own messages only
             return []
-        return [Call("backup", bm.Hold(expires_ms=max(0, expires_ms), hop=peer),
+        return [Call("backup", bm.Hold(expires_ms=max(0, expires_ms), hop=peer,
+                                       holders=holders),
                      ("bk_hold", env), blobs=(inner,), timeout_s=5.0)]
 
     def stored(self, env: Envelope, event: PeerReplied | PeerFailed) -> list[Action]:
@@ -142,9 +149,29 @@ class Handoff:
         if isinstance(event, PeerFailed):
             ctx.stats["backup_hold_refused"] += 1
             return []
+        if env.msg_type == MessageType.BACKUP_REPLICATE:
+            ctx.stats["backup_replicas"] += 1
+            return []  # (the holder that sent it counts on its next look, not on an ACK)
         ctx.stats["backup_holding"] += 1
         payload = AckPayload(env.id, AckType.RECIPIENT_RECEIVED).encode()
         return ctx.control(env.sender, MessageType.ACK, payload, (), env.encode())
+
+    def replicate(self, req: Request) -> list[Action]:
+        """``router.replicate``: copies the backup service holds, to another holder."""
+        body = req.body
+        assert isinstance(body, rm.Replicate) and self.ctx.topo is not None
+        if not backup_caller(req.caller):
+            return [Fail(req.ctx, ErrorCode.FORBIDDEN, "only the backup service replicates")]
+        if not req.blobs:
+            return [Fail(req.ctx, ErrorCode.INVALID, "expected 1 to 16 copies")]
+        p = self.ctx.topo.peers.get(body.to)
+        if p is None or not p.connected:
+            return [Fail(req.ctx, ErrorCode.UNAVAILABLE, "not directly connected to that node")]
+        self.ctx.stats["backup_replicated"] += len(req.blobs)
+        out: list[Action] = [Reply(req.ctx, rm.ReplicateReply(count=len(req.blobs)))]
+        return out + [Call("crypto", cm.Seal(to=body.to, envelope_type=MessageType.BACKUP_REPLICATE,
+                                             encrypt=False), ("ctl", body.to, None),
+                           blobs=(payload,)) for payload in req.blobs]
 
 
 def decode_sender(raw: bytes) -> bytes | None:

@@ -118,7 +118,7 @@ class Incoming:
                 return ok
             if env.msg_type == MessageType.PEER_ANNOUNCE:
                 return ok + self.discovery.on_gossip(env, now)
-            if env.msg_type == MessageType.BACKUP_STORE:
+            if env.msg_type in (MessageType.BACKUP_STORE, MessageType.BACKUP_REPLICATE):
                 return ok + self.outgoing.handoff.store(env, peer)
             ctx.reject("unsupported_type")
             return ok

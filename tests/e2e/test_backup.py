@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -179,3 +181,51 @@ def counters(node: RealNode, role: str) -> dict[str, int]:
     reply = node.client.bus.request(role, Status())
     assert isinstance(reply, StatusReply)
     return reply.counters
+
+
+def test_when_a_holder_is_killed_the_others_restore_the_copies(tmp_path: Path) -> None:
+    """A hands its messages to H1, H2, H3 and goes away; H3 is killed (kill -9 of its
+    whole node). H1 and H2 hand copies to H4, so C, which comes back knowing only H4,
+    still gets every message once."""
+    ports = [free_udp_port() for _ in range(4)]
+    hs: list[RealNode] = []
+    a = c = None
+    try:
+        for i, port in enumerate(ports):
+            boot = ", ".join(f'"{h.id.hex()}@{h.host}:{h.port}"' for h in hs)
+            toml = TOML.replace("port = 0", f"port = {port}\nport_fallback = false")
+            hs.append(RealNode(f"h{i + 1}", toml.replace(
+                "[router]\n", f"[router]\nbootstrap = [{boot}]\n" if boot else "[router]\n")))
+        h1, h2, h3, h4 = hs
+        until("the holders connected", lambda: all(
+            sum(p.connected for p in h.client.peers()) >= 2 for h in hs), 30)
+        a, c = Later("a"), Later("c")
+        boot = ", ".join(f'"{h.id.hex()}@{h.host}:{h.port}"' for h in (h1, h2, h3))
+        ca = a.up(TOML.replace("[router]\n", f"[router]\nbootstrap = [{boot}]\n"))
+        ids = [ca.send(c.id, f"kept alive {i}") for i in range(20)]
+        until("every message held by three", lambda: all(
+            s.held_by >= 3 for s in ca.outbox(ids)), 60)
+        assert held_at(h4) == 0
+        a.down()
+        kill9(h3)
+        until("h4 holds a copy of each", lambda: held_at(h4) == 20, 60)
+        cc = c.up(TOML.replace("[router]\n", "[router]\nbootstrap = "
+                               f'["{h4.id.hex()}@{h4.host}:{h4.port}"]\n'))
+        until("c received all 20", lambda: len(cc.inbox(limit=1000)) >= 20, 30)
+        counts = Counter(m.payload for m in cc.inbox(limit=1000))
+        assert len(counts) == 20 and set(counts.values()) == {1}
+        assert counters(h1, "backup").get("replicated", 0) + \
+            counters(h2, "backup").get("replicated", 0) >= 20
+    finally:
+        for n in hs:
+            n.stop()
+        for later in (a, c):
+            if later is not None:
+                later.remove()
+
+
+def kill9(node: RealNode) -> None:
+    """kill -9 of the node's supervisord first (it would restart them), then its services."""
+    node.client.close()
+    os.kill(int((node.data / "run" / "supervisord.pid").read_text()), signal.SIGKILL)
+    subprocess.run(["pkill", "-9", "-f", f"services.* --data {node.data}"], check=False)

@@ -104,3 +104,33 @@ def test_a_holder_takes_only_a_senders_own_sealed_messages_and_counts_the_rest()
     f.deliver(f.env(msg_type="BackupStore", payload=msgpack.packb([exp, own])).encode())
     assert h.backup.quota.total_messages == 1
     assert h.router.stats["backup_holding"] == 1 and decode(own).to == c_id
+
+
+def test_when_a_holder_dies_the_others_restore_the_copies_and_the_recipient_still_gets_it(
+        ) -> None:
+    """a hands its message to h1, h2, h3 (each copy names the three); a goes away and h3
+    dies. h1 and h2 see two of three reachable and hand a copy to h4, the connected peer
+    closest to the recipient outside the set; c comes back to h4 only and gets it once."""
+    sim = Sim("a", "h1", "h2", "h3", "h4", "c", backup_after_s=30)
+    for h in ("h1", "h2", "h3"):
+        sim.connect("a", h)
+        sim.connect(h, "h4")
+    for x, y in (("h1", "h2"), ("h1", "h3"), ("h2", "h3")):
+        sim.connect(x, y)
+    msg = send(sim, "a", "c", b"outlives a holder")
+    sim.run(45)
+    assert held_by(sim, "a", msg)[-1] == 3
+    h4 = sim.nodes["h4"].backup
+    assert h4 is not None and h4.quota.total_messages == 0
+    for n in ("h1", "h2", "h3"):  # a goes away
+        sim.reachable.discard(frozenset(("a", n)))
+        sim.disconnect("a", n)
+    for n in ("h1", "h2", "h4"):  # h3 dies
+        sim.reachable.discard(frozenset(("h3", n)))
+        sim.disconnect("h3", n)
+    sim.run(30)  # the holders' looks (every 10 s)
+    assert h4.quota.total_messages == 1
+    assert sim.nodes["h1"].backup.stats["replicated"] >= 1  # type: ignore[union-attr]
+    sim.connect("c", "h4")
+    sim.run(2)
+    assert sim.nodes["c"].received() == [b"outlives a holder"]

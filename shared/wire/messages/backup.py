@@ -37,6 +37,10 @@ class Hold(Message):
     hop: NodeIdBytes | None = Field(None, description="The peer that handed it over, which "
                                     "its quota share is charged to (connections cost, node "
                                     "ids do not); default: the envelope's sender.")
+    holders: list[NodeIdBytes] = Field(default_factory=list, max_length=8, description="The "
+                                       "nodes meant to hold it (this one among them): when "
+                                       "fewer of them stay reachable than there are copies "
+                                       "to keep, this holder hands a copy to the next one.")
 
 
 class HeldEnvelope(Message):

@@ -261,6 +261,24 @@ class PassOn(Message):
     to: NodeIdBytes
 
 
+@message("router.replicate_reply", "reply")
+class ReplicateReply(Message):
+    """The copies are on their way (best effort: the next look sends them again if the
+    holder set still lacks them)."""
+
+    count: int
+
+
+@message("router.replicate", "request", reply=ReplicateReply,
+         blobs="1-16: msgpack [expires_ms, envelope, [holder ids]], one per copy")
+class Replicate(Message):
+    """Hand copies this node holds to another holder, each in a signed `BackupReplicate`
+    envelope (protocol.md §8.9). Only the backup service may use it (`forbidden`);
+    `unavailable` when `to` is not directly connected now."""
+
+    to: NodeIdBytes
+
+
 @message("router.status", "event")
 class StatusChanged(Message):
     """A sent message's status moved (see `router.send`)."""
