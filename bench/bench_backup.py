@@ -83,7 +83,6 @@ from shared.envelope import MessageType, decode
 from shared.paths import DataDir
 from shared.wire import RemoteError
 from shared.wire.messages import backup as bm
-from shared.wire.messages import router as rm
 from shared.wire.messages.sys import Status, StatusReply
 from tom.client import Client
 
@@ -338,31 +337,6 @@ def run_hold(payload: int, args: argparse.Namespace, tmp: Path,
 
 # -- 3: redelivery -----------------------------------------------------------------------------
 
-def send_all(a: BenchNode, to: bytes, payloads: list[bytes], window: int) -> list[bytes]:
-    """``router.send`` of each payload, ``window`` in flight (retried when overloaded)."""
-    bus = a.c.bus
-    ids: list[bytes] = []
-    inflight: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
-    todo = collections.deque(range(len(payloads)))
-    while todo or inflight:
-        if todo and len(inflight) < window:
-            i = todo.popleft()
-            mid = os.urandom(16)
-            inflight.append((bus.send("router", rm.Send(to=to, id=mid, encrypt=True),
-                                      (payloads[i],), timeout_s=30), mid, i))
-            continue
-        req, mid, i = inflight.popleft()
-        try:
-            bus.recv("router", req, timeout_s=30)
-            ids.append(mid)
-        except RemoteError as e:
-            if e.name != "overloaded":
-                raise
-            todo.appendleft(i)
-            time.sleep(0.01)
-    return ids
-
-
 def run_redeliver(args: argparse.Namespace, tmp: Path,
                   registry: list[BenchNode]) -> dict[str, Any]:
     n = args.redeliver_n
@@ -387,7 +361,7 @@ def run_redeliver(args: argparse.Namespace, tmp: Path,
         payloads = [f"{tag} {i:08d} ".encode() + b"x" * pad for i in range(n)]
         log(f"redelivery: a sends {n} messages to c (offline)")
         t0 = time.monotonic()
-        ids = send_all(a, c_id, payloads, args.window)
+        ids = a.c.send_many(c_id, payloads, args.window)
         out["send_s"] = time.monotonic() - t0
         until(f"every message held by h ({n})", lambda: all(
             s.held_by >= 1 for s in a.c.outbox(ids)), args.timeout)

@@ -217,6 +217,9 @@ class EncryptedPayload:
 class AckType(StrEnum):
     RELAY_FORWARDED = "RelayForwarded"
     RECIPIENT_RECEIVED = "RecipientReceived"
+    HOLD_REFUSED = "HoldRefused"
+    """A holder's answer to a ``BackupStore`` it has no room for (its quota): the sender
+    asks the next holder at once instead of asking this one again."""
 
 
 @dataclass(frozen=True, slots=True)

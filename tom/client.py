@@ -18,6 +18,7 @@ group order per group (:class:`GroupCursor`), completed from ``groups.history``.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Iterator
@@ -247,6 +248,33 @@ class Client:
                 if e.code not in RETRYABLE or time.monotonic() > end:
                     raise
                 time.sleep(0.2)  # the router said busy or was restarting
+
+    def send_many(self, to: bytes, payloads: list[bytes], window: int = 64,
+                  deadline_s: float = 30.0) -> list[bytes]:
+        """:meth:`send` of each payload, in order, with up to ``window`` requests in
+        flight; returns the ids in the payloads' order once the router has stored each. A
+        request the router answered busy or unavailable goes again (same id)."""
+        ids = [os.urandom(16) for _ in payloads]
+        todo = collections.deque(range(len(payloads)))
+        inflight: collections.deque[tuple[bytes, int]] = collections.deque()
+        end = time.monotonic() + deadline_s
+        while todo or inflight:
+            if todo and len(inflight) < window:
+                i = todo.popleft()
+                inflight.append((self.bus.send("router", rm.Send(to=to, id=ids[i]),
+                                                (payloads[i],), timeout_s=deadline_s), i))
+                continue
+            req, i = inflight.popleft()
+            try:
+                self.bus.recv("router", req, timeout_s=max(0.1, end - time.monotonic()))
+            except RemoteError as e:
+                if e.code not in RETRYABLE or time.monotonic() > end:
+                    raise
+                todo.appendleft(i)
+                time.sleep(0.01)
+            else:
+                end = time.monotonic() + deadline_s  # progress: a new deadline
+        return ids
 
     def read(self, msg: Message) -> None:
         self.bus.request("router", rm.Read(id=msg.info.id, sender=msg.info.sender))

@@ -8,7 +8,8 @@ excluded. Each gets a ``BackupStore`` envelope (signed, not encrypted: its paylo
 ``[expires_ms, the sealed envelope]``, already encrypted to the recipient); a holder's
 delivery ACK of that envelope means the copy is stored (committed) there, and the
 message's ``held_by`` counts it. A holder that does not confirm is asked again after
-``OFFER_AGAIN_S``; after ``MAX_OFFERS`` the next closest peer is asked instead. The
+``OFFER_AGAIN_S``; after ``MAX_OFFERS`` (or at once when it answers ``HoldRefused``: no room
+there) the next closest peer is asked instead. The
 message's own retries go on meanwhile: the first delivery ACK from the recipient ends it.
 
 Holder side: a ``BackupStore`` addressed to this node goes to the backup service
@@ -103,8 +104,13 @@ class Handoff:
         ctx = self.ctx
         mid, holder = self.outer.pop(ack.original_id, (b"", b""))
         if msg is None or mid != msg.id or env.sender != holder \
-                or ack.ack_type != AckType.RECIPIENT_RECEIVED:
+                or ack.ack_type == AckType.RELAY_FORWARDED:
             ctx.stats["backup_confirmations_ignored"] += 1
+            return []
+        if ack.ack_type == AckType.HOLD_REFUSED:  # no room there: the next closest, now
+            last, _times = self.offers.get((msg.id, holder), (0.0, 0))
+            self.offers[(msg.id, holder)] = (last, MAX_OFFERS)
+            ctx.stats["backup_offers_refused"] += 1
             return []
         if holder in msg.holders:
             return []
@@ -148,7 +154,12 @@ class Handoff:
         ctx = self.ctx
         if isinstance(event, PeerFailed):
             ctx.stats["backup_hold_refused"] += 1
-            return []
+            if event.code != ErrorCode.OVERLOADED or env.msg_type != MessageType.BACKUP_STORE:
+                return []
+            # no room (its share, or the store, is full): say so, so that the sender asks
+            # the next holder now rather than this one again and again
+            payload = AckPayload(env.id, AckType.HOLD_REFUSED).encode()
+            return ctx.control(env.sender, MessageType.ACK, payload, (), env.encode())
         if env.msg_type == MessageType.BACKUP_REPLICATE:
             ctx.stats["backup_replicas"] += 1
             return []  # (the holder that sent it counts on its next look, not on an ACK)

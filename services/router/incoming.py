@@ -277,6 +277,9 @@ class Incoming:
         if msg is None:
             ctx.stats["unknown_acks"] += 1
             return []
+        if ack.ack_type == AckType.HOLD_REFUSED:  # answers a BackupStore only
+            ctx.reject("ack_misplaced")
+            return []
         if not ctx.verified(env) or not ctx.fresh(env, ctx.now_ms()):
             return []
         if ack.ack_type == AckType.RECIPIENT_RECEIVED:

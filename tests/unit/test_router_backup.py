@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgpack
 
+from services.backup.quota import Quota
 from shared.envelope import decode
 from shared.wire.messages import router as rm
 
@@ -134,3 +135,28 @@ def test_when_a_holder_dies_the_others_restore_the_copies_and_the_recipient_stil
     sim.connect("c", "h4")
     sim.run(2)
     assert sim.nodes["c"].received() == [b"outlives a holder"]
+
+
+def test_a_holder_without_room_says_so_and_the_sender_asks_the_next_one_at_once() -> None:
+    """Quotas: the holder closest to c has room for 50 of a's messages (half of its 100);
+    it answers the other 10 ``HoldRefused``, and a hands those to the next closest holder
+    at its next attempt (5 s), not after asking the full one again and again (30 s)."""
+    sim = Sim("a", "h1", "h2", "c", backup_after_s=30, backup_copies=1)
+    c_id = sim.nodes["c"].id
+    near, far = sorted((sim.nodes["h1"], sim.nodes["h2"]),
+                       key=lambda n: int.from_bytes(n.id, "big") ^ int.from_bytes(c_id, "big"))
+    for h in (near, far):
+        assert h.backup is not None
+        h.backup.quota = Quota(h.backup.quota.capacity_bytes, 100)
+    sim.connect("a", "h1")
+    sim.connect("a", "h2")
+    msgs = [send(sim, "a", "c", b"m%d" % i) for i in range(60)]
+    sim.run(38)
+    assert near.backup is not None and far.backup is not None
+    assert near.backup.quota.total_messages == 50  # its share: half of what is free
+    assert near.backup.stats["refused_share"] == 10
+    assert far.backup.quota.total_messages == 10
+    a = sim.nodes["a"]
+    assert a.router.stats["backup_offers_refused"] == 10
+    assert all(held_by(sim, "a", m)[-1] == 1 for m in msgs)
+    assert near.router.stats["backup_hold_refused"] == 10  # asked once each, not thrice
