@@ -153,6 +153,16 @@ class Core:
         """Depths of the core's bounded queues for ``sys.status``."""
         return {}
 
+    def leave(self, now: float) -> list[Action]:
+        """The service is about to stop while the node's other services still run: start
+        handing on what others count on this node for (the backup service hands on its
+        copies). The service keeps serving until :meth:`left` or a short grace."""
+        return []
+
+    def left(self) -> bool:
+        """Whether what :meth:`leave` started is done."""
+        return True
+
     def close(self, now: float) -> list[Action]:
         """The service is stopping: flush what must be flushed; return final actions."""
         return []

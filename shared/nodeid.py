@@ -52,3 +52,9 @@ def parse(text: str) -> bytes:
     except (ValueError, binascii.Error):
         raise InvalidNodeId(f"{text!r} is neither hex nor base32") from None
     return check(raw)
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """XOR distance of two node ids: who is closest to a node, as every node computes it
+    (the backup holders of a recipient's messages)."""
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")

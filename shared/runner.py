@@ -64,24 +64,27 @@ def setup_logging(context: ServiceContext, level: str | None, name: str) -> None
 
 
 async def serve(services: list[Service]) -> None:
-    """Run the services until a signal arrives or one of them stops; then stop them all.
+    """Run the services until a signal arrives or one of them stops; then let each hand its
+    duties on (``Service.leave``) and stop them all.
 
     In the all-in-one mode the services share one process, so ``sys.shutdown`` sent to any
     of them ends the process (and supervisord, if it runs the node, starts it again).
     """
     loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        for s in services:
-            s.request_stop()
-
+    signalled = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, signalled.set)
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(s.run()) for s in services]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            stop()
+            waiter = tg.create_task(signalled.wait())
+            await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+            # each service hands its duties on while the others still serve (briefly), then
+            # they all stop
+            await asyncio.gather(*(s.leave() for s in services))
+            for s in services:
+                s.request_stop()
+            waiter.cancel()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

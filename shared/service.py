@@ -76,6 +76,9 @@ MIN_SILENCE_S = 5.0
 """...but never sooner: a service whose loop is busy for a moment (a test's 0.5 s heartbeats
 on a loaded machine) is not taken for gone, which would drop every connection the router
 knows of. Restarts are seen at once anyway, by the new incarnation."""
+LEAVE_GRACE_S = 3.0
+"""How long a core may take to hand its duties on (``Core.leave``) before the service stops
+anyway: below supervisord's ``stopwaitsecs`` (5 s)."""
 OUTBOX_FLUSH = 16
 """Replies (or calls) queued before they are sent without waiting for the end of the
 batch."""
@@ -161,6 +164,9 @@ class Service:
         self.keys: buskeys.BusKeys | None = None
         """The node's bus keys, when any endpoint this service binds or dials is tcp."""
         self._stopped = asyncio.Event()
+        self._left: asyncio.Event | None = None
+        """Set once the core has handed its duties on (while leaving)."""
+        self._stopping: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._again: asyncio.Handle | None = None
@@ -254,6 +260,30 @@ class Service:
                                    f"{ep.rpc} (lock {path})") from None
             self._locks.append(fd)
 
+    async def leave(self) -> None:
+        """Let the core hand its duties on (``Core.leave``) while the node's other services
+        still run, for at most ``LEAVE_GRACE_S``; the caller stops the service after."""
+        if self._loop is None or self._stopped.is_set():
+            return
+        if self._left is None:
+            self._left = asyncio.Event()
+            self._run_core(lambda: self.core.leave(self.clock()), None)
+            self._drain()
+        try:
+            await asyncio.wait_for(self._left.wait(), LEAVE_GRACE_S)
+        except TimeoutError:
+            self.stats["leave_unfinished"] += 1
+            self.log.warning("stopping before everything was handed on (%.0f s)",
+                             LEAVE_GRACE_S)
+
+    def leave_then_stop(self) -> None:
+        """``sys.shutdown``: :meth:`leave`, then stop."""
+        async def go() -> None:
+            await self.leave()
+            self.request_stop()
+        if self._stopping is None and self._loop is not None:
+            self._stopping = self._loop.create_task(go())
+
     def request_stop(self) -> None:
         if not self._stopped.is_set():
             self.log.info("stopping")
@@ -325,6 +355,8 @@ class Service:
                 self._perform(self.core.flush(self.clock()))
                 self._flush()
         self.stats["frames_in"] += self.bus.max_batch - budget
+        if self._left is not None and not self._left.is_set() and self.core.left():
+            self._left.set()
         if budget <= 0 and self._again is None and self._loop is not None:
             self._again = self._loop.call_soon(self._drain)  # more queued: yield, then go on
         self._arm_timer()
@@ -405,7 +437,7 @@ class Service:
                                  "an app cannot stop the node's services")
                 return
             self._reply(ctx, ShutdownReply())
-            self.request_stop()
+            self.leave_then_stop()
         elif type(body) in self.core.handles:
             req = Request(ctx, body, msg.blobs, msg.header.src, self._caller)
             self._run_core(lambda: self.core.handle(req, self.clock()), ctx)

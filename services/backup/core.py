@@ -49,6 +49,7 @@ from shared.envelope import (
     Unsigned,
     decode,
 )
+from shared.nodeid import distance
 from shared.wire import ErrorCode
 from shared.wire.frame import MAX_BLOBS
 from shared.wire.messages import backup as bm
@@ -85,6 +86,8 @@ class BackupSettings:
 MAX_HOLDERS = 8
 REPLICATE_SETS = 64
 """Holder sets looked at per look (the rest at the next ones)."""
+LEAVE_SETS = 256
+"""Holder sets handed on when this service stops (a page of each)."""
 
 
 class BackupCore(Core):
@@ -110,6 +113,8 @@ class BackupCore(Core):
         """node -> the last row of its push in progress."""
         self.node_id: bytes | None = None
         self._held: list[Action] = []
+        self._leaving = 0
+        """Hand-on calls (``leave``) not answered yet."""
 
     def now_ms(self) -> int:
         return int(self.wall() * 1000)
@@ -130,6 +135,16 @@ class BackupCore(Core):
                 self.stats["replicated"] += n
                 return []
             case PeerFailed(token=("replicated", _, _)) | PeerFailed(token="node_id"):
+                return []
+            case PeerReplied(token="leave_peers", body=rm.PeersReply(peers=peers)):
+                return self._hand_on(peers)
+            case PeerReplied(token=("handed_on", _node, n)):
+                self.stats["handed_on"] += n
+                self._leaving -= 1
+                return []
+            case PeerFailed(token=("handed_on", _, _)) | PeerFailed(token="leave_peers"):
+                self.stats["hand_on_failures"] += 1
+                self._leaving = max(0, self._leaving - 1)
                 return []
             case PeerReplied(token=("passed", node, n, last)):
                 self.stats["passed_on"] += n
@@ -332,24 +347,59 @@ class BackupCore(Core):
             alive = [h for h in hs if h == me or h in reach]
             if len(alive) >= self.settings.copies or recipient in direct:
                 continue  # enough copies, or the recipient is here (the push gives it)
-            cands = sorted((n for n in direct if n not in hs and n not in (recipient, origin)),
-                           key=lambda n: int.from_bytes(n, "big") ^ int.from_bytes(recipient,
-                                                                                    "big"))
-            if not cands:
-                self.stats["replicate_no_peer"] += 1
-                continue
-            target = cands[0]
             kept = hs if len(hs) < MAX_HOLDERS else alive[:MAX_HOLDERS - 1]
-            new = [*kept, target]
-            rows = self.store.of_set(holders, recipient, origin, PUSH_BATCH)
-            payloads = [msgpack.packb([exp, env, new], use_bin_type=True)
-                        for exp, env, _row in rows]
-            for i in range(0, len(payloads), MAX_BLOBS):
-                chunk = tuple(payloads[i:i + MAX_BLOBS])
-                out.append(Call("router", rm.Replicate(to=target),
-                                ("replicated", target, len(chunk)), blobs=chunk,
-                                timeout_s=5.0))
-            self.store.set_holders([row for _e, _v, row in rows], b"".join(new))
+            out += self._copy_set(holders, hs, recipient, origin, direct, kept, "replicated")
+        return out
+
+    def _copy_set(self, holders: bytes, hs: list[bytes], recipient: bytes, origin: bytes,
+                  direct: set[bytes], kept: list[bytes], token: str) -> list[Action]:
+        """Hand one holder set's copies (a page) to the directly connected peer closest to
+        their recipient outside the set (not the recipient, not the origin), which joins
+        the set: ``kept`` and it."""
+        cands = sorted((n for n in direct if n not in hs and n not in (recipient, origin)),
+                       key=lambda n: distance(n, recipient))
+        if not cands:
+            self.stats["replicate_no_peer"] += 1
+            return []
+        target = cands[0]
+        new = [*kept, target]
+        rows = self.store.of_set(holders, recipient, origin, PUSH_BATCH)
+        payloads = [msgpack.packb([exp, env, new], use_bin_type=True) for exp, env, _row in rows]
+        out: list[Action] = []
+        for i in range(0, len(payloads), MAX_BLOBS):
+            chunk = tuple(payloads[i:i + MAX_BLOBS])
+            out.append(Call("router", rm.Replicate(to=target), (token, target, len(chunk)),
+                            blobs=chunk, timeout_s=2.0))
+        self.store.set_holders([row for _e, _v, row in rows], b"".join(new))
+        return out
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    def leave(self, now: float) -> list[Action]:
+        """This service stops (the node goes down, or just this service) while the router
+        still runs: every copy is handed to the closest peer outside its set, so that what
+        this node held keeps ``copies`` holders. Bounded by the service's grace; copies not
+        handed on by then stay here (and with the other holders, which restore the count)."""
+        if not self.quota.total_messages:
+            return []
+        self._leaving = 1
+        out: list[Action] = [] if self.node_id is not None else [
+            Call("router", rm.NodeInfo(), "node_id", timeout_s=2.0)]
+        return out + [Call("router", rm.Peers(), "leave_peers", timeout_s=2.0)]
+
+    def left(self) -> bool:
+        return self._leaving == 0
+
+    def _hand_on(self, peers: list[rm.PeerEntry]) -> list[Action]:
+        me = self.node_id or b""
+        direct = {p.node_id for p in peers if p.connected}
+        out: list[Action] = []
+        for holders, recipient, origin in self.store.holder_sets(LEAVE_SETS):
+            hs = [holders[i:i + 32] for i in range(0, len(holders), 32)]
+            others = [h for h in hs if h != me][:MAX_HOLDERS - 1]
+            out += self._copy_set(holders, [*hs, me], recipient, origin, direct, others,
+                                  "handed_on")
+        self._leaving = len(out)
         return out
 
     # -- time ---------------------------------------------------------------------------------

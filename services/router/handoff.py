@@ -24,6 +24,7 @@ import msgpack
 
 from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Publish, Reply, Request
 from shared.envelope import AckPayload, AckType, Envelope, MessageType, decode
+from shared.nodeid import distance
 from shared.wire import ErrorCode
 from shared.wire.messages import backup as bm
 from shared.wire.messages import crypto as cm
@@ -35,10 +36,6 @@ from .context import DELIVERED, STATUS, Context, OutMsg, backup_caller
 OFFER_AGAIN_S = 10.0
 MAX_OFFERS = 3
 MAX_HOLDERS = 8
-
-
-def distance(a: bytes, b: bytes) -> int:
-    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
 
 
 class Handoff:

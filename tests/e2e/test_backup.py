@@ -279,6 +279,41 @@ def test_one_origins_flood_stays_within_its_share_and_another_origins_messages_g
             later.remove()
 
 
+def test_a_holder_that_goes_down_hands_its_copies_on(tmp_path: Path) -> None:
+    """A keeps one copy of each message (``backup_copies = 1``) with the holder closest to
+    C; that holder's node goes down (`tom node down`) and, before its router stops, hands
+    every copy to the other holder, which C, coming back to it alone, gets them from."""
+    hs: list[RealNode] = []
+    a, c = Later("a"), Later("c")
+    try:
+        for i in range(2):
+            boot = "".join(f'bootstrap = ["{h.id.hex()}@{h.host}:{h.port}"]\n' for h in hs)
+            hs.append(RealNode(f"h{i + 1}", TOML.replace("[router]\n", "[router]\n" + boot)))
+        boot = ", ".join(f'"{h.id.hex()}@{h.host}:{h.port}"' for h in hs)
+        ca = a.up(TOML.replace("[router]\n", f"[router]\nbootstrap = [{boot}]\n"
+                               "backup_copies = 1\n"))
+        until("a connected to both", lambda: sum(p.connected for p in ca.peers()) >= 2, 30)
+        ids = ca.send_many(c.id, [b"handed on %d" % i for i in range(20)])
+        until("every message held", lambda: all(s.held_by >= 1 for s in ca.outbox(ids)), 60)
+        holder, other = sorted(hs, key=lambda h: -held_at(h))
+        assert held_at(holder) == 20 and held_at(other) == 0
+        a.down()
+        holder.client.close()
+        down = tom(holder.data, "node", "down", timeout=30)
+        assert down.returncode == 0, down.stdout + down.stderr
+        until("the other holder has every copy", lambda: held_at(other) == 20, 10)
+        cc = c.up(TOML.replace("[router]\n", "[router]\nbootstrap = "
+                               f'["{other.id.hex()}@{other.host}:{other.port}"]\n'))
+        until("c received all 20", lambda: len(whole_inbox(cc)) >= 20, 30)
+        counts = Counter(whole_inbox(cc))
+        assert len(counts) == 20 and set(counts.values()) == {1}
+    finally:
+        for n in hs:
+            n.stop()
+        for later in (a, c):
+            later.remove()
+
+
 def whole_inbox(client: Client) -> list[bytes]:
     """Every payload in the inbox, page by page."""
     payloads: list[bytes] = []

@@ -160,3 +160,36 @@ def test_a_holder_without_room_says_so_and_the_sender_asks_the_next_one_at_once(
     assert a.router.stats["backup_offers_refused"] == 10
     assert all(held_by(sim, "a", m)[-1] == 1 for m in msgs)
     assert near.router.stats["backup_hold_refused"] == 10  # asked once each, not thrice
+
+
+def test_a_holder_that_leaves_hands_its_copies_on_before_it_stops() -> None:
+    """h1 holds a's message alone (one copy) and its backup service stops while its router
+    still runs (the node goes down: supervisord stops backup first): h1 hands the copy to
+    h2, the connected peer closest to c, and has left once h2's router took it; c, back at
+    h2 only, gets the message."""
+    sim = Sim("a", "h1", "h2", "c", backup_after_s=30, backup_copies=1)
+    sim.connect("a", "h1")
+    sim.connect("h1", "h2")
+    msg = send(sim, "a", "c", b"handed on")
+    sim.run(40)
+    assert held_by(sim, "a", msg)[-1] == 1
+    h1, h2 = sim.nodes["h1"].backup, sim.nodes["h2"].backup
+    assert h1 is not None and h2 is not None and h2.quota.total_messages == 0
+    sim.reachable.discard(frozenset(("a", "h1")))
+    sim.disconnect("a", "h1")  # a goes away
+    sim._backup("h1", lambda b: b.leave(sim.now))
+    assert not h1.left()
+    sim.run()
+    assert h1.left() and h1.stats["handed_on"] == 1
+    assert h2.quota.total_messages == 1
+    sim.reachable.discard(frozenset(("h1", "h2")))
+    sim.disconnect("h1", "h2")  # h1 is gone
+    sim.connect("c", "h2")
+    sim.run(2)
+    assert sim.nodes["c"].received() == [b"handed on"]
+
+
+def test_a_holder_with_nothing_held_leaves_at_once() -> None:
+    sim = Sim("h")
+    backup = sim.nodes["h"].backup
+    assert backup is not None and backup.leave(sim.now) == [] and backup.left()
