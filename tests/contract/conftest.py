@@ -14,11 +14,21 @@ def template(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def node(template: str, request: pytest.FixtureRequest) -> Iterator[Node]:
-    """The implementation serving this module's role (and the roles it needs)."""
+    """The implementation serving this module's role (and the roles it needs). Started
+    alone, the role is started after the roles it needs, with identity.key watched from
+    then on (only crypto may open it)."""
     n = prepare(template)
-    roles = getattr(request.module, "NEEDS", ()) + (request.module.ROLE,)
+    role = request.module.ROLE
+    needs = getattr(request.module, "NEEDS", ())
     try:
-        n.start(*roles)
+        if n.all_in_one:
+            n.start(*needs, role)
+        else:
+            if needs:
+                n.start(*needs)
+            if role != "crypto":
+                n.watch_key()
+            n.start(role)
         yield n
     finally:
         n.stop()

@@ -7,23 +7,34 @@ all-in-one implementation: started once, it must serve every role. See docs/cont
 
 The data directory holds what any implementation is given: ``identity.key`` (a raw 32-byte
 Ed25519 seed, mode 0600, fixed here so the expected node id is known), ``node.toml`` and
-``endpoints.toml`` (ipc sockets in a private run directory).
+``endpoints.toml`` (ipc sockets in a run directory that the implementation creates, mode
+0700, as the node's services do).
+
+A process that exits before it answers ``sys.ping``, or does not answer within
+``READY_TIMEOUT_S``, fails the fixture at once with its exit status and the end of its output
+(:class:`ImplementationFailed`); nothing waits out a timeout silently.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zmq
+
 from shared import endpoints as ep
-from shared.bus import BusClient
-from shared.wire.messages.sys import Ping
+from shared.bus import BusClient, socket
+from shared.wire import DecodeError, Header, decode, encode
+from shared.wire.messages.sys import ErrorReply, Ping, PingReply
 
 IMPLEMENTATIONS = {
     "services": "{python} -m services.{role} --data {data} --endpoints {endpoints}",
@@ -36,6 +47,13 @@ heartbeat_s = 0.5
 request_timeout_s = 1.0
 """
 READY_TIMEOUT_S = 30.0
+"""How long a started process may take to answer ``sys.ping`` (one that exits fails at once)."""
+OUTPUT_TAIL = 3000
+
+
+class ImplementationFailed(AssertionError):
+    """The implementation under test did not start: the message has its exit status (or
+    that it never answered) and the end of its output."""
 
 
 def templates() -> dict[str, str]:
@@ -51,6 +69,8 @@ class Node:
     template: str
     data: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    key_watch: KeyWatch | None = None
+    """Opens of identity.key after crypto started (:meth:`watch_key`)."""
 
     @property
     def all_in_one(self) -> bool:
@@ -63,7 +83,7 @@ class Node:
     def client(self, timeout_s: float = 5.0) -> BusClient:
         return BusClient(self.endpoints, src="contract", timeout_s=timeout_s)
 
-    def start(self, *roles: str) -> None:
+    def start(self, *roles: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Start the processes serving ``roles`` and wait until each answers ``sys.ping``."""
         key = "*" if self.all_in_one else None
         for role in roles:
@@ -75,9 +95,61 @@ class Node:
             log = open(self.data / f"{name.strip('*') or 'node'}.log", "ab")  # noqa: SIM115
             self.procs[name] = subprocess.Popen(shlex.split(cmd), stdout=log, stderr=log,
                                                 start_new_session=True)
-        with self.client() as c:
+        self.wait_ready(*roles, timeout_s=timeout_s)
+
+    def wait_ready(self, *roles: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until each of ``roles`` answers ``sys.ping`` (a ping sent before the service
+        binds is queued by ZeroMQ); fail at once, with the output, if its process exits."""
+        ctx = zmq.Context.instance()
+        socks = {}
+        try:
             for role in roles:
-                c.request(role, Ping(), timeout_s=READY_TIMEOUT_S)  # queued until bound
+                s = socks[role] = socket(ctx, zmq.DEALER)
+                s.connect(self.endpoints[role].rpc)
+                header = Header(Ping.msg_type, os.urandom(16), None, "contract", time.time())
+                s.send_multipart([b"", *encode(Ping(), header)])
+            deadline = time.monotonic() + timeout_s
+            for role, s in socks.items():
+                while not s.poll(100):
+                    p = self.procs.get("*" if self.all_in_one else role)
+                    if p is not None and p.poll() is not None:
+                        raise ImplementationFailed(self._why(role, f"exited with status "
+                                                                   f"{p.returncode} before "
+                                                                   "answering sys.ping"))
+                    if time.monotonic() > deadline:
+                        raise ImplementationFailed(self._why(
+                            role, f"did not answer sys.ping within {timeout_s:g} s"))
+                frames = s.recv_multipart()
+                try:
+                    body = decode(frames[1:]).body
+                except DecodeError as e:
+                    raise ImplementationFailed(self._why(role, f"answered sys.ping with an "
+                                                               f"undecodable reply: {e}")) from None
+                if not isinstance(body, PingReply):
+                    detail = f"{body.name}: {body.message}" if isinstance(body, ErrorReply) \
+                        else body.msg_type
+                    raise ImplementationFailed(self._why(role, f"answered sys.ping with "
+                                                               f"{detail}"))
+        finally:
+            for s in socks.values():
+                s.close(0)
+
+    def _why(self, role: str, what: str) -> str:
+        cmd = self.template.format(python="{python}", role=role, data=self.data,
+                                   endpoints=self.data / "endpoints.toml")
+        lines = [f"the {role} implementation ({cmd}) {what}."]
+        run = Path(self.endpoints[role].rpc.removeprefix("ipc://")).parent
+        if self.endpoints[role].rpc.startswith("ipc://") and not run.is_dir():
+            lines.append(f"Its run directory {run} does not exist: an implementation creates "
+                         "it (mode 0700) before binding its ipc endpoints (docs/contract.md).")
+        lines.append(f"Its output (the end of {self.data}/*.log):")
+        lines.append(self.log_tail() or "(nothing)")
+        return "\n".join(lines)
+
+    def watch_key(self) -> None:
+        """From now on, count the opens of identity.key (crypto, if it runs, has read it)."""
+        if self.key_watch is None:
+            self.key_watch = KeyWatch(self.data / "identity.key")
 
     def proc(self, role: str) -> subprocess.Popen[bytes]:
         return self.procs["*" if self.all_in_one else role]
@@ -92,9 +164,13 @@ class Node:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        if self.key_watch is not None:
+            self.key_watch.close()
+            self.key_watch = None
 
     def log_tail(self) -> str:
-        return "\n".join(f.read_text(errors="replace")[-2000:] for f in self.data.glob("*.log"))
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-OUTPUT_TAIL:]}"
+                         for f in sorted(self.data.glob("*.log")))
 
 
 def prepare(template: str, seed: bytes = SEED, node_toml: str = NODE_TOML) -> Node:
@@ -108,3 +184,48 @@ def prepare(template: str, seed: bytes = SEED, node_toml: str = NODE_TOML) -> No
     (data / "node.toml").write_text(node_toml)
     ep.ipc(data / "run").write(data / "endpoints.toml")
     return Node(template, data)
+
+
+class KeyWatch:
+    """Who opens the identity key file after crypto has (inotify, Linux).
+
+    Only the crypto service opens ``identity.key`` (protocol.md §8.1): it reads it once at
+    start and keeps it open under its lock. Armed once crypto answers ``sys.ping`` (or before
+    anything starts, when the suite plays crypto), the watch counts every later open or read
+    of the file, by any path to it: the role under test must cause none.
+    """
+
+    IN_ACCESS, IN_OPEN = 0x1, 0x20
+    IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[str] = []
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.inotify_init1(self.IN_NONBLOCK | self.IN_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if libc.inotify_add_watch(self._fd, str(path).encode(),
+                                  self.IN_OPEN | self.IN_ACCESS) < 0:
+            err = ctypes.get_errno()
+            os.close(self._fd)
+            raise OSError(err, f"inotify_add_watch {path}")
+
+    def opened(self) -> list[str]:
+        """Every open ("open") and read ("read") of the file since the watch was armed."""
+        while True:
+            try:
+                data = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return self.events
+            pos = 0
+            while pos < len(data):
+                _wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
+                pos += 16 + size
+                if mask & self.IN_OPEN:
+                    self.events.append("open")
+                if mask & self.IN_ACCESS:
+                    self.events.append("read")
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,15 +1,5 @@
-"""Deliberately wrong implementations of the groups role, to check that its contract suite
-fails them (tests/contract/test_groups_mutants.py).
-
-Each mutant is the real service with one rule broken by a patch applied before it starts;
-``none`` is the real service through the same runner (the control). Run one as the
-implementation under test with::
-
-    TOM_CONTRACT_CMD='{python} -m tests.contract.groups_mutants NAME {role} --data {data} \
---endpoints {endpoints}' .venv/bin/pytest tests/contract/test_groups_contract.py
-
-Only the groups role is patched; any other role runs unchanged.
-"""
+"""Deliberately wrong implementations of the groups role (see __init__.py): the real service
+with one rule broken by a patch applied before it starts."""
 
 from __future__ import annotations
 

@@ -1,0 +1,134 @@
+"""A test of the contract suites: each must fail deliberately wrong implementations.
+
+Each mutant (tests/contract/mutants/) is our real service with one rule of docs/protocol.md
+broken. The suite is run against it exactly as against any implementation, through
+``TOM_CONTRACT_CMD``: the whole part of the role's suite that checks that rule (its class:
+the role's behaviour, ``Test<Role>Role``, or the bus contract every role keeps,
+``Test<Role>Contract``), never a hand-picked test. That run must fail, and among its failures
+must be the checks named here, so each mutant is known to be caught for its own reason
+rather than, say, because it did not start. The same classes must pass against the
+unbroken service started through the same runner (the control, ``ROLE.none``).
+
+The runs are independent processes (their own data directories, endpoints and UDP ports), so
+they run ``TOM_MUTANT_JOBS`` at a time (default 4); each test waits for its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ("{python} -m tests.contract.mutants %s {role} --data {data} "
+            "--endpoints {endpoints}")
+RUN_TIMEOUT_S = 600
+
+KILLED_BY: dict[str, list[str]] = {
+    # groups: the suite plays its router and crypto (groups_side.py)
+    "groups.orders_non_members": [
+        "TestGroupsRole::test_a_message_from_a_non_member_is_refused_not_ordered_and_counted"],
+    "groups.ignores_signatures": [
+        "TestGroupsRole::"
+        "test_a_forged_message_from_a_member_is_not_ordered_and_counted_rejected_forged"],
+    "groups.forgets_cursor": [
+        "TestGroupsRole::test_the_inbox_cursor_survives_a_kill_and_nothing_is_handled_twice"],
+    "groups.replies_before_storing": [
+        "TestGroupsRole::"
+        "test_send_stores_before_it_replies_kill_9_after_the_reply_and_it_still_goes_out"],
+    "groups.wrong_error_code": [
+        "TestGroupsRole::test_send_checks_its_text_16_kib_is_accepted_more_is_too_large"],
+    "groups.admits_uninvited": [
+        "TestGroupsRole::test_a_join_from_a_node_not_invited_is_refused_and_not_ordered"],
+    "groups.keys_in_the_clear": [
+        "TestGroupsRole::test_sender_keys_go_sealed_through_router_send_to_members_only"],
+    "groups.trusts_any_sender_of_entries": [
+        "TestGroupsRole::test_a_member_applies_only_its_hubs_entries_and_in_their_order"],
+    "groups.uncounted_garbage": [
+        "TestGroupsRole::"
+        "test_garbage_payloads_are_counted_rejected_malformed_and_the_service_keeps_serving"],
+}
+"""``ROLE.MUTANT`` -> the checks (``Class::test``) that must fail against it; the run
+covers every test of those classes."""
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(os.environ.get("TOM_CONTRACT_CMD")),
+                       reason="checks the suites against our services' mutants, not the "
+                       "implementation in TOM_CONTRACT_CMD"),
+]
+
+
+def suite_of(role: str) -> str:
+    return f"tests/contract/test_{role}_contract.py"
+
+
+def classes(checks: list[str]) -> list[str]:
+    return sorted({c.split("::")[0] for c in checks})
+
+
+def controls() -> dict[str, list[str]]:
+    """role -> every class some mutant of that role is checked against."""
+    out: dict[str, set[str]] = {}
+    for name, checks in KILLED_BY.items():
+        out.setdefault(name.split(".")[0], set()).update(classes(checks))
+    return {role: sorted(cs) for role, cs in out.items()}
+
+
+def run_suite(mutant: str, role: str, selected: list[str]) -> tuple[int, str, set[str]]:
+    """Run the classes ``selected`` of ``role``'s suite against ``mutant``: (exit status,
+    output, the ``Class::test`` names that failed; setup errors are not failures)."""
+    env = {**os.environ, "TOM_CONTRACT_CMD": TEMPLATE % mutant}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                               *(f"{suite_of(role)}::{c}" for c in selected)],
+                              cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
+            else (e.stdout or "")
+        return -1, f"the suite did not finish within {RUN_TIMEOUT_S} s\n{out}", set()
+    out = proc.stdout + proc.stderr
+    failed = {f"{c}::{t}" for c, t in re.findall(r"^FAILED \S+::(\w+)::(\w+)\[", out, re.M)}
+    return proc.returncode, out, failed
+
+
+def _job(key: str) -> tuple[int, str, set[str]]:
+    if key.endswith(".none"):
+        role = key.split(".")[0]
+        return run_suite(key, role, controls()[role])
+    return run_suite(key, key.split(".")[0], classes(KILLED_BY[key]))
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest) -> dict[str, Future[tuple[int, str, set[str]]]]:
+    """Every run this session selected, started at once, ``TOM_MUTANT_JOBS`` at a time."""
+    keys = []
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.module is request.module and callspec is not None:
+            keys.append(callspec.params.get("mutant") or f"{callspec.params['role']}.none")
+    pool = ThreadPoolExecutor(int(os.environ.get("TOM_MUTANT_JOBS", "4")))
+    request.addfinalizer(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    return {k: pool.submit(_job, k) for k in keys}
+
+
+@pytest.mark.parametrize("mutant", sorted(KILLED_BY))
+def test_the_suite_fails_a_wrong_implementation(
+        mutant: str, runs: dict[str, Future[tuple[int, str, set[str]]]]) -> None:
+    code, out, failed = runs[mutant].result()
+    assert code == 1, out[-4000:]
+    missing = set(KILLED_BY[mutant]) - failed
+    assert not missing, f"{mutant} was not caught by {sorted(missing)}:\n{out[-4000:]}"
+
+
+@pytest.mark.parametrize("role", sorted(controls()))
+def test_the_same_classes_pass_against_the_real_service_through_the_mutant_runner(
+        role: str, runs: dict[str, Future[tuple[int, str, set[str]]]]) -> None:
+    code, out, failed = runs[f"{role}.none"].result()
+    assert code == 0 and not failed, out[-4000:]
