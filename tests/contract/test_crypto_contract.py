@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 import pytest
 
 from services.crypto.core import Identity
+from shared import endpoints
 from shared import envelope as e
 from shared import primitives as p
 from shared.wire import TAG, RemoteError
 from shared.wire.messages import crypto as m
-from shared.wire.messages.sys import ErrorReply
+from shared.wire.messages.sys import ErrorReply, Status, StatusReply
 
 from .generic import RoleContract, dealer, header, recv_reply
-from .harness import SEED, Node
+from .harness import SEED, ImplementationFailed, Node, prepare
 
 ROLE = "crypto"
 NODE = p.SigningKey(SEED).public
@@ -45,6 +53,17 @@ def from_peer(payload: bytes, encrypt: bool = True, to: bytes = NODE) -> bytes:
 
 class TestCryptoContract(RoleContract):
     role = ROLE
+
+
+class TestCryptoRole:
+    """What the crypto role does with the identity: who it signs for, what it refuses, how
+    it keeps the key file."""
+
+    def status(self, node: Node) -> StatusReply:
+        with node.client() as c:
+            reply = c.request(ROLE, Status())
+        assert isinstance(reply, StatusReply)
+        return reply
 
     def test_node_id_is_the_public_key_of_the_seed(self, node: Node) -> None:
         reply, _ = call(node, m.NodeId())
@@ -190,12 +209,13 @@ class TestCryptoContract(RoleContract):
             "oversize": (b"\x00" * (e.MAX_ENVELOPE_BYTES + 1),),
             "no_blob": (),
         }[case]
-        before = self.status(node).errors
+        before = self.status(node)
         err = error(node, m.Open(), *blobs)
         assert err.code == code, err
-        after = self.status(node).errors
-        assert after.get(err.name, 0) == before.get(err.name, 0) + 1
-        assert self.status(node).counters.get(f"rejected_{err.name}", 0) >= 1
+        after = self.status(node)
+        assert after.errors.get(err.name, 0) == before.errors.get(err.name, 0) + 1
+        counter = f"rejected_{err.name}"
+        assert after.counters.get(counter, 0) == before.counters.get(counter, 0) + 1, counter
 
     def test_sign_refuses_another_nodes_envelope(self, node: Node) -> None:
         env = e.Envelope(b"\x01" * 16, PEER, NODE, "Chat", b"x", TS)
@@ -246,3 +266,47 @@ class TestCryptoContract(RoleContract):
             s.send_multipart([b"", TAG, header("crypto.seal"), msgpack.packb(body), b"x"])
             _, reply = recv_reply(s)
         assert isinstance(reply, ErrorReply) and reply.code == 422, reply
+
+    # -- the key file (protocol.md §8.1) --------------------------------------------------
+
+    @pytest.mark.parametrize("mode, size", [(0o640, 32), (0o604, 32), (0o600, 31)],
+                             ids=["group-readable", "world-readable", "31-bytes"])
+    def test_refuses_to_start_with_a_key_file_others_can_read_or_of_another_size(
+            self, template: str, mode: int, size: int) -> None:
+        """It exits with a message naming the file instead of serving an identity that
+        others could have read or planted."""
+        bad = prepare(template, seed=SEED[:size])
+        key = bad.data / "identity.key"
+        os.chmod(key, mode)
+        try:
+            with pytest.raises(ImplementationFailed) as info:
+                bad.start(ROLE)
+            assert "exited with status" in str(info.value), info.value
+            assert str(key) in bad.log_tail(), bad.log_tail()
+        finally:
+            bad.stop()
+            shutil.rmtree(bad.data, ignore_errors=True)
+
+    def test_a_second_crypto_for_the_same_identity_refuses_to_start(
+            self, node: Node, template: str) -> None:
+        """The running one keeps the key file open under an exclusive lock: a second one
+        (on other endpoints, so only the key is shared) exits instead of signing too."""
+        other = Path(tempfile.mkdtemp(prefix="tomc2-", dir="/tmp"))
+        try:
+            endpoints.ipc(other / "run").write(other / "endpoints.toml")
+            cmd = template.format(python=shlex.quote(sys.executable), role=ROLE,
+                                  data=node.data, endpoints=other / "endpoints.toml")
+            proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                out, _ = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+                pytest.fail("a second crypto service for the same identity.key kept running:\n"
+                            + out.decode(errors="replace")[-2000:])
+            assert proc.returncode != 0, out
+        finally:
+            shutil.rmtree(other, ignore_errors=True)
+        reply, _ = call(node, m.NodeId())  # the first one still serves
+        assert isinstance(reply, m.NodeIdReply) and reply.node_id == NODE

@@ -30,6 +30,25 @@ TEMPLATE = ("{python} -m tests.contract.mutants %s {role} --data {data} "
 RUN_TIMEOUT_S = 600
 
 KILLED_BY: dict[str, list[str]] = {
+    # crypto
+    "crypto.opens_forgeries": [
+        "TestCryptoRole::test_open_failures_are_specific_and_counted",
+        "TestCryptoRole::test_open_with_ack_via_signs_nothing_for_a_forged_envelope"],
+    "crypto.signs_for_others": ["TestCryptoRole::test_sign_refuses_another_nodes_envelope"],
+    "crypto.acks_without_proof": [
+        "TestCryptoRole::test_no_ack_without_the_envelope_it_acknowledges",
+        "TestCryptoRole::test_no_read_receipt_for_a_message_to_another_node"],
+    "crypto.signs_any_timestamp": [
+        "TestCryptoRole::test_own_envelopes_only_with_a_current_timestamp"],
+    "crypto.wrong_error_codes": ["TestCryptoRole::test_open_failures_are_specific_and_counted"],
+    "crypto.uncounted_rejections": [
+        "TestCryptoRole::test_open_failures_are_specific_and_counted"],
+    "crypto.loose_key_file": [
+        "TestCryptoRole::"
+        "test_refuses_to_start_with_a_key_file_others_can_read_or_of_another_size"],
+    "crypto.no_key_lock": [
+        "TestCryptoRole::test_a_second_crypto_for_the_same_identity_refuses_to_start"],
+    "crypto.frozen_status": ["TestCryptoContract::test_status_counts_frames"],
     # groups: the suite plays its router and crypto (groups_side.py)
     "groups.orders_non_members": [
         "TestGroupsRole::test_a_message_from_a_non_member_is_refused_not_ordered_and_counted"],
