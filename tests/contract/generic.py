@@ -199,4 +199,18 @@ class RoleContract:
         assert f"no reply from {self.role}" in str(info.value)
 
 
-__all__ = ["RoleContract", "dealer", "recv_reply", "header", "encode"]
+
+
+def only_crypto_opened_the_key(node: Node) -> None:
+    """Nothing opened identity.key since the node's crypto started (protocol.md §8.1)."""
+    if node.key_watch is None:
+        pytest.skip("one process serves every role (all-in-one): nothing to tell apart")
+    opened = node.key_watch.opened()
+    assert not opened, (
+        f"identity.key was opened or read {len(opened)} times ({', '.join(opened)}) after "
+        "the crypto service had started: only crypto opens the key file, once at its start "
+        "(it keeps it open under its lock; protocol.md §8.1)")
+
+
+__all__ = ["RoleContract", "dealer", "recv_reply", "header", "encode",
+           "only_crypto_opened_the_key"]

@@ -49,6 +49,39 @@ KILLED_BY: dict[str, list[str]] = {
     "crypto.no_key_lock": [
         "TestCryptoRole::test_a_second_crypto_for_the_same_identity_refuses_to_start"],
     "crypto.frozen_status": ["TestCryptoContract::test_status_counts_frames"],
+    # router: the suite plays its transport (transport_side.py), its crypto is the real one
+    "router.routes_nothing": [
+        "TestRouterRole::test_send_goes_only_to_the_first_hop_of_via_toward_a_node_behind_a_relay",
+        "TestRouterRole::test_an_unacknowledged_message_is_retried_with_backoff_until_its_ack"],
+    "router.ignores_via": [
+        "TestRouterRole::test_send_goes_only_to_the_first_hop_of_via_toward_a_node_behind_a_relay"],
+    "router.commits_later": [
+        "TestRouterRole::"
+        "test_a_chat_is_stored_before_deliver_is_answered_kill_9_after_the_reply_keeps_it",
+        "TestRouterRole::"
+        "test_send_stores_before_it_replies_kill_9_and_it_goes_out_after_the_restart"],
+    "router.ignores_signatures": [
+        "TestRouterRole::"
+        "test_forged_unsigned_and_tampered_envelopes_are_refused_counted_never_stored",
+        "TestRouterRole::test_relays_only_along_via_from_the_previous_hop_to_the_next",
+        "TestRouterRole::test_an_unacknowledged_message_is_retried_with_backoff_until_its_ack"],
+    "router.no_re_ack": [
+        "TestRouterRole::"
+        "test_a_new_chat_is_published_once_and_a_duplicate_is_acknowledged_again"],
+    "router.never_retries": [
+        "TestRouterRole::test_an_unacknowledged_message_is_retried_with_backoff_until_its_ack"],
+    "router.retries_without_backoff": [
+        "TestRouterRole::test_an_unacknowledged_message_is_retried_with_backoff_until_its_ack"],
+    "router.trusts_any_ack": [
+        "TestRouterRole::test_an_unacknowledged_message_is_retried_with_backoff_until_its_ack"],
+    "router.open_relay": [
+        "TestRouterRole::test_relays_only_along_via_from_the_previous_hop_to_the_next"],
+    "router.wrong_error_codes": ["TestRouterRole::test_requests_fail_with_their_error_codes"],
+    "router.counters_frozen": [
+        "TestRouterRole::"
+        "test_forged_unsigned_and_tampered_envelopes_are_refused_counted_never_stored",
+        "TestRouterRole::test_relays_only_along_via_from_the_previous_hop_to_the_next"],
+    "router.reads_the_key": ["TestRouterRole::test_only_crypto_opens_the_identity_key"],
     # groups: the suite plays its router and crypto (groups_side.py)
     "groups.orders_non_members": [
         "TestGroupsRole::test_a_message_from_a_non_member_is_refused_not_ordered_and_counted"],
