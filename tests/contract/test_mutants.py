@@ -82,6 +82,23 @@ KILLED_BY: dict[str, list[str]] = {
         "test_forged_unsigned_and_tampered_envelopes_are_refused_counted_never_stored",
         "TestRouterRole::test_relays_only_along_via_from_the_previous_hop_to_the_next"],
     "router.reads_the_key": ["TestRouterRole::test_only_crypto_opens_the_identity_key"],
+    # backup: alone, its router played by the suite (router_for_backup.py)
+    "backup.ignores_signatures": [
+        "TestBackupRole::test_refuses_what_its_sender_did_not_sign_or_did_not_seal"],
+    "backup.replies_before_storing": [
+        "TestBackupRole::test_it_stores_before_it_answers_kill_9_after_the_reply_keeps_the_copy"],
+    "backup.wrong_error_codes": [
+        "TestBackupRole::test_refuses_what_its_sender_did_not_sign_or_did_not_seal"],
+    "backup.uncounted_refusals": [
+        "TestBackupRole::test_refuses_what_its_sender_did_not_sign_or_did_not_seal"],
+    "backup.deletes_on_any_ack": [
+        "TestBackupRole::test_only_the_recipients_signed_ack_deletes_a_copy",
+        "TestBackupRole::"
+        "test_a_recipients_ack_passing_by_ends_the_copy_and_is_kept_for_the_origin"],
+    "backup.never_passes_on": [
+        "TestBackupRole::test_gives_a_node_that_is_back_what_it_holds_for_it"],
+    "backup.keeps_expired": ["TestBackupRole::test_an_expired_copy_is_deleted_and_announced"],
+    "backup.reads_the_key": ["TestBackupRole::test_only_crypto_opens_the_identity_key"],
     # groups: the suite plays its router and crypto (groups_side.py)
     "groups.orders_non_members": [
         "TestGroupsRole::test_a_message_from_a_non_member_is_refused_not_ordered_and_counted"],
