@@ -33,7 +33,7 @@ from shared.wire.messages import crypto as cm
 from shared.wire.messages import groups as gm
 from shared.wire.messages.sys import Heartbeat, Ping, PingReply, Status, StatusReply
 
-from .generic import RoleContract
+from .generic import RoleContract, only_crypto_opened_the_key
 from .groups_side import NODE, Peers, payload, wait_for
 from .harness import NODE_TOML, Node, prepare
 
@@ -225,6 +225,7 @@ def bench(template: str) -> Iterator[Bench]:
         pytest.skip("the suite plays the router and crypto, so the groups role must run alone "
                     "(a command template with {role})")
     node = prepare(template, node_toml=GROUPS_TOML)
+    node.watch_key()  # the suite plays crypto: nothing in this node may open the key file
     peers = Peers(node)
     b = Bench(node, peers)
     try:
@@ -729,4 +730,14 @@ class TestGroupsRole:
                           and s.payload.args[0] == reply.id], RESEND_WAIT_S,
                  "after the restart the message goes to the hub: it was stored before the "
                  "reply")
+
+    # the key file
+
+    def test_only_crypto_opens_the_identity_key(self, bench: Bench) -> None:
+        """Nothing here needs the identity secret: crypto signs and seals for the service."""
+        gid = bench.hosted()
+        mid, raw = A.msg(gid, b"signed by crypto, not by groups")
+        bench.peers.deliver(A.id, raw)
+        bench.ordered(B, gid, mid)
+        only_crypto_opened_the_key(bench.node)
 

@@ -136,6 +136,9 @@ KILLED_BY: dict[str, list[str]] = {
     "groups.uncounted_garbage": [
         "TestGroupsRole::"
         "test_garbage_payloads_are_counted_rejected_malformed_and_the_service_keeps_serving"],
+    "groups.never_sends": [
+        "TestGroupsRole::test_create_sends_an_invitation_to_each_invitee_through_router_send"],
+    "groups.reads_the_key": ["TestGroupsRole::test_only_crypto_opens_the_identity_key"],
 }
 """``ROLE.MUTANT`` -> the checks (``Class::test``) that must fail against it; the run
 covers every test of those classes."""

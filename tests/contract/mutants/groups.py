@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.groups import core, hub, member, store
+from services.groups import core, hub, member, shell, store
 from services.groups.context import Context
 from shared.core import Call, Fail, Reply
 from shared.envelope import GroupCiphertext
@@ -123,6 +123,22 @@ def uncounted_garbage() -> None:
     Context.count = count  # type: ignore[method-assign]
 
 
+def never_sends() -> None:
+    """Nothing ever leaves for another node: router.send is never called."""
+    Context.send = lambda self, to, kind, gid, *args, lifetime_s=None: None  # type: ignore[method-assign]
+
+
+def reads_the_key() -> None:
+    """The groups service reads identity.key at start (it still asks crypto to seal)."""
+    real = shell.GroupsService.build_core
+
+    def build_core(self: shell.GroupsService, context: Any) -> Any:
+        (context.data_dir / "identity.key").read_bytes()
+        return real(self, context)
+
+    shell.GroupsService.build_core = build_core  # type: ignore[method-assign]
+
+
 def none() -> None:
     """The real service (the control)."""
 
@@ -130,4 +146,4 @@ def none() -> None:
 MUTANTS: dict[str, Callable[[], None]] = {f.__name__: f for f in (
     orders_non_members, ignores_signatures, forgets_cursor, replies_before_storing,
     wrong_error_code, admits_uninvited, keys_in_the_clear, trusts_any_sender_of_entries,
-    uncounted_garbage, none)}
+    uncounted_garbage, never_sends, reads_the_key, none)}
