@@ -123,11 +123,6 @@ def uncounted_garbage() -> None:
     Context.count = count  # type: ignore[method-assign]
 
 
-def never_sends() -> None:
-    """Nothing ever leaves for another node: router.send is never called."""
-    Context.send = lambda self, to, kind, gid, *args, lifetime_s=None: None  # type: ignore[method-assign]
-
-
 def reads_the_key() -> None:
     """The groups service reads identity.key at start (it still asks crypto to seal)."""
     real = shell.GroupsService.build_core
@@ -146,4 +141,4 @@ def none() -> None:
 MUTANTS: dict[str, Callable[[], None]] = {f.__name__: f for f in (
     orders_non_members, ignores_signatures, forgets_cursor, replies_before_storing,
     wrong_error_code, admits_uninvited, keys_in_the_clear, trusts_any_sender_of_entries,
-    uncounted_garbage, never_sends, reads_the_key, none)}
+    uncounted_garbage, reads_the_key, none)}
