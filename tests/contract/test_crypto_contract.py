@@ -299,7 +299,7 @@ class TestCryptoRole:
             proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                out, _ = proc.communicate(timeout=15)
+                out, _ = proc.communicate(timeout=8)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 out, _ = proc.communicate()
