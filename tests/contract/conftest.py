@@ -1,9 +1,52 @@
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from .harness import Node, prepare, templates
+
+USES_A_NODE = ("node", "bench")
+"""Fixtures that give a test the implementation under test (a Node, or a bench holding one)."""
+
+
+def node_of(request: pytest.FixtureRequest) -> Node | None:
+    for name in USES_A_NODE:
+        if name in request.fixturenames:
+            value = request.getfixturevalue(name)
+            n = value if isinstance(value, Node) else getattr(value, "node", None)
+            if isinstance(n, Node):
+                return n
+    return None
+
+
+@pytest.fixture(autouse=True)
+def implementation_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test given an implementation that has died fails at once with its exit status and
+    output, instead of waiting out its requests' timeouts."""
+    n = node_of(request)
+    if n is not None:
+        n.check_alive()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, None]:
+    """A failed check shows the state and the end of the output of the implementation."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    if report.when != "call" or not report.failed:
+        return
+    for name in (*USES_A_NODE, "fresh_node"):
+        value = funcargs.get(name)
+        n = value if isinstance(value, Node) else getattr(value, "node", None)
+        if isinstance(n, Node):
+            states = ", ".join(f"{r}: {'running' if p.poll() is None else f'exited {p.returncode}'}"
+                               for r, p in n.procs.items())
+            report.sections.append(("implementation under test",
+                                    f"processes: {states or 'none'}\n{n.log_tail()}"))
+            return
 
 
 @pytest.fixture(scope="module", params=list(templates().items()), ids=lambda kv: kv[0])

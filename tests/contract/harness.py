@@ -113,28 +113,29 @@ class Node:
                 while not s.poll(100):
                     p = self.procs.get("*" if self.all_in_one else role)
                     if p is not None and p.poll() is not None:
-                        raise ImplementationFailed(self._why(role, f"exited with status "
+                        raise ImplementationFailed(self.explain(role, f"exited with status "
                                                                    f"{p.returncode} before "
                                                                    "answering sys.ping"))
                     if time.monotonic() > deadline:
-                        raise ImplementationFailed(self._why(
+                        raise ImplementationFailed(self.explain(
                             role, f"did not answer sys.ping within {timeout_s:g} s"))
                 frames = s.recv_multipart()
                 try:
                     body = decode(frames[1:]).body
                 except DecodeError as e:
-                    raise ImplementationFailed(self._why(role, f"answered sys.ping with an "
+                    raise ImplementationFailed(self.explain(role, f"answered sys.ping with an "
                                                                f"undecodable reply: {e}")) from None
                 if not isinstance(body, PingReply):
                     detail = f"{body.name}: {body.message}" if isinstance(body, ErrorReply) \
                         else body.msg_type
-                    raise ImplementationFailed(self._why(role, f"answered sys.ping with "
+                    raise ImplementationFailed(self.explain(role, f"answered sys.ping with "
                                                                f"{detail}"))
         finally:
             for s in socks.values():
                 s.close(0)
 
-    def _why(self, role: str, what: str) -> str:
+    def explain(self, role: str, what: str) -> str:
+        """``what`` happened to ``role``'s implementation, with the end of its output."""
         cmd = self.template.format(python="{python}", role=role, data=self.data,
                                    endpoints=self.data / "endpoints.toml")
         lines = [f"the {role} implementation ({cmd}) {what}."]
@@ -145,6 +146,14 @@ class Node:
         lines.append(f"Its output (the end of {self.data}/*.log):")
         lines.append(self.log_tail() or "(nothing)")
         return "\n".join(lines)
+
+    def check_alive(self) -> None:
+        """Fail at once, with its exit status and output, if a process under test died."""
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                role = next(iter(self.procs)) if name == "*" else name
+                raise ImplementationFailed(self.explain(
+                    role, f"exited with status {p.returncode} while the suite used it"))
 
     def watch_key(self) -> None:
         """From now on, count the opens of identity.key (crypto, if it runs, has read it)."""

@@ -3,12 +3,14 @@ says why (its exit status and output), instead of a silent wait for its ping."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 
 import pytest
 
-from .harness import ImplementationFailed, prepare
+from .harness import IMPLEMENTATIONS, ImplementationFailed, prepare
 
 CRASHES = "{python} -c 'import sys; print(\"cannot bind: no such directory\", " \
           "file=sys.stderr); sys.exit(3)' {role} {data} {endpoints}"
@@ -38,6 +40,21 @@ def test_an_implementation_that_never_answers_fails_with_its_output() -> None:
             node.start("router", timeout_s=1)
         text = str(info.value)
         assert "did not answer sys.ping" in text and "serving nothing" in text
+    finally:
+        node.stop()
+        shutil.rmtree(node.data, ignore_errors=True)
+
+
+def test_an_implementation_that_dies_during_the_suite_fails_the_next_check_at_once() -> None:
+    node = prepare(IMPLEMENTATIONS["services"])
+    try:
+        node.start("crypto")
+        node.check_alive()
+        os.kill(node.proc("crypto").pid, signal.SIGKILL)
+        node.proc("crypto").wait()
+        with pytest.raises(ImplementationFailed) as info:
+            node.check_alive()
+        assert "exited with status -9" in str(info.value) and "serving on" in str(info.value)
     finally:
         node.stop()
         shutil.rmtree(node.data, ignore_errors=True)
