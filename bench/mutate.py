@@ -401,7 +401,7 @@ def report() -> int:
              "that no test noticed.", "",
              "These are one-line mutations of the cores against the in-process tests. Whole "
              "wrong services (one rule of protocol.md broken each) against the black-box "
-             "contract suites are in `tests/contract/mutants/`, checked by "
+             "contract suites are in `tests/contract/mutant_services/`, checked by "
              "`tests/contract/test_mutants.py` (docs/contract.md, \"A test of the suites\").",
              "",
              "| module | survivors | of which message text only |", "|---|---|---|"]

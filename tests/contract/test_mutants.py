@@ -1,6 +1,6 @@
 """A test of the contract suites: each must fail deliberately wrong implementations.
 
-Each mutant (tests/contract/mutants/) is our real service with one rule of docs/protocol.md
+Each mutant (tests/contract/mutant_services/) is our real service with one rule of docs/protocol.md
 broken. The suite is run against it exactly as against any implementation, through
 ``TOM_CONTRACT_CMD``: the whole part of the role's suite that checks that rule (its class:
 the role's behaviour, ``Test<Role>Role``, or the bus contract every role keeps,
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ("{python} -m tests.contract.mutants %s {role} --data {data} "
+TEMPLATE = ("{python} -m tests.contract.mutant_services %s {role} --data {data} "
             "--endpoints {endpoints}")
 RUN_TIMEOUT_S = 600
 
