@@ -155,8 +155,8 @@ class RouterCore(Core):
             case Request(body=rm.Outbox(ids=ids, limit=limit)):
                 return [Reply(event.ctx, rm.OutboxReply(
                     messages=self.outgoing.states(ids, limit)))]
-            case Request(body=rm.Inbox(after=after, limit=limit, groups=groups)):
-                return self.incoming.inbox(event, after, limit, groups)
+            case Request(body=rm.Inbox() as query):
+                return self.incoming.inbox(event, query)
             case Request(body=rm.PassOn()):
                 return self.peers.pass_on(event)
             case Request(body=rm.Replicate()):

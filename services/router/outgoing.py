@@ -246,6 +246,10 @@ class Outgoing:
                 status == FAILED and msg.status >= DELIVERED):
             ctx.stats["stale_status_updates"] += 1
             return []
+        if status == READ and msg.status < DELIVERED:
+            # the read receipt came before the delivery ACK (another path, or the ACK was
+            # lost): read implies delivered, and a listener waiting for `delivered` sees it
+            return self.advance(msg, DELIVERED) + self.advance(msg, READ)
         msg.status = status
         ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts)
         if status >= READ or status == FAILED:

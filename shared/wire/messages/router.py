@@ -90,13 +90,16 @@ class Send(Message):
 
 @message("router.read_reply", "reply")
 class ReadReply(Message):
-    """The read receipt is on its way (best effort: receipts are not retried)."""
+    """The message is marked read (on disk) and, the first time, its read receipt is on its
+    way (best effort: receipts are not retried)."""
 
 
 @message("router.read", "request", reply=ReadReply)
 class Read(Message):
-    """The app has shown a received message to its user: send a read receipt to the
-    sender. Fails with `invalid` for a message that is not in the inbox."""
+    """The app has shown a received message to its user: mark it read in the inbox (kept
+    across restarts; `router.inbox` `unread` leaves it out from then on) and send a read
+    receipt to the sender. Idempotent: a message marked read before is answered again with
+    no second receipt. Fails with `invalid` for a message that is not in the inbox."""
 
     id: EnvelopeId = Field(description="The received message's envelope id.")
     sender: NodeIdBytes = Field(description="Who sent it.")
@@ -148,6 +151,7 @@ class Stored(Received):
     """A received message with its payload (plaintext)."""
 
     payload: bytes
+    read: bool = Field(False, description="Whether an app marked it read (`router.read`).")
 
 
 @message("router.inbox_reply", "reply")
@@ -158,6 +162,8 @@ class InboxReply(Message):
     messages: list[Stored]
     tail: U64 = Field(0, description="The seq of the newest message in the inbox (0 if "
                       "none): where an app that wants only new messages starts.")
+    unread: U64 = Field(0, description="How many messages in the inbox are not marked read "
+                        "(all of them, not only those after `after`; 0 with `groups`).")
 
 
 @message("router.inbox", "request", reply=InboxReply)
@@ -169,6 +175,12 @@ class Inbox(Message):
     groups: bool = Field(False, description="Read the groups service's envelopes instead of "
                          "the apps' messages (`forbidden` to other bus keys); both share one "
                          "seq.")
+    unread: bool = Field(False, description="Only messages not marked read (`router.read`): "
+                         "what arrived while no app showed it.")
+    newest: bool = Field(False, description="The newest `limit` messages after `after` "
+                         "instead of the oldest (still in seq order; the 1 MiB bound then "
+                         "drops the oldest): an app that shows only the latest page of a long "
+                         "backlog.")
 
 
 class PeerEntry(Message):
