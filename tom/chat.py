@@ -26,7 +26,6 @@ until its hub orders it, then moves to its place (``ordered``).
 from __future__ import annotations
 
 import queue
-import signal
 import sys
 import threading
 import time
@@ -54,6 +53,7 @@ from .display import printable
 from .group import n_members, resolve, resolve_invite
 from .node import NodeError
 from .peer import Peer, parse_peer
+from .signals import Stop
 
 T = TypeVar("T")
 STATUS_RANK = {"pending": 0, "sent": 1, "relayed": 2, "delivered": 3, "read": 4}
@@ -1120,23 +1120,6 @@ def run_chat(data: DataDir, peer_text: str | None) -> int:
     app.run()
     print(f"Stats: {app.sent} sent, {app.received} received")
     return 0
-
-
-class Stop:
-    """SIGINT/SIGTERM set a flag (a blocking ZeroMQ poll resumes and the loop sees it)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Stop:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def say(text: str, err: bool = False) -> None:

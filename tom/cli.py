@@ -8,6 +8,9 @@
     tom ping SERVICE [-c N]       ping one service over the bus
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
     tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
+    tom inbox [--unread] [--follow] [--json] [--mark-read]
+                                  the messages received (tom/inbox.py); --follow: and new
+                                  ones as they arrive
     tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
                                   list, members, send, history (tom/group.py)
 
@@ -217,6 +220,12 @@ def cmd_send(data: DataDir, args: argparse.Namespace) -> int:
     return chat.cmd_send(data, args)
 
 
+def cmd_inbox(data: DataDir, args: argparse.Namespace) -> int:
+    from . import inbox
+
+    return inbox.cmd_inbox(data, args)
+
+
 def positive_float(text: str) -> float:
     x = float(text)
     if not x > 0:
@@ -362,6 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--no-encrypt", action="store_true",
                       help="signed but not end-to-end encrypted")
     send.set_defaults(func=cmd_send)
+    inbox = sub.add_parser("inbox", parents=[common], help="the messages this node received, "
+                           "oldest first (does not mark them read unless --mark-read)")
+    inbox.add_argument("--unread", action="store_true",
+                       help="only messages no app has shown yet (not marked read)")
+    inbox.add_argument("--after", type=nonnegative, default=0, metavar="N",
+                       help="only messages after inbox seq N (default 0: all)")
+    inbox.add_argument("--follow", "-f", action="store_true",
+                       help="then print new messages as they arrive, until Ctrl+C")
+    inbox.add_argument("--json", action="store_true",
+                       help="one JSON object per line: seq, id, sender, timestamp_ms, "
+                       "encrypted, relayed, read, text")
+    inbox.add_argument("--mark-read", action="store_true",
+                       help="mark each message read once printed (its sender sees 'read')")
+    inbox.set_defaults(func=cmd_inbox)
     add_group_parser(sub, common)
     return p
 

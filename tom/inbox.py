@@ -1,0 +1,132 @@
+"""`tom inbox`: the messages this node received, read from the router's inbox.
+
+    tom inbox [--unread] [--after N] [--follow] [--json] [--mark-read]
+
+One line per message, oldest first: ``[time] sender: text`` (the sender's time, its short
+id, the text with control characters shown escaped), ``sender (unread)`` for a message no
+app has shown yet (with ``--unread`` every line is one, so none is marked); ``--json``: one
+JSON object per line. ``--follow`` then prints each new message as it arrives, until Ctrl+C
+(or SIGTERM, or the reader of a pipe leaving: ``tom inbox --follow | head -1``), exit 0.
+
+Listing does not mark anything read: the command shows the inbox, like ``tom backup``
+shows the backup, and is as often read by scripts as by people; ``--mark-read`` marks each
+message read once its line is written (its sender then sees ``read``).
+
+No gap and no repeat with ``--follow``: the command subscribes first (``Client.events``
+from the inbox's tail at that moment), then lists up to that tail; whatever arrives during
+the listing is fetched by the client's catch-up and printed after it, in inbox order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import threading
+import time
+from typing import Any
+
+from shared.paths import DataDir
+from shared.wire import WireError
+
+from .client import Client, Message
+from .display import printable
+from .signals import Stop
+
+PAGE = 1000
+FOLLOW_POLL_S = 0.2
+RETRY_S = 1.0
+
+
+def line(msg: Message, mark_unread: bool) -> str:
+    info = msg.info
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.timestamp_ms / 1000))
+    sender = info.sender.hex()[:10] + (" (unread)" if mark_unread and not msg.read else "")
+    return f"[{stamp}] {sender}: {printable(msg.text)}"
+
+
+def record(msg: Message) -> str:
+    info = msg.info
+    return json.dumps({"seq": info.seq, "id": info.id.hex(), "sender": info.sender.hex(),
+                       "timestamp_ms": info.timestamp_ms, "encrypted": info.encrypted,
+                       "relayed": info.relayed, "read": msg.read, "text": msg.text},
+                      ensure_ascii=False)
+
+
+def reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (poll reports an error on it)."""
+    p = select.poll()
+    p.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are reported regardless
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
+class Printer:
+    """Writes each message once (flushed: a pipe's reader sees it at once) and marks it read
+    after if asked."""
+
+    def __init__(self, client: Client, args: Any) -> None:
+        self.client = client
+        self.json = args.json
+        self.mark_unread = not args.unread
+        self.mark_read = args.mark_read
+        self.printed = 0
+
+    def show(self, msg: Message) -> None:
+        print(record(msg) if self.json else line(msg, self.mark_unread), flush=True)
+        self.printed += 1
+        if self.mark_read and not msg.read:
+            self.client.read(msg)
+
+
+def listing(client: Client, out: Printer, after: int, upto: int | None, unread: bool,
+            stop: threading.Event) -> None:
+    """The inbox after ``after`` (up to ``upto``: later ones come from the events), page by
+    page."""
+    while not stop.is_set():
+        page = client.inbox(after, PAGE, unread)
+        if upto is not None:
+            page = [m for m in page if m.info.seq <= upto]
+        if not page:
+            return
+        for m in page:
+            out.show(m)
+        after = page[-1].info.seq
+
+
+def follow(client: Client, out: Printer, stop: threading.Event) -> None:
+    """New messages as they arrive, until ``stop`` or the reader of stdout leaves; a router
+    that stops answering is waited for (said once on stderr)."""
+    failing: str | None = None
+    while not stop.is_set() and not reader_gone():
+        try:
+            for ev in client.events(timeout_s=FOLLOW_POLL_S):
+                if isinstance(ev, Message):
+                    out.show(ev)
+            if failing is not None:
+                failing = None
+                print("tom inbox: router answering again", file=sys.stderr, flush=True)
+        except WireError as e:
+            if failing != str(e):
+                failing = str(e)
+                print(f"tom inbox: router not answering: {e} (retrying)", file=sys.stderr,
+                      flush=True)
+            stop.wait(RETRY_S)
+
+
+def cmd_inbox(data: DataDir, args: Any) -> int:
+    with Client(data, with_groups=False) as client, Stop() as stop:
+        out = Printer(client, args)
+        try:
+            upto = None
+            if args.follow:  # subscribed before the listing: nothing can fall between
+                client.after = client.inbox_tail()
+                client.subscribe()
+                upto = client.after
+            listing(client, out, args.after, upto, args.unread, stop.event)
+            if args.follow:
+                follow(client, out, stop.event)
+        except BrokenPipeError:  # `tom inbox | head`: the reader has what it wanted
+            # later writes (and the interpreter's last flush) go nowhere instead of failing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
