@@ -38,11 +38,13 @@ class FakeClient:
         self.down = False
         self.sent: list[tuple[bytes, str, bool, bytes]] = []
         self.reads: list[bytes] = []
+        self.stored: list[Message] = []
+        """The inbox: every message received (``receive``), ``read`` as the app marked it."""
         self.added: list[tuple[bytes, str, int]] = []
         self.states: dict[bytes, rm.MessageState] = {}
         self.peer_list: list[rm.PeerEntry] = []
         self.queue: queue.Queue[Event] = queue.Queue()
-        self.seq = 0
+        self.seq = self.tail = 0
         self.closed = False
         self.on_send: Callable[[bytes], None] = lambda msg_id: None
         self.groups_error: str | None = None
@@ -74,6 +76,18 @@ class FakeClient:
     def read(self, msg: Message) -> None:
         self._check()
         self.reads.append(msg.info.id)
+        self.stored = [Message(m.info, m.payload, m.read or m.info.id == msg.info.id)
+                       for m in self.stored]
+
+    def inbox(self, after: int = 0, limit: int = 100, unread: bool = False) -> list[Message]:
+        return self.inbox_page(after, limit, unread)[0]
+
+    def inbox_page(self, after: int = 0, limit: int = 100, unread: bool = False,
+                   newest: bool = False) -> tuple[list[Message], int]:
+        self._check()
+        rows = [m for m in self.stored if m.info.seq > after and not (unread and m.read)]
+        return (rows[-limit:] if newest else rows[:limit]), sum(not m.read
+                                                                 for m in self.stored)
 
     def outbox(self, ids: list[bytes] | None = None, limit: int = 100) -> list[rm.MessageState]:
         self._check()
@@ -94,8 +108,10 @@ class FakeClient:
                            counters={"sent": 4, "delivered": 2})
 
     def inbox_tail(self) -> int:
+        """The last message received with no event: those with one (even if queued before
+        the app started) stand for messages that come after it subscribed."""
         self._check()
-        return self.seq
+        return self.tail
 
     def subscribe(self) -> None:
         assert self.after is not None
@@ -160,12 +176,19 @@ class FakeClient:
             self.queue.put(rm.StatusChanged(id=msg_id, to=to, status=status,  # type: ignore[arg-type]
                                             reason=reason))
 
-    def receive(self, sender: bytes, text: str, encrypted: bool = True) -> Message:
+    def receive(self, sender: bytes, text: str, encrypted: bool = True,
+                event: bool = True) -> Message:
+        """A message arrives: stored in the inbox, and an event (``event`` False: while
+        no app listened, so only in the inbox)."""
         self.seq += 1
         msg = Message(rm.Received(seq=self.seq, id=os.urandom(16), sender=sender,
                                   timestamp_ms=int(time.time() * 1000), encrypted=encrypted,
                                   relayed=False), text.encode())
-        self.queue.put(msg)
+        self.stored.append(msg)
+        if event:
+            self.queue.put(msg)
+        else:
+            self.tail = self.seq
         return msg
 
 
