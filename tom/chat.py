@@ -26,6 +26,7 @@ until its hub orders it, then moves to its place (``ordered``).
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import sys
 import threading
@@ -78,6 +79,8 @@ CUT_CHARS = 600
 """A message longer than this is shown cut, with a way to see it whole (click, /show)."""
 TYPED_FLUSH_S = 0.03
 """Typed characters reach the input box in batches this often (see ChatInput)."""
+KEYS_PER_TURN = 256
+"""The app forwards at most this many keys in a row before the event loop runs others."""
 
 
 class AppClient(Protocol):
@@ -654,6 +657,13 @@ class GroupLine(MessageLine):
         return t
 
 
+class Room(VerticalScroll):
+    """A room's message pane. Not focusable: a click on a line (to show it whole) leaves the
+    focus in the input, so typing goes on; it scrolls with the wheel and the app's keys."""
+
+    can_focus = False
+
+
 class ChatInput(Input):
     """An input that handles Enter in order with the other keys, and typed text in batches.
 
@@ -746,11 +756,12 @@ class ChatApp(App[None]):
         """1:1 messages not on screen yet: marked read once their line is (pump)."""
         self._rooms: dict[str, VerticalScroll] = {}
         self._asked: dict[str, str] = {}  # groups created or joined from here -> what
+        self._keys = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         with Horizontal(id="main"):
-            yield VerticalScroll(id="messages", classes="room")
+            yield Room(id="messages", classes="room")
             yield Static("Peers", id="peers")
         yield ChatInput(placeholder="Enter to send, /help for commands", id="input")
         yield Static(id="status")
@@ -771,6 +782,16 @@ class ChatApp(App[None]):
     def on_unmount(self) -> None:
         self.link.stop()
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._keys += 1
+            if self._keys % KEYS_PER_TURN == 0:
+                # a burst of keys (a long line typed by tmux, or by a terminal without
+                # bracketed paste) is read 4 KiB at a time and forwarded without a pause:
+                # let the screen and the input catch up in between
+                await asyncio.sleep(0)
+        await super().on_event(event)
+
     # rooms
 
     def pane(self, room: str | None = None) -> VerticalScroll:
@@ -778,7 +799,7 @@ class ChatApp(App[None]):
         room = self.room if room is None else room
         pane = self._rooms.get(room)
         if pane is None:
-            pane = VerticalScroll(classes="room")
+            pane = Room(classes="room")
             pane.display = room == self.room
             self._rooms[room] = pane
             self.query_one("#main", Horizontal).mount(pane, before=self.query_one("#peers"))
