@@ -22,6 +22,14 @@ room of its own with a member pane. Group messages come from the client once eac
 group order (tom.client.GroupCursor); a line is still placed by its seq, so one that comes
 late lands where it belongs. A message sent to a group waits at the bottom (``pending``)
 until its hub orders it, then moves to its place (``ordered``).
+
+Unread messages: the chat opens with what arrived while no chat showed it (the newest
+``BACKLOG_SHOWN`` unread messages, marked), and marks a 1:1 message read (``router.read``:
+its sender sees ``read``) only once its line has been on screen. Panes follow new lines
+(textual's anchor) until the person scrolls up; a message over ``CUT_CHARS`` characters is
+shown cut, whole on a click or ``/show``; typed keys reach the input in batches, so a line
+of 10,000 characters typed as keys does not freeze the screen (docs/architecture.md,
+issue 17).
 """
 
 from __future__ import annotations
