@@ -49,6 +49,7 @@ def cmd_init(data: DataDir, args: argparse.Namespace) -> int:
     print(f"{'created' if r.created_identity else 'kept'} identity {r.node_id.hex()}")
     print(f"data directory {data.root} (config {data.config.name}, endpoints "
           f"{data.endpoints.name}, run directory {data.run.name}/ with mode 0700)")
+    print(r.port_note)
     return 0
 
 
@@ -68,10 +69,14 @@ def cmd_up(data: DataDir, args: argparse.Namespace) -> int:
     if sup.running():
         print("the node is already running")
     else:
+        node.check_config(data)
+        node.check_port(data)
+        print(r.port_note)
         sup.start(args.all_in_one, args.foreground)
     with client_for(data) as client:
         late = node.wait_ready(client, sup, args.timeout)
         print(f"node {r.node_id.hex()}")
+        print(node.transport_address(client))
         print_status(sup, client, data)
     if late:
         logs = ", ".join(str(data.logs / f"{r}.log") for r in late)
@@ -128,6 +133,7 @@ def cmd_status(data: DataDir, args: argparse.Namespace) -> int:
                 print(f"node {node.node_id(data, client).hex()}  data {data.root}")
             except node.NodeError as e:
                 print(f"node id unknown: {e}")
+            print(node.transport_address(client))
         return 0 if print_status(sup, client, data, args.json) else 1
 
 

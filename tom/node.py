@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.backup.config import BackupConfig
 from services.crypto import keyfile
 from services.crypto.config import CryptoConfig
 from services.crypto.shell import key_path
-from services.transport.config import TransportConfig
+from services.groups.config import GroupsConfig
+from services.router.config import RouterConfig
+from services.transport.config import DEFAULT_PORT, TransportConfig
 from shared import config as cfg
 from shared import endpoints as ep
 from shared.bus import BusClient
@@ -44,7 +49,13 @@ CONFIG_SECTIONS: dict[str, type[cfg.Section]] = {
     "bus": cfg.BusSection,
     "crypto": CryptoConfig,
     "transport": TransportConfig,
+    "router": RouterConfig,
+    "groups": GroupsConfig,
+    "backup": BackupConfig,
 }
+"""Every section of node.toml (the sample ``tom init`` writes and ``tom node up``'s check)."""
+PORT_SCAN = 100
+"""Ports tried above the default when it is taken (``tom init``, ``port_fallback``)."""
 
 
 class NodeError(Exception):
@@ -56,6 +67,75 @@ class InitResult:
     data: DataDir
     created_identity: bool
     node_id: bytes
+    port_note: str = ""
+    """What ``tom init`` says about the node's UDP port."""
+
+
+def udp_port_taken(host: str, port: int) -> OSError | None:
+    """Why a UDP socket cannot bind ``host:port`` now (as the transport binds it), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                       socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
+
+
+def pick_port(host: str, start: int = DEFAULT_PORT,
+              count: int = PORT_SCAN) -> tuple[int, list[int]]:
+    """The first port from ``start`` that UDP can bind on ``host`` now, and the ones before
+    it that were taken; NodeError if ``count`` ports in a row are taken."""
+    taken: list[int] = []
+    for port in range(start, min(start + count, 65536)):
+        err = udp_port_taken(host, port)
+        if err is None:
+            return port, taken
+        if err.errno != errno.EADDRINUSE:
+            raise NodeError(f"cannot open a UDP socket on {host}:{port}: {err}")
+        taken.append(port)
+    raise NodeError(f"UDP ports {start} to {start + count - 1} on {host} are all taken: "
+                    "set [transport] port in node.toml")
+
+
+def _first_config(data: DataDir) -> tuple[str, str]:
+    """node.toml for a new node: every key documented, and the UDP port chosen here (the
+    one given by TOM_TRANSPORT__PORT, else 4433, else the next free one); and what to say
+    about the port."""
+    t = cfg.section({}, "transport", TransportConfig)
+    var = cfg.env_name("transport", "port")
+    if var in os.environ:
+        port, why = t.port, f"from {var}"
+        note = f"UDP port {port} ({var}), written to {data.config}"
+    else:
+        port, taken = pick_port(t.host, DEFAULT_PORT)
+        if taken:
+            busy = ", ".join(map(str, taken[:3])) + (" ..." if len(taken) > 3 else "")
+            why = f"{DEFAULT_PORT} was taken on this machine (another node?)"
+            note = (f"UDP port {port}: {busy} {'is' if len(taken) == 1 else 'are'} taken "
+                    f"(another node?); written to {data.config}, used at every start")
+        else:
+            why = "free on this machine"
+            note = f"UDP port {port}, written to {data.config}, used at every start"
+    chosen = {"transport": {"port": (port, f"Chosen by `tom init` ({why}); peers dial it: "
+                                           "keep it.")}}
+    return cfg.sample(CONFIG_SECTIONS, chosen), note
+
+
+def port_note(data: DataDir) -> str:
+    """Which UDP port an existing node.toml (and the environment) gives the node."""
+    try:
+        raw = cfg.read(data.config)
+        t = cfg.section(raw, "transport", TransportConfig)
+    except cfg.ConfigError as e:
+        return f"the UDP port is unknown: {e}"
+    var = cfg.env_name("transport", "port")
+    if var in os.environ:
+        return f"UDP port {t.port} (from {var})"
+    if "port" in raw.get("transport", {}):
+        return f"UDP port {t.port} (node.toml)"
+    return (f"UDP port {t.port}: the default, since node.toml sets none ([transport] port); "
+            "write one there to keep this node's address if another node takes 4433")
 
 
 def init(data: DataDir) -> InitResult:
@@ -63,15 +143,76 @@ def init(data: DataDir) -> InitResult:
     ep.ensure_private_dir(data.root)
     ep.ensure_private_dir(data.run)
     data.logs.mkdir(exist_ok=True)
-    if not data.config.exists():
-        data.config.write_text(cfg.sample(CONFIG_SECTIONS))
+    if data.config.exists():
+        note = f"kept {data.config}: {port_note(data)}"
+    else:
+        text, note = _first_config(data)
+        tmp = data.config.with_name(data.config.name + ".new")
+        tmp.write_text(text)
+        tmp.rename(data.config)
     if not data.endpoints.exists():
         ep.ipc(data.run).write(data.endpoints)
     BusKeys.create(data.bus_keys)
     context = load_context(data)
     path = key_path(context)
     created = keyfile.create(path)
-    return InitResult(data, created, public_id(keyfile.load(path)))
+    return InitResult(data, created, public_id(keyfile.load(path)), note)
+
+
+def check_config(data: DataDir) -> None:
+    """Every section of node.toml with the environment's overrides is valid (ConfigError
+    saying which key, and which variable, otherwise): checked before anything starts."""
+    raw = cfg.read(data.config)
+    unknown = set(raw) - set(CONFIG_SECTIONS)
+    if unknown:
+        raise cfg.ConfigError(f"{data.config}: unknown section(s) "
+                              f"{', '.join(sorted(unknown))} (sections: "
+                              f"{', '.join(CONFIG_SECTIONS)})")
+    for name, model in CONFIG_SECTIONS.items():
+        cfg.section(raw, name, model, where=str(data.config))
+
+
+def check_port(data: DataDir) -> None:
+    """Before the node starts: its UDP port is free, unless ``port_fallback`` lets the
+    transport take another (NodeError saying what to do otherwise)."""
+    t = cfg.section(cfg.read(data.config), "transport", TransportConfig)
+    if t.port == 0 or t.port_fallback:
+        return
+    err = udp_port_taken(t.host, t.port)
+    if err is None:
+        return
+    if err.errno != errno.EADDRINUSE:
+        raise NodeError(f"cannot open UDP {t.host}:{t.port}: {err} ([transport] host and "
+                        f"port in {data.config})")
+    try:
+        free = f" ({pick_port(t.host, t.port + 1)[0]} is free)"
+    except NodeError:
+        free = ""
+    raise NodeError(
+        f"UDP port {t.port} on {t.host} is taken (another node, or another program: `ss "
+        f"-ulpn` shows which). This node's peers dial that port, so it is not changed "
+        f"silently: stop what holds it, or set another port{free} under [transport] in "
+        f"{data.config} (or TOM_TRANSPORT__PORT); port_fallback = true takes the next free "
+        "port at each start instead.")
+
+
+def transport_address(client: BusClient) -> str:
+    """Where the node's UDP socket is, as ``tom node up`` and ``tom node status`` show it,
+    and whether the transport had to take another port than its configured one
+    (``port_fallback``)."""
+    from shared.wire.messages.transport import Info, InfoReply
+
+    try:
+        reply = client.request("transport", Info(), timeout_s=1.0)
+        status = client.request("transport", Status(), timeout_s=1.0)
+    except WireError as e:
+        return f"address: unknown (transport: {e})"
+    assert isinstance(reply, InfoReply) and isinstance(status, StatusReply)
+    line = f"address: UDP {reply.host}:{reply.port}"
+    if status.counters.get("port_fallbacks"):
+        line += (" (NOT the configured port, which was taken at start: port_fallback; "
+                 "peers learn this one when this node dials them or from its announcements)")
+    return line
 
 
 def public_id(seed: bytes) -> bytes:
