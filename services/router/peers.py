@@ -37,6 +37,12 @@ MAX_PASS_ON = MAX_BLOBS
 """Envelopes in one ``router.pass_on`` (one bus message's blobs)."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
+REJOIN_S = 60.0
+"""For this long after that start, those contacts that are not connected yet are dialled
+again at each tick (at most every ``CONNECT_RETRY_S`` while a dial is in flight): the first
+dial may come before our own transport can dial (no binding yet), or find the peer
+restarting too. A peer learns this node's address from the connection, so one that kept
+dialling an old address (this node's port changed) finds it again."""
 TRANSPORT_RETRY_S = 0.5
 """How soon messages waiting for a peer try again when our own transport could not dial yet
 (``unavailable``: it restarted and has no binding yet)."""
@@ -56,18 +62,25 @@ class Peers:
         """node -> (no punch before, failures in a row); inf while one is in flight."""
         self.saved_peers_added = False
         """A contact was saved since the saved peers were last pruned."""
+        self.rejoin: set[bytes] = set()
+        """Contacts dialled since the last restart that have not connected yet."""
+        self.rejoin_until = 0.0
 
     # -- the peers this node keeps ---------------------------------------------------------
 
     def redial_contacts(self, now: float) -> list[Action]:
         """After a restart, dial the contacts seen last (the bootstrap peers are dialled at
         every tick anyway): a peer still holding a connection to our dead process learns
-        at once that we are back, instead of when that connection times out."""
+        at once that we are back, instead of when that connection times out, and a peer
+        that knew this node at another address (its port changed) learns the new one.
+        Those not connected are dialled again at each tick for ``REJOIN_S``."""
         assert self.ctx.topo is not None
         contacts = sorted((p for p in self.ctx.topo.peers.values()
                            if p.contact and not p.bootstrap and not p.connected),
-                          key=lambda p: p.last_seen_ms, reverse=True)
-        return [a for p in contacts[:REDIAL_CONTACTS] for a in self.connect(p.node_id, now)]
+                          key=lambda p: p.last_seen_ms, reverse=True)[:REDIAL_CONTACTS]
+        self.rejoin = {p.node_id for p in contacts}
+        self.rejoin_until = now + REJOIN_S
+        return [a for p in contacts for a in self.connect(p.node_id, now)]
 
     def add_bootstrap(self, node: bytes, host: str, port: int) -> None:
         ctx = self.ctx
@@ -77,6 +90,7 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         gained = not p.history
         p.bootstrap = True
+        p.boot_addr = (host, port)
         if not p.connected:
             p.host, p.port = host, port
         ctx.store.put_peer(node, host, port, True, p.last_seen_ms, p.contact)
@@ -103,6 +117,7 @@ class Peers:
             self.connecting.pop(n, None)
             self.punching.pop(n, None)
             self.stalled.discard(n)
+            self.rejoin.discard(n)
         ctx.store.delete_peers(ctx.topo.removed_saved)
         ctx.topo.removed, ctx.topo.removed_saved = [], []
 
@@ -266,6 +281,8 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         ctx.topo.set_connected(node, True)
         p.host, p.port, p.rtt_ms = host, port, rtt
+        p.seen_addr = (host, port)
+        self.rejoin.discard(node)
         p.last_seen_ms = ctx.now_ms()
         self.discovery.dirty = True
 
@@ -301,12 +318,17 @@ class Peers:
             self.ctx.topo.next_address(node)
 
     def dial_bootstrap(self, now: float) -> list[Action]:
-        """At each tick: the bootstrap peers not connected."""
+        """At each tick: the bootstrap peers not connected, and for ``REJOIN_S`` after a
+        restart the contacts dialled then that are not connected yet."""
         assert self.ctx.topo is not None
         actions: list[Action] = []
         for node, p in list(self.ctx.topo.peers.items()):
             if p.bootstrap and not p.connected:
                 actions += self.connect(node, now)
+        if now >= self.rejoin_until:
+            self.rejoin.clear()
+        for node in list(self.rejoin):
+            actions += self.connect(node, now)
         return actions
 
     def punch(self, node: bytes, route: tuple[bytes, ...] | None,
