@@ -1,6 +1,7 @@
 """The `tom` command.
 
-    tom init                      create the data directory: identity, node.toml, endpoints
+    tom init                      create the data directory: identity, node.toml (every key
+                                  documented, a free UDP port chosen), endpoints
     tom id                        print the node id
     tom node up [--all-in-one]    start the node under supervisord and wait until it serves
     tom node down                 stop it

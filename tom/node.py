@@ -104,19 +104,25 @@ def _first_config(data: DataDir) -> tuple[str, str]:
     about the port."""
     t = cfg.section({}, "transport", TransportConfig)
     var = cfg.env_name("transport", "port")
+    written = f"written to {data.config}, used at every start"
     if var in os.environ:
         port, why = t.port, f"from {var}"
-        note = f"UDP port {port} ({var}), written to {data.config}"
+        note = f"UDP port {port} ({var}), {written}"
     else:
-        port, taken = pick_port(t.host, DEFAULT_PORT)
+        try:
+            port, taken = pick_port(t.host, DEFAULT_PORT)
+        except NodeError as e:  # cannot bind there from here (another container's address?)
+            port, taken = DEFAULT_PORT, []
+            why = f"the default, not checked: {e}"
+            note = f"UDP port {port} ({why}), {written}"
+        else:
+            why = "free on this machine"
+            note = f"UDP port {port}, {written}"
         if taken:
             busy = ", ".join(map(str, taken[:3])) + (" ..." if len(taken) > 3 else "")
             why = f"{DEFAULT_PORT} was taken on this machine (another node?)"
             note = (f"UDP port {port}: {busy} {'is' if len(taken) == 1 else 'are'} taken "
-                    f"(another node?); written to {data.config}, used at every start")
-        else:
-            why = "free on this machine"
-            note = f"UDP port {port}, written to {data.config}, used at every start"
+                    f"(another node?); {written}")
     chosen = {"transport": {"port": (port, f"Chosen by `tom init` ({why}); peers dial it: "
                                            "keep it.")}}
     return cfg.sample(CONFIG_SECTIONS, chosen), note

@@ -266,3 +266,15 @@ def test_up_refuses_a_taken_port_and_says_what_to_do(tmp_path: Path, held_port: 
     node.check_port(data)
     data.config.write_text("[transport]\nhost = \"127.0.0.1\"\nport = 0\n")
     node.check_port(data)
+
+
+def test_init_where_the_port_cannot_be_checked_writes_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tom init` run where the transport's host is not an address of this machine (the
+    compose crypto container initialises the data directory): 4433, said to be unchecked."""
+    monkeypatch.delenv("TOM_TRANSPORT__PORT", raising=False)
+    monkeypatch.setenv("TOM_TRANSPORT__HOST", "192.0.2.77")  # TEST-NET-1: nobody's
+    data = DataDir(tmp_path / "n")
+    r = node.init(data)
+    assert tomllib.loads(data.config.read_text())["transport"] == {"port": 4433}
+    assert r.port_note.startswith("UDP port 4433 (the default, not checked: cannot open")
