@@ -24,6 +24,7 @@ import pytest
 
 from shared.paths import DataDir
 from shared.wire.messages import transport as tm
+from shared.wire.messages.sys import Status, StatusReply
 from tests.e2e.test_router import until
 from tom import node
 from tom.client import Client
@@ -36,24 +37,28 @@ DELIVERED_S = 20.0
 """A message each way is delivered within this long of `tom node up` returning."""
 RESUME_S = 20.0
 """After a port change: the waiting message is delivered within this long."""
+DIAL_S = 6
+"""A dial to a node that does not answer lasts ``idle_timeout_s`` (set 1 s below this)."""
 
 
-def tom(data: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def tom(data: Path, *args: str, timeout: float = 90,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tom.cli", "--data", str(data), *args],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **ENV})
+                          env={**os.environ, **ENV, **(env or {})})
 
 
 class Node:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.env: dict[str, str] = {}
         self.data = Path(tempfile.mkdtemp(prefix=f"toma-{name}-", dir="/tmp"))
         self.client: Client | None = None
         self.id = b""
         self.up_output = ""
 
     def up(self) -> Client:
-        r = tom(self.data, "node", "up")
+        r = tom(self.data, "node", "up", env=self.env)
         assert r.returncode == 0, r.stdout + r.stderr
         self.up_output = r.stdout
         self.client = Client(DataDir(self.data))
@@ -79,6 +84,13 @@ class Node:
         reply = self.c.bus.request("transport", tm.Info())
         assert isinstance(reply, tm.InfoReply)
         return reply.port
+
+    def no_dial_since(self, seconds: float) -> bool:
+        """The transport has run longer than ``seconds`` and no dial asked of it is in
+        progress: a dial made at its start has given up (or was refused: no binding yet)."""
+        st = self.c.bus.request("transport", Status())
+        assert isinstance(st, StatusReply)
+        return st.uptime_s > seconds and st.queues.get("pending_connects") == 0
 
     def remove(self) -> None:
         try:
@@ -163,30 +175,51 @@ def set_port(n: Node, port: int) -> None:
 
 def test_a_node_whose_port_changes_is_found_again_by_itself(
         pair: tuple[Node, Node]) -> None:
-    """B moves to another port while down; A, which knows B only at its old address (B is
-    a contact of A, not a bootstrap peer), has a message waiting for B. B, back up, dials
-    the peers it knows; A learns B's new address from the connection and delivers, with no
-    command. Then A moves (B is A's bootstrap peer, with A's old address): likewise."""
+    """B was told where A is (A is B's bootstrap peer); A knows B as a contact (B connected,
+    A sent to it). First B moves to another port while A runs, with a message waiting for
+    B: B, back, dials A, and A learns B's new address from the connection and delivers.
+    Then both stop, A moves, A starts while B is still down, and B starts only after A's
+    first dial of it is over (refused while A's transport had no binding yet, or given up
+    after ``idle_timeout_s``, 5 s for A here), knowing only A's old address, and sends to
+    A: A, with nothing to send to B, dials its contacts again (backing off) after its
+    start, so it reaches B once B is back, and B's message is delivered; no command from
+    anyone."""
     a, b = pair
     a.up()
     b.up()
-    introduce(b, a)  # B knows A; A learns B when B connects
+    introduce(b, a)
     exchange(a, b, "before")
-    timings = {}
-    for mover, other in ((b, a), (a, b)):
-        old = mover.bound_port()
-        mover.down()
-        waiting = other.c.send(mover.id, f"sent while {mover.name} was down")
-        new = node.pick_port("127.0.0.1", old + 1)[0]
-        set_port(mover, new)
-        t0 = time.monotonic()
-        mover.up()
-        assert mover.bound_port() == new
-        until(f"the message waiting for {mover.name} delivered at its new port",
-              lambda o=other, w=waiting: delivered(o, w), RESUME_S)
-        timings[mover.name] = time.monotonic() - t0
-        entry = next(p for p in other.c.peers() if p.node_id == mover.id)
-        assert entry.port == new, entry
-        exchange(a, b, f"after {mover.name} moved")
-    print("seconds from `tom node up` on the new port to the waiting message delivered:",
-          timings)
+
+    old = b.bound_port()
+    b.down()
+    waiting = a.c.send(b.id, "sent while b was down")
+    new_b = node.pick_port("127.0.0.1", old + 1)[0]
+    set_port(b, new_b)
+    t0 = time.monotonic()
+    b.up()
+    assert b.bound_port() == new_b
+    until("the message waiting for B delivered at B's new port",
+          lambda: delivered(a, waiting), RESUME_S)
+    b_moved_s = time.monotonic() - t0
+    assert next(p for p in a.c.peers() if p.node_id == b.id).port == new_b
+    exchange(a, b, "after b moved")
+
+    old = a.bound_port()
+    b.down()
+    a.down()
+    new_a = node.pick_port("127.0.0.1", old + 1)[0]
+    set_port(a, new_a)
+    a.env = {"TOM_TRANSPORT__IDLE_TIMEOUT_S": str(DIAL_S - 1)}
+    a.up()  # its first dial of B finds nobody, and it has nothing to send to B
+    assert a.bound_port() == new_a
+    until("A's first dial of B over", lambda: a.no_dial_since(DIAL_S), RESUME_S)
+    t0 = time.monotonic()
+    b.up()
+    to_a = b.c.send(a.id, "to a, whose new address b does not know")
+    until("B's message delivered to A at A's new port", lambda: delivered(b, to_a),
+          RESUME_S)
+    a_moved_s = time.monotonic() - t0
+    assert next(p for p in b.c.peers() if p.node_id == a.id).port == new_a
+    exchange(a, b, "after a moved")
+    print(f"seconds from `tom node up` to the waiting messages delivered: B moved "
+          f"{b_moved_s:.1f}, A moved while B was down {a_moved_s:.1f}")

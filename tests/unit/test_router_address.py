@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.router.core import RouterCore, RouterSettings
-from services.router.peers import REJOIN_S
+from services.router.peers import REJOIN_MAX_GAP_S, REJOIN_S
 from services.router.store import Store
 from shared.wire.messages import router as rm
 
@@ -33,9 +33,9 @@ def test_a_node_back_on_a_new_port_dials_its_contacts_until_its_transport_can(
         tmp_path: Path) -> None:
     """B restarts on another port; A, with a message waiting for B, knows only B's old port
     (B is A's contact, not a bootstrap peer, and no common peer gossips B's announcement).
-    B's transport cannot dial for its first 3 s (no binding yet): B dials its contact A
-    again at each tick until it can; A learns B's new port from the connection and delivers
-    the waiting message, without waiting for its backoff."""
+    B's transport cannot dial for its first 4 s (no binding yet): B dials its contact A
+    again (1 s, then 2 s, 4 s... later) until it can; A learns B's new port from the
+    connection and delivers the waiting message, without waiting for its backoff."""
     db = str(tmp_path / "b.db")
     sim = Sim("a", "b", db={"b": db})
     sim.connect("a", "b")
@@ -47,30 +47,40 @@ def test_a_node_back_on_a_new_port_dials_its_contacts_until_its_transport_can(
     b.port += 1000  # B listens elsewhere now
     sim.transport_down.add("b")
     msg = send(sim, "a", "b", b"are you there?")
-    sim.run(3)
+    sim.run(4)
     assert a.statuses(msg) == ["pending"] and peer_entry(sim, "a", "b").port == b.port - 1000
-    assert sim.dials.count(("b", a.id)) >= 2  # B kept trying while its transport could not
+    assert sim.dials.count(("b", a.id)) == 3  # at start, 1 s and 3 s later
     sim.transport_down.discard("b")
-    sim.run(1.5)
+    sim.run(4)  # the next at 7 s
     assert a.statuses(msg)[-1] == "delivered" and b.received()[-1] == b"are you there?"
     assert peer_entry(sim, "a", "b").port == b.port
     dials = sim.dials.count(("b", a.id))
-    sim.run(REJOIN_S)  # connected: dialled no more
+    sim.run(600)  # connected: dialled no more
     assert sim.dials.count(("b", a.id)) == dials
 
 
-def test_contacts_that_do_not_come_back_are_dialled_for_a_minute_only(tmp_path: Path) -> None:
+def test_contacts_that_do_not_come_back_are_dialled_less_and_less_for_an_hour(
+        tmp_path: Path) -> None:
+    """A is gone: B dials it at its restart, then 1, 2, 4, 8... s later, then every 5
+    minutes, and stops an hour after the restart."""
     db = str(tmp_path / "b.db")
     sim = Sim("a", "b", db={"b": db})
     sim.connect("a", "b")
     send(sim, "b", "a", b"hi")
     restart_router(sim, "b", db)
     sim.reachable.clear()  # A is gone
-    sim.run(REJOIN_S + 2)
-    dials = sim.dials.count(("b", sim.nodes["a"].id))
-    assert dials >= REJOIN_S / 10  # several times a minute (a dial fails in a tick here)
-    sim.run(30)
-    assert sim.dials.count(("b", sim.nodes["a"].id)) == dials
+    a_id = sim.nodes["a"].id
+    start = sim.now
+    times: list[float] = []
+    while sim.now < start + REJOIN_S + 600:
+        before = sim.dials.count(("b", a_id))
+        sim.run(1.0)
+        times += [round(sim.now - start)] * (sim.dials.count(("b", a_id)) - before)
+    gaps = [y - x for x, y in zip(times, times[1:], strict=False)]
+    assert times[0] <= 1 and gaps[:5] == [1, 2, 4, 8, 16], times
+    assert max(gaps) == REJOIN_MAX_GAP_S and gaps[-1] == REJOIN_MAX_GAP_S
+    assert start + REJOIN_S - REJOIN_MAX_GAP_S <= start + times[-1] <= start + REJOIN_S
+    assert len(times) <= 21  # about 20 dials in the hour
 
 
 def test_a_bootstrap_peer_that_moved_is_dialled_at_the_address_it_announced() -> None:
