@@ -1,10 +1,13 @@
 """A NAT lab in Linux network namespaces, for hole punching with real UDP sockets.
 
-    python -m tom.lab demo [--prefix P]   build a small lab, show what punches and what fails
+    python -m tom.lab demo [--prefix P]   (make lab) two whole nodes, each behind its own
+                                          NAT, meet through a public relay, punch a direct
+                                          path and chat; prints what happened
     python -m tom.lab clean [--prefix P]  delete leftover namespaces of earlier labs
     python -m tom.lab check               "ok", or why the lab cannot run here
 
-Exit codes: 0 ok, 1 failure, 2 the lab cannot run here (the message says why).
+Exit codes: 0 ok, 1 failure, 2 the lab cannot run here (the message says why), 130
+interrupted (SIGINT or SIGTERM; the lab is deleted first).
 
 Theory of operation (the recipe of docs "NAT lab in network namespaces", measured here):
 
