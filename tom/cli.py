@@ -3,16 +3,18 @@
     tom init                      create the data directory: identity, node.toml, endpoints
     tom id                        print the node id
     tom node up [--all-in-one]    start the node under supervisord and wait until it serves
-    tom node down                 stop it
+    tom node down                 stop it (each service as soon as the one before stopped)
     tom node status [--json]      each service's state, pid, uptime, ping and counters
     tom ping SERVICE [-c N]       ping one service over the bus
+    tom peers                     known peers, their paths (direct or relayed), own address
+    tom backup [--json]           what this node holds for offline recipients (counts)
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
     tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
     tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
                                   list, members, send, history (tom/group.py)
 
 Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``), before or after
-the command's name; ``tom --version`` prints the version.
+the command's name; ``tom --version`` prints the version. Every option has ``--help`` text.
 
 Exit codes (README, "Exit codes"): 0 done; 1 failed (a service said no, a message failed, the
 node is not healthy); 2 timed out (``send``, the group commands that wait); 3 the node is not
