@@ -62,6 +62,58 @@ class NodeError(Exception):
     """A node operation failed; the message says why and what to do."""
 
 
+class UsageError(NodeError):
+    """The command line is wrong (a bad node id, address or name): `tom` exits 64."""
+
+
+NOT_RUNNING = "the node is not running (start it with `tom node up`)"
+
+
+class NodeNotRunning(NodeError):
+    """Nothing of the node is running: `tom` exits 3, at once, saying how to start it."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(NOT_RUNNING + (f": {detail}" if detail else ""))
+
+
+LISTEN_PROBE_S = 0.5
+"""How long :func:`listening` waits for a tcp:// connection (ipc:// answers at once)."""
+
+
+def listening(endpoint: str, timeout_s: float = LISTEN_PROBE_S) -> bool:
+    """Whether something accepts connections at a bus endpoint, without speaking ZeroMQ.
+
+    An ``ipc://`` socket file whose service is gone refuses at once (ECONNREFUSED), so a
+    stopped node is told apart in microseconds instead of a bus timeout; a ``tcp://``
+    endpoint gets a plain TCP connect. The connection is closed before any ZeroMQ greeting,
+    which the service's socket discards without involving the service.
+    """
+    scheme, _, rest = endpoint.partition("://")
+    try:
+        if scheme == "ipc":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout_s)
+                s.connect(rest)
+            return True
+        if scheme == "tcp":
+            host, _, port = rest.rpartition(":")
+            with socket.create_connection((host.strip("[]"), int(port)), timeout_s):
+                return True
+    except (OSError, ValueError):
+        return False
+    return True  # another transport (inproc://): only a request can tell
+
+
+def require_running(data: DataDir) -> None:
+    """Raise :class:`NodeNotRunning` unless some service of the node listens on its endpoint
+    (a few ms on ipc://; nothing waits for a bus timeout)."""
+    if data.endpoints_override is None and not data.endpoints.exists():
+        raise NodeNotRunning(f"there is no node in {data.root}")
+    endpoints = ep.load(data.endpoints)
+    if not any(listening(endpoints[role].rpc) for role in ep.ROLES if role in endpoints.roles):
+        raise NodeNotRunning()
+
+
 @dataclass
 class InitResult:
     data: DataDir
@@ -231,7 +283,7 @@ def load_context(data: DataDir) -> ServiceContext:
 
 def node_id(data: DataDir, client: BusClient | None) -> bytes:
     """The node id: from the crypto service if it answers, else from the key file."""
-    if client is not None:
+    if client is not None and listening(client.endpoints["crypto"].rpc):
         try:
             reply = client.request("crypto", NodeId(), timeout_s=1.0)
             assert isinstance(reply, NodeIdReply)
@@ -289,22 +341,59 @@ class Supervisor:
             raise NodeError(f"supervisord failed to start: {result.stderr.strip()}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop every program, highest priority first (backup first: it hands its copies on
+        while the others still serve), each as soon as the one before has exited, then
+        supervisord itself.
+
+        supervisord's own shutdown stops one program per turn of its main loop, which idles
+        up to 1 s between turns: about 1 s per program, 5 s for a node. A ``stopProcess``
+        request that waits makes the loop turn until the process is reaped, so each stop
+        takes what the service needs (usually tens of ms; backup up to ``LEAVE_GRACE_S``
+        when it holds copies for others).
+        """
         pidfile = self.data.run / "supervisord.pid"
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
             pid = None
         try:
-            self.rpc().supervisor.shutdown()
-        except (OSError, xmlrpc.client.Error) as e:
-            raise NodeError(f"the node is not running ({e})") from None
-        deadline = time.monotonic() + timeout_s
-        while pid and time.monotonic() < deadline:
+            rpc = self.rpc()
+            priority = {f"{c['group']}:{c['name']}": (c["group_prio"], c["process_prio"])
+                        for c in rpc.supervisor.getAllConfigInfo()}
+            live = [f"{p['group']}:{p['name']}" for p in rpc.supervisor.getAllProcessInfo()
+                    if p["statename"] in ("RUNNING", "STARTING", "BACKOFF")]
+        except (OSError, xmlrpc.client.Error):
+            raise NodeNotRunning() from None
+        for name in sorted(live, key=lambda n: priority.get(n, (999, 999)), reverse=True):
             try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)  # polling the supervisor's exit; nothing to subscribe to
+                rpc.supervisor.stopProcess(name, True)
+            except xmlrpc.client.Fault:
+                pass  # it stopped (or went FATAL) on its own meanwhile
+            except OSError:
+                break  # supervisord went away: nothing left to stop
+        try:
+            rpc.supervisor.shutdown()
+        except (OSError, xmlrpc.client.Error):
+            pass  # it exited meanwhile
+        deadline = time.monotonic() + timeout_s
+        while pid and alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the supervisor's exit; nothing to subscribe to
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie does not: supervisord is a daemon, so
+    init reaps it, which some inits (containers) do only a second or more later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 @dataclass
@@ -324,6 +413,9 @@ class ServiceState:
 
 def probe(client: BusClient, role: str, timeout_s: float) -> tuple[float | None,
                                                                   StatusReply | None, str]:
+    rpc = client.endpoints[role].rpc
+    if not listening(rpc):
+        return None, None, f"nothing listens on {rpc}"
     try:
         t0 = time.perf_counter()
         client.request(role, Ping(), timeout_s=timeout_s)
@@ -331,6 +423,8 @@ def probe(client: BusClient, role: str, timeout_s: float) -> tuple[float | None,
         status = client.request(role, Status(), timeout_s=timeout_s)
         assert isinstance(status, StatusReply)
         return ping_ms, status, ""
+    except BusTimeout:
+        return None, None, f"listening on {rpc} but no answer within {timeout_s:g} s"
     except WireError as e:
         return None, None, str(e)
 
