@@ -6,7 +6,8 @@ One line per message, oldest first: ``[time] sender: text`` (the sender's time, 
 id, the text with control characters shown escaped), ``sender (unread)`` for a message no
 app has shown yet (with ``--unread`` every line is one, so none is marked); ``--json``: one
 JSON object per line. ``--follow`` then prints each new message as it arrives, until Ctrl+C
-(or SIGTERM, or the reader of a pipe leaving: ``tom inbox --follow | head -1``), exit 0.
+or SIGTERM (exit 130, interrupted) or until the reader of its output pipe leaves, also while
+no message comes (``tom inbox --follow | head -1``: exit 141, quietly, as every command).
 
 Listing does not mark anything read: the command shows the inbox, like ``tom backup``
 shows the backup, and is as often read by scripts as by people; ``--mark-read`` marks each
@@ -20,8 +21,6 @@ the listing is fetched by the client's catch-up and printed after it, in inbox o
 from __future__ import annotations
 
 import json
-import os
-import select
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from shared.paths import DataDir
 from shared.wire import WireError
 
+from .cli import EX_INTERRUPTED, output_closed
 from .client import Client, Message
 from .display import printable
 from .signals import Stop
@@ -52,13 +52,6 @@ def record(msg: Message) -> str:
                        "timestamp_ms": info.timestamp_ms, "encrypted": info.encrypted,
                        "relayed": info.relayed, "read": msg.read, "text": msg.text},
                       ensure_ascii=False)
-
-
-def reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has left (poll reports an error on it)."""
-    p = select.poll()
-    p.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are reported regardless
-    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
 
 
 class Printer:
@@ -95,10 +88,13 @@ def listing(client: Client, out: Printer, after: int, upto: int | None, unread: 
 
 
 def follow(client: Client, out: Printer, stop: threading.Event) -> None:
-    """New messages as they arrive, until ``stop`` or the reader of stdout leaves; a router
-    that stops answering is waited for (said once on stderr)."""
+    """New messages as they arrive, until ``stop`` or the reader of the output leaves
+    (``BrokenPipeError``, which ``tom``'s main turns into a quiet exit 141); a router that
+    stops answering is waited for (said once on stderr)."""
     failing: str | None = None
-    while not stop.is_set() and not reader_gone():
+    while not stop.is_set():
+        if output_closed():  # found while idle too, not only at the next write
+            raise BrokenPipeError("the reader of the output has gone")
         try:
             for ev in client.events(timeout_s=FOLLOW_POLL_S):
                 if isinstance(ev, Message):
@@ -117,16 +113,12 @@ def follow(client: Client, out: Printer, stop: threading.Event) -> None:
 def cmd_inbox(data: DataDir, args: Any) -> int:
     with Client(data, with_groups=False) as client, Stop() as stop:
         out = Printer(client, args)
-        try:
-            upto = None
-            if args.follow:  # subscribed before the listing: nothing can fall between
-                client.after = client.inbox_tail()
-                client.subscribe()
-                upto = client.after
-            listing(client, out, args.after, upto, args.unread, stop.event)
-            if args.follow:
-                follow(client, out, stop.event)
-        except BrokenPipeError:  # `tom inbox | head`: the reader has what it wanted
-            # later writes (and the interpreter's last flush) go nowhere instead of failing
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        upto = None
+        if args.follow:  # subscribed before the listing: nothing can fall between
+            client.after = client.inbox_tail()
+            client.subscribe()
+            upto = client.after
+        listing(client, out, args.after, upto, args.unread, stop.event)
+        if args.follow:
+            follow(client, out, stop.event)
+    return EX_INTERRUPTED if stop.event.is_set() else 0
