@@ -1364,8 +1364,8 @@ class Bot:
                     say(f"[bot] introduced {short(peer.node_id)} at {peer.host}:{peer.port}")
                     introduced = True
                 if client.after is None:
+                    self.backlog_after = 0  # (kept if the start fails: tried again)
                     start_listening(client)
-                    self.backlog_after = 0
                 while self.backlog_after is not None and not stop.is_set():
                     self.backlog()
                 for ev in client.events(timeout_s=0.2):
