@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from shared.paths import DataDir
+from shared.nodeid import short
 from shared.wire import WireError
 
 from .cli import EX_INTERRUPTED, output_closed
@@ -42,7 +43,7 @@ RETRY_S = 1.0
 def line(msg: Message, mark_unread: bool) -> str:
     info = msg.info
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.timestamp_ms / 1000))
-    sender = info.sender.hex()[:10] + (" (unread)" if mark_unread and not msg.read else "")
+    sender = short(info.sender) + (" (unread)" if mark_unread and not msg.read else "")
     return f"[{stamp}] {sender}: {printable(msg.text)}"
 
 
@@ -63,11 +64,9 @@ class Printer:
         self.json = args.json
         self.mark_unread = not args.unread
         self.mark_read = args.mark_read
-        self.printed = 0
 
     def show(self, msg: Message) -> None:
         print(record(msg) if self.json else line(msg, self.mark_unread), flush=True)
-        self.printed += 1
         if self.mark_read and not msg.read:
             self.client.read(msg)
 
@@ -115,7 +114,7 @@ def cmd_inbox(data: DataDir, args: Any) -> int:
         out = Printer(client, args)
         upto = None
         if args.follow:  # subscribed before the listing: nothing can fall between
-            client.after = client.inbox_tail()
+            client.after = max(client.inbox_tail(), args.after)
             client.subscribe()
             upto = client.after
         listing(client, out, args.after, upto, args.unread, stop.event)
