@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Any
 
-from shared.paths import DataDir
 from shared.nodeid import short
+from shared.paths import DataDir
 from shared.wire import WireError
 
 from .cli import EX_INTERRUPTED, output_closed
