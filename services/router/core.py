@@ -209,7 +209,7 @@ class RouterCore(Core):
             ctx.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                                      row.created_ms, row.attempts, next_try=now,
                                      expires_ms=row.expires_ms, relay=row.relay or None,
-                                     holders=split_ids(row.holders))
+                                     holders=split_ids(row.holders), reason=row.reason)
         ctx.stats["restored_messages"] += len(ctx.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
         actions += self.peers.redial_contacts(now)
@@ -260,8 +260,7 @@ class RouterCore(Core):
                 return self.peers.reconcile(event.body.peers, now)
             case "connect" if not ok:
                 assert isinstance(event, PeerFailed)
-                self.peers.connect_failed(rest[0], event, now)
-                return []
+                return self.peers.connect_failed(rest[0], rest[1], event, now)
             case "punch":
                 self.peers.punched(rest[0], ok, now)
                 return []
