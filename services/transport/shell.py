@@ -187,14 +187,9 @@ class TransportService(Service):
         except TimeoutError:
             result = Resolved(action.token, None, f"no answer within {timeout:g} s",
                               timed_out=True)
-        except socket.gaierror as e:
-            if e.errno in _NO_SUCH_HOST:  # the resolver answered: that name does not exist
-                result = Resolved(action.token, None, "no such host")
-            else:  # it may resolve later (try again, resolver failure...)
-                result = Resolved(action.token, None, e.strerror or str(e), timed_out=True)
         except (OSError, UnicodeError, IndexError) as e:
-            result = Resolved(action.token, None, str(e) or type(e).__name__,
-                              timed_out=isinstance(e, OSError))
+            error, transient = resolve_error(e)
+            result = Resolved(action.token, None, error, timed_out=transient)
         self.feed_external(result)
 
     def flush_extra(self) -> None:
@@ -217,6 +212,17 @@ class TransportService(Service):
             self.stats["udp_send_drops"] += 1
         except (OSError, ValueError, TypeError):
             self.stats["udp_errors"] += 1
+
+
+def resolve_error(e: BaseException) -> tuple[str, bool]:
+    """Why ``getaddrinfo`` failed, and whether it may pass: the resolver saying the name
+    does not exist is final (``no such host``); anything else (try again, a resolver
+    failure, no network) may pass."""
+    if isinstance(e, socket.gaierror):
+        if e.errno in _NO_SUCH_HOST:
+            return "no such host", False
+        return e.strerror or str(e), True
+    return str(e) or type(e).__name__, isinstance(e, OSError)
 
 
 def recv_errors(sock: socket.socket) -> bool:

@@ -1,6 +1,7 @@
 """The transport shell's reading of ICMP errors (Linux ``IP_RECVERR``) on a real UDP socket:
 a datagram to a loopback port where nothing listens comes back as "nothing listening at"
-with the datagram quoted, which is what lets a dial fail at once (issue 17)."""
+with the datagram quoted, which is what lets a dial fail at once (issue 17); and what it
+makes of the resolver's failures."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import sys
 
 import pytest
 
-from services.transport.shell import QUOTE_BYTES, icmp_reason, recv_errors
+from services.transport.shell import QUOTE_BYTES, icmp_reason, recv_errors, resolve_error
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="IP_RECVERR is Linux's")
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_RECVERR is Linux's")
 
 
 def closed_port() -> int:
@@ -25,6 +25,7 @@ def closed_port() -> int:
     return port  # closed again: nothing listens there now
 
 
+@linux
 def test_a_datagram_to_a_closed_port_comes_back_as_nothing_listening() -> None:
     port = closed_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -57,3 +58,12 @@ def extended_error(err: int, origin: int) -> list[tuple[int, int, bytes]]:
 def test_what_each_error_says(err: int, origin: int, expected: str) -> None:
     assert icmp_reason(extended_error(err, origin), ("10.0.0.2", 4433)) == expected
     assert icmp_reason([(0, 0, b"short")], ("10.0.0.2", 4433)) == ""
+
+
+def test_a_name_that_does_not_exist_is_final_other_resolver_failures_may_pass() -> None:
+    gone = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    again = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    assert resolve_error(gone) == ("no such host", False)
+    assert resolve_error(again) == ("Temporary failure in name resolution", True)
+    assert resolve_error(UnicodeError("label too long")) == ("label too long", False)
+    assert resolve_error(IndexError()) == ("IndexError", False)  # no address at all

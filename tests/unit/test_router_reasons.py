@@ -91,6 +91,12 @@ def test_a_host_name_that_does_not_exist_fails_the_message_at_once() -> None:
     sim.run(30)
     assert dials(sim, "a", "b") == before
     assert sim.nodes["a"].router.stats["bootstrap_dropped"] == 1
+    # the name resolves now: a new message dials it again and waits for that answer,
+    # instead of failing on what the last dial said
+    sim.dial_errors.clear()
+    sim.reachable.add(frozenset("ab"))
+    later = send(sim, "a", "b")
+    assert sim.nodes["a"].steps(later)[-1] == "delivered"
 
 
 def test_a_resolver_that_does_not_answer_is_not_final() -> None:
