@@ -44,15 +44,15 @@ from textual.widgets import Input, Static
 
 from shared import nodeid
 from shared.paths import DataDir
-from shared.wire import BusTimeout, RemoteError, WireError
+from shared.wire import BusTimeout, ErrorCode, RemoteError, WireError
 from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
-from shared.wire.messages.sys import StatusReply
+from shared.wire.messages.sys import Ping, StatusReply
 
 from .client import RETRYABLE, Client, Event, GroupMessage, Message
 from .display import printable
 from .group import n_members, resolve, resolve_invite
-from .node import NodeError
+from .node import NodeError, Supervisor
 from .peer import Peer, parse_peer
 
 T = TypeVar("T")
@@ -1282,45 +1282,102 @@ def retrying(fn: Callable[[], T], deadline: float) -> T:
 
 
 def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
-              encrypt: bool = True) -> tuple[int, str]:
-    """Send and wait for the outcome: (0, "delivered"), (1, "failed: reason") or (2, timeout
-    with the last status). Raises WireError when the router does not take the message
-    before the deadline; once it has, a router that stops answering is waited for."""
+              encrypt: bool = True,
+              progress: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Send and wait for the outcome: (EXIT_DELIVERED, "delivered"), (EXIT_FAILED,
+    "failed: reason") or (EXIT_TIMEOUT, timeout with the last status and its reason).
+    While it waits, each new reason the router gives (why the message is not delivered
+    yet: no route, nothing listening at the address, the recipient offline and where the
+    message is held) goes to ``progress`` at once. Raises WireError when the router does
+    not take the message before the deadline; once it has, a router that stops answering
+    is waited for."""
+    from .cli import EXIT_DELIVERED, EXIT_FAILED, EXIT_TIMEOUT
+
     deadline = time.monotonic() + timeout_s
     if peer.address:
         retrying(lambda: client.add_peer(peer.node_id, peer.host, peer.port), deadline)
     retrying(lambda: start_listening(client), deadline)  # first: no event can be missed
     msg_id = client.send(peer.node_id, text, encrypt,
                          deadline_s=max(0.0, deadline - time.monotonic()))
-    status, reason, trouble = "pending", "", ""
+    status, reason, trouble, said = "pending", "", "", ""
     check_at = time.monotonic() + 1.0
+
+    def seen(new_status: str, new_reason: str) -> None:
+        nonlocal status, reason
+        if moves(status, new_status):
+            status, reason = new_status, new_reason
+        elif new_status == status and new_reason:  # same status, now with a reason
+            reason = new_reason
+
     while True:
         if status in ("delivered", "read"):
-            return 0, "delivered" if status == "delivered" else "delivered (and read)"
+            return EXIT_DELIVERED, "delivered" if status == "delivered" \
+                else "delivered (and read)"
         if status == "failed":
-            return 1, f"failed: {reason or 'no reason given'}"
+            return EXIT_FAILED, f"failed: {reason or 'no reason given'}"
+        if reason and reason != said and progress is not None:
+            said = reason
+            progress(f"{status}: {reason}")
         left = deadline - time.monotonic()
         if left <= 0:
-            return 2, f"timeout after {timeout_s:g} s: last status {status}{trouble}"
+            why = f": {reason}" if reason else ""
+            return EXIT_TIMEOUT, f"timeout after {timeout_s:g} s: last status " \
+                f"{status}{why}{trouble}"
         try:
             for ev in client.events(timeout_s=min(left, 0.25)):
-                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id and moves(status,
-                                                                                   ev.status):
-                    status, reason = ev.status, ev.reason
+                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id:
+                    seen(ev.status, ev.reason)
             if time.monotonic() >= check_at:
                 check_at = time.monotonic() + 1.0  # a missed event cannot hang us
                 for st in client.outbox([msg_id]):
-                    if moves(status, st.status):
-                        status, reason = st.status, st.reason
+                    seen(st.status, st.reason)
             trouble = ""
         except WireError as e:  # the message is stored: wait for the router to come back
             trouble = f" (router not answering: {e})"
             time.sleep(0.1)
 
 
+NOT_RUNNING = "the node is not running (start it with `tom node up`)"
+PING_S = 0.5
+"""How long `tom send` waits for the router's first answer before asking supervisord
+whether the node runs at all."""
+
+
+def router_answers(client: Client, timeout_s: float = PING_S) -> bool:
+    try:
+        client.bus.request("router", Ping(), timeout_s=timeout_s)
+    except BusTimeout:
+        return False
+    except WireError:  # it answered, if only to refuse
+        pass
+    return True
+
+
 def cmd_send(data: DataDir, args: Any) -> int:
-    peer = parse_peer(args.peer)
+    """`tom send`: exit statuses in tom/cli.py (``EXIT_*``); reasons and errors on stderr,
+    "delivered" on stdout."""
+    from .cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
+
+    try:
+        peer = parse_peer(args.peer)
+    except NodeError as e:
+        say(f"tom: {e}", err=True)
+        return EXIT_USAGE
     with Client(data, timeout_s=min(args.timeout, 5.0)) as client:
-        rc, outcome = send_once(client, peer, args.text, args.timeout, not args.no_encrypt)
+        if not router_answers(client) and not Supervisor(data).running():
+            say(f"tom: {NOT_RUNNING}", err=True)  # at once, not after --timeout
+            return EXIT_FAILED
+        try:
+            rc, outcome = send_once(client, peer, args.text, args.timeout,
+                                    not args.no_encrypt, lambda line: say(line, err=True))
+        except RemoteError as e:
+            if e.code in (ErrorCode.INVALID, ErrorCode.TOO_LARGE):  # can never be sent
+                say(f"tom: {e.message}", err=True)
+                return EXIT_USAGE
+            raise
+        except BusTimeout as e:
+            say(f"timeout after {args.timeout:g} s: the router did not answer ({e})",
+                err=True)
+            return EXIT_TIMEOUT
     say(outcome, err=rc != 0)
     return rc

@@ -7,7 +7,8 @@
     tom node status [--json]      each service's state, pid, uptime, ping and counters
     tom ping SERVICE [-c N]       ping one service over the bus
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
-    tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
+    tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out,
+                                  64 usage error (EXIT_*)
     tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
                                   list, members, send, history (tom/group.py)
 
@@ -22,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from services.crypto import keyfile
 from shared import endpoints as ep
@@ -34,6 +36,25 @@ from shared.wire.messages.sys import Ping, PingReply
 
 from . import group, node
 from .display import printable
+
+EXIT_DELIVERED = 0
+"""`tom send`: the recipient's router acknowledged the message."""
+EXIT_FAILED = 1
+"""It failed (the reason is printed), or the node is not running."""
+EXIT_TIMEOUT = 2
+"""Still not delivered at the deadline (the last status and its reason are printed)."""
+EXIT_USAGE = 64
+"""Bad input: a malformed node id or address, a message to this node itself, too long a
+message, bad options (sysexits.h EX_USAGE)."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """A parser whose errors exit ``EXIT_USAGE`` instead of argparse's 2 (which `tom send`
+    uses for a timeout)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
@@ -353,21 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="headless: print each message received, mark it read and reply "
                       "'echo: <text>', until SIGINT/SIGTERM")
     chat.set_defaults(func=cmd_chat)
+    sub._parser_class = UsageParser  # (only for `tom send`: its exit statuses are documented)
     send = sub.add_parser("send", parents=[common], help="send one message and wait until it "
-                          "is delivered (exit 0), failed (1) or timed out (2)")
+                          "is delivered (exit 0), failed (1) or timed out (2); 64: bad input",
+                          description="Send one message and wait for the outcome, printing "
+                          "why it is not delivered as soon as the node knows. Exit status: "
+                          "0 delivered, 1 failed (or the node is not running), 2 not "
+                          "delivered by --timeout, 64 usage error.")
+    sub._parser_class = argparse.ArgumentParser
     send.add_argument("peer", metavar="PEER", help="node id, optionally ID@host:port")
     send.add_argument("text", metavar="TEXT")
     send.add_argument("--timeout", type=positive_float, default=30.0,
-                      help="seconds to wait for delivery (default 30)")
+                      help="seconds to wait for delivery (default 30; exit 2 after it)")
     send.add_argument("--no-encrypt", action="store_true",
                       help="signed but not end-to-end encrypted")
-    send.set_defaults(func=cmd_send)
+    send.set_defaults(func=cmd_send, parser=send)  # (its errors exit EXIT_USAGE)
     add_group_parser(sub, common)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # what parse_args does, by the subcommand's parser when it has its own
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     data = DataDir(getattr(args, "data", None) or default_data_dir(),
                    getattr(args, "endpoints", None))
     try:

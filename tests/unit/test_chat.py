@@ -451,6 +451,62 @@ def test_send_once_outcomes() -> None:
     assert time.monotonic() - t0 < 2.5
 
 
+def test_send_once_says_each_reason_at_once_and_times_out_with_the_last() -> None:
+    """A status event with the same status and a reason (the router's word on why it is
+    not delivered) is printed when it comes, once; the timeout repeats the last one."""
+    lines: list[str] = []
+    seen_at: list[float] = []
+
+    def why(msg_id: bytes) -> None:
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        time.sleep(0.2)
+        fake.status(msg_id, "pending", "recipient offline: held for delivery until X",
+                    event=False)  # missed: the outbox says it
+
+    fake = FakeClient()
+    fake.on_send = lambda msg_id: threading.Timer(0.05, why, (msg_id,)).start()
+    t0 = time.monotonic()
+    rc, out = chat.send_once(fake, chat.Peer(PEER), "hi", 1.6,
+                             progress=lambda x: (lines.append(x),
+                                                 seen_at.append(time.monotonic() - t0)))
+    assert lines == ["pending: unreachable: nothing listening at 10.0.0.9:4433",
+                     "pending: recipient offline: held for delivery until X"]
+    assert seen_at[0] < 0.5  # at once, not at the deadline
+    assert (rc, out) == (2, "timeout after 1.6 s: last status pending: recipient offline: "
+                            "held for delivery until X")
+
+    fake = FakeClient()  # a reason that came with an earlier status is not kept
+    rc, out = send(fake, lambda i: (fake.status(i, "pending", "no route"),
+                                    fake.status(i, "sent")), timeout_s=0.5)
+    assert (rc, out) == (2, "timeout after 0.5 s: last status sent")
+
+
+def test_send_exit_statuses_for_bad_input_and_a_stopped_node(tmp_path: Any,
+                                                            capsys: Any) -> None:
+    """64 for input that can never be sent (argparse's errors too); 1, within a second,
+    with a clear word when the node is not running (not after --timeout)."""
+    from shared import endpoints as ep
+    from tom import cli
+
+    assert cli.main(["--data", str(tmp_path), "send", "not-a-node", "x"]) == cli.EXIT_USAGE
+    assert "not a node id" in capsys.readouterr().err
+    assert cli.main(["--data", str(tmp_path), "send", f"{PEER.hex()}@host", "x"]) == 64
+    for argv in (["send"], ["send", PEER.hex(), "x", "--timeout", "0"],
+                 ["send", PEER.hex(), "x", "--bogus"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--data", str(tmp_path), *argv])
+        assert info.value.code == cli.EXIT_USAGE, argv
+    capsys.readouterr()
+    ep.ensure_private_dir(tmp_path / "run")
+    ep.ipc(tmp_path / "run").write(tmp_path / "endpoints.toml")
+    t0 = time.monotonic()
+    rc = cli.main(["--data", str(tmp_path), "send", PEER.hex(), "x", "--timeout", "30"])
+    assert rc == cli.EXIT_FAILED and time.monotonic() - t0 < 3
+    assert capsys.readouterr().err.strip() == \
+        "tom: the node is not running (start it with `tom node up`)"
+
+
 def test_send_once_waits_out_a_router_outage() -> None:
     fake = FakeClient()
     fake.down = True  # not answering at first: retried until the deadline
