@@ -46,7 +46,7 @@ from .context import (
     split_ids,
 )
 from .handoff import Handoff
-from .reasons import NO_ROUTE, offline
+from .reasons import NO_ROUTE, held, offline
 from .store import OutRow
 from .topology import STALE_MS
 
@@ -278,19 +278,17 @@ class Outgoing:
         if failure is not None and failure.final and not msg.holders and (
                 p is None or not p.host or (p.host, p.port) == failure.addr):
             return failure.text, True  # (holders carry it whatever an address says)
-        if msg.holders or p is not None and p.last_seen_ms > 0:  # it was there: away
-            if failure is None and p is not None and p.host \
-                    and msg.to in self.peers.connecting \
+        if p is not None and p.last_seen_ms > 0:  # it was there: it is away
+            if failure is None and p.host and msg.to in self.peers.connecting \
                     and self.ctx.now_ms() - p.last_seen_ms < STALE_MS:
                 return "", False
-            detail = failure.detail if failure else "" if p is not None and p.host \
-                else "no address known"
+            detail = failure.detail if failure else "" if p.host else "no address known"
             return offline(self.expires_at_ms(msg), len(msg.holders), detail), False
-        if failure is not None:
-            return failure.text, False
-        if p is None or not p.host:
-            return NO_ROUTE, False
-        return "", False
+        why = failure.text if failure is not None else \
+            NO_ROUTE if p is None or not p.host else ""
+        if msg.holders:  # never seen, but holders wait for it too
+            return held(why, self.expires_at_ms(msg), len(msg.holders)), False
+        return why, False
 
     def explain(self, msg: OutMsg, force: bool = False) -> list[Action]:
         """Say why ``msg`` has no path (a status event with its status and the reason, when

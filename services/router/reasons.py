@@ -9,7 +9,9 @@ why as soon as the router knows, while it stays ``pending`` (or ``sent``) and is
   listening at the address, no answer, a host name the resolver could not resolve now);
 * ``recipient offline: held for delivery until <expiry>, on this node[ and by N holders]``:
   the recipient was known (heard from, directly or through announcements) and cannot be
-  reached now; the message waits here, and with the holders it was handed to (backup).
+  reached now; the message waits here, and with the holders it was handed to (backup). A
+  recipient never seen whose message holders took says both: ``<why>; held for delivery
+  until ...``.
 
 Some answers are final for the address that gave them: a different node (or one that
 cannot prove any node id) answers there (``refused: ...``), or its host name does not exist
@@ -71,9 +73,18 @@ def utc(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
+def _where(expires_ms: int, holders: int) -> str:
+    by = "on this node" if not holders else \
+        f"on this node and by {holders} holder{'s' if holders > 1 else ''}"
+    return f"held for delivery until {utc(expires_ms)}, {by}"
+
+
 def offline(expires_ms: int, holders: int, detail: str = "") -> str:
     """The recipient is away: where the message waits, and until when."""
-    where = "on this node" if not holders else \
-        f"on this node and by {holders} holder{'s' if holders > 1 else ''}"
     why = f" (last try: {detail})" if detail else ""
-    return f"recipient offline: held for delivery until {utc(expires_ms)}, {where}{why}"
+    return f"recipient offline: {_where(expires_ms, holders)}{why}"
+
+
+def held(why: str, expires_ms: int, holders: int) -> str:
+    """A recipient never seen, whose message holders keep too: why, and where it waits."""
+    return f"{why}; {_where(expires_ms, holders)}" if why else _where(expires_ms, holders)
