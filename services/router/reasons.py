@@ -60,7 +60,8 @@ class DialFailure:
 
 def dial_failure(code: int, message: str, addr: tuple[str, int]) -> DialFailure:
     """What a failed ``transport.connect`` to ``addr`` means for the messages waiting."""
-    text = " ".join(message.split())[:MAX_REASON]  # one line
+    text = " ".join(message.split())  # one line
+    text = text.removeprefix("transport: ")[:MAX_REASON]  # (the bus names who answered)
     kind = text.partition(":")[0]
     if kind not in KINDS:  # (another transport, or an older one): say where, not final
         host, port = addr

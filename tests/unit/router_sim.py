@@ -279,7 +279,8 @@ class Sim:
                 code, text = self.dial_errors.get(body.peer, (
                     ErrorCode.PEER_TIMEOUT,
                     f"unreachable: no answer from {body.host}:{body.port} within 10 s"))
-                self._answer(name, a.token, PeerFailed(a.token, code, text))
+                # (the bus names the service that answered, as shared/service.py does)
+                self._answer(name, a.token, PeerFailed(a.token, code, f"transport: {text}"))
                 return
             self._link(name, other.name)
             self._answer(name, a.token, PeerReplied(a.token, tm.ConnectReply()))

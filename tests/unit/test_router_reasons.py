@@ -205,6 +205,8 @@ def test_a_recipient_that_just_left_waits_for_the_dial_before_it_is_called_offli
 def test_what_the_transport_says_is_classified_by_its_kind_and_code() -> None:
     addr = ("10.0.0.9", 4433)
     assert dial_failure(ErrorCode.FAILED, DIFFERENT, addr).final
+    said = dial_failure(ErrorCode.FAILED, f"transport: {NOTHING}", addr)  # as the bus has it
+    assert (said.text, said.final) == (NOTHING, False)
     assert dial_failure(ErrorCode.FAILED, NO_SUCH_HOST, addr).final
     assert not dial_failure(ErrorCode.PEER_TIMEOUT, "dns: cannot resolve x: no answer",
                             addr).final
