@@ -800,10 +800,19 @@ class Endpoint(Signalling):
         conn.expires_wall = binding.not_after_s
         if conn.expect is not None and node_id != conn.expect:
             # (authenticated: the binding and the proof over this connection verify)
-            self._fail(conn, "the peer is not the node that was dialled", dial_reason=(
-                f"refused: a different node ({node_id.hex()[:16]}) answers at "
-                f"{where_text(conn.addr)}"))
-            return
+            refused = f"refused: a different node ({node_id.hex()[:16]}) answers at " \
+                f"{where_text(conn.addr)}"
+            current = self.peers.get(node_id)
+            if current is None or current.closing or node_id == self.node_id:
+                self._fail(conn, "the peer is not the node that was dialled",
+                           dial_reason=refused)
+                return
+            # a node we hold a connection to: it took this one as our new connection
+            # (it proved itself after we did), so do the same, or the two sides would each
+            # hold a different one; the dial itself failed all the same
+            self._dial_failed(conn, refused, transient=False)
+            self.counters["wrong_node_kept"] += 1
+            conn.expect = None
         if node_id == self.node_id:
             self._fail(conn, "connected to ourselves",
                        dial_reason=f"refused: {where_text(conn.addr)} is this node itself")

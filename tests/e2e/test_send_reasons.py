@@ -157,6 +157,11 @@ def test_a_different_node_at_the_address(nodes: dict[str, RealNode]) -> None:
     assert r.elapsed < WITHIN_S
     entry = next(p for p in a.client.peers() if p.node_id.hex() == ghost)
     assert (entry.host, entry.port) == ("", 0)  # nothing left to retry against
+    # C took A's dial as A's new connection; A kept it too: they still talk both ways
+    a_c = a.client.send(c.id, "still there?")
+    until("A's message to C delivered", lambda: a.client.outbox([a_c])[0].status in (
+        "delivered", "read"), 10)
+    assert any(p.node_id == a.id and p.connected for p in c.client.peers())
 
 
 def test_a_recipient_that_is_down_then_a_stopped_node(nodes: dict[str, RealNode]) -> None:

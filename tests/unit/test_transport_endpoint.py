@@ -169,6 +169,29 @@ def test_a_dial_that_reaches_a_different_node_fails_at_once_saying_which() -> No
     assert len(net.of("a", DialFailed)) == 1  # once, though the connection ends later
 
 
+def test_a_dial_that_reaches_a_node_already_connected_keeps_that_node_connected() -> None:
+    """A dials B's id at C's address while connected to C: C takes the new connection as
+    A's (A proved itself first), so A does too; the dial fails, A and C keep talking."""
+    net = Net(a=endpoint(A_SEED), c=endpoint(C_SEED))
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    a.dial(C_ID, net.addr["c"], net.now)
+    net.run(until=lambda: C_ID in a.peers and A_ID in c.peers)
+    net.now += 3  # (not a simultaneous dial)
+    a.dial(B_ID, net.addr["c"], net.now)
+    net.run(200, until=lambda: bool(net.of("a", DialFailed)))
+    assert net.of("a", DialFailed) == [DialFailed(
+        B_ID, net.addr["c"], f"refused: a different node ({C_ID.hex()[:16]}) answers at "
+        "10.0.0.2:4433", transient=False)]
+    net.run(300)
+    a.send(C_ID, b"still there?", net.now)
+    c.send(A_ID, b"yes", net.now)
+    net.run(200, until=lambda: bool(net.of("c", Received) and net.of("a", Received)))
+    assert [e.data for e in net.of("c", Received)] == [b"still there?"]
+    assert [e.data for e in net.of("a", Received)] == [b"yes"]
+    assert C_ID in a.peers and A_ID in c.peers and a.counters["wrong_node_kept"] == 1
+    assert not [e for e in net.of("c", PeerClosed) if e.node_id == A_ID]
+
+
 def test_an_icmp_unreachable_for_a_dial_fails_it_at_once_if_it_quotes_the_dial() -> None:
     """Nothing at B's address: the kernel's ICMP error quotes A's Initial. A quote of
     another packet (a forger who does not know the connection id) changes nothing."""
