@@ -44,15 +44,15 @@ from textual.widgets import Input, Static
 
 from shared import nodeid
 from shared.paths import DataDir
-from shared.wire import BusTimeout, ErrorCode, RemoteError, WireError
+from shared.wire import BusTimeout, RemoteError, WireError
 from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
-from shared.wire.messages.sys import Ping, StatusReply
+from shared.wire.messages.sys import StatusReply
 
 from .client import RETRYABLE, Client, Event, GroupMessage, Message
 from .display import printable
 from .group import n_members, resolve, resolve_invite
-from .node import NodeError, Supervisor
+from .node import NodeError
 from .peer import Peer, parse_peer
 
 T = TypeVar("T")
@@ -1284,14 +1284,14 @@ def retrying(fn: Callable[[], T], deadline: float) -> T:
 def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
               encrypt: bool = True,
               progress: Callable[[str], None] | None = None) -> tuple[int, str]:
-    """Send and wait for the outcome: (EXIT_DELIVERED, "delivered"), (EXIT_FAILED,
-    "failed: reason") or (EXIT_TIMEOUT, timeout with the last status and its reason).
+    """Send and wait for the outcome: (EX_DELIVERED, "delivered"), (EX_FAILED,
+    "failed: reason") or (EX_TIMEOUT, timeout with the last status and its reason).
     While it waits, each new reason the router gives (why the message is not delivered
     yet: no route, nothing listening at the address, the recipient offline and where the
     message is held) goes to ``progress`` at once. Raises WireError when the router does
     not take the message before the deadline; once it has, a router that stops answering
     is waited for."""
-    from .cli import EXIT_DELIVERED, EXIT_FAILED, EXIT_TIMEOUT
+    from .cli import EX_DELIVERED, EX_FAILED, EX_TIMEOUT
 
     deadline = time.monotonic() + timeout_s
     if peer.address:
@@ -1311,17 +1311,17 @@ def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
 
     while True:
         if status in ("delivered", "read"):
-            return EXIT_DELIVERED, "delivered" if status == "delivered" \
+            return EX_DELIVERED, "delivered" if status == "delivered" \
                 else "delivered (and read)"
         if status == "failed":
-            return EXIT_FAILED, f"failed: {reason or 'no reason given'}"
+            return EX_FAILED, f"failed: {reason or 'no reason given'}"
         if reason and reason != said and progress is not None:
             said = reason
             progress(f"{status}: {reason}")
         left = deadline - time.monotonic()
         if left <= 0:
             why = f": {reason}" if reason else ""
-            return EXIT_TIMEOUT, f"timeout after {timeout_s:g} s: last status " \
+            return EX_TIMEOUT, f"timeout after {timeout_s:g} s: last status " \
                 f"{status}{why}{trouble}"
         try:
             for ev in client.events(timeout_s=min(left, 0.25)):
@@ -1337,47 +1337,20 @@ def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
             time.sleep(0.1)
 
 
-NOT_RUNNING = "the node is not running (start it with `tom node up`)"
-PING_S = 0.5
-"""How long `tom send` waits for the router's first answer before asking supervisord
-whether the node runs at all."""
-
-
-def router_answers(client: Client, timeout_s: float = PING_S) -> bool:
-    try:
-        client.bus.request("router", Ping(), timeout_s=timeout_s)
-    except BusTimeout:
-        return False
-    except WireError:  # it answered, if only to refuse
-        pass
-    return True
-
-
 def cmd_send(data: DataDir, args: Any) -> int:
-    """`tom send`: exit statuses in tom/cli.py (``EXIT_*``); reasons and errors on stderr,
-    "delivered" on stdout."""
-    from .cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
+    """`tom send`: exit statuses in tom/cli.py (``EX_*``; the PEER argument and a node that
+    is not running are checked before this runs); reasons on stderr, "delivered" on
+    stdout."""
+    from .cli import EX_TIMEOUT
 
-    try:
-        peer = parse_peer(args.peer)
-    except NodeError as e:
-        say(f"tom: {e}", err=True)
-        return EXIT_USAGE
+    peer = parse_peer(args.peer)
     with Client(data, timeout_s=min(args.timeout, 5.0)) as client:
-        if not router_answers(client) and not Supervisor(data).running():
-            say(f"tom: {NOT_RUNNING}", err=True)  # at once, not after --timeout
-            return EXIT_FAILED
         try:
             rc, outcome = send_once(client, peer, args.text, args.timeout,
                                     not args.no_encrypt, lambda line: say(line, err=True))
-        except RemoteError as e:
-            if e.code in (ErrorCode.INVALID, ErrorCode.TOO_LARGE):  # can never be sent
-                say(f"tom: {e.message}", err=True)
-                return EXIT_USAGE
-            raise
-        except BusTimeout as e:
+        except BusTimeout as e:  # the router never answered (it may have stored it)
             say(f"timeout after {args.timeout:g} s: the router did not answer ({e})",
                 err=True)
-            return EXIT_TIMEOUT
+            return EX_TIMEOUT
     say(outcome, err=rc != 0)
     return rc

@@ -199,6 +199,9 @@ class RouterCore(Core):
             p = topo.peer(node, now_ms)
             p.host, p.port, p.bootstrap, p.last_seen_ms = host, port, boot, seen
             p.contact = contact
+            p.seen_addr = (host, port) if host else None  # ("": refused, issue 17)
+            if boot:  # introduced (router.add_peer); the configured ones are set below
+                p.boot_addr = (host, port)
         for node in ctx.store.contacts():
             if node != node_id:
                 topo.peer(node, now_ms).contact = True

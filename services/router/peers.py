@@ -43,6 +43,15 @@ MAX_PASS_ON = MAX_BLOBS
 """Envelopes in one ``router.pass_on`` (one bus message's blobs)."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
+REJOIN_S = 3_600.0
+"""For this long after that start, those contacts that are not connected yet are dialled
+again, ``REJOIN_FIRST_S`` after the first dial, then twice as long each time up to
+``REJOIN_MAX_GAP_S``: the first dial may come before our own transport can dial (no binding
+yet), or find the peer down too. A peer learns this node's address from the connection, so
+one that kept dialling an old address (this node's port changed) finds it again once it is
+back, even if it has nothing to send to this node."""
+REJOIN_FIRST_S = 1.0
+REJOIN_MAX_GAP_S = 300.0
 TRANSPORT_RETRY_S = 0.5
 """How soon messages waiting for a peer try again when our own transport could not dial yet
 (``unavailable``: it restarted and has no binding yet)."""
@@ -64,18 +73,27 @@ class Peers:
         """A contact was saved since the saved peers were last pruned."""
         self.failures: dict[bytes, DialFailure] = {}
         """node -> its last dial's failure, until it connects or is dialled again."""
+        self.rejoin: dict[bytes, tuple[float, float]] = {}
+        """Contacts dialled since the last restart that have not connected yet: when to
+        dial again, and the wait after that."""
+        self.rejoin_until = 0.0
 
     # -- the peers this node keeps ---------------------------------------------------------
 
     def redial_contacts(self, now: float) -> list[Action]:
         """After a restart, dial the contacts seen last (the bootstrap peers are dialled at
         every tick anyway): a peer still holding a connection to our dead process learns
-        at once that we are back, instead of when that connection times out."""
+        at once that we are back, instead of when that connection times out, and a peer
+        that knew this node at another address (its port changed) learns the new one.
+        Those not connected are dialled again, backing off, for ``REJOIN_S``."""
         assert self.ctx.topo is not None
         contacts = sorted((p for p in self.ctx.topo.peers.values()
                            if p.contact and not p.bootstrap and not p.connected),
-                          key=lambda p: p.last_seen_ms, reverse=True)
-        return [a for p in contacts[:REDIAL_CONTACTS] for a in self.connect(p.node_id, now)]
+                          key=lambda p: p.last_seen_ms, reverse=True)[:REDIAL_CONTACTS]
+        self.rejoin = {p.node_id: (now + REJOIN_FIRST_S, 2 * REJOIN_FIRST_S)
+                       for p in contacts}
+        self.rejoin_until = now + REJOIN_S
+        return [a for p in contacts for a in self.connect(p.node_id, now)]
 
     def add_bootstrap(self, node: bytes, host: str, port: int) -> None:
         ctx = self.ctx
@@ -85,6 +103,7 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         gained = not p.history
         p.bootstrap = True
+        p.boot_addr = (host, port)
         if not p.connected:
             p.host, p.port = host, port
             self.failures.pop(node, None)  # a new word from the user: try it afresh
@@ -113,6 +132,7 @@ class Peers:
             self.failures.pop(n, None)
             self.punching.pop(n, None)
             self.stalled.discard(n)
+            self.rejoin.pop(n, None)
         ctx.store.delete_peers(ctx.topo.removed_saved)
         ctx.topo.removed, ctx.topo.removed_saved = [], []
 
@@ -277,6 +297,8 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         ctx.topo.set_connected(node, True)
         p.host, p.port, p.rtt_ms = host, port, rtt
+        p.seen_addr = (host, port)
+        self.rejoin.pop(node, None)
         p.last_seen_ms = ctx.now_ms()
         self.discovery.dirty = True
 
@@ -332,11 +354,15 @@ class Peers:
         p = ctx.topo.peers[node]
         saved = p.history
         configured = any(n == node for n, _, _ in ctx.settings.bootstrap)
-        if refused and not configured:
+        if refused and not configured:  # forget it wherever it came from
             ctx.stats["addresses_refused"] += 1
             p.addrs = tuple(a for a in p.addrs if a != addr)
+            if p.boot_addr == addr:
+                p.boot_addr = None
+            if p.seen_addr == addr:
+                p.seen_addr = None
             if (p.host, p.port) == addr:
-                p.host, p.port = p.addrs[0] if p.addrs else ("", 0)
+                p.host, p.port = "", 0  # (the caller moves to the next address, if any)
         if p.bootstrap and not configured:
             ctx.stats["bootstrap_dropped"] += 1
             p.bootstrap = False
@@ -346,11 +372,18 @@ class Peers:
                 ctx.quota.recount()
 
     def dial_bootstrap(self, now: float) -> list[Action]:
-        """At each tick: the bootstrap peers not connected."""
+        """At each tick: the bootstrap peers not connected, and for ``REJOIN_S`` after a
+        restart the contacts dialled then that are not connected yet, when due."""
         assert self.ctx.topo is not None
         actions: list[Action] = []
         for node, p in list(self.ctx.topo.peers.items()):
             if p.bootstrap and not p.connected:
+                actions += self.connect(node, now)
+        if now >= self.rejoin_until:
+            self.rejoin.clear()
+        for node, (due, gap) in list(self.rejoin.items()):
+            if now >= due:
+                self.rejoin[node] = (now + gap, min(2 * gap, REJOIN_MAX_GAP_S))
                 actions += self.connect(node, now)
         return actions
 

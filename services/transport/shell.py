@@ -39,6 +39,8 @@ from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportC
 from .endpoint import where_text
 
 UDP_BATCH = 256
+PORT_FALLBACK_SCAN = 100
+"""With ``port_fallback``, ports tried above a taken one before any free port."""
 SOCKET_BUFFER = 4 * 1024 * 1024
 ERRORS_BATCH = 64
 """ICMP errors taken from the socket's error queue per wake-up (the rest wait for the next)."""
@@ -97,8 +99,15 @@ class TransportService(Service):
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
     def _open(self, host: str, port: int) -> socket.socket:
+        """The node's UDP socket on its configured port. The port is the node's address,
+        so a taken one stops the start with a message saying what to do, unless
+        ``port_fallback`` allows the next free port above it (then any free one), which
+        is logged and counted (``port_fallbacks``, shown by ``tom node status``)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for attempt in (port, 0):
+        attempts = [port]
+        if port and self.settings.port_fallback:
+            attempts += [*range(port + 1, min(port + 1 + PORT_FALLBACK_SCAN, 65536)), 0]
+        for attempt in attempts:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -106,11 +115,22 @@ class TransportService(Service):
                 sock.bind((host, attempt))
             except OSError as e:
                 sock.close()
-                if e.errno != errno.EADDRINUSE or not self.settings.port_fallback \
-                        or attempt == 0:
-                    raise StartupError(f"cannot open UDP {host}:{attempt}: {e}") from None
-                self.log.warning("UDP port %d is taken; using a free port", port)
-                continue
+                if e.errno == errno.EADDRINUSE and attempt != attempts[-1]:
+                    continue
+                if e.errno == errno.EADDRINUSE and not self.settings.port_fallback:
+                    raise StartupError(
+                        f"UDP port {port} on {host} is taken (another node, or another "
+                        "program: `ss -ulpn` shows which). This node's peers dial that port, "
+                        "so it is not changed silently: stop what holds it, or set another "
+                        "[transport] port in node.toml (or TOM_TRANSPORT__PORT); "
+                        "port_fallback = true takes the next free port instead") from None
+                raise StartupError(f"cannot open UDP {host}:{attempt}: {e}") from None
+            if attempt != port:
+                self.stats["port_fallbacks"] += 1
+                self.log.warning("UDP port %d is taken: using %d instead (port_fallback); "
+                                 "peers that knew this node at %d learn the new port when "
+                                 "it dials them or from its announcements", port,
+                                 sock.getsockname()[1], port)
             sock.setblocking(False)
             return sock
         raise AssertionError("unreachable")

@@ -1,7 +1,8 @@
 """Router cores with real crypto cores, joined by an in-memory transport (sans-I/O).
 
 Each node is a RouterCore (SQLite in memory) and a CryptoCore; ``transport.*`` calls are
-carried out here: ``connect`` succeeds when the two nodes are ``reachable`` from each other,
+carried out here: ``connect`` succeeds when the two nodes are ``reachable`` from each other
+and the port dialled is the one the other listens on (``SimNode.port``),
 ``punch`` when they are reachable or ``punchable`` (behind NATs a hole punch opens),
 ``send`` hands the envelope to the other router as a ``router.deliver`` request when they
 are connected. Each node also runs a BackupCore (SQLite in memory): the router's calls to
@@ -275,7 +276,8 @@ class Sim:
                                                        "no binding yet"))
                 return
             other = self.by_id(body.peer)
-            if other is None or frozenset((name, other.name)) not in self.reachable:
+            if other is None or frozenset((name, other.name)) not in self.reachable \
+                    or body.port != other.port:  # not where it listens (now)
                 code, text = self.dial_errors.get(body.peer, (
                     ErrorCode.PEER_TIMEOUT,
                     f"unreachable: no answer from {body.host}:{body.port} within 10 s"))

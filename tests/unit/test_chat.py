@@ -482,31 +482,6 @@ def test_send_once_says_each_reason_at_once_and_times_out_with_the_last() -> Non
     assert (rc, out) == (2, "timeout after 0.5 s: last status sent")
 
 
-def test_send_exit_statuses_for_bad_input_and_a_stopped_node(tmp_path: Any,
-                                                            capsys: Any) -> None:
-    """64 for input that can never be sent (argparse's errors too); 1, within a second,
-    with a clear word when the node is not running (not after --timeout)."""
-    from shared import endpoints as ep
-    from tom import cli
-
-    assert cli.main(["--data", str(tmp_path), "send", "not-a-node", "x"]) == cli.EXIT_USAGE
-    assert "not a node id" in capsys.readouterr().err
-    assert cli.main(["--data", str(tmp_path), "send", f"{PEER.hex()}@host", "x"]) == 64
-    for argv in (["send"], ["send", PEER.hex(), "x", "--timeout", "0"],
-                 ["send", PEER.hex(), "x", "--bogus"]):
-        with pytest.raises(SystemExit) as info:
-            cli.main(["--data", str(tmp_path), *argv])
-        assert info.value.code == cli.EXIT_USAGE, argv
-    capsys.readouterr()
-    ep.ensure_private_dir(tmp_path / "run")
-    ep.ipc(tmp_path / "run").write(tmp_path / "endpoints.toml")
-    t0 = time.monotonic()
-    rc = cli.main(["--data", str(tmp_path), "send", PEER.hex(), "x", "--timeout", "30"])
-    assert rc == cli.EXIT_FAILED and time.monotonic() - t0 < 3
-    assert capsys.readouterr().err.strip() == \
-        "tom: the node is not running (start it with `tom node up`)"
-
-
 def test_send_once_waits_out_a_router_outage() -> None:
     fake = FakeClient()
     fake.down = True  # not answering at first: retried until the deadline

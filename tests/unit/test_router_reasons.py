@@ -13,8 +13,8 @@ from shared.wire.messages import router as rm
 
 from .router_sim import Sim
 
-DIFFERENT = "refused: a different node (0303030303030303) answers at 10.0.0.9:4433"
-NOTHING = "unreachable: nothing listening at 10.0.0.9:4433"
+DIFFERENT = "refused: a different node (0303030303030303) answers at 10.0.0.9:5001"
+NOTHING = "unreachable: nothing listening at 10.0.0.9:5001"
 NO_SUCH_HOST = "dns: cannot resolve no-such-host.invalid: no such host"
 
 
@@ -24,9 +24,11 @@ def send(sim: Sim, src: str, dst: str, text: bytes = b"hi") -> bytes:
     return reply.body.id  # type: ignore[no-any-return]
 
 
-def introduce(sim: Sim, src: str, dst: str, host: str = "10.0.0.9", port: int = 4433) -> None:
-    """``tom send DST@host:port`` does this first (``router.add_peer``)."""
-    reply = sim.call(src, rm.AddPeer(node_id=sim.nodes[dst].id, host=host, port=port))
+def introduce(sim: Sim, src: str, dst: str, host: str = "10.0.0.9", port: int = 0) -> None:
+    """``tom send DST@host:port`` does this first (``router.add_peer``); the port is where
+    the node listens unless given (the sim's dials succeed there only)."""
+    reply = sim.call(src, rm.AddPeer(node_id=sim.nodes[dst].id, host=host,
+                                     port=port or sim.nodes[dst].port))
     assert isinstance(reply.body, rm.AddPeerReply), reply
 
 
