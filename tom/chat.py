@@ -1484,36 +1484,55 @@ def retrying(fn: Callable[[], T], deadline: float) -> T:
 
 
 def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
-              encrypt: bool = True) -> tuple[int, str]:
-    """Send and wait for the outcome: (0, "delivered"), (1, "failed: reason") or (2, timeout
-    with the last status). Raises WireError when the router does not take the message
-    before the deadline; once it has, a router that stops answering is waited for."""
+              encrypt: bool = True,
+              progress: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Send and wait for the outcome: (EX_DELIVERED, "delivered"), (EX_FAILED,
+    "failed: reason") or (EX_TIMEOUT, timeout with the last status and its reason).
+    While it waits, each new reason the router gives (why the message is not delivered
+    yet: no route, nothing listening at the address, the recipient offline and where the
+    message is held) goes to ``progress`` at once. Raises WireError when the router does
+    not take the message before the deadline; once it has, a router that stops answering
+    is waited for."""
+    from .cli import EX_DELIVERED, EX_FAILED, EX_TIMEOUT
+
     deadline = time.monotonic() + timeout_s
     if peer.address:
         retrying(lambda: client.add_peer(peer.node_id, peer.host, peer.port), deadline)
     retrying(lambda: start_listening(client), deadline)  # first: no event can be missed
     msg_id = client.send(peer.node_id, text, encrypt,
                          deadline_s=max(0.0, deadline - time.monotonic()))
-    status, reason, trouble = "pending", "", ""
+    status, reason, trouble, said = "pending", "", "", ""
     check_at = time.monotonic() + 1.0
+
+    def seen(new_status: str, new_reason: str) -> None:
+        nonlocal status, reason
+        if moves(status, new_status):
+            status, reason = new_status, new_reason
+        elif new_status == status and new_reason:  # same status, now with a reason
+            reason = new_reason
+
     while True:
         if status in ("delivered", "read"):
-            return 0, "delivered" if status == "delivered" else "delivered (and read)"
+            return EX_DELIVERED, "delivered" if status == "delivered" \
+                else "delivered (and read)"
         if status == "failed":
-            return 1, f"failed: {reason or 'no reason given'}"
+            return EX_FAILED, f"failed: {reason or 'no reason given'}"
+        if reason and reason != said and progress is not None:
+            said = reason
+            progress(f"{status}: {reason}")
         left = deadline - time.monotonic()
         if left <= 0:
-            return 2, f"timeout after {timeout_s:g} s: last status {status}{trouble}"
+            why = f": {reason}" if reason else ""
+            return EX_TIMEOUT, f"timeout after {timeout_s:g} s: last status " \
+                f"{status}{why}{trouble}"
         try:
             for ev in client.events(timeout_s=min(left, 0.25)):
-                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id and moves(status,
-                                                                                   ev.status):
-                    status, reason = ev.status, ev.reason
+                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id:
+                    seen(ev.status, ev.reason)
             if time.monotonic() >= check_at:
                 check_at = time.monotonic() + 1.0  # a missed event cannot hang us
                 for st in client.outbox([msg_id]):
-                    if moves(status, st.status):
-                        status, reason = st.status, st.reason
+                    seen(st.status, st.reason)
             trouble = ""
         except WireError as e:  # the message is stored: wait for the router to come back
             trouble = f" (router not answering: {e})"
@@ -1521,8 +1540,19 @@ def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
 
 
 def cmd_send(data: DataDir, args: Any) -> int:
+    """`tom send`: exit statuses in tom/cli.py (``EX_*``; the PEER argument and a node that
+    is not running are checked before this runs); reasons on stderr, "delivered" on
+    stdout."""
+    from .cli import EX_TIMEOUT
+
     peer = parse_peer(args.peer)
     with Client(data, timeout_s=min(args.timeout, 5.0)) as client:
-        rc, outcome = send_once(client, peer, args.text, args.timeout, not args.no_encrypt)
+        try:
+            rc, outcome = send_once(client, peer, args.text, args.timeout,
+                                    not args.no_encrypt, lambda line: say(line, err=True))
+        except BusTimeout as e:  # the router never answered (it may have stored it)
+            say(f"timeout after {args.timeout:g} s: the router did not answer ({e})",
+                err=True)
+            return EX_TIMEOUT
     say(outcome, err=rc != 0)
     return rc

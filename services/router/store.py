@@ -251,6 +251,13 @@ class Store:
             (node_id, host, port, int(bootstrap), last_seen_ms, int(contact)))
         self.dirty = True
 
+    def set_address(self, node_id: bytes, host: str, port: int, bootstrap: bool) -> None:
+        """A saved peer's address and bootstrap flag, as given (an address that turned out
+        to belong to another node is forgotten; such a peer is no longer dialled)."""
+        self.db.execute("UPDATE peers SET host=?, port=?, bootstrap=? WHERE node_id=?",
+                        (host, port, int(bootstrap), node_id))
+        self.dirty = True
+
     def peers(self) -> list[tuple[bytes, str, int, bool, int, bool]]:
         """(node id, host, port, bootstrap, last seen, contact) of every saved peer."""
         return [(n, h, p, bool(b), s, bool(c)) for n, h, p, b, s, c in

@@ -474,6 +474,37 @@ def test_send_once_outcomes() -> None:
     assert time.monotonic() - t0 < 2.5
 
 
+def test_send_once_says_each_reason_at_once_and_times_out_with_the_last() -> None:
+    """A status event with the same status and a reason (the router's word on why it is
+    not delivered) is printed when it comes, once; the timeout repeats the last one."""
+    lines: list[str] = []
+    seen_at: list[float] = []
+
+    def why(msg_id: bytes) -> None:
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        time.sleep(0.2)
+        fake.status(msg_id, "pending", "recipient offline: held for delivery until X",
+                    event=False)  # missed: the outbox says it
+
+    fake = FakeClient()
+    fake.on_send = lambda msg_id: threading.Timer(0.05, why, (msg_id,)).start()
+    t0 = time.monotonic()
+    rc, out = chat.send_once(fake, chat.Peer(PEER), "hi", 1.6,
+                             progress=lambda x: (lines.append(x),
+                                                 seen_at.append(time.monotonic() - t0)))
+    assert lines == ["pending: unreachable: nothing listening at 10.0.0.9:4433",
+                     "pending: recipient offline: held for delivery until X"]
+    assert seen_at[0] < 0.5  # at once, not at the deadline
+    assert (rc, out) == (2, "timeout after 1.6 s: last status pending: recipient offline: "
+                            "held for delivery until X")
+
+    fake = FakeClient()  # a reason that came with an earlier status is not kept
+    rc, out = send(fake, lambda i: (fake.status(i, "pending", "no route"),
+                                    fake.status(i, "sent")), timeout_s=0.5)
+    assert (rc, out) == (2, "timeout after 0.5 s: last status sent")
+
+
 def test_send_once_waits_out_a_router_outage() -> None:
     fake = FakeClient()
     fake.down = True  # not answering at first: retried until the deadline

@@ -14,7 +14,8 @@ Status = Literal["pending", "sent", "relayed", "delivered", "read", "failed"]
 """Message status as the sender sees it: `pending` (accepted and stored, not yet handed to a
 peer), `sent` (handed to the first hop), `relayed` (a relay forwarded it), `delivered` (the
 recipient acknowledged it), `read` (the recipient's app read it), or `failed` (terminal,
-with a reason). It only moves forward; `failed` only from before `delivered`."""
+with a reason). It only moves forward; `failed` only from before `delivered`. A message
+not delivered yet may carry a reason too (why it waits: docs/protocol.md §8.7)."""
 
 
 @message("router.node_info_reply", "reply")
@@ -111,7 +112,9 @@ class MessageState(Message):
     id: EnvelopeId = Field(description="Envelope id.")
     to: NodeIdBytes = Field(description="Recipient.")
     status: Status = Field(description="See `router.status`.")
-    reason: str = Field("", description="Why it failed (empty otherwise).")
+    reason: str = Field("", description="Why it failed; or, not delivered yet, why it "
+                        "waits (no route, the last dial's failure, the recipient offline "
+                        "and where the message is held until when); empty otherwise.")
     updated_ms: U64 = Field(description="When the status last changed, Unix milliseconds.")
     held_by: int = Field(0, description="Holders that confirmed they keep a copy for the "
                          "recipient (backup hand-off), until it is delivered or expires.")
@@ -293,12 +296,17 @@ class Replicate(Message):
 
 @message("router.status", "event")
 class StatusChanged(Message):
-    """A sent message's status moved (see `router.send`)."""
+    """A sent message's status moved (see `router.send`), or, with the same status, its
+    reason changed or more holders keep it."""
 
     id: EnvelopeId
     to: NodeIdBytes
     status: Status
-    reason: str = ""
+    reason: str = Field("", description="`failed`: why (final). Before `delivered`: why "
+                        "it waits, as soon as the router knows (`unreachable: no route "
+                        "...`, `unreachable: nothing listening at ...`, `dns: ...`, "
+                        "`recipient offline: held for delivery until ..., on this node and "
+                        "by N holders`); empty once it moved on. docs/protocol.md §8.7.")
     held_by: int = Field(0, description="Holders keeping a copy for the recipient (backup "
                          "hand-off); a status event with the same status says it grew.")
 
