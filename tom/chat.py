@@ -158,7 +158,9 @@ def clock(ms: int | None = None) -> str:
 
 
 def status_text(status: str, reason: str = "") -> str:
-    return f"failed ({reason})" if status == "failed" and reason else status
+    """A status as shown, with the router's reason when it has one (why a message failed,
+    or why it is still pending: "pending (recipient offline: held ...)")."""
+    return f"{status} ({reason})" if reason and status in ("failed", "pending") else status
 
 
 def steps(old: str, new: str) -> list[str]:
@@ -621,7 +623,8 @@ class OutLine(MessageLine):
         self.status, self.reason = "sending", ""
 
     def set_status(self, status: str, reason: str = "") -> bool:
-        if self.status == "sending" or moves(self.status, status):
+        if self.status == "sending" or moves(self.status, status) or (
+                status == self.status and reason != self.reason):  # why it still waits
             self.status, self.reason = status, reason
             self.refresh_text()
             return True

@@ -772,3 +772,18 @@ def test_a_group_is_named_by_its_id_or_a_name_only_one_has() -> None:
     assert resolve_invite(invites, "g3") is invites[2] and resolve_invite(invites, "z") is None
     with pytest.raises(NodeError, match="2 invitations are to groups named 'b'"):
         resolve_invite(invites, "b")
+
+
+def test_a_pending_line_says_why_it_waits_and_takes_a_new_reason() -> None:
+    from tom.chat import OutLine, status_text
+
+    assert status_text("pending", "unreachable: no route") == "pending (unreachable: no route)"
+    assert status_text("failed", "expired") == "failed (expired)"
+    assert status_text("delivered", "") == "delivered"
+    line = OutLine("12:00:00", "hi", "bob")
+    line.refresh_text = lambda: None  # type: ignore[method-assign]  (no screen here)
+    assert line.set_status("pending")
+    assert line.set_status("pending", "recipient offline: held for delivery until 13:00 UTC")
+    assert "held for delivery" in status_text(line.status, line.reason)
+    assert not line.set_status("pending", "recipient offline: held for delivery until 13:00 UTC")
+    assert line.set_status("delivered") and line.reason == ""
