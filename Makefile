@@ -2,23 +2,34 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# Two stamps: RUNTIME is the node alone (`pip install -e .`, what `make node` needs);
+# STAMP adds the development tools (`.[dev]`: pytest, ruff, mypy, ...) for the test, lint and
+# bench targets. STAMP depends on RUNTIME, so `make test` on a fresh clone does all the
+# set-up, and `make node` then `make test` adds only the tools.
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: node down status test pytest lint contract docs bench lab mutate chaos clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(PIP) -e '.[dev]'
 	touch $(STAMP)
 
-## node: install, create ~/.tom (identity, config, endpoints) if needed, start all services
-node: $(STAMP)
+## node: install the node (runtime only), create ~/.tom (identity, config, endpoints) if
+## needed, start all services
+node: $(RUNTIME)
 	$(BIN)/tom node up
 
-down: $(STAMP)
+down: $(RUNTIME)
 	$(BIN)/tom node down
 
-status: $(STAMP)
+status: $(RUNTIME)
 	$(BIN)/tom node status
 
 ## test: the whole suite (lint, then pytest); .ci/run calls exactly this
@@ -55,8 +66,9 @@ mutate: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos --rounds 200 --report bench/results/chaos.md
 
-## lab: the NAT lab demo in network namespaces (needs root, iproute2 and iptables; tom/lab.py)
-lab: $(STAMP)
+## lab: two whole nodes behind NATs in network namespaces find each other through a relay,
+## punch a direct path and chat (needs root, iproute2 and iptables; tom/lab.py)
+lab: $(RUNTIME)
 	$(BIN)/python -m tom.lab demo
 
 clean:

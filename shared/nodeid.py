@@ -13,6 +13,7 @@ import binascii
 from .primitives import PUBLIC_KEY_BYTES, valid_public_key
 
 SHORT_HEX = 10
+BASE32_CHARS = 52
 
 
 class InvalidNodeId(ValueError):
@@ -40,17 +41,21 @@ def check(node_id: bytes) -> bytes:
 def parse(text: str) -> bytes:
     """Parse hex (64 chars) or base32 (52 chars) into a validated node id."""
     s = text.strip()
-    try:
-        if len(s) == 2 * PUBLIC_KEY_BYTES:
+    if len(s) == 2 * PUBLIC_KEY_BYTES:
+        try:
             raw = bytes.fromhex(s)
-        elif len(s) == 52:
+        except ValueError:
+            raise InvalidNodeId(f"{text!r} has 64 characters but is not hex") from None
+    elif len(s) == BASE32_CHARS:
+        try:
             raw = base64.b32decode(s.upper() + "====")
-            if to_base32(raw) != s.lower():  # the last 4 bits must be zero: one spelling
-                raise InvalidNodeId(f"{text!r} is not a canonical base32 node id")
-        else:
-            raise InvalidNodeId(f"{text!r}: a node id is 64 hex or 52 base32 characters")
-    except (ValueError, binascii.Error):
-        raise InvalidNodeId(f"{text!r} is neither hex nor base32") from None
+        except (ValueError, binascii.Error):
+            raise InvalidNodeId(f"{text!r} has 52 characters but is not base32") from None
+        if to_base32(raw) != s.lower():  # the last 4 bits must be zero: one spelling
+            raise InvalidNodeId(f"{text!r} is not a canonical base32 node id")
+    else:
+        raise InvalidNodeId(f"{text!r} has {len(s)} characters: a node id is 64 hex or "
+                            f"{BASE32_CHARS} base32 characters")
     return check(raw)
 
 

@@ -1,27 +1,44 @@
 """The `tom` command.
 
-    tom init                      create the data directory: identity, node.toml, endpoints
+    tom init                      create the data directory: identity, node.toml (every key
+                                  documented, a free UDP port chosen), endpoints
     tom id                        print the node id
     tom node up [--all-in-one]    start the node under supervisord and wait until it serves
-    tom node down                 stop it
+    tom node down                 stop it (each service as soon as the one before stopped)
     tom node status [--json]      each service's state, pid, uptime, ping and counters
     tom ping SERVICE [-c N]       ping one service over the bus
+    tom peers                     known peers, their paths (direct or relayed), own address
+    tom backup [--json]           what this node holds for offline recipients (counts)
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
     tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
+                                  (why it is not delivered is printed as soon as known)
+    tom inbox [--unread] [--follow] [--json] [--mark-read]
+                                  the messages received (tom/inbox.py); --follow: and new
+                                  ones as they arrive
     tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
                                   list, members, send, history (tom/group.py)
 
-Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``).
+Every command takes ``--data DIR`` (default ``$TOM_HOME`` or ``~/.tom``), before or after
+the command's name; ``tom --version`` prints the version. Every option has ``--help`` text.
+
+Exit codes (README, "Exit codes"): 0 done; 1 failed (a service said no, a message failed, the
+node is not healthy); 2 timed out (``send``, the group commands that wait); 3 the node is not
+running (said at once, without waiting for a bus timeout); 64 usage error (bad option, node id
+or address); 130 interrupted; 141 the output pipe was closed (``tom peers | head -1``), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import statistics
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from services.crypto import keyfile
 from shared import endpoints as ep
@@ -34,6 +51,20 @@ from shared.wire.messages.sys import Ping, PingReply
 
 from . import group, node
 from .display import printable
+from .peer import parse_peer
+
+EX_DONE = EX_DELIVERED = 0
+"""Done; for `tom send`: the recipient's router acknowledged the message."""
+EX_FAILED = 1
+"""Failed; for `tom send`: the message failed, and why is printed (a final reason such as
+``refused: a different node (...) answers at host:port``), or the router refused it."""
+EX_TIMEOUT = 2
+"""Timed out; for `tom send`: still not delivered at ``--timeout`` (the node retries it),
+with the last status and why it waits."""
+EX_NOT_RUNNING = 3
+EX_USAGE = 64  # sysexits.h EX_USAGE
+EX_INTERRUPTED = 130
+EX_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
@@ -49,6 +80,7 @@ def cmd_init(data: DataDir, args: argparse.Namespace) -> int:
     print(f"{'created' if r.created_identity else 'kept'} identity {r.node_id.hex()}")
     print(f"data directory {data.root} (config {data.config.name}, endpoints "
           f"{data.endpoints.name}, run directory {data.run.name}/ with mode 0700)")
+    print(r.port_note)
     return 0
 
 
@@ -68,10 +100,14 @@ def cmd_up(data: DataDir, args: argparse.Namespace) -> int:
     if sup.running():
         print("the node is already running")
     else:
+        node.check_config(data)
+        node.check_port(data)
+        print(r.port_note)
         sup.start(args.all_in_one, args.foreground)
     with client_for(data) as client:
         late = node.wait_ready(client, sup, args.timeout)
         print(f"node {r.node_id.hex()}")
+        print(node.transport_address(client))
         print_status(sup, client, data)
     if late:
         logs = ", ".join(str(data.logs / f"{r}.log") for r in late)
@@ -82,8 +118,9 @@ def cmd_up(data: DataDir, args: argparse.Namespace) -> int:
 
 
 def cmd_down(data: DataDir, args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
     node.Supervisor(data).stop()
-    print("node stopped")
+    print(f"node stopped ({time.monotonic() - t0:.1f} s)")
     return 0
 
 
@@ -120,20 +157,21 @@ def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
 
 def cmd_status(data: DataDir, args: argparse.Namespace) -> int:
     sup = node.Supervisor(data)
-    if not sup.running() and not args.json:
-        print(f"supervisord is not running for {data.root} (start it with `tom node up`)")
+    if not sup.running():
+        node.require_running(data)  # services may run without supervisord (alone, compose)
+        if not args.json:
+            print(f"supervisord is not running for {data.root}; services found listening:")
     with client_for(data) as client:
         if not args.json:
             try:
                 print(f"node {node.node_id(data, client).hex()}  data {data.root}")
             except node.NodeError as e:
                 print(f"node id unknown: {e}")
+            print(node.transport_address(client))
         return 0 if print_status(sup, client, data, args.json) else 1
 
 
 def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
-    if args.service not in ep.ROLES:
-        raise node.NodeError(f"unknown service {args.service!r}; one of {', '.join(ep.ROLES)}")
     rtts = []
     with client_for(data, args.timeout) as client:
         for _ in range(args.count):
@@ -217,6 +255,12 @@ def cmd_send(data: DataDir, args: argparse.Namespace) -> int:
     return chat.cmd_send(data, args)
 
 
+def cmd_inbox(data: DataDir, args: argparse.Namespace) -> int:
+    from . import inbox
+
+    return inbox.cmd_inbox(data, args)
+
+
 def positive_float(text: str) -> float:
     x = float(text)
     if not x > 0:
@@ -238,15 +282,25 @@ def nonnegative(text: str) -> int:
     return n
 
 
+def node_arg(text: str) -> str:
+    """A PEER argument, checked while parsing (a usage error, before anything else) and
+    passed on as written."""
+    try:
+        parse_peer(text)
+    except node.UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 NODE_HELP = "node id (64 hex or 52 base32 characters), optionally ID@host:port to introduce it"
 GROUP_HELP = "group id, or the name of a group this node is in"
 
 
 def add_group_parser(sub: argparse._SubParsersAction,
                      common: argparse.ArgumentParser) -> None:
-    g = sub.add_parser("group", help="group messaging: create, invite, join, leave, send, "
-                       "history (tom group ACTION --help)"
-                       ).add_subparsers(dest="action", required=True)
+    g = sub.add_parser("group", parents=[common], help="group messaging: create, invite, "
+                       "join, leave, send, history (tom group ACTION --help)"
+                       ).add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help: str, func: object, wait: str = "") -> argparse.ArgumentParser:
         a = g.add_parser(name, parents=[common], help=help)
@@ -259,21 +313,22 @@ def add_group_parser(sub: argparse._SubParsersAction,
     c = action("create", "create a group (this node its admin) and invite MEMBERs",
                group.cmd_create, "the hub to create it")
     c.add_argument("name", metavar="NAME", help="the group's name (1-64 characters)")
-    c.add_argument("members", nargs="*", metavar="MEMBER", help=f"{NODE_HELP}; invited")
-    c.add_argument("--hub", metavar="NODE", help="the node that orders and fans out the "
-                   "group's messages (default: this node)")
+    c.add_argument("members", nargs="*", metavar="MEMBER", type=node_arg,
+                   help=f"{NODE_HELP}; invited")
+    c.add_argument("--hub", metavar="NODE", type=node_arg, help="the node that orders and "
+                   "fans out the group's messages (default: this node)")
     c.add_argument("--open", action="store_true",
                    help="anyone who knows the group id and hub may join (default: invited "
                    "nodes only)")
     i = action("invite", "invite a node (admins; any member of an open group)",
                group.cmd_invite)
     i.add_argument("group", metavar="GROUP", help=GROUP_HELP)
-    i.add_argument("node", metavar="NODE", help=NODE_HELP)
+    i.add_argument("node", metavar="NODE", type=node_arg, help=NODE_HELP)
     j = action("join", "accept an invitation, or join an open group through its hub",
                group.cmd_join, "the hub to admit this node")
     j.add_argument("group", metavar="GROUP", help="group id, or the name of an invitation")
-    j.add_argument("--hub", metavar="NODE", help="the group's hub, to join an open group "
-                   "without an invitation")
+    j.add_argument("--hub", metavar="NODE", type=node_arg, help="the group's hub, to join an "
+                   "open group without an invitation")
     d = action("decline", "drop an invitation", group.cmd_decline)
     d.add_argument("group", metavar="GROUP", help="group id, or the name of an invitation")
     lv = action("leave", "leave a group (the last admin must first make another admin)",
@@ -282,11 +337,11 @@ def add_group_parser(sub: argparse._SubParsersAction,
     k = action("kick", "remove a member (admins only)", group.cmd_kick,
                "the hub to remove it")
     k.add_argument("group", metavar="GROUP", help=GROUP_HELP)
-    k.add_argument("node", metavar="NODE", help=NODE_HELP)
+    k.add_argument("node", metavar="NODE", type=node_arg, help=NODE_HELP)
     r = action("role", "make a member admin or member (admins only)", group.cmd_role,
                "the hub to change it")
     r.add_argument("group", metavar="GROUP", help=GROUP_HELP)
-    r.add_argument("node", metavar="NODE", help=NODE_HELP)
+    r.add_argument("node", metavar="NODE", type=node_arg, help=NODE_HELP)
     r.add_argument("role", choices=("admin", "member"), help="the new role")
     ls = action("list", "the groups this node is in (or hosts) and its invitations",
                 group.cmd_list)
@@ -308,32 +363,56 @@ def add_group_parser(sub: argparse._SubParsersAction,
                    help="machine-readable: seq, id, sender, timestamp_ms, text")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting 64 (EX_USAGE) instead of 2: 2 means "timed out"
+    for `tom send` and the group commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def version() -> str:
+    try:
+        return metadata.version("tom-node")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # --data and --endpoints are accepted before or after the subcommand
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", type=Path, default=argparse.SUPPRESS,
+    # --data and --endpoints are accepted before or after the command (and its action)
+    common = Parser(add_help=False)
+    common.add_argument("--data", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                         help="node data directory (default: $TOM_HOME or ~/.tom)")
-    common.add_argument("--endpoints", type=Path, default=argparse.SUPPRESS,
-                        help="endpoints file (default: DATA/endpoints.toml)")
-    p = argparse.ArgumentParser(prog="tom", description="Run and inspect a ToM node.",
-                                parents=[common])
-    sub = p.add_subparsers(dest="command", required=True)
+    common.add_argument("--endpoints", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help="endpoints file (default: DIR/endpoints.toml)")
+    p = Parser(prog="tom", description="Run and inspect a ToM node.", parents=[common],
+               epilog="exit codes: 0 done, 1 failed, 2 timed out, 3 the node is not running, "
+               "64 usage error, 130 interrupted, 141 output pipe closed")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                   help="print the version of tom-node and exit")
+    p.set_defaults(needs_node=True)  # commands that talk to the node check it runs first
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("init", parents=[common], help="create the data directory, identity and "
-                   "config").set_defaults(func=cmd_init)
-    sub.add_parser("id", parents=[common], help="print the node id").set_defaults(func=cmd_id)
-    n = sub.add_parser("node", help="run the node").add_subparsers(dest="action", required=True)
+                   "config").set_defaults(func=cmd_init, needs_node=False)
+    sub.add_parser("id", parents=[common], help="print the node id"
+                   ).set_defaults(func=cmd_id, needs_node=False)
+    n = sub.add_parser("node", parents=[common], help="run the node: up, down, status"
+                       ).add_subparsers(dest="action", required=True, metavar="ACTION")
     up = n.add_parser("up", parents=[common], help="start all services under supervisord")
     up.add_argument("--all-in-one", action="store_true",
                     help="run the five services in one process")
     up.add_argument("--foreground", action="store_true",
                     help="run supervisord in the foreground (containers)")
-    up.add_argument("--timeout", type=float, default=20.0,
-                    help="seconds to wait for every service to answer")
-    up.set_defaults(func=cmd_up)
-    n.add_parser("down", parents=[common], help="stop the node").set_defaults(func=cmd_down)
+    up.add_argument("--timeout", type=positive_float, default=20.0,
+                    help="seconds to wait for every service to answer (default 20)")
+    up.set_defaults(func=cmd_up, needs_node=False)
+    n.add_parser("down", parents=[common], help="stop the node (each service as soon as the "
+                 "one before it has stopped)").set_defaults(func=cmd_down, needs_node=False)
     st = n.add_parser("status", parents=[common], help="show each service's state and counters")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
+    st.add_argument("--json", action="store_true", help="machine-readable, one object per "
+                    "service")
+    st.set_defaults(func=cmd_status, needs_node=False)
     backup = sub.add_parser("backup", parents=[common], help="what this node holds for "
                             "offline recipients on behalf of others (counts only)")
     backup.add_argument("--json", action="store_true", help="print JSON")
@@ -342,43 +421,103 @@ def build_parser() -> argparse.ArgumentParser:
                    "or relayed via whom) and this node's public address"
                    ).set_defaults(func=cmd_peers)
     ping = sub.add_parser("ping", parents=[common], help="ping one service")
-    ping.add_argument("service", help=", ".join(ep.ROLES))
-    ping.add_argument("-c", "--count", type=positive, default=1)
-    ping.add_argument("--timeout", type=float, default=2.0)
+    ping.add_argument("service", choices=ep.ROLES, metavar="SERVICE",
+                      help=f"the service to ping: {', '.join(ep.ROLES)}")
+    ping.add_argument("-c", "--count", type=positive, default=1, metavar="N",
+                      help="how many pings, one after the other (default 1)")
+    ping.add_argument("--timeout", type=positive_float, default=2.0,
+                      help="seconds to wait for each answer (default 2)")
     ping.set_defaults(func=cmd_ping)
     chat = sub.add_parser("chat", parents=[common], help="chat in the terminal (or --bot)")
-    chat.add_argument("peer", nargs="?", metavar="PEER", help="node id to chat with (64 hex "
-                      "or 52 base32 characters), optionally ID@host:port to introduce it first")
+    chat.add_argument("peer", nargs="?", metavar="PEER", type=node_arg,
+                      help="node id to chat with (64 hex or 52 base32 characters), optionally "
+                      "ID@host:port to introduce it first")
     chat.add_argument("--bot", action="store_true",
                       help="headless: print each message received, mark it read and reply "
                       "'echo: <text>', until SIGINT/SIGTERM")
     chat.set_defaults(func=cmd_chat)
     send = sub.add_parser("send", parents=[common], help="send one message and wait until it "
-                          "is delivered (exit 0), failed (1) or timed out (2)")
-    send.add_argument("peer", metavar="PEER", help="node id, optionally ID@host:port")
-    send.add_argument("text", metavar="TEXT")
+                          "is delivered (exit 0), failed (1) or timed out (2)",
+                          description="Send one message and wait for the outcome, printing "
+                          "why it is not delivered as soon as the node knows (no route, "
+                          "nothing listening at the address, the recipient offline and "
+                          "where the message is held). Exit status: 0 delivered, 1 failed "
+                          "(the reason is printed), 2 not delivered by --timeout (the last "
+                          "reason), 3 the node is not running, 64 usage error.")
+    send.add_argument("peer", metavar="PEER", type=node_arg,
+                      help="node id, optionally ID@host:port")
+    send.add_argument("text", metavar="TEXT", help="the message (UTF-8)")
     send.add_argument("--timeout", type=positive_float, default=30.0,
-                      help="seconds to wait for delivery (default 30)")
+                      help="seconds to wait for delivery (default 30; exit 2 after it)")
     send.add_argument("--no-encrypt", action="store_true",
                       help="signed but not end-to-end encrypted")
     send.set_defaults(func=cmd_send)
+    inbox = sub.add_parser("inbox", parents=[common], help="the messages this node received, "
+                           "oldest first (does not mark them read unless --mark-read)")
+    inbox.add_argument("--unread", action="store_true",
+                       help="only messages no app has shown yet (not marked read)")
+    inbox.add_argument("--after", type=nonnegative, default=0, metavar="N",
+                       help="only messages after inbox seq N (default 0: all)")
+    inbox.add_argument("--follow", "-f", action="store_true",
+                       help="then print new messages as they arrive, until Ctrl+C")
+    inbox.add_argument("--json", action="store_true",
+                       help="one JSON object per line: seq, id, sender, timestamp_ms, "
+                       "encrypted, relayed, read, text")
+    inbox.add_argument("--mark-read", action="store_true",
+                       help="mark each message read once printed (its sender sees 'read')")
+    inbox.set_defaults(func=cmd_inbox)
     add_group_parser(sub, common)
     return p
 
 
+def output_closed() -> bool:
+    """Whether stdout or stderr is a pipe (or socket) whose reader has gone."""
+    poller = select.poll()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poller.register(stream.fileno(), select.POLLOUT)
+        except (AttributeError, OSError, ValueError):
+            continue  # closed, or not a real file (tests that capture output)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        rc = run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is often found only here
+        return rc
+    except BrokenPipeError:
+        if not output_closed():
+            raise  # a pipe of our own broke (supervisord's socket...): a real error
+        # the reader went away (`tom peers | head -1`): stop writing and exit quietly, and
+        # keep the interpreter's last flush at exit from failing again on the same pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_PIPE
+
+
+def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     data = DataDir(getattr(args, "data", None) or default_data_dir(),
                    getattr(args, "endpoints", None))
     try:
+        if args.needs_node:
+            node.require_running(data)
         rc: int = args.func(data, args)
         return rc
+    except node.UsageError as e:
+        print(f"tom: {e}", file=sys.stderr)
+        return EX_USAGE
+    except node.NodeNotRunning as e:
+        print(f"tom: {e}", file=sys.stderr)
+        return EX_NOT_RUNNING
     except (node.NodeError, WireError, ep.EndpointsError, keyfile.KeyFileError,
             ConfigError) as e:
         print(f"tom: {e}", file=sys.stderr)
-        return 1
+        return EX_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from shared.wire.messages import groups as gm
 
 from .client import Client, GroupMessage
 from .display import printable
-from .node import NodeError
+from .node import NodeError, UsageError
 from .peer import Peer, parse_peer
 
 GROUP_ID = re.compile(r"[a-z0-9-]{1,64}")
@@ -145,7 +145,7 @@ def who(node_id: bytes, own: bytes) -> str:
 
 def cmd_create(data: DataDir, args: Any) -> int:
     if not 1 <= len(args.name) <= 64:
-        raise NodeError("a group name is 1 to 64 characters")
+        raise UsageError("a group name is 1 to 64 characters")
     with connect(data, args.timeout) as client:
         members = [node_arg(client, m) for m in args.members]
         hub = node_arg(client, args.hub) if args.hub else None
@@ -190,7 +190,7 @@ def cmd_join(data: DataDir, args: Any) -> int:
                                 "(`tom group list` shows them); to join an open group give "
                                 "its id and --hub")
             if not GROUP_ID.fullmatch(args.group):
-                raise NodeError(f"not a group id: {printable(args.group, 64)!r} (1-64 "
+                raise UsageError(f"not a group id: {printable(args.group, 64)!r} (1-64 "
                                 "lowercase letters, digits and -)")
             gid = args.group
         client.group_join(gid, hub)

@@ -1,10 +1,13 @@
 """A NAT lab in Linux network namespaces, for hole punching with real UDP sockets.
 
-    python -m tom.lab demo [--prefix P]   build a small lab, show what punches and what fails
+    python -m tom.lab demo [--prefix P]   (make lab) two whole nodes, each behind its own
+                                          NAT, meet through a public relay, punch a direct
+                                          path and chat; prints what happened
     python -m tom.lab clean [--prefix P]  delete leftover namespaces of earlier labs
     python -m tom.lab check               "ok", or why the lab cannot run here
 
-Exit codes: 0 ok, 1 failure, 2 the lab cannot run here (the message says why).
+Exit codes: 0 ok, 1 failure, 2 the lab cannot run here (the message says why), 130
+interrupted (SIGINT or SIGTERM; the lab is deleted first).
 
 Theory of operation (the recipe of docs "NAT lab in network namespaces", measured here):
 
@@ -56,6 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -487,6 +491,14 @@ class Nat(Namespace):
             self.iptables("-A", "LOSS", "-m", "statistic", "--mode", "random",
                           "--probability", f"{p:.6f}", "-j", "DROP")
 
+    def forward(self, port: int) -> None:
+        """Forward UDP ``port`` of the public address to the home, as a home router's "port
+        forwarding" does: strangers can reach the home's ``port`` from then on."""
+        self.iptables("-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport",
+                      str(port), "-j", "DNAT", "--to-destination", f"{HOME_ADDR}:{port}")
+        self.iptables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-p", "udp", "-d", HOME_ADDR,
+                      "--dport", str(port), "-j", "ACCEPT")
+
     def _block_rules(self, peer_public_addr: str) -> list[list[str]]:
         peer = str(ipaddress.IPv4Address(peer_public_addr))
         return [["BLOCK", "-p", "udp", side, peer, "-j", "DROP"] for side in ("-s", "-d")]
@@ -590,6 +602,9 @@ class Lab:
         self._scripts: list[Script] = []
         self._next_number = FIRST_HOST_NUMBER
         self._closed = False
+        self._closing = False
+        """Set (under ``_lock``) as :meth:`close` starts: no data directory is added after."""
+        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler
         _register(self)
         try:
             self._add_namespace(self.public_ns)
@@ -697,6 +712,9 @@ class Lab:
         Safe to call more than once, and from a signal handler."""
         if self._closed:
             return
+        with self._lock:  # nodes starting in other threads add no directory after this
+            self._closing = True
+            dirs = list(self._dirs)
         for proc in list(self._procs):
             if proc.poll() is None:
                 proc.kill()
@@ -705,7 +723,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 pass
         cleanup(f"{self.id}-")  # also kills what those processes started
-        for d in self._dirs:
+        for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
         scripted = {id(script.proc) for script in self._scripts}
         for script in list(self._scripts):
@@ -753,8 +771,12 @@ class LabNode:
         from tom.client import Client
 
         self.host, self.name = host, name
-        self.data = Path(tempfile.mkdtemp(prefix=f"{host.lab.id}-{name}-", dir="/tmp"))
-        host.lab._dirs.append(self.data)
+        lab = host.lab
+        with lab._lock:
+            if lab._closing:
+                raise LabError(f"lab {lab.id} is closed")
+            self.data = Path(tempfile.mkdtemp(prefix=f"{lab.id}-{name}-", dir="/tmp"))
+            lab._dirs.append(self.data)
         merged = {k: dict(v) for k, v in NODE_CONFIG.items()}
         merged["router"]["username"] = name
         for section, values in config.items():
@@ -855,67 +877,207 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def demo(prefix: str = "tl") -> int:
-    """Build a relay, two cone NATs and two symmetric NATs with homes; print what works."""
-    results: list[bool] = []
+DEMO_STEP_S = 45.0
+"""Deadline of each step of :func:`demo` (a node starting, a connection, a punch...)."""
 
-    def report(ok: bool, text: str) -> None:
-        results.append(ok)
-        print(f"  [{'ok' if ok else 'FAIL'}] {text}", flush=True)
+
+class Demo:
+    """:func:`demo`'s story: a clock, the lines it prints, and the nodes' state it waits on
+    (polled with deadlines: each step is something the nodes report, never a fixed delay)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.names: dict[bytes, str] = {}
+        self.paths: list[tuple[float, str, str, str]] = []
+        """(when, node, peer, path) of each ``router.path`` event the nodes published."""
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:5.1f} s] {text}", flush=True)
+
+    def until(self, what: str, check: Callable[[], Any],
+              timeout_s: float = DEMO_STEP_S) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if result := check():
+                return result
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout_s:g} s waiting for {what}")
+            time.sleep(0.05)  # polling the nodes' own state
+
+    def peer(self, node: LabNode, other: LabNode) -> Any:
+        """``node``'s router's entry for ``other`` (None while it knows nothing of it)."""
+        return next((p for p in node.client.peers() if p.node_id == other.id), None)
+
+    def path(self, node: LabNode, other: LabNode, path: str) -> Any:
+        """``node``'s router's entry for ``other`` if its path is ``path``, else None."""
+        entry = self.peer(node, other)
+        return entry if entry is not None and entry.path == path else None
+
+    def link(self, node: LabNode, other: LabNode) -> Any:
+        """``node``'s transport's direct connection to ``other``, if any."""
+        from shared.wire.messages import transport as tm
+
+        reply = node.client.bus.request("transport", tm.Peers())
+        assert isinstance(reply, tm.PeersReply)
+        return next((c for c in reply.peers if c.node_id == other.id), None)
+
+    def events(self, node: LabNode) -> list[Any]:
+        """``node``'s app events of the next 20 ms; path changes are noted in ``paths``."""
+        from shared.wire.messages import router as rm
+
+        events = list(node.client.events(timeout_s=0.02))
+        self.paths += [(time.monotonic(), node.name, self.names.get(ev.node_id, "?"), ev.path)
+                       for ev in events if isinstance(ev, rm.PathChanged)]
+        return events
+
+    def became(self, node: LabNode, other: LabNode, path: str) -> float | None:
+        """When ``node`` last said its path to ``other`` became ``path`` (None: not seen)."""
+        return next((t for t, n, o, p in reversed(self.paths)
+                     if (n, o, p) == (node.name, other.name, path)), None)
+
+    def route(self, entry: Any) -> str:
+        return " > ".join(self.names.get(r, r.hex()[:10]) for r in entry.route)
+
+    def chat(self, sender: LabNode, to: LabNode, text: str) -> bool:
+        """``sender`` sends ``text``; wait until it is delivered and ``to``'s app has it.
+        Returns whether it came through a relay."""
+        from shared.wire.messages import router as rm
+        from tom.client import Message
+
+        sent_at = time.monotonic()
+        msg_id = sender.client.send(to.id, text)
+        delivered: float | None = None
+        got: Message | None = None
+        deadline = sent_at + DEMO_STEP_S
+        while delivered is None or got is None:
+            if time.monotonic() > deadline:
+                raise LabError(f"{sender.name} -> {to.name} {text!r} not delivered within "
+                               f"{DEMO_STEP_S:g} s (status events seen: delivered "
+                               f"{delivered is not None}, received {got is not None})")
+            for ev in self.events(sender):
+                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id:
+                    if ev.status in ("delivered", "read") and delivered is None:
+                        delivered = time.monotonic()
+                    elif ev.status == "failed":
+                        raise LabError(f"{sender.name} -> {to.name} {text!r} failed: "
+                                       f"{ev.reason}")
+            for m in self.events(to):
+                if isinstance(m, Message) and m.info.id == msg_id:
+                    got = m
+        how = "relayed" if got.info.relayed else "direct"
+        self.say(f"{sender.name} -> {to.name} {text!r}: delivered in "
+                 f"{(delivered - sent_at) * 1000:.0f} ms, {how}; {to.name}'s app shows it "
+                 f"[verified, {'encrypted' if got.info.encrypted else 'plain'}]")
+        return got.info.relayed
+
+
+def demo(prefix: str = "tl") -> int:
+    """Two whole nodes, each behind its own NAT, find each other through a public relay,
+    punch a direct path and chat; print what happened, with times and paths.
+
+    Each node is ``tom node up`` (supervisord and the five services) run inside its home's
+    namespace; the demo drives them through the app API (:class:`tom.client.Client`) over
+    their unix-socket buses, like an app on each device would. Everything (processes,
+    namespaces and so their interfaces and iptables rules, data directories) is deleted at
+    the end, on failure and on Ctrl+C.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def reflexive(n: LabNode) -> Any:
+        return n.transport_info().reflexive
+
+    def direct_link(d: Demo, n: LabNode, other: LabNode) -> Any:
+        return d.path(n, other, "direct") and d.link(n, other)
 
     with Lab(prefix) as lab:
-        relay = lab.public("relay")
-        nats = [lab.nat(n, kind) for n, kind in
-                (("nat-a", "cone"), ("nat-b", "cone"), ("sym-a", "symmetric"),
-                 ("sym-b", "symmetric"))]
-        homes = [lab.home(h, n) for h, n in zip(("home-a", "home-b", "home-c", "home-d"), nats,
-                                                strict=True)]
-        print(f"NAT lab {lab.id} (namespaces {lab.id}-*): relay {relay.addr}; "
-              + ", ".join(f"{n.kind} NAT {n.name} {n.public_addr}" for n in nats)
-              + f"; every home is {HOME_ADDR}", flush=True)
-        relay.reflect(REFLECTOR_PORT)
-        reflector = f"{relay.addr}:{REFLECTOR_PORT}"
-        nat_a, home_a = nats[0], homes[0]
+        public = lab.public("relay")
+        nat_a, nat_b = lab.nat("nat-a", "cone"), lab.nat("nat-b", "cone")
+        home_a, home_b = lab.home("home-a", nat_a), lab.home("home-b", nat_b)
+        print(f"NAT lab {lab.id} (namespaces {lab.id}-*): relay {public.addr} on the public "
+              f"side; alice behind cone NAT {nat_a.name} ({nat_a.public_addr}), bob behind "
+              f"cone NAT {nat_b.name} ({nat_b.public_addr}); both homes are {HOME_ADDR}, and "
+              "each NAT drops unsolicited inbound UDP like a home router", flush=True)
+        d = Demo()
+        d.say("starting three whole nodes (`tom node up`: supervisord and five services "
+              "each), the relay on the public side and one in each home")
+        with ThreadPoolExecutor(3) as pool:
+            starting = [pool.submit(host.node, name) for host, name in
+                        ((public, "relay"), (home_a, "alice"), (home_b, "bob"))]
+            relay, alice, bob = (f.result() for f in starting)
+        for n in (relay, alice, bob):
+            d.names[n.id] = n.name
+        d.say(f"up: relay {relay.id.hex()[:10]} at {public.addr}:4433, alice "
+              f"{alice.id.hex()[:10]} in {home_a.name}, bob {bob.id.hex()[:10]} in "
+              f"{home_b.name}")
 
-        seen = home_a.observe(PUNCH_PORT, [reflector])[0]
-        expected = f"{nat_a.public_addr}:{PUNCH_PORT}"
-        report(seen == expected, f"{home_a.name} -> relay: the relay sees {seen} "
-                                 f"(the NAT's public address, port kept: {expected})")
+        for n in (alice, bob):
+            n.client.add_peer(relay.id, public.addr, 4433)
+            n.client.subscribe()  # from here on no event of theirs is missed
+        d.say(f"alice and bob are given the relay as their bootstrap peer "
+              f"({public.addr}:4433)")
+        for n, nat in ((alice, nat_a), (bob, nat_b)):
+            d.until(f"{n.name} to connect to the relay",
+                    partial(d.path, n, relay, "direct"))
+            seen = d.until(f"the relay to report {n.name}'s public address",
+                           partial(reflexive, n))
+            where = ", ".join(f"{a.host}:{a.port}" for a in seen)
+            d.say(f"{n.name} connected to the relay, which sees it at {where} "
+                  f"({nat.name}'s public address, not {HOME_ADDR})")
+        for n, other in ((alice, bob), (bob, alice)):
+            entry = d.until(f"{n.name} to learn a path to {other.name} through the relay",
+                            partial(d.path, n, other, "relayed"))
+            d.say(f"{n.name} knows {other.name} from the relay's announcements: path "
+                  f"relayed via {d.route(entry)}")
 
-        listener = home_a.sink(PUNCH_PORT + 1)
-        before = nat_a.drops()["inbound"]
-        relay.send(PUNCH_PORT + 1, f"{nat_a.public_addr}:{PUNCH_PORT + 1}", 3)
-        dropped = wait_until(lambda: nat_a.drops()["inbound"] >= before + 3, 5.0)
-        got = received(listener, stop=True)
-        report(dropped and got == 0,
-               f"relay -> {home_a.name} unsolicited: {got} of 3 arrived, "
-               f"{nat_a.drops()['inbound'] - before} dropped by {nat_a.name}")
+        first_at = time.monotonic()
+        first_relayed = d.chat(alice, bob, "hello bob")
+        d.say(("with no direct path, alice's router sent it through the relay and "
+               if first_relayed else "alice's router ")
+              + "asked its transport for a hole punch to bob: the relay introduces the two, "
+              "and both probe each other's public address at once")
+        for n, other, nat in ((alice, bob, nat_b), (bob, alice, nat_a)):
+            link = d.until(f"a direct path from {n.name} to {other.name}",
+                           partial(direct_link, d, n, other))
+            d.events(n)  # a router.path event still on its way
+            through = (f"{nat.name}'s public address" if link.host == nat.public_addr
+                       else f"NOT {nat.name}'s public address {nat.public_addr}")
+            when = d.became(n, other, "direct")
+            since = (f"{when - first_at:.2f} s after the first message was sent"
+                     if when is not None else "(its router.path event was not seen)")
+            d.say(f"path {n.name} -> {other.name} is direct: {link.host}:{link.port} "
+                  f"({through}), rtt {link.rtt_ms:.2f} ms; it became direct {since}")
+        reply_relayed = d.chat(bob, alice, "hi alice, no relay between us now")
+        again_relayed = d.chat(alice, bob, "so I see")
 
-        for x, y in ((0, 1), (2, 3)):
-            r = punch(homes[x], homes[y], reflector)
-            kinds = f"{nats[x].kind} <-> {nats[y].kind}"
-            if nats[x].kind == "cone":
-                report(r.ok, f"punch {homes[x].name} <-> {homes[y].name} ({kinds}), "
-                             f"mapped {r.mapped[0]} / {r.mapped[1]}: "
-                             f"{'connected' if r.ok else 'failed'}")
-            else:
-                report(not any(r.punched),
-                       f"punch {homes[x].name} <-> {homes[y].name} ({kinds}), mapped "
-                       f"{r.mapped[0]} / {r.mapped[1]}: "
-                       + ("failed, as it must (use the relay)" if not any(r.punched)
-                          else "connected, which a symmetric NAT must not allow"))
-    ok = all(results)
-    print(f"{'ok' if ok else 'FAILED'}: {sum(results)} of {len(results)} as expected; "
-          f"lab {lab.id} deleted")
+        punches = alice.client.stats().counters
+        drops = {nat.name: nat.drops()["inbound"] for nat in (nat_a, nat_b)}
+        direct = [d.link(alice, bob), d.link(bob, alice)]
+        ok = (all(direct) and direct[0].host == nat_b.public_addr
+              and direct[1].host == nat_a.public_addr and not reply_relayed
+              and not again_relayed)
+        d.say(f"alice's router: {punches.get('punches', 0)} punch(es) asked, "
+              f"{punches.get('punches_direct', 0)} direct, {punches.get('punches_failed', 0)} "
+              f"failed; unsolicited UDP dropped by the NATs (probes that came before the "
+              f"other side's own probe had opened its NAT): "
+              + ", ".join(f"{k} {v}" for k, v in drops.items()))
+        summary = (f"alice and bob, each behind a NAT, met through the relay, punched a "
+                   f"direct path and chatted: 3 messages delivered, the first "
+                   f"{'relayed' if first_relayed else 'direct'}, both answers direct")
+        print(f"{'ok' if ok else 'FAILED'}: {summary if ok else 'see above'}", flush=True)
+    print(f"lab {lab.id} deleted: nodes stopped, namespaces, NAT rules and data removed")
     return 0 if ok else 1
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tom.lab",
                                 description="A NAT lab in network namespaces (needs root).")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="show punching through cone NATs and failing through "
-                                    "symmetric ones")
+    d = sub.add_parser("demo", help="two whole nodes behind NATs meet through a relay, "
+                                    "punch a direct path and chat")
     d.add_argument("--prefix", default="tl", help="namespace name prefix (default tl)")
     c = sub.add_parser("clean", help="delete namespaces left behind by earlier labs")
     c.add_argument("--prefix", default="tl", help="namespace name prefix (default tl)")
@@ -939,6 +1101,10 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"the NAT lab cannot run here: {reason}", file=sys.stderr)
         return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Ctrl+C or a kill ends the demo as an interrupt, even where the shell started it with
+        # SIGINT ignored (a background job): the lab's own handler deletes the lab first
+        signal.signal(sig, _interrupt)
     try:
         return demo(args.prefix)
     except (LabError, ValueError) as e:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shared import nodeid
 
-from .node import NodeError
+from .node import UsageError
 
 
 @dataclass(frozen=True)
@@ -22,12 +22,13 @@ class Peer:
 
 
 def parse_peer(text: str) -> Peer:
-    """``ID`` or ``ID@host:port`` (``ID@[v6]:port`` for IPv6); raises NodeError."""
+    """``ID`` or ``ID@host:port`` (``ID@[v6]:port`` for IPv6); raises UsageError (a
+    NodeError: `tom` exits 64)."""
     ident, at, addr = text.strip().partition("@")
     try:
         node_id = nodeid.parse(ident)
     except nodeid.InvalidNodeId as e:
-        raise NodeError(f"not a node id: {e}") from None
+        raise UsageError(f"not a node id: {e}") from None
     if not at:
         return Peer(node_id)
     host, colon, port_text = addr.rpartition(":")
@@ -37,5 +38,5 @@ def parse_peer(text: str) -> Peer:
     except ValueError:
         port = 0
     if not colon or not host or not 1 <= port <= 65535:
-        raise NodeError(f"{addr!r}: expected host:port after '@' (port 1-65535)")
+        raise UsageError(f"{addr!r}: expected host:port after '@' (port 1-65535)")
     return Peer(node_id, host, port)

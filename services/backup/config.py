@@ -8,6 +8,9 @@ from shared.config import Section
 
 
 class BackupConfig(Section):
+    """The backup service: messages this node holds for offline recipients (README,
+    "Offline delivery")."""
+
     capacity_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="Bytes of "
                                 "sealed envelopes this node holds for offline recipients on "
                                 "behalf of others, in all (`refused_full` beyond).")

@@ -8,6 +8,8 @@ from shared.config import Section
 
 
 class GroupsConfig(Section):
+    """The groups service: groups this node is a member or the hub of."""
+
     max_members: int = Field(50, ge=2, le=1000, description="Members a group may have (a hub "
                              "caps what a creator asks for at this).")
     invite_ttl_s: float = Field(86_400, gt=0, description="How long an invitation can be "

@@ -1,15 +1,23 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.config import Section
 
 
 class RouterConfig(Section):
+    """The router: this node's name and first peers, delivery, discovery, and the bounds on
+    what other nodes can make it store (docs/security.md)."""
+
     username: str = Field("anonymous", max_length=64, description="Name shown to other "
-                          "nodes in this node's signed announcements.")
+                          "nodes in this node's signed announcements (`tom peers`, the "
+                          "chat); at most 64 characters.")
     bootstrap: list[str] = Field(default_factory=list, description="Peers to connect to at "
-                                 "start, as `NODEID_HEX@host:port`.")
+                                 "start and whenever they are not connected, as "
+                                 "`NODEID_HEX@host:port` (`tom id` prints a node's id, `tom "
+                                 "node status` its port). When that address stops answering, "
+                                 "the addresses the peer announced are tried too.",
+                                 examples=[["<64 hex characters>@192.0.2.10:4433"]])
     replay_window_s: float = Field(86_400 + 600, gt=0, description="Envelopes addressed "
                                    "here older than this are refused as replays; received "
                                    "ids are remembered this long. Covers the 24 h backup.")
@@ -61,12 +69,22 @@ class RouterConfig(Section):
                                   "node is away; 0: never.")
     backup_copies: int = Field(3, ge=0, le=8, description="Holders per message.")
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_peer(text)
+        return value
+
 
 def parse_peer(text: str) -> tuple[bytes, str, int]:
     """``NODEID_HEX@host:port`` → (node id, host, port); ValueError otherwise."""
     node, _, addr = text.partition("@")
     host, _, port = addr.rpartition(":")
-    node_id = bytes.fromhex(node)
+    try:
+        node_id = bytes.fromhex(node)
+    except ValueError:
+        node_id = b""
     if len(node_id) != 32 or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not NODEID_HEX@host:port")
     return node_id, host.strip("[]"), int(port)

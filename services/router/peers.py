@@ -11,6 +11,11 @@ messages last sent over it that are not acknowledged are sent again at once alon
 path (a relay), and ``router.path`` tells the app; a stalled one that answers again is used
 again.
 
+A dial that fails is remembered with what the transport said (services/router/reasons.py):
+the messages waiting for that node say why at once, and an address where another node
+answers (or whose host name does not exist) is final: messages that only it could carry
+fail, and the address stops being dialled.
+
 The transport's events keep the picture current, and what it holds (``transport.peers``) is
 compared with it at start, after the transport restarts and every ``LIVENESS_S`` (the core's
 tick). Peers with history (bootstrap peers, contacts) are saved and dialled again after a
@@ -30,6 +35,7 @@ from shared.wire.messages import transport as tm
 from .context import Context, backup_caller
 from .discovery import Discovery
 from .outgoing import Outgoing
+from .reasons import DialFailure, dial_failure
 from .topology import path_kind
 
 CONNECT_RETRY_S = 5.0
@@ -37,6 +43,15 @@ MAX_PASS_ON = MAX_BLOBS
 """Envelopes in one ``router.pass_on`` (one bus message's blobs)."""
 REDIAL_CONTACTS = 16
 """Contacts dialled when the router or its transport starts again."""
+REJOIN_S = 3_600.0
+"""For this long after that start, those contacts that are not connected yet are dialled
+again, ``REJOIN_FIRST_S`` after the first dial, then twice as long each time up to
+``REJOIN_MAX_GAP_S``: the first dial may come before our own transport can dial (no binding
+yet), or find the peer down too. A peer learns this node's address from the connection, so
+one that kept dialling an old address (this node's port changed) finds it again once it is
+back, even if it has nothing to send to this node."""
+REJOIN_FIRST_S = 1.0
+REJOIN_MAX_GAP_S = 300.0
 TRANSPORT_RETRY_S = 0.5
 """How soon messages waiting for a peer try again when our own transport could not dial yet
 (``unavailable``: it restarted and has no binding yet)."""
@@ -56,18 +71,29 @@ class Peers:
         """node -> (no punch before, failures in a row); inf while one is in flight."""
         self.saved_peers_added = False
         """A contact was saved since the saved peers were last pruned."""
+        self.failures: dict[bytes, DialFailure] = {}
+        """node -> its last dial's failure, until it connects or is dialled again."""
+        self.rejoin: dict[bytes, tuple[float, float]] = {}
+        """Contacts dialled since the last restart that have not connected yet: when to
+        dial again, and the wait after that."""
+        self.rejoin_until = 0.0
 
     # -- the peers this node keeps ---------------------------------------------------------
 
     def redial_contacts(self, now: float) -> list[Action]:
         """After a restart, dial the contacts seen last (the bootstrap peers are dialled at
         every tick anyway): a peer still holding a connection to our dead process learns
-        at once that we are back, instead of when that connection times out."""
+        at once that we are back, instead of when that connection times out, and a peer
+        that knew this node at another address (its port changed) learns the new one.
+        Those not connected are dialled again, backing off, for ``REJOIN_S``."""
         assert self.ctx.topo is not None
         contacts = sorted((p for p in self.ctx.topo.peers.values()
                            if p.contact and not p.bootstrap and not p.connected),
-                          key=lambda p: p.last_seen_ms, reverse=True)
-        return [a for p in contacts[:REDIAL_CONTACTS] for a in self.connect(p.node_id, now)]
+                          key=lambda p: p.last_seen_ms, reverse=True)[:REDIAL_CONTACTS]
+        self.rejoin = {p.node_id: (now + REJOIN_FIRST_S, 2 * REJOIN_FIRST_S)
+                       for p in contacts}
+        self.rejoin_until = now + REJOIN_S
+        return [a for p in contacts for a in self.connect(p.node_id, now)]
 
     def add_bootstrap(self, node: bytes, host: str, port: int) -> None:
         ctx = self.ctx
@@ -77,8 +103,10 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         gained = not p.history
         p.bootstrap = True
+        p.boot_addr = (host, port)
         if not p.connected:
             p.host, p.port = host, port
+            self.failures.pop(node, None)  # a new word from the user: try it afresh
         ctx.store.put_peer(node, host, port, True, p.last_seen_ms, p.contact)
         if gained:
             ctx.quota.recount()
@@ -101,8 +129,10 @@ class Peers:
         assert ctx.topo is not None
         for n in ctx.topo.removed:
             self.connecting.pop(n, None)
+            self.failures.pop(n, None)
             self.punching.pop(n, None)
             self.stalled.discard(n)
+            self.rejoin.pop(n, None)
         ctx.store.delete_peers(ctx.topo.removed_saved)
         ctx.topo.removed, ctx.topo.removed_saved = [], []
 
@@ -141,6 +171,7 @@ class Peers:
                 self.stalled.discard(peer)
                 self._connected(peer, host, port, None)
                 self.connecting.pop(peer, None)
+                self.failures.pop(peer, None)
                 p = topo.peers[peer]
                 if p.history:  # strangers are never saved
                     ctx.store.put_peer(peer, host, port, p.bootstrap, ctx.now_ms(),
@@ -266,6 +297,8 @@ class Peers:
         p = ctx.topo.peer(node, ctx.now_ms())
         ctx.topo.set_connected(node, True)
         p.host, p.port, p.rtt_ms = host, port, rtt
+        p.seen_addr = (host, port)
+        self.rejoin.pop(node, None)
         p.last_seen_ms = ctx.now_ms()
         self.discovery.dirty = True
 
@@ -287,25 +320,70 @@ class Peers:
                 or now < self.connecting.get(node, -1e9):
             return []
         self.connecting[node] = now + CONNECT_RETRY_S
+        self.failures.pop(node, None)  # what the last dial said may no longer hold
         return [Call("transport", tm.Connect(peer=node, host=p.host, port=p.port),
-                     ("connect", node), timeout_s=10.0)]
+                     ("connect", node, (p.host, p.port)), timeout_s=10.0)]
 
-    def connect_failed(self, node: bytes, event: PeerFailed, now: float) -> None:
+    def connect_failed(self, node: bytes, addr: tuple[str, int], event: PeerFailed,
+                       now: float) -> list[Action]:
+        """A dial failed: remember why, tell the messages waiting for ``node``; an address
+        that can never reach it is forgotten (a refusal) or no longer dialled."""
+        ctx = self.ctx
         self.connecting.pop(node, None)  # may be dialled again at once
         if event.code == ErrorCode.UNAVAILABLE:
             # our own transport is not ready (just restarted, no binding yet): the
             # address is not at fault; what waits for this peer tries again soon
             # instead of at its backoff
             self.outgoing.retry_now(node, now + TRANSPORT_RETRY_S)
-        elif self.ctx.topo is not None:
-            self.ctx.topo.next_address(node)
+            return []
+        if ctx.topo is None:
+            return []
+        failure = self.failures[node] = dial_failure(event.code, event.message, addr)
+        ctx.stats["dials_failed"] += 1
+        p = ctx.topo.peers.get(node)
+        if failure.final and p is not None:
+            self._unusable(p.node_id, addr, refused=failure.text.startswith("refused"))
+        ctx.topo.next_address(node)
+        return self.outgoing.explain_for(node, now)
+
+    def _unusable(self, node: bytes, addr: tuple[str, int], refused: bool) -> None:
+        """``addr`` can never reach ``node``: not dialled again as a bootstrap peer (unless
+        the configuration says so), and forgotten when another node answers there."""
+        ctx = self.ctx
+        assert ctx.topo is not None
+        p = ctx.topo.peers[node]
+        saved = p.history
+        configured = any(n == node for n, _, _ in ctx.settings.bootstrap)
+        if refused and not configured:  # forget it wherever it came from
+            ctx.stats["addresses_refused"] += 1
+            p.addrs = tuple(a for a in p.addrs if a != addr)
+            if p.boot_addr == addr:
+                p.boot_addr = None
+            if p.seen_addr == addr:
+                p.seen_addr = None
+            if (p.host, p.port) == addr:
+                p.host, p.port = "", 0  # (the caller moves to the next address, if any)
+        if p.bootstrap and not configured:
+            ctx.stats["bootstrap_dropped"] += 1
+            p.bootstrap = False
+        if saved:
+            ctx.store.set_address(node, p.host, p.port, p.bootstrap)
+            if not p.history:
+                ctx.quota.recount()
 
     def dial_bootstrap(self, now: float) -> list[Action]:
-        """At each tick: the bootstrap peers not connected."""
+        """At each tick: the bootstrap peers not connected, and for ``REJOIN_S`` after a
+        restart the contacts dialled then that are not connected yet, when due."""
         assert self.ctx.topo is not None
         actions: list[Action] = []
         for node, p in list(self.ctx.topo.peers.items()):
             if p.bootstrap and not p.connected:
+                actions += self.connect(node, now)
+        if now >= self.rejoin_until:
+            self.rejoin.clear()
+        for node, (due, gap) in list(self.rejoin.items()):
+            if now >= due:
+                self.rejoin[node] = (now + gap, min(2 * gap, REJOIN_MAX_GAP_S))
                 actions += self.connect(node, now)
         return actions
 

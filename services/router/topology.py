@@ -50,6 +50,10 @@ class Peer:
     """The address to dial: the connection's, a bootstrap's, or one the node announced."""
     addrs: tuple[Addr, ...] = ()
     """The addresses the node signed in its announcement."""
+    boot_addr: Addr | None = None
+    """A bootstrap peer's address as configured or introduced (``router.add_peer``)."""
+    seen_addr: Addr | None = None
+    """The address of its last connection (saved in router.db for peers with history)."""
     connected: bool = False
     rtt_ms: float | None = None
     last_seen_ms: int = 0
@@ -185,11 +189,18 @@ class Topology:
         return new
 
     def next_address(self, node_id: bytes) -> None:
-        """A dial failed: try the next address the node announced next time."""
+        """A dial failed: try the next address next time. In turn: a bootstrap peer's
+        configured address, the address of the node's last connection, the addresses it
+        announced (signed by the node: a node that moved is found at its new address)."""
         p = self.peers.get(node_id)
-        if p is None or not p.addrs or p.bootstrap:
+        if p is None:
             return
-        addrs = list(p.addrs)
+        addrs: list[Addr] = []
+        for a in (p.boot_addr if p.bootstrap else None, p.seen_addr, *p.addrs):
+            if a is not None and a not in addrs:
+                addrs.append(a)
+        if not addrs:
+            return
         i = addrs.index((p.host, p.port)) + 1 if (p.host, p.port) in addrs else 0
         p.host, p.port = addrs[i % len(addrs)]
 

@@ -2,12 +2,25 @@ from pydantic import Field
 
 from shared.config import Section
 
+DEFAULT_PORT = 4433
+
 
 class TransportConfig(Section):
-    host: str = Field("0.0.0.0", description="Address of the node's UDP socket.")
-    port: int = Field(4433, ge=0, le=65535, description="UDP port (0: any free port).")
-    port_fallback: bool = Field(True, description="If the port is taken, use any free port "
-                                "instead of refusing to start.")
+    """The transport: the node's one UDP socket (QUIC to peers). Its address is the
+    node's address: peers dial it, so it stays the same across restarts."""
+
+    host: str = Field("0.0.0.0", description="Address of the node's UDP socket (0.0.0.0: "
+                      "every IPv4 interface).")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="UDP port of the node, the "
+                      "one its peers dial. `tom init` writes 4433, or the next free port when "
+                      "4433 is taken (a second node on the machine), and the node uses it at "
+                      "every start. 0: any free port, a new one at each start (tests only: "
+                      "peers that knew the old one must learn the new one).")
+    port_fallback: bool = Field(False, description="If the port is taken at start: false, "
+                                "the transport refuses to start and says so (`tom node up` "
+                                "checks first); true, it takes the next free port above it "
+                                "(logged, and shown by `tom node status`), which its peers "
+                                "learn when it dials them or from its announcements.")
     binding_hours: float = Field(24.0, gt=0, le=24, description="Validity of the transport "
                                  "binding crypto signs; renewed at half-life.")
     idle_timeout_s: float = Field(30.0, gt=1, description="A silent connection is dropped "

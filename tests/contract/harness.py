@@ -45,7 +45,12 @@ NODE_TOML = """\
 [bus]
 heartbeat_s = 0.5
 request_timeout_s = 1.0
+[transport]
+host = "127.0.0.1"
+port = 0
 """
+"""Any free UDP port: several nodes run at once here (a node's configured port is never
+given up for another, issue 17)."""
 READY_TIMEOUT_S = 30.0
 """How long a started process may take to answer ``sys.ping`` (one that exits fails at once)."""
 OUTPUT_TAIL = 3000

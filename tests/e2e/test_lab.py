@@ -244,14 +244,22 @@ def test_cleanup_removes_a_leftover_namespace() -> None:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
 
 
-def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def lab_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tom.lab", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=timeout)
 
 
-def test_cli_check_clean_and_demo() -> None:
-    """``check`` says ok; ``clean`` lists what it removed; ``demo`` passes and leaves
-    nothing behind."""
+def leftovers(lab_id: str) -> list[str]:
+    """What a lab left behind: namespaces, node data directories, processes of its nodes."""
+    found = [f"netns {ns}" for ns in namespaces() if ns.startswith(lab_id + "-")]
+    found += [f"dir {d}" for d in Path("/tmp").glob(f"{lab_id}-*")]
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return found + [f"process {line.strip()}" for line in ps.splitlines()
+                    if f"/tmp/{lab_id}-" in line]
+
+
+def test_cli_check_and_clean() -> None:
+    """``check`` says ok; ``clean`` lists what it removed."""
     prerequisites()
     check = lab_cli("check")
     assert (check.returncode, check.stdout) == (0, "ok\n"), check.stderr
@@ -263,10 +271,61 @@ def test_cli_check_clean_and_demo() -> None:
     assert f"removed netns {prefix}-old" in clean.stdout
     assert f"{prefix}-old" not in namespaces()
 
-    demo = lab_cli("demo", "--prefix", "tld")
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert demo.stdout.count("[ok]") == 4, demo.stdout
-    assert "FAIL" not in demo.stdout
-    found = re.match(r"NAT lab (tld[0-9a-f]{6}) ", demo.stdout)
-    assert found, demo.stdout
-    assert not [ns for ns in namespaces() if ns.startswith(found[1] + "-")]
+
+def test_demo_two_nodes_punch_and_chat() -> None:
+    """``demo`` (what ``make lab`` runs): two whole nodes behind their own NATs meet through
+    the relay, the path becomes direct to each other's NAT, a message goes each way and all
+    are delivered; nothing is left behind."""
+    prerequisites()
+    demo = lab_cli("demo", "--prefix", "tld", timeout=300)
+    out = demo.stdout
+    print(out)
+    assert demo.returncode == 0, out + demo.stderr
+    found = re.match(r"NAT lab (tld[0-9a-f]{6}) .*alice behind cone NAT nat-a "
+                     r"\((\S+)\), bob behind cone NAT nat-b \((\S+)\)", out)
+    assert found, out
+    lab_id, nat_a, nat_b = found.groups()
+    for line in (f"alice connected to the relay, which sees it at {nat_a}:",
+                 f"bob connected to the relay, which sees it at {nat_b}:",
+                 "alice knows bob from the relay's announcements: path relayed via relay",
+                 "alice -> bob 'hello bob': delivered in ",
+                 f"path alice -> bob is direct: {nat_b}:",
+                 f"path bob -> alice is direct: {nat_a}:",
+                 "bob -> alice 'hi alice, no relay between us now': delivered in ",
+                 "alice -> bob 'so I see': delivered in ", "1 direct, 0 failed",
+                 "ok: alice and bob, each behind a NAT, met through the relay, punched a "
+                 "direct path and chatted: 3 messages delivered"):
+        assert line in out, line
+    assert re.search(r"'hi alice, no relay between us now': delivered in \d+ ms, direct;", out)
+    assert re.search(r"'so I see': delivered in \d+ ms, direct;", out)
+    assert f"lab {lab_id} deleted" in out
+    assert leftovers(lab_id) == []
+
+
+def test_demo_interrupted_leaves_nothing() -> None:
+    """SIGINT once the nodes run: the demo says so, exits 130 and deletes everything. It
+    starts with SIGINT ignored, as a shell starts a background job (`make lab &`): the demo
+    still takes SIGINT as an interrupt."""
+    prerequisites()
+    proc = subprocess.Popen([sys.executable, "-m", "tom.lab", "demo", "--prefix", "tli"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline()]
+        found = re.match(r"NAT lab (tli[0-9a-f]{6}) ", lines[0])
+        assert found, lines
+        while "] up: relay " not in lines[-1]:  # readline returns "" if the demo ends
+            lines.append(proc.stdout.readline())
+            assert lines[-1], lines
+        assert leftovers(found[1])  # the nodes run
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "interrupted; the lab was deleted" in err
+        assert leftovers(found[1]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
