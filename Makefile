@@ -36,11 +36,12 @@ status: $(RUNTIME)
 ## host, into .wheels/ (deps: the dependencies; app: the node), and the image build installs
 ## them with --no-index: it needs no network. BASE=... picks another base (deploy/ci-docker.sh)
 BASE ?= python:3.11-slim
+IMAGE ?= tom-node:latest
 image: $(RUNTIME)
 	rm -rf .wheels
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir .wheels/deps .
 	mkdir -p .wheels/app && mv .wheels/deps/tom_node-*.whl .wheels/app/
-	docker build --build-arg BASE=$(BASE) -t tom-node:latest .
+	docker build --build-arg BASE=$(BASE) -t $(IMAGE) .
 
 ## test: the whole suite (lint, then pytest); .ci/run calls exactly this
 test: lint pytest

@@ -26,11 +26,12 @@ CACHE=${TOM_CI_DOCKER_CACHE:-/var/cache/tom-ci-docker}
 # Debian release with its python3 (3.11).
 OFFICIAL_BASE=python:3.11-slim
 LOCAL_BASE=tom-base:bookworm
-export DOCKER_HOST="unix://$SOCK"
+OWN_HOST="unix://$SOCK"
 
 log() { echo "ci-docker: $*" >&2; }
 
 start() {
+  export DOCKER_HOST=$OWN_HOST
   if docker info >/dev/null 2>&1; then
     log "dockerd already answers on $SOCK"
   else
@@ -70,6 +71,8 @@ mirror() {
 }
 
 base() {
+  # the engine DOCKER_HOST names (this script's own if unset)
+  export DOCKER_HOST=${DOCKER_HOST:-$OWN_HOST}
   if docker image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 ||
      timeout 60 docker pull -q "$OFFICIAL_BASE" >/dev/null 2>&1; then
     echo "$OFFICIAL_BASE"
@@ -96,6 +99,7 @@ base() {
 }
 
 stop() {
+  export DOCKER_HOST=$OWN_HOST
   if docker info >/dev/null 2>&1; then
     docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1 || true
     docker system prune -af --volumes >/dev/null 2>&1 || true
