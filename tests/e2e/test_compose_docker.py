@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,12 @@ SEND_TIMEOUT_S = 60
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -72,9 +79,9 @@ class Compose:
 
     def tom(self, service: str, *args: str, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """``tom`` run inside the running container of ``service``."""
-        return self("exec", "-T", service, "tom", "--endpoints", EPS, *args, check=check,
-                    timeout=timeout)
+        """``tom`` run inside the running container of ``service`` (which finds the bus by
+        ``TOM_ENDPOINTS``)."""
+        return self("exec", "-T", service, "tom", *args, check=check, timeout=timeout)
 
     def container(self, service: str) -> str:
         return self("ps", "-q", service).stdout.strip()
@@ -84,7 +91,7 @@ class Compose:
         deadline = t0 + HEALTHY_TIMEOUT_S
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            for role in ROLES:
+            for role in (*ROLES, "metrics"):
                 cid = self.container(role)
                 states[role] = self.docker(
                     "inspect", "-f", "{{.State.Health.Status}}", cid, check=False
@@ -117,13 +124,16 @@ def engine_env() -> dict[str, str]:
 def compose() -> Iterator[Compose]:
     env = engine_env()
     tag = uuid.uuid4().hex[:10]
+    net = int(tag[:4], 16) % 200 + 20  # the bus subnet 172.30.NET.0/24
     t0 = time.monotonic()
     base = run(["bash", str(CI_DOCKER), "base"], env=env, timeout=900).stdout.strip()
     timings = {"base_s": time.monotonic() - t0}
     c = Compose(project=f"tomtest{tag}", image=f"tom-node:test-{tag}",
                 udp_port=free_udp_port(), env=env, timings=timings)
     c.env.update(TOM_IMAGE=c.image, TOM_UDP_PORT=str(c.udp_port), TOM_BASE_IMAGE=base,
-                 TOM_HEALTH_INTERVAL="2s")
+                 TOM_HEALTH_INTERVAL="2s", TOM_BUS_SUBNET=f"172.30.{net}.0/24",
+                 TOM_BUS_TRANSPORT_IP=f"172.30.{net}.10",
+                 TOM_METRICS_PORT=str(free_tcp_port()))
     try:
         t0 = time.monotonic()
         run(["make", "image", f"BASE={base}", f"IMAGE={c.image}",
@@ -170,7 +180,7 @@ def host_send(data: Path, peer: str, text: str) -> subprocess.CompletedProcess[s
 
 
 def gateway(c: Compose) -> str:
-    return c.docker("network", "inspect", f"{c.project}_default", "-f",
+    return c.docker("network", "inspect", f"{c.project}_public", "-f",
                     "{{range .IPAM.Config}}{{.Gateway}}{{end}}").stdout.strip()
 
 
@@ -212,3 +222,71 @@ def test_messages_both_ways_and_identity_kept(compose: Compose,
                            timeout=SEND_TIMEOUT_S + 30)
         assert back.returncode == 0, f"compose -> host after down/up: {back.stdout}{back.stderr}"
         compose.timings["both_ways_after_down_up_s"] = time.monotonic() - t0
+
+
+def test_node_status_shows_the_compose_node_healthy(compose: Compose) -> None:
+    r = compose.tom("router", "node", "status", check=False)
+    assert r.returncode == 0, f"tom node status in a container: {r.stdout}{r.stderr}"
+    assert "healthy" in r.stdout and "NOT healthy" not in r.stdout, r.stdout
+    assert compose.node_id() in r.stdout
+
+
+def refused_counts(c: Compose) -> dict[str, int]:
+    """``bus_auth_refused`` of each service, asked with the owner's key inside a container."""
+    script = (
+        "import json, pathlib; from shared import endpoints; from shared.bus import BusClient;"
+        "from shared.buskeys import BusKeys; from shared.wire.messages.sys import Status;"
+        "c = BusClient(endpoints.load(pathlib.Path('/etc/tom/endpoints.toml')), src='test',"
+        " keys=BusKeys(pathlib.Path('/data/bus')));"
+        "print(json.dumps({r: c.request(r, Status()).counters.get('bus_auth_refused', 0)"
+        " for r in endpoints.ROLES}))")
+    return dict(json.loads(c("exec", "-T", "router", "python", "-c", script).stdout))
+
+
+def server_public_keys(c: Compose) -> dict[str, str]:
+    script = ("import json, pathlib; from shared.buskeys import BusKeys;"
+              "k = BusKeys(pathlib.Path('/data/bus'));"
+              f"print(json.dumps({{r: k.public(r).decode() for r in {ROLES!r}}}))")
+    return dict(json.loads(c("exec", "-T", "router", "python", "-c", script).stdout))
+
+
+def test_a_stranger_on_the_bus_network_gets_nothing_signed(compose: Compose) -> None:
+    """A container that is not one of the node's services, on the node's bus network, tries
+    every bus port, with no key and with a made-up one: no answer, no event, counted."""
+    before = refused_counts(compose)
+    attacker = (ROOT / "tests" / "e2e" / "compose_attacker.py").read_text()
+    r = subprocess.run(
+        ["docker", "run", "--rm", "-i", "--network", f"{compose.project}_bus",
+         "-v", f"{ROOT / 'deploy' / 'endpoints.compose.toml'}:{EPS}:ro",
+         compose.image, "python", "-", EPS, json.dumps(server_public_keys(compose))],
+        input=attacker, env=compose.env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen == {"answers": [], "events": []}, seen
+    after = refused_counts(compose)
+    for role in ROLES:
+        assert after[role] > before[role], f"{role}: refusals not counted ({before} {after})"
+
+
+def test_the_bus_is_not_published(compose: Compose) -> None:
+    """Only the transport's UDP port is published to the docker host (and the metrics on
+    its loopback)."""
+    ports = compose.docker("ps", "--filter", f"label=com.docker.compose.project="
+                           f"{compose.project}", "--format", "{{.Names}} {{.Ports}}").stdout
+    published = [p for line in ports.splitlines() for p in line.split(" ", 1)[-1].split(", ")
+                 if "->" in p]
+    metrics = f"127.0.0.1:{compose.env['TOM_METRICS_PORT']}->9464/tcp"
+    assert published and all(p.endswith("->4433/udp") or p == metrics for p in published), ports
+    internal = compose.docker("network", "inspect", f"{compose.project}_bus", "-f",
+                              "{{.Internal}}").stdout.strip()
+    assert internal == "true"
+
+
+def test_metrics_endpoint_returns_the_counters(compose: Compose) -> None:
+    url = f"http://127.0.0.1:{compose.env['TOM_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    for role in ROLES:
+        assert f'tom_service_up{{service="{role}"}} 1.0' in text, text
+        assert f'tom_bus_frames_in_total{{service="{role}"}}' in text
+    assert "tom_events_total" in text
