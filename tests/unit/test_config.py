@@ -120,7 +120,8 @@ def other_value(model: type[cfg.Section], key: str, default: Any) -> Any:
         case list():
             return [BOOT_A]
         case str():
-            return {"log_level": "debug", "host": "127.0.0.1"}.get(key, "x.key")
+            return {"log_level": "debug", "host": "127.0.0.1", "log_format": "json",
+                    "log_stream": "stdout"}.get(key, "x.key")
     for value in (default + 1, default / 2, default - 1, 1):
         if value != default:
             try:
@@ -278,3 +279,16 @@ def test_init_where_the_port_cannot_be_checked_writes_the_default(
     r = node.init(data)
     assert tomllib.loads(data.config.read_text())["transport"] == {"port": 4433}
     assert r.port_note.startswith("UDP port 4433 (the default, not checked: cannot open")
+
+
+def test_json_log_lines() -> None:
+    import logging
+
+    from shared.runner import JsonFormatter
+
+    rec = logging.LogRecord("tom.crypto", logging.WARNING, __file__, 1, "refused %s", ("x",),
+                            None)
+    line = json.loads(JsonFormatter("tom-crypto").format(rec))
+    assert line["level"] == "warning" and line["msg"] == "refused x"
+    assert line["service"] == "tom-crypto" and line["logger"] == "tom.crypto"
+    assert line["ts"].endswith("+00:00") and isinstance(line["pid"], int)
