@@ -290,3 +290,20 @@ def test_metrics_endpoint_returns_the_counters(compose: Compose) -> None:
         assert f'tom_service_up{{service="{role}"}} 1.0' in text, text
         assert f'tom_bus_frames_in_total{{service="{role}"}}' in text
     assert "tom_events_total" in text
+
+
+def test_a_swapped_groups_service_joins_by_configuration(compose: Compose) -> None:
+    """groups replaced by another command (deploy/compose.groups-swap.yml): it joins the bus
+    with the keys and endpoints it is given, the node is healthy and groups work."""
+    swap = ["-f", "docker-compose.yml", "-f", "deploy/compose.groups-swap.yml"]
+    old = compose.container("groups")
+    compose(*swap, "up", "-d", "--no-deps", "groups")
+    assert compose.container("groups") != old
+    compose.wait_healthy()
+    cmd = compose.docker("inspect", "-f", "{{json .Config.Cmd}}",
+                         compose.container("groups")).stdout
+    assert '"services","groups"' in cmd.replace(" ", ""), cmd
+    status = compose.tom("router", "node", "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    made = compose.tom("router", "group", "create", "swapped", check=False)
+    assert made.returncode == 0, made.stdout + made.stderr
