@@ -118,7 +118,7 @@ def other_value(model: type[cfg.Section], key: str, default: Any) -> Any:
         case bool():
             return not default
         case list():
-            return [BOOT_A]
+            return ["192.0.2.7:4433"] if key == "advertise" else [BOOT_A]
         case str():
             return {"log_level": "debug", "host": "127.0.0.1", "log_format": "json",
                     "log_stream": "stdout"}.get(key, "x.key")
@@ -292,3 +292,17 @@ def test_json_log_lines() -> None:
     assert line["level"] == "warning" and line["msg"] == "refused x"
     assert line["service"] == "tom-crypto" and line["logger"] == "tom.crypto"
     assert line["ts"].endswith("+00:00") and isinstance(line["pid"], int)
+
+
+
+def test_advertise_takes_ip_and_port() -> None:
+    from services.transport.config import TransportConfig, advertised
+
+    assert advertised("192.0.2.7:4433") == ("192.0.2.7", 4433)
+    assert advertised("[2001:db8::1]:5000") == ("2001:db8::1", 5000)
+    for bad in ("example.org:4433", "192.0.2.7", "192.0.2.7:0", "192.0.2.7:x"):
+        with pytest.raises(ValueError):
+            advertised(bad)
+    assert TransportConfig.model_validate({"advertise": ["192.0.2.7:4433"]}).advertise
+    with pytest.raises(ValueError):
+        TransportConfig.model_validate({"advertise": ["nowhere"]})
