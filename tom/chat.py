@@ -3,7 +3,8 @@
     tom chat [PEER]            terminal chat (textual): delivery status of every message sent,
                                1:1 and in group rooms (/group NAME)
     tom chat --bot [PEER]      headless: print each message received, mark it read, echo it back
-                               (in groups too: it joins the groups it is invited to)
+                               (in groups too: it joins the groups it is invited to); what
+                               arrived while it was not running first, marked unread
     tom send PEER TEXT         send one message and wait until it is delivered (or fails)
 
 PEER is a node id (64 hex or 52 base32 characters), optionally ``ID@host:port``: the node is
@@ -21,12 +22,20 @@ room of its own with a member pane. Group messages come from the client once eac
 group order (tom.client.GroupCursor); a line is still placed by its seq, so one that comes
 late lands where it belongs. A message sent to a group waits at the bottom (``pending``)
 until its hub orders it, then moves to its place (``ordered``).
+
+Unread messages: the chat opens with what arrived while no chat showed it (the newest
+``BACKLOG_SHOWN`` unread messages, marked), and marks a 1:1 message read (``router.read``:
+its sender sees ``read``) only once its line has been on screen. Panes follow new lines
+(textual's anchor) until the person scrolls up; a message over ``CUT_CHARS`` characters is
+shown cut, whole on a click or ``/show``; typed keys reach the input in batches, so a line
+of 10,000 characters typed as keys does not freeze the screen (docs/architecture.md,
+issue 17).
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
-import signal
 import sys
 import threading
 import time
@@ -54,6 +63,7 @@ from .display import printable
 from .group import n_members, resolve, resolve_invite
 from .node import NodeError
 from .peer import Peer, parse_peer
+from .signals import Stop
 
 T = TypeVar("T")
 STATUS_RANK = {"pending": 0, "sent": 1, "relayed": 2, "delivered": 3, "read": 4}
@@ -70,6 +80,15 @@ OUTBOX_EVERY_S = 2.0
 RETRY_EVERY_S = 1.0
 UI_BUS_TIMEOUT_S = 2.0
 UI_SEND_DEADLINE_S = 5.0
+BACKLOG_SHOWN = 200
+"""At most this many unread messages are shown when the chat opens (the newest); older
+unread ones stay unread (`tom inbox --unread` lists them all)."""
+CUT_CHARS = 600
+"""A message longer than this is shown cut, with a way to see it whole (click, /show)."""
+TYPED_FLUSH_S = 0.03
+"""Typed characters reach the input box in batches this often (see ChatInput)."""
+KEYS_PER_TURN = 256
+"""The app forwards at most this many keys in a row before the event loop runs others."""
 
 
 class AppClient(Protocol):
@@ -87,6 +106,10 @@ class AppClient(Protocol):
     def add_peer(self, node_id: bytes, host: str, port: int) -> None: ...
     def stats(self) -> StatusReply: ...
     def inbox_tail(self) -> int: ...
+    def inbox(self, after: int = 0, limit: int = 100, unread: bool = False
+              ) -> list[Message]: ...
+    def inbox_page(self, after: int = 0, limit: int = 100, unread: bool = False,
+                   newest: bool = False) -> tuple[list[Message], int]: ...
     def subscribe(self) -> None: ...
     def events(self, timeout_s: float = 0.0) -> Iterator[Event]: ...
     def close(self) -> None: ...
@@ -110,7 +133,8 @@ def short(node_id: bytes) -> str:
 
 
 def start_listening(client: AppClient) -> None:
-    """Subscribe to the router's events, from the inbox's current end.
+    """Subscribe to the router's events, from the inbox's current end (what is unread
+    before it: :func:`unread_before`).
 
     The tail is fetched before ``subscribe()`` so that a router that does not answer leaves
     the client unsubscribed (``Client.subscribe`` opens its socket first and would be left
@@ -120,13 +144,33 @@ def start_listening(client: AppClient) -> None:
     client.subscribe()
 
 
+def unread_before(client: AppClient, after: int, limit: int = 1000
+                  ) -> list[Message]:
+    """The next page of unread messages after seq ``after``, up to where the events start
+    (``client.after``: later ones come as events)."""
+    assert client.after is not None
+    return [m for m in client.inbox(after, limit, unread=True) if m.info.seq <= client.after]
+
+
 def clock(ms: int | None = None) -> str:
     """Local time, HH:MM:SS."""
     return time.strftime("%H:%M:%S", time.localtime(None if ms is None else ms / 1000))
 
 
 def status_text(status: str, reason: str = "") -> str:
-    return f"failed ({reason})" if status == "failed" and reason else status
+    """A status as shown, with the router's reason when it has one (why a message failed,
+    or why it is still pending: "pending (recipient offline: held ...)")."""
+    return f"{status} ({reason})" if reason and status in ("failed", "pending") else status
+
+
+def steps(old: str, new: str) -> list[str]:
+    """What a listener that knew ``old`` reports when it learns ``new`` (from the outbox,
+    which has only the latest): ``new``, after ``delivered`` when ``new`` is ``read`` and
+    ``delivered`` was not reported yet (read implies it: a poll that lands between the two
+    events sees read alone)."""
+    if new == "read" and STATUS_RANK.get(old, -1) < STATUS_RANK["delivered"]:
+        return ["delivered", "read"]
+    return [new]
 
 
 def moves(old: str, new: str) -> bool:
@@ -155,6 +199,13 @@ def place(seqs: list[int | None], seq: int) -> int | None:
         if s is None or s > seq:
             return i
     return None
+
+
+def visible(line: Static, top: float, height: int) -> bool:
+    """Whether ``line`` (laid out in a pane scrolled to ``top``, ``height`` rows tall) is at
+    least partly on screen."""
+    r = line.virtual_region
+    return r.height > 0 and r.y < top + height and r.bottom > top
 
 
 def own_id_hint(data: DataDir) -> bytes | None:
@@ -219,6 +270,15 @@ class GroupList:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What arrived while no chat showed it: the newest unread messages before the events'
+    start, oldest first, and how many older ones are unread too (not fetched)."""
+
+    messages: list[Message]
+    older: int
+
+
+@dataclass(frozen=True)
 class GroupAsked:
     """A group was created or joined from here: its room opens once this node is in it."""
 
@@ -227,7 +287,7 @@ class GroupAsked:
 
 
 Report = (Notice | OwnId | Stored | SendFailed | PeerList | Stats | GroupStored | GroupList
-          | GroupAsked | Event)
+          | GroupAsked | Backlog | Event)
 
 
 def describe(e: BaseException) -> str:
@@ -355,7 +415,7 @@ class Link:
 
     def _run(self) -> None:
         client: AppClient | None = None
-        listening = False
+        listening = backlog = False
         retry_at = next_peers = next_outbox = 0.0
         try:
             while not self._stop.is_set():
@@ -375,6 +435,9 @@ class Link:
                     if not listening:
                         start_listening(client)
                         listening = True
+                    if not backlog:  # before any event: unread first
+                        self._backlog(client)
+                        backlog = True
                     for ev in client.events(timeout_s=POLL_S):
                         self._track(ev)
                         self.reports.put(ev)
@@ -410,6 +473,13 @@ class Link:
                 self.reports.put(Notice(f"{what} failed: {describe(e)}", error=True,
                                         about=about))
 
+    def _backlog(self, client: AppClient) -> None:
+        """The newest ``BACKLOG_SHOWN`` unread messages from before the events' start."""
+        assert client.after is not None
+        page, unread = client.inbox_page(0, BACKLOG_SHOWN, unread=True, newest=True)
+        shown = [m for m in page if m.info.seq <= client.after]
+        self.reports.put(Backlog(shown, max(0, unread - len(page))))
+
     def _track(self, ev: Event) -> None:
         if isinstance(ev, rm.StatusChanged) and ev.id in self._open:
             if ev.status in ("read", "failed"):
@@ -421,9 +491,11 @@ class Link:
         ids = list(self._open)[-1000:]
         for st in client.outbox(ids):
             if st.id in self._open and moves(self._open[st.id], st.status):
-                ev = rm.StatusChanged(id=st.id, to=st.to, status=st.status, reason=st.reason)
-                self._track(ev)
-                self.reports.put(ev)
+                for status in steps(self._open[st.id], st.status):
+                    ev = rm.StatusChanged(id=st.id, to=st.to, status=status,  # type: ignore[arg-type]
+                                          reason=st.reason)
+                    self._track(ev)
+                    self.reports.put(ev)
 
     def _down(self, why: str) -> None:
         if self._failing != why:
@@ -461,6 +533,7 @@ HELP = [
     ("/peers", "nodes the router knows"),
     ("/stats", "session counters and the router's"),
     ("/clear", "clear this room's messages"),
+    ("/show", f"show the last cut message whole (over {CUT_CHARS} characters; or click it)"),
     ("/help, /h", "this list"),
     ("/quit, /q", "leave (also Esc, Ctrl+C)"),
 ]
@@ -468,6 +541,8 @@ STATUS_STYLE = {"pending": "dim", "sent": "yellow", "relayed": "yellow", "delive
                 "read": "bold green", "failed": "bold red", "sending": "dim",
                 "ordered": "green"}
 MEMBER_CHANGE = {"joined": "joined", "left": "left", "kicked": "was removed"}
+UNREAD_MARK = "●"
+"""Marks a message that arrived while no chat showed it."""
 
 
 class Line(Static):
@@ -476,7 +551,70 @@ class Line(Static):
     DEFAULT_CSS = "Line { height: auto; }"
 
 
-class OutLine(Line):
+class MessageLine(Line):
+    """A message's line: its text is cut after ``CUT_CHARS`` characters, with a hint; a
+    click (or /show) shows it whole, a second click cuts it again. Rendering a line of tens
+    of thousands of characters costs the UI little, but it would fill the screen."""
+
+    message = ""
+    expanded = False
+
+    @property
+    def cut(self) -> bool:
+        return len(self.message) > CUT_CHARS and not self.expanded
+
+    def body(self) -> Text:
+        if not self.cut:
+            return Text(self.message)
+        t = Text(self.message[:CUT_CHARS])
+        t.append(f" … ({len(self.message) - CUT_CHARS:,} more characters: click or /show)",
+                 "italic yellow")
+        return t
+
+    def render_text(self) -> Text:
+        raise NotImplementedError
+
+    def refresh_text(self) -> None:
+        self.update(self.render_text())
+
+    def on_mount(self) -> None:
+        self.refresh_text()
+
+    def toggle(self) -> None:
+        self.expanded = not self.expanded
+        self.refresh_text()
+
+    def on_click(self) -> None:
+        if len(self.message) > CUT_CHARS:
+            self.toggle()
+
+
+class InLine(MessageLine):
+    """A 1:1 message received; ``backlog``: it arrived while no chat showed it (marked)."""
+
+    def __init__(self, msg: Message, sender: str, backlog: bool = False) -> None:
+        super().__init__()
+        self.msg, self.sender, self.backlog = msg, sender, backlog
+        self.message = printable(msg.text)
+
+    def render_text(self) -> Text:
+        info = self.msg.info
+        tag = (f"[{'verified' if info.verified else 'UNVERIFIED'}, "
+               f"{'encrypted' if info.encrypted else 'plain'}"
+               f"{', relayed' if info.relayed else ''}]")
+        t = Text()
+        if self.backlog:
+            t.append(f"{UNREAD_MARK} ", "bold yellow")
+        t.append(f"[{clock(info.timestamp_ms)}] ", "dim")
+        t.append(self.sender, "bold green")
+        t.append(": ")
+        t.append_text(self.body())
+        t.append("  ")
+        t.append(tag, "green" if info.encrypted else "yellow")
+        return t
+
+
+class OutLine(MessageLine):
     """A message sent from here; its status suffix moves as the router reports."""
 
     def __init__(self, stamp: str, text: str, to: str) -> None:
@@ -485,7 +623,8 @@ class OutLine(Line):
         self.status, self.reason = "sending", ""
 
     def set_status(self, status: str, reason: str = "") -> bool:
-        if self.status == "sending" or moves(self.status, status):
+        if self.status == "sending" or moves(self.status, status) or (
+                status == self.status and reason != self.reason):  # why it still waits
             self.status, self.reason = status, reason
             self.refresh_text()
             return True
@@ -493,19 +632,13 @@ class OutLine(Line):
 
     def render_text(self) -> Text:
         t = Text.assemble((f"[{self.stamp}] ", "dim"), ("me", "bold cyan"),
-                          (f" → {self.to}", "dim"), ": ", self.message, "  ")
+                          (f" → {self.to}", "dim"), ": ", self.body(), "  ")
         t.append(f"({status_text(self.status, self.reason)})",
                  STATUS_STYLE.get(self.status, ""))
         return t
 
-    def refresh_text(self) -> None:
-        self.update(self.render_text())
 
-    def on_mount(self) -> None:
-        self.refresh_text()
-
-
-class GroupLine(Line):
+class GroupLine(MessageLine):
     """A group message, placed in its room by ``seq`` (None: ours, not ordered yet)."""
 
     def __init__(self, seq: int | None, stamp: str, sender: str, text: str,
@@ -527,40 +660,66 @@ class GroupLine(Line):
     def render_text(self) -> Text:
         t = Text.assemble((f"[{self.stamp}] ", "dim"),
                           (self.sender, "bold cyan" if self.own else "bold green"), ": ",
-                          self.message)
+                          self.body())
         if self.own:
             t.append("  ")
             t.append(f"({status_text(self.status, self.reason)})",
                      STATUS_STYLE.get(self.status, ""))
         return t
 
-    def refresh_text(self) -> None:
-        self.update(self.render_text())
 
-    def on_mount(self) -> None:
-        self.refresh_text()
+class Room(VerticalScroll):
+    """A room's message pane. Not focusable: a click on a line (to show it whole) leaves the
+    focus in the input, so typing goes on; it scrolls with the wheel and the app's keys."""
+
+    can_focus = False
 
 
 class ChatInput(Input):
-    """An input that handles Enter in order with the other keys.
+    """An input that handles Enter in order with the other keys, and typed text in batches.
 
     Textual runs key bindings (Input binds Enter to submit) as soon as the key is read, but
     inserts printable keys later, from the widget's queue: typed-ahead lines (a fast typist,
     tmux send-keys) came out merged ("hello/x" submitted, then empty lines). Enter is
-    handled here as a key instead, and the input empties at once."""
+    handled here as a key instead, and the input empties at once.
+
+    Each character inserted on its own costs the input work in proportion to its length
+    (cursor, scrolling, tab expansion): 10,000 characters arriving as keys (tmux send-keys,
+    a terminal without bracketed paste) took seconds, during which the screen lagged.
+    Printable keys are collected and inserted together every ``TYPED_FLUSH_S``, and before
+    any other key, so the order of keys is kept."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "enter_in_order", show=False)]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._typed: list[str] = []
+
     def action_enter_in_order(self) -> None:
         raise SkipAction()  # not as a binding: the key then reaches _on_key, in order
+
+    def flush_typed(self) -> None:
+        if self._typed:
+            text = "".join(self._typed)
+            self._typed.clear()
+            self.insert_text_at_cursor(text)
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
             event.stop()
             event.prevent_default()
+            self.flush_typed()
             self.post_message(self.Submitted(self, self.value, None))
             self.value = ""
             return
+        if event.is_printable and event.character and self.selection.is_empty:
+            event.stop()
+            event.prevent_default()
+            self._typed.append(event.character)
+            if len(self._typed) == 1:
+                self.set_timer(TYPED_FLUSH_S, self.flush_typed)
+            return
+        self.flush_typed()
         await super()._on_key(event)
 
 
@@ -603,21 +762,24 @@ class ChatApp(App[None]):
         self.room = DIRECT
         self.groups: dict[str, gm.GroupInfo] = {}
         self.invites: list[gm.Invite] = []
-        self.unread: dict[str, int] = {}
-        self._unread_direct: list[Message] = []  # shown (so read) when the 1:1 room opens
+        self.unread: dict[str, int] = {}  # group rooms: messages that came while not shown
+        self._unseen: dict[InLine, Message] = {}
+        """1:1 messages not on screen yet: marked read once their line is (pump)."""
         self._rooms: dict[str, VerticalScroll] = {}
         self._asked: dict[str, str] = {}  # groups created or joined from here -> what
+        self._keys = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         with Horizontal(id="main"):
-            yield VerticalScroll(id="messages", classes="room")
+            yield Room(id="messages", classes="room")
             yield Static("Peers", id="peers")
         yield ChatInput(placeholder="Enter to send, /help for commands", id="input")
         yield Static(id="status")
 
     def on_mount(self) -> None:
         self._rooms[DIRECT] = self.query_one("#messages", VerticalScroll)
+        self._rooms[DIRECT].anchor()  # follows new lines until the person scrolls up
         self.link.start()
         if self.intro:
             self.link.add_peer(self.intro)
@@ -631,6 +793,16 @@ class ChatApp(App[None]):
     def on_unmount(self) -> None:
         self.link.stop()
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._keys += 1
+            if self._keys % KEYS_PER_TURN == 0:
+                # a burst of keys (a long line typed by tmux, or by a terminal without
+                # bracketed paste) is read 4 KiB at a time and forwarded without a pause:
+                # let the screen and the input catch up in between
+                await asyncio.sleep(0)
+        await super().on_event(event)
+
     # rooms
 
     def pane(self, room: str | None = None) -> VerticalScroll:
@@ -638,10 +810,11 @@ class ChatApp(App[None]):
         room = self.room if room is None else room
         pane = self._rooms.get(room)
         if pane is None:
-            pane = VerticalScroll(classes="room")
+            pane = Room(classes="room")
             pane.display = room == self.room
             self._rooms[room] = pane
             self.query_one("#main", Horizontal).mount(pane, before=self.query_one("#peers"))
+            pane.anchor()
         return pane
 
     def switch(self, room: str) -> None:
@@ -650,10 +823,6 @@ class ChatApp(App[None]):
             pane.display = name == room
         self.pane(room).scroll_end(animate=False)
         self.unread.pop(room, None)
-        if room == DIRECT:
-            for msg in self._unread_direct:  # on screen now: the senders see "read"
-                self.link.read(msg)
-            self._unread_direct.clear()
         self.redraw_header()
         self.redraw_peers()
 
@@ -688,8 +857,10 @@ class ChatApp(App[None]):
         router = {None: "connecting", True: "ok", False: "NOT ANSWERING"}[self.router_ok]
         groups = {None: "", True: " | groups ok", False: " | groups NOT ANSWERING"}[
             self.groups_ok]
+        above = (f" | {len(self._unseen)} unread above (PgUp)"
+                 if self._unseen and self.room == DIRECT else "")
         self.query_one("#status", Static).update(Text(
-            f"router {router}{groups} | {self.sent} sent, {self.received} received | "
+            f"router {router}{groups} | {self.sent} sent, {self.received} received{above} | "
             "Esc or /q quits"))
 
     def redraw_peers(self) -> None:
@@ -740,25 +911,24 @@ class ChatApp(App[None]):
                                      if g.member]
         for room, name in rooms:
             t.append(f"{'›' if room == self.room else ' '} {name}")
-            if self.unread.get(room):
-                t.append(f" ({self.unread[room]} new)", style="bold yellow")
+            new = len(self._unseen) if room == DIRECT else self.unread.get(room, 0)
+            if new and room != self.room:
+                t.append(f" ({new} new)", style="bold yellow")
             t.append("\n")
         for i in self.invites:
             t.append(f"  {printable(i.name, 24)} ", style="dim")
             t.append("invited: /join\n", style="yellow")
 
     def add_line(self, line: Line, room: str | None = None) -> None:
-        pane = self.pane(room)
-        at_end = pane.scroll_y >= pane.max_scroll_y - 1
-        pane.mount(line)
-        if at_end:
-            pane.scroll_end(animate=False)
+        """Append ``line`` to a room; its pane stays at the bottom unless scrolled up
+        (textual's anchor: a check of the position here came before the layout of a tall
+        line, which then left the pane short of its end and following stopped)."""
+        self.pane(room).mount(line)
 
     def add_group_line(self, gid: str, line: GroupLine) -> None:
         """Mount ``line`` at its place in the group's room (by seq)."""
         pane = self.pane(gid)
         lines = [w for w in pane.children if isinstance(w, GroupLine) and w is not line]
-        at_end = pane.scroll_y >= pane.max_scroll_y - 1
         i = place([w.seq for w in lines], line.seq) if line.seq is not None else None
         if line.parent is None:
             if i is None:
@@ -767,13 +937,24 @@ class ChatApp(App[None]):
                 pane.mount(line, before=lines[i])
         elif i is not None and pane.children.index(line) > pane.children.index(lines[i]):
             pane.move_child(line, before=lines[i])  # ordered: up to its place
-        if at_end:
-            pane.scroll_end(animate=False)
 
     def system(self, text: str, error: bool = False, room: str | None = None) -> None:
         self.add_line(Line(Text.assemble((f"[{clock()}] ", "dim"),
                                          (text, "bold red" if error else "yellow italic"))),
                       room)
+
+    def show_whole(self) -> None:
+        """The newest message of this room still shown cut, whole (and it stays in view)."""
+        pane = self.pane()
+        line = next((w for w in reversed(pane.children)
+                     if isinstance(w, MessageLine) and w.cut), None)
+        if line is None:
+            self.system(f"no cut message here (messages over {CUT_CHARS} characters are "
+                        "cut; click one to show it whole or cut it again)")
+            return
+        line.toggle()
+        if line is not pane.children[-1]:  # the last one stays in view at the bottom
+            self.call_after_refresh(pane.scroll_to_widget, line, animate=False, top=True)
 
     def action_scroll(self, lines: int) -> None:
         self.pane().scroll_relative(y=lines, animate=False)
@@ -783,6 +964,20 @@ class ChatApp(App[None]):
     def pump(self) -> None:
         for r in self.link.drain():
             self.on_report(r)
+        self.read_shown()
+
+    def read_shown(self) -> None:
+        """Mark read the 1:1 messages whose line is on screen now (their senders see
+        ``read``); those scrolled out of view, or in a room not shown, wait."""
+        if not self._unseen or self.room != DIRECT:
+            return
+        pane = self.pane(DIRECT)
+        top, height = pane.scroll_y, pane.scrollable_content_region.height
+        shown = [line for line in self._unseen if height > 0 and visible(line, top, height)]
+        for line in shown:
+            self.link.read(self._unseen.pop(line))
+        if shown:
+            self.redraw_status()
 
     def on_report(self, r: Report) -> None:
         if isinstance(r, Notice):
@@ -819,6 +1014,8 @@ class ChatApp(App[None]):
             self.show_stats(r.reply)
         elif isinstance(r, Message):
             self.incoming(r)
+        elif isinstance(r, Backlog):
+            self.backlog(r)
         elif isinstance(r, rm.StatusChanged):
             line = self._by_id.get(r.id)
             if line is not None:
@@ -907,28 +1104,32 @@ class ChatApp(App[None]):
             self.unread[info.group_id] = self.unread.get(info.group_id, 0) + 1
             self.redraw_peers()
 
-    def incoming(self, msg: Message) -> None:
+    def backlog(self, r: Backlog) -> None:
+        """What arrived while no chat showed it, first and marked; read once on screen."""
+        if not r.messages:
+            return
+        n = len(r.messages)
+        text = (f"{n} unread message{'s' if n != 1 else ''} from while the chat was closed "
+                f"(marked {UNREAD_MARK})")
+        if r.older:
+            text += (f"; {r.older} older unread message{'s' if r.older != 1 else ''} not "
+                     "shown: `tom inbox --unread` lists them")
+        self.system(text, room=DIRECT)
+        for msg in r.messages:
+            self.incoming(msg, backlog=True)
+
+    def incoming(self, msg: Message, backlog: bool = False) -> None:
         info = msg.info
         self.received += 1
         if self.peer is None:
             self.peer = info.sender
             self.system(f"Auto-connected to {short(info.sender)} (first message)", room=DIRECT)
             self.redraw_header()
-            self.redraw_peers()
-        tag = (f"[{'verified' if info.verified else 'UNVERIFIED'}, "
-               f"{'encrypted' if info.encrypted else 'plain'}"
-               f"{', relayed' if info.relayed else ''}]")
-        self.add_line(Line(Text.assemble(
-            (f"[{clock(info.timestamp_ms)}] ", "dim"), (self.name_of(info.sender), "bold green"),
-            ": ", printable(msg.text), "  ", (tag, "green" if info.encrypted else "yellow"))),
-            DIRECT)
+        line = InLine(msg, self.name_of(info.sender), backlog)
+        self.add_line(line, DIRECT)
+        self._unseen[line] = msg  # read once on screen (read_shown)
         self.redraw_status()
-        if self.room == DIRECT:
-            self.link.read(msg)  # it is on screen: the sender sees "read"
-        else:
-            self._unread_direct.append(msg)
-            self.unread[DIRECT] = self.unread.get(DIRECT, 0) + 1
-            self.redraw_peers()
+        self.redraw_peers()
 
     def show_peers(self, peers: list[rm.PeerEntry]) -> None:
         if not peers:
@@ -1094,6 +1295,10 @@ class ChatApp(App[None]):
             self._outgoing = {k: w for k, w in self._outgoing.items() if w not in gone}
             self._by_id = {k: w for k, w in self._by_id.items() if w not in gone}
             self._group_ids = {k: w for k, w in self._group_ids.items() if w not in gone}
+            self._unseen = {k: m for k, m in self._unseen.items() if k not in gone}
+            self.redraw_status()
+        elif cmd == "/show":
+            self.show_whole()
         elif cmd in ("/help", "/h"):
             for usage, what in HELP:
                 self.system(f"{usage:30} {what}")
@@ -1122,23 +1327,6 @@ def run_chat(data: DataDir, peer_text: str | None) -> int:
     return 0
 
 
-class Stop:
-    """SIGINT/SIGTERM set a flag (a blocking ZeroMQ poll resumes and the loop sees it)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Stop:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def say(text: str, err: bool = False) -> None:
     """One line of the bot's log; what peers wrote in it is shown escaped."""
     print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
@@ -1159,6 +1347,9 @@ class Bot:
         self.received = self.replied = 0
         self.replies: dict[bytes, int] = {}  # reply id -> the number of the message it answers
         self.names: dict[str, str] = {}  # group id -> name, for the log
+        self.backlog_after: int | None = None
+        """While the unread messages from before the start are being handled: the last seq
+        handled (None: none left)."""
 
     def run(self, peer: Peer | None, stop: threading.Event) -> int:
         client = self.client
@@ -1176,7 +1367,10 @@ class Bot:
                     say(f"[bot] introduced {short(peer.node_id)} at {peer.host}:{peer.port}")
                     introduced = True
                 if client.after is None:
+                    self.backlog_after = 0  # (kept if the start fails: tried again)
                     start_listening(client)
+                while self.backlog_after is not None and not stop.is_set():
+                    self.backlog()
                 for ev in client.events(timeout_s=0.2):
                     self.on_event(ev)
                 if failing is not None:
@@ -1190,14 +1384,25 @@ class Bot:
         say(f"[bot] stopped: {self.received} received, {self.replied} replied")
         return 0
 
-    def on_event(self, ev: Event) -> None:
+    def backlog(self) -> None:
+        """A page of what arrived while no app showed it: handled first, marked unread."""
+        assert self.backlog_after is not None
+        page = unread_before(self.client, self.backlog_after)
+        if not page:
+            self.backlog_after = None
+        for m in page:
+            self.on_event(m, backlog=True)
+            self.backlog_after = m.info.seq
+
+    def on_event(self, ev: Event, backlog: bool = False) -> None:
         client = self.client
         if isinstance(ev, Message):
             self.received += 1
             n, info = self.received, ev.info
             sig = "verified" if info.verified else "UNVERIFIED"
-            say(f'[bot] #{n} from {short(info.sender)} | {sig} | "{ev.text}"')
-            client.read(ev)
+            mark = " | unread" if backlog else ""
+            say(f'[bot] #{n} from {short(info.sender)} | {sig}{mark} | "{ev.text}"')
+            client.read(ev)  # printed: shown
             if ev.text.startswith("echo: "):
                 return
             try:
@@ -1282,36 +1487,55 @@ def retrying(fn: Callable[[], T], deadline: float) -> T:
 
 
 def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
-              encrypt: bool = True) -> tuple[int, str]:
-    """Send and wait for the outcome: (0, "delivered"), (1, "failed: reason") or (2, timeout
-    with the last status). Raises WireError when the router does not take the message
-    before the deadline; once it has, a router that stops answering is waited for."""
+              encrypt: bool = True,
+              progress: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Send and wait for the outcome: (EX_DELIVERED, "delivered"), (EX_FAILED,
+    "failed: reason") or (EX_TIMEOUT, timeout with the last status and its reason).
+    While it waits, each new reason the router gives (why the message is not delivered
+    yet: no route, nothing listening at the address, the recipient offline and where the
+    message is held) goes to ``progress`` at once. Raises WireError when the router does
+    not take the message before the deadline; once it has, a router that stops answering
+    is waited for."""
+    from .cli import EX_DELIVERED, EX_FAILED, EX_TIMEOUT
+
     deadline = time.monotonic() + timeout_s
     if peer.address:
         retrying(lambda: client.add_peer(peer.node_id, peer.host, peer.port), deadline)
     retrying(lambda: start_listening(client), deadline)  # first: no event can be missed
     msg_id = client.send(peer.node_id, text, encrypt,
                          deadline_s=max(0.0, deadline - time.monotonic()))
-    status, reason, trouble = "pending", "", ""
+    status, reason, trouble, said = "pending", "", "", ""
     check_at = time.monotonic() + 1.0
+
+    def seen(new_status: str, new_reason: str) -> None:
+        nonlocal status, reason
+        if moves(status, new_status):
+            status, reason = new_status, new_reason
+        elif new_status == status and new_reason:  # same status, now with a reason
+            reason = new_reason
+
     while True:
         if status in ("delivered", "read"):
-            return 0, "delivered" if status == "delivered" else "delivered (and read)"
+            return EX_DELIVERED, "delivered" if status == "delivered" \
+                else "delivered (and read)"
         if status == "failed":
-            return 1, f"failed: {reason or 'no reason given'}"
+            return EX_FAILED, f"failed: {reason or 'no reason given'}"
+        if reason and reason != said and progress is not None:
+            said = reason
+            progress(f"{status}: {reason}")
         left = deadline - time.monotonic()
         if left <= 0:
-            return 2, f"timeout after {timeout_s:g} s: last status {status}{trouble}"
+            why = f": {reason}" if reason else ""
+            return EX_TIMEOUT, f"timeout after {timeout_s:g} s: last status " \
+                f"{status}{why}{trouble}"
         try:
             for ev in client.events(timeout_s=min(left, 0.25)):
-                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id and moves(status,
-                                                                                   ev.status):
-                    status, reason = ev.status, ev.reason
+                if isinstance(ev, rm.StatusChanged) and ev.id == msg_id:
+                    seen(ev.status, ev.reason)
             if time.monotonic() >= check_at:
                 check_at = time.monotonic() + 1.0  # a missed event cannot hang us
                 for st in client.outbox([msg_id]):
-                    if moves(status, st.status):
-                        status, reason = st.status, st.reason
+                    seen(st.status, st.reason)
             trouble = ""
         except WireError as e:  # the message is stored: wait for the router to come back
             trouble = f" (router not answering: {e})"
@@ -1319,8 +1543,19 @@ def send_once(client: AppClient, peer: Peer, text: str, timeout_s: float,
 
 
 def cmd_send(data: DataDir, args: Any) -> int:
+    """`tom send`: exit statuses in tom/cli.py (``EX_*``; the PEER argument and a node that
+    is not running are checked before this runs); reasons on stderr, "delivered" on
+    stdout."""
+    from .cli import EX_TIMEOUT
+
     peer = parse_peer(args.peer)
     with Client(data, timeout_s=min(args.timeout, 5.0)) as client:
-        rc, outcome = send_once(client, peer, args.text, args.timeout, not args.no_encrypt)
+        try:
+            rc, outcome = send_once(client, peer, args.text, args.timeout,
+                                    not args.no_encrypt, lambda line: say(line, err=True))
+        except BusTimeout as e:  # the router never answered (it may have stored it)
+            say(f"timeout after {args.timeout:g} s: the router did not answer ({e})",
+                err=True)
+            return EX_TIMEOUT
     say(outcome, err=rc != 0)
     return rc

@@ -11,6 +11,10 @@
     tom backup [--json]           what this node holds for offline recipients (counts)
     tom chat [PEER] [--bot]       chat in the terminal (tom/chat.py), or run an echo bot
     tom send PEER TEXT            send one message; exit 0 delivered, 1 failed, 2 timed out
+                                  (why it is not delivered is printed as soon as known)
+    tom inbox [--unread] [--follow] [--json] [--mark-read]
+                                  the messages received (tom/inbox.py); --follow: and new
+                                  ones as they arrive
     tom group ACTION ...          groups: create, invite, join, decline, leave, kick, role,
                                   list, members, send, history (tom/group.py)
 
@@ -49,7 +53,14 @@ from . import group, node
 from .display import printable
 from .peer import parse_peer
 
+EX_DONE = EX_DELIVERED = 0
+"""Done; for `tom send`: the recipient's router acknowledged the message."""
 EX_FAILED = 1
+"""Failed; for `tom send`: the message failed, and why is printed (a final reason such as
+``refused: a different node (...) answers at host:port``), or the router refused it."""
+EX_TIMEOUT = 2
+"""Timed out; for `tom send`: still not delivered at ``--timeout`` (the node retries it),
+with the last status and why it waits."""
 EX_NOT_RUNNING = 3
 EX_USAGE = 64  # sysexits.h EX_USAGE
 EX_INTERRUPTED = 130
@@ -260,6 +271,12 @@ def cmd_send(data: DataDir, args: argparse.Namespace) -> int:
     return chat.cmd_send(data, args)
 
 
+def cmd_inbox(data: DataDir, args: argparse.Namespace) -> int:
+    from . import inbox
+
+    return inbox.cmd_inbox(data, args)
+
+
 def positive_float(text: str) -> float:
     x = float(text)
     if not x > 0:
@@ -443,15 +460,35 @@ def build_parser() -> argparse.ArgumentParser:
                       "'echo: <text>', until SIGINT/SIGTERM")
     chat.set_defaults(func=cmd_chat)
     send = sub.add_parser("send", parents=[common], help="send one message and wait until it "
-                          "is delivered (exit 0), failed (1) or timed out (2)")
+                          "is delivered (exit 0), failed (1) or timed out (2)",
+                          description="Send one message and wait for the outcome, printing "
+                          "why it is not delivered as soon as the node knows (no route, "
+                          "nothing listening at the address, the recipient offline and "
+                          "where the message is held). Exit status: 0 delivered, 1 failed "
+                          "(the reason is printed), 2 not delivered by --timeout (the last "
+                          "reason), 3 the node is not running, 64 usage error.")
     send.add_argument("peer", metavar="PEER", type=node_arg,
                       help="node id, optionally ID@host:port")
     send.add_argument("text", metavar="TEXT", help="the message (UTF-8)")
     send.add_argument("--timeout", type=positive_float, default=30.0,
-                      help="seconds to wait for delivery (default 30)")
+                      help="seconds to wait for delivery (default 30; exit 2 after it)")
     send.add_argument("--no-encrypt", action="store_true",
                       help="signed but not end-to-end encrypted")
     send.set_defaults(func=cmd_send)
+    inbox = sub.add_parser("inbox", parents=[common], help="the messages this node received, "
+                           "oldest first (does not mark them read unless --mark-read)")
+    inbox.add_argument("--unread", action="store_true",
+                       help="only messages no app has shown yet (not marked read)")
+    inbox.add_argument("--after", type=nonnegative, default=0, metavar="N",
+                       help="only messages after inbox seq N (default 0: all)")
+    inbox.add_argument("--follow", "-f", action="store_true",
+                       help="then print new messages as they arrive, until Ctrl+C")
+    inbox.add_argument("--json", action="store_true",
+                       help="one JSON object per line: seq, id, sender, timestamp_ms, "
+                       "encrypted, relayed, read, text")
+    inbox.add_argument("--mark-read", action="store_true",
+                       help="mark each message read once printed (its sender sees 'read')")
+    inbox.set_defaults(func=cmd_inbox)
     add_group_parser(sub, common)
     return p
 

@@ -45,6 +45,9 @@ class Message:
 
     info: rm.Received
     payload: bytes
+    read: bool = False
+    """Whether an app had marked it read when it was fetched from the inbox (a message from
+    an event is new, so unread)."""
 
     @property
     def text(self) -> str:
@@ -277,6 +280,8 @@ class Client:
         return ids
 
     def read(self, msg: Message) -> None:
+        """Mark ``msg`` read, once it was shown to the person: its sender sees ``read`` (one
+        receipt however often this is called)."""
         self.bus.request("router", rm.Read(id=msg.info.id, sender=msg.info.sender))
 
     def outbox(self, ids: list[bytes] | None = None, limit: int = 100) -> list[rm.MessageState]:
@@ -288,11 +293,20 @@ class Client:
             states += reply.messages
         return states
 
-    def inbox(self, after: int = 0, limit: int = 100) -> list[Message]:
-        reply = self.bus.request("router", rm.Inbox(after=after, limit=limit))
+    def inbox(self, after: int = 0, limit: int = 100, unread: bool = False) -> list[Message]:
+        """Messages after seq ``after``, oldest first (``unread``: only those no app marked
+        read)."""
+        return self.inbox_page(after, limit, unread)[0]
+
+    def inbox_page(self, after: int = 0, limit: int = 100, unread: bool = False,
+                   newest: bool = False) -> tuple[list[Message], int]:
+        """:meth:`inbox` (``newest``: the last ``limit`` instead of the first, still oldest
+        first), and how many messages in the whole inbox are unread."""
+        reply = self.bus.request("router", rm.Inbox(after=after, limit=limit, unread=unread,
+                                                    newest=newest))
         assert isinstance(reply, rm.InboxReply)
-        return [Message(rm.Received(**r.model_dump(exclude={"payload"})), r.payload)
-                for r in reply.messages]
+        return [Message(rm.Received(**r.model_dump(exclude={"payload", "read"})), r.payload,
+                        r.read) for r in reply.messages], reply.unread
 
     def peers(self) -> list[rm.PeerEntry]:
         reply = self.bus.request("router", rm.Peers())

@@ -491,6 +491,14 @@ class Nat(Namespace):
             self.iptables("-A", "LOSS", "-m", "statistic", "--mode", "random",
                           "--probability", f"{p:.6f}", "-j", "DROP")
 
+    def forward(self, port: int) -> None:
+        """Forward UDP ``port`` of the public address to the home, as a home router's "port
+        forwarding" does: strangers can reach the home's ``port`` from then on."""
+        self.iptables("-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "--dport",
+                      str(port), "-j", "DNAT", "--to-destination", f"{HOME_ADDR}:{port}")
+        self.iptables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-p", "udp", "-d", HOME_ADDR,
+                      "--dport", str(port), "-j", "ACCEPT")
+
     def _block_rules(self, peer_public_addr: str) -> list[list[str]]:
         peer = str(ipaddress.IPv4Address(peer_public_addr))
         return [["BLOCK", "-p", "udp", side, peer, "-j", "DROP"] for side in ("-s", "-d")]

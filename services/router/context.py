@@ -94,6 +94,8 @@ class OutMsg:
     """The relay the app named, for when the topology knows no path."""
     holders: tuple[bytes, ...] = ()
     """Holders that confirmed they keep a copy (services/router/handoff.py)."""
+    reason: str = ""
+    """Why it is not delivered yet, as last published (services/router/reasons.py)."""
 
 
 def split_ids(raw: bytes) -> tuple[bytes, ...]:

@@ -155,8 +155,8 @@ class RouterCore(Core):
             case Request(body=rm.Outbox(ids=ids, limit=limit)):
                 return [Reply(event.ctx, rm.OutboxReply(
                     messages=self.outgoing.states(ids, limit)))]
-            case Request(body=rm.Inbox(after=after, limit=limit, groups=groups)):
-                return self.incoming.inbox(event, after, limit, groups)
+            case Request(body=rm.Inbox() as query):
+                return self.incoming.inbox(event, query)
             case Request(body=rm.PassOn()):
                 return self.peers.pass_on(event)
             case Request(body=rm.Replicate()):
@@ -199,7 +199,7 @@ class RouterCore(Core):
             p = topo.peer(node, now_ms)
             p.host, p.port, p.bootstrap, p.last_seen_ms = host, port, boot, seen
             p.contact = contact
-            p.seen_addr = (host, port)
+            p.seen_addr = (host, port) if host else None  # ("": refused, issue 17)
             if boot:  # introduced (router.add_peer); the configured ones are set below
                 p.boot_addr = (host, port)
         for node in ctx.store.contacts():
@@ -212,7 +212,7 @@ class RouterCore(Core):
             ctx.out[row.id] = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                                      row.created_ms, row.attempts, next_try=now,
                                      expires_ms=row.expires_ms, relay=row.relay or None,
-                                     holders=split_ids(row.holders))
+                                     holders=split_ids(row.holders), reason=row.reason)
         ctx.stats["restored_messages"] += len(ctx.out)
         actions.append(Call("transport", tm.Peers(), ("tpeers",)))
         actions += self.peers.redial_contacts(now)
@@ -263,8 +263,7 @@ class RouterCore(Core):
                 return self.peers.reconcile(event.body.peers, now)
             case "connect" if not ok:
                 assert isinstance(event, PeerFailed)
-                self.peers.connect_failed(rest[0], event, now)
-                return []
+                return self.peers.connect_failed(rest[0], rest[1], event, now)
             case "punch":
                 self.peers.punched(rest[0], ok, now)
                 return []

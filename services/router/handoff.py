@@ -20,6 +20,8 @@ is back, delete it on the recipient's ACK or at its expiry) is services/backup/c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgpack
 
 from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Publish, Reply, Request
@@ -45,6 +47,9 @@ class Handoff:
         """Id of a ``BackupStore`` envelope we sent -> (the message's id, the holder)."""
         self.offers: dict[tuple[bytes, bytes], tuple[float, int]] = {}
         """(message id, holder) -> (when last offered, how many times)."""
+        self.on_held: Callable[[OutMsg], list[Action]] = lambda msg: [rm_status(msg)]
+        """What to publish when a holder took a copy (the outgoing side: the status, with
+        a reason that counts the holders)."""
 
     # -- the sender's side ----------------------------------------------------------------
 
@@ -115,7 +120,7 @@ class Handoff:
         self.offers.pop((msg.id, holder), None)
         ctx.store.set_holders(msg.id, b"".join(msg.holders))
         ctx.stats["backup_held"] += 1
-        return [rm_status(msg)]
+        return self.on_held(msg)
 
     def forget(self, msg_id: bytes) -> None:
         """The message is delivered (or failed): no more offers, no more confirmations."""

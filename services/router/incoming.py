@@ -323,7 +323,8 @@ class Incoming:
     # -- the app's side of the inbox ------------------------------------------------------
 
     def read(self, req_ctx: object, msg_id: bytes, sender: bytes, now: float) -> list[Action]:
-        """``router.read``: mark a message read and send its sender the read receipt."""
+        """``router.read``: mark a message read and send its sender the read receipt, once:
+        a message read before is answered with no second receipt."""
         ctx = self.ctx
         assert ctx.topo is not None
         if not ctx.store.mark_read(sender, msg_id):
@@ -339,24 +340,29 @@ class Incoming:
         return ctx.control(sender, MessageType.READ_RECEIPT,
                            ReadReceiptPayload(msg_id, ctx.now_ms()).encode(), via, proof)
 
-    def inbox(self, req: Request, after: int, limit: int, groups: bool) -> list[Action]:
-        """``router.inbox``: the stored messages after ``after``, at most about 1 MiB."""
-        if groups and not groups_caller(req.caller):
+    def inbox(self, req: Request, q: rm.Inbox) -> list[Action]:
+        """``router.inbox``: the stored messages after ``q.after`` (all, or the unread ones;
+        the oldest, or the newest), at most about 1 MiB."""
+        if q.groups and not groups_caller(req.caller):
             return [Fail(req.ctx, ErrorCode.FORBIDDEN, "only the groups service "
                          "reads group envelopes")]
         store = self.ctx.store
-        stored = GROUP if groups else CHAT
+        stored = GROUP if q.groups else CHAT
+        found = store.inbox_after(q.after, q.limit, stored, q.unread, q.newest)
         rows: list[InRow] = []
         size = 0
-        for r in store.inbox_after(after, limit, stored):
+        for r in reversed(found) if q.newest else found:  # what the size bound keeps first
             size += len(r.payload) + 100
             if rows and size > INBOX_REPLY_BYTES:
                 break
             rows.append(r)
+        if q.newest:
+            rows.reverse()
         return [Reply(req.ctx, rm.InboxReply(messages=[rm.Stored(
             seq=r.seq, id=r.id, sender=r.sender, timestamp_ms=r.timestamp_ms,
-            encrypted=r.encrypted, relayed=r.relayed, payload=r.payload)
-            for r in rows], tail=store.inbox_tail(stored)))]
+            encrypted=r.encrypted, relayed=r.relayed, payload=r.payload, read=r.read)
+            for r in rows], tail=store.inbox_tail(stored),
+            unread=0 if q.groups else store.unread_count()))]
 
     def purge(self, cutoff: int) -> None:
         """What came before ``cutoff`` (Unix ms; the replay window) leaves the inbox (and

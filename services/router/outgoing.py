@@ -12,6 +12,12 @@ and retried at once.
 When a direct connection stalls or drops, the messages last sent over it that are not
 acknowledged are sent again at once along the next path (a relay); a peer that connects
 gets again what was sent to it (services/router/peers.py tells this part when).
+
+A message with no path says why (its ``reason``, services/router/reasons.py), at each
+attempt and as soon as a dial to its recipient fails; the status stays what it was (a
+``router.status`` event with the same status and a new reason). When the failure is final
+for the only address of the recipient, a chat that nothing else carries (still ``pending``,
+no holder) fails at once with it.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from .context import (
     split_ids,
 )
 from .handoff import Handoff
+from .reasons import NO_ROUTE, held, offline
 from .store import OutRow
+from .topology import STALE_MS
 
 if TYPE_CHECKING:
     from .peers import Peers
@@ -67,6 +75,7 @@ class Outgoing:
         self.ctx = ctx
         self.sealing: set[bytes] = set()
         self.handoff = Handoff(ctx)
+        self.handoff.on_held = self.held
         self.peers: Peers
         """The :class:`~.peers.Peers` that dials and punches for a path (set by the core)."""
 
@@ -157,7 +166,7 @@ class Outgoing:
         if route is None:
             msg.next_try = now + RETRY_FIRST_S  # or as soon as a peer connects
             ctx.stats["no_route"] += 1
-            return actions
+            return actions + self.explain(msg)
         msg.busy = True
         if route != msg.env.via:  # a new path: crypto signs the new via
             unsigned = replace(msg.env, via=route, ttl=DEFAULT_TTL, signature=b"")
@@ -236,7 +245,8 @@ class Outgoing:
                 return None
             msg = OutMsg(row.id, row.recipient, decode(row.envelope), row.status,
                          row.created_ms, row.attempts, expires_ms=row.expires_ms,
-                         relay=row.relay or None, holders=split_ids(row.holders))
+                         relay=row.relay or None, holders=split_ids(row.holders),
+                         reason=row.reason)
             ctx.out[msg_id] = msg
         return msg
 
@@ -246,7 +256,11 @@ class Outgoing:
                 status == FAILED and msg.status >= DELIVERED):
             ctx.stats["stale_status_updates"] += 1
             return []
-        msg.status = status
+        if status == READ and msg.status < DELIVERED:
+            # the read receipt came before the delivery ACK (another path, or the ACK was
+            # lost): read implies delivered, and a listener waiting for `delivered` sees it
+            return self.advance(msg, DELIVERED) + self.advance(msg, READ)
+        msg.status, msg.reason = status, reason
         ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts)
         if status >= READ or status == FAILED:
             del ctx.out[msg.id]
@@ -255,6 +269,70 @@ class Outgoing:
         ctx.stats[STATUS[status]] += 1
         return [Publish(rm.StatusChanged(id=msg.id, to=msg.to, status=STATUS[status],  # type: ignore[arg-type]
                                          reason=reason, held_by=len(msg.holders)))]
+
+    # -- why it waits -----------------------------------------------------------------------
+
+    def why(self, msg: OutMsg) -> tuple[str, bool]:
+        """Why ``msg`` has no path now, and whether that is final (reasons.py); "" while a
+        dial to a recipient seen moments ago is under way (its answer says more)."""
+        topo = self.ctx.topo
+        assert topo is not None
+        p = topo.peers.get(msg.to)
+        failure = self.peers.failures.get(msg.to)
+        if failure is not None and failure.final and not msg.holders and (
+                p is None or not p.host or (p.host, p.port) == failure.addr):
+            return failure.text, True  # (holders carry it whatever an address says)
+        if p is not None and p.last_seen_ms > 0:  # it was there: it is away
+            if failure is None and p.host and msg.to in self.peers.connecting \
+                    and self.ctx.now_ms() - p.last_seen_ms < STALE_MS:
+                return "", False
+            detail = failure.detail if failure else "" if p.host else "no address known"
+            return offline(self.expires_at_ms(msg), len(msg.holders), detail), False
+        why = failure.text if failure is not None else \
+            NO_ROUTE if p is None or not p.host else ""
+        if msg.holders:  # never seen, but holders wait for it too
+            return held(why, self.expires_at_ms(msg), len(msg.holders)), False
+        return why, False
+
+    def explain(self, msg: OutMsg, force: bool = False) -> list[Action]:
+        """Say why ``msg`` has no path (a status event with its status and the reason, when
+        the reason changed, or ``force``: its holders changed); fail it when that is final
+        and nothing else carries it (a chat still pending, held by no holder)."""
+        reason, final = self.why(msg)
+        if final and msg.status == PENDING and not msg.holders \
+                and msg.env.msg_type == MessageType.CHAT:
+            self.ctx.stats["failed_unreachable"] += 1
+            return self.advance(msg, FAILED, reason)
+        if not force and (not reason or reason == msg.reason):
+            return []
+        ctx = self.ctx
+        if reason and reason != msg.reason:
+            msg.reason = reason
+            ctx.store.update_out(msg.id, msg.status, reason, ctx.now_ms(), msg.attempts)
+            ctx.stats["reasons_given"] += 1
+        return [Publish(rm.StatusChanged(id=msg.id, to=msg.to, status=STATUS[msg.status],  # type: ignore[arg-type]
+                                         reason=msg.reason, held_by=len(msg.holders)))]
+
+    def explain_for(self, node: bytes, now: float) -> list[Action]:
+        """A dial to ``node`` failed: every message waiting for it says why, now."""
+        actions: list[Action] = []
+        for msg in list(self.ctx.out.values()):
+            if msg.to == node and msg.status < DELIVERED \
+                    and self._route(msg.to, msg.relay) is None:
+                actions += self.explain(msg)
+        return actions
+
+    def held(self, msg: OutMsg) -> list[Action]:
+        """A holder took a copy of ``msg``: a status event says so (``held_by``), with
+        the reason, which counts the holders."""
+        if self._route(msg.to, msg.relay) is None:
+            reason, _final = self.why(msg)
+            if reason and reason != msg.reason:
+                msg.reason = reason
+                self.ctx.store.update_out(msg.id, msg.status, reason, self.ctx.now_ms(),
+                                          msg.attempts)
+        return [Publish(rm.StatusChanged(id=msg.id, to=msg.to, status=STATUS[msg.status],  # type: ignore[arg-type]
+                                         reason=msg.reason, held_by=len(msg.holders)))]
 
     def states(self, ids: list[bytes], limit: int) -> list[rm.MessageState]:
         """``router.outbox``: the messages asked for, or the latest."""

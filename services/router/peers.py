@@ -11,6 +11,11 @@ messages last sent over it that are not acknowledged are sent again at once alon
 path (a relay), and ``router.path`` tells the app; a stalled one that answers again is used
 again.
 
+A dial that fails is remembered with what the transport said (services/router/reasons.py):
+the messages waiting for that node say why at once, and an address where another node
+answers (or whose host name does not exist) is final: messages that only it could carry
+fail, and the address stops being dialled.
+
 The transport's events keep the picture current, and what it holds (``transport.peers``) is
 compared with it at start, after the transport restarts and every ``LIVENESS_S`` (the core's
 tick). Peers with history (bootstrap peers, contacts) are saved and dialled again after a
@@ -30,6 +35,7 @@ from shared.wire.messages import transport as tm
 from .context import Context, backup_caller
 from .discovery import Discovery
 from .outgoing import Outgoing
+from .reasons import DialFailure, dial_failure
 from .topology import path_kind
 
 CONNECT_RETRY_S = 5.0
@@ -65,6 +71,8 @@ class Peers:
         """node -> (no punch before, failures in a row); inf while one is in flight."""
         self.saved_peers_added = False
         """A contact was saved since the saved peers were last pruned."""
+        self.failures: dict[bytes, DialFailure] = {}
+        """node -> its last dial's failure, until it connects or is dialled again."""
         self.rejoin: dict[bytes, tuple[float, float]] = {}
         """Contacts dialled since the last restart that have not connected yet: when to
         dial again, and the wait after that."""
@@ -98,6 +106,7 @@ class Peers:
         p.boot_addr = (host, port)
         if not p.connected:
             p.host, p.port = host, port
+            self.failures.pop(node, None)  # a new word from the user: try it afresh
         ctx.store.put_peer(node, host, port, True, p.last_seen_ms, p.contact)
         if gained:
             ctx.quota.recount()
@@ -120,6 +129,7 @@ class Peers:
         assert ctx.topo is not None
         for n in ctx.topo.removed:
             self.connecting.pop(n, None)
+            self.failures.pop(n, None)
             self.punching.pop(n, None)
             self.stalled.discard(n)
             self.rejoin.pop(n, None)
@@ -161,6 +171,7 @@ class Peers:
                 self.stalled.discard(peer)
                 self._connected(peer, host, port, None)
                 self.connecting.pop(peer, None)
+                self.failures.pop(peer, None)
                 p = topo.peers[peer]
                 if p.history:  # strangers are never saved
                     ctx.store.put_peer(peer, host, port, p.bootstrap, ctx.now_ms(),
@@ -309,18 +320,56 @@ class Peers:
                 or now < self.connecting.get(node, -1e9):
             return []
         self.connecting[node] = now + CONNECT_RETRY_S
+        self.failures.pop(node, None)  # what the last dial said may no longer hold
         return [Call("transport", tm.Connect(peer=node, host=p.host, port=p.port),
-                     ("connect", node), timeout_s=10.0)]
+                     ("connect", node, (p.host, p.port)), timeout_s=10.0)]
 
-    def connect_failed(self, node: bytes, event: PeerFailed, now: float) -> None:
+    def connect_failed(self, node: bytes, addr: tuple[str, int], event: PeerFailed,
+                       now: float) -> list[Action]:
+        """A dial failed: remember why, tell the messages waiting for ``node``; an address
+        that can never reach it is forgotten (a refusal) or no longer dialled."""
+        ctx = self.ctx
         self.connecting.pop(node, None)  # may be dialled again at once
         if event.code == ErrorCode.UNAVAILABLE:
             # our own transport is not ready (just restarted, no binding yet): the
             # address is not at fault; what waits for this peer tries again soon
             # instead of at its backoff
             self.outgoing.retry_now(node, now + TRANSPORT_RETRY_S)
-        elif self.ctx.topo is not None:
-            self.ctx.topo.next_address(node)
+            return []
+        if ctx.topo is None:
+            return []
+        failure = self.failures[node] = dial_failure(event.code, event.message, addr)
+        ctx.stats["dials_failed"] += 1
+        p = ctx.topo.peers.get(node)
+        if failure.final and p is not None:
+            self._unusable(p.node_id, addr, refused=failure.text.startswith("refused"))
+        ctx.topo.next_address(node)
+        return self.outgoing.explain_for(node, now)
+
+    def _unusable(self, node: bytes, addr: tuple[str, int], refused: bool) -> None:
+        """``addr`` can never reach ``node``: not dialled again as a bootstrap peer (unless
+        the configuration says so), and forgotten when another node answers there."""
+        ctx = self.ctx
+        assert ctx.topo is not None
+        p = ctx.topo.peers[node]
+        saved = p.history
+        configured = any(n == node for n, _, _ in ctx.settings.bootstrap)
+        if refused and not configured:  # forget it wherever it came from
+            ctx.stats["addresses_refused"] += 1
+            p.addrs = tuple(a for a in p.addrs if a != addr)
+            if p.boot_addr == addr:
+                p.boot_addr = None
+            if p.seen_addr == addr:
+                p.seen_addr = None
+            if (p.host, p.port) == addr:
+                p.host, p.port = "", 0  # (the caller moves to the next address, if any)
+        if p.bootstrap and not configured:
+            ctx.stats["bootstrap_dropped"] += 1
+            p.bootstrap = False
+        if saved:
+            ctx.store.set_address(node, p.host, p.port, p.bootstrap)
+            if not p.history:
+                ctx.quota.recount()
 
     def dial_bootstrap(self, now: float) -> list[Action]:
         """At each tick: the bootstrap peers not connected, and for ``REJOIN_S`` after a

@@ -50,6 +50,10 @@ MIGRATIONS = (
     ("outbox", "holders", "ALTER TABLE outbox ADD COLUMN holders BLOB NOT NULL DEFAULT x''"),
 )
 """Columns added since the first release: (table, column, how to add it)."""
+INDEXES = """
+CREATE INDEX IF NOT EXISTS inbox_unread ON inbox (seq) WHERE read = 0 AND kind = 0;
+"""
+"""Indexes on columns that :data:`MIGRATIONS` may have just added (made after them)."""
 CHAT, GROUP = 0, 1
 """Inbox kinds: a chat for the app, a group envelope for the groups service."""
 _SIZE = "sum(length(payload) + length(envelope))"
@@ -83,6 +87,7 @@ class InRow:
     encrypted: bool
     relayed: bool
     payload: bytes
+    read: bool = False
 
 
 class Store:
@@ -94,6 +99,7 @@ class Store:
         for table, column, sql in MIGRATIONS:
             if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(sql)
+        self.db.executescript(INDEXES)
         # peers without history were written by earlier versions: forget them
         self.db.execute("DELETE FROM peers WHERE bootstrap=0 AND contact=0")
         self.db.commit()
@@ -173,11 +179,26 @@ class Store:
         self.dirty = True
         return cur.lastrowid if cur.rowcount else None
 
-    def inbox_after(self, after: int, limit: int, kind: int = CHAT) -> list[InRow]:
+    def inbox_after(self, after: int, limit: int, kind: int = CHAT, unread: bool = False,
+                    newest: bool = False) -> list[InRow]:
+        """Up to ``limit`` messages of ``kind`` with a seq above ``after``, in seq order: the
+        oldest of them, or with ``newest`` the newest; with ``unread`` only those not marked
+        read."""
+        # kind and read as literals: the partial index inbox_unread serves unread reads
+        where = f"seq > ? AND kind = {int(kind)}" + (" AND read = 0" if unread else "")
         rows = self.db.execute(
-            "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload FROM inbox "
-            "WHERE seq > ? AND kind = ? ORDER BY seq LIMIT ?", (after, kind, limit)).fetchall()
-        return [InRow(s, i, f, t, bool(e), bool(r), p) for s, i, f, t, e, r, p in rows]
+            "SELECT seq, id, sender, timestamp_ms, encrypted, relayed, payload, read FROM inbox "
+            f"WHERE {where} ORDER BY seq {'DESC' if newest else ''} LIMIT ?",
+            (after, limit)).fetchall()
+        if newest:
+            rows.reverse()
+        return [InRow(s, i, f, t, bool(e), bool(r), p, bool(d))
+                for s, i, f, t, e, r, p, d in rows]
+
+    def unread_count(self) -> int:
+        """How many of the apps' messages are not marked read."""
+        return int(self.db.execute("SELECT count(*) FROM inbox WHERE read = 0 AND kind = 0"
+                                   ).fetchone()[0])
 
     def envelope_in(self, sender: bytes, msg_id: bytes) -> bytes:
         """The signed envelope a received message came in (empty for rows stored before
@@ -192,7 +213,8 @@ class Store:
                                    (kind,)).fetchone()[0])
 
     def mark_read(self, sender: bytes, msg_id: bytes) -> bool:
-        """Mark a received message read; False if unknown or already read."""
+        """Mark a received message read (committed with the batch, like every write); False
+        if unknown or already read."""
         n = self.db.execute("UPDATE inbox SET read=1 WHERE sender=? AND id=? AND read=0 "
                             "AND kind=0",
                             (sender, msg_id)).rowcount
@@ -227,6 +249,13 @@ class Store:
             "bootstrap=max(bootstrap, excluded.bootstrap), "
             "contact=max(contact, excluded.contact)",
             (node_id, host, port, int(bootstrap), last_seen_ms, int(contact)))
+        self.dirty = True
+
+    def set_address(self, node_id: bytes, host: str, port: int, bootstrap: bool) -> None:
+        """A saved peer's address and bootstrap flag, as given (an address that turned out
+        to belong to another node is forgotten; such a peer is no longer dialled)."""
+        self.db.execute("UPDATE peers SET host=?, port=?, bootstrap=? WHERE node_id=?",
+                        (host, port, int(bootstrap), node_id))
         self.dirty = True
 
     def peers(self) -> list[tuple[bytes, str, int, bool, int, bool]]:

@@ -7,10 +7,14 @@ every 2 s. Datagrams from the shell's UDP socket are fed to the endpoint; its da
 become :class:`SendDatagram` actions and its events become bus events
 (``transport.peer_connected``, ``transport.peer_disconnected``, ``transport.path``).
 ``transport.connect`` is answered when the peer has proven its node id, or fails with the
-reason the connection ended. Its host is checked as text first (addresses.py; ``invalid``
-otherwise, counted); a host name is never given to the endpoint: the core asks the shell to
-resolve it (:class:`Resolve`), which does so in a resolver thread with a timeout and answers
-with :class:`Resolved`, and only then dials.
+reason the connection ended, said for the person who asked and starting with what went
+wrong (docs/protocol.md): ``refused:`` (something else answers at that address: a different
+node, or one that proves no node id), ``unreachable:`` (nothing answered; or the network
+says nothing listens there: an ICMP error the shell reads from the socket's error queue,
+:class:`Unreachable`) or ``dns:`` (the host name does not resolve). Its host is checked as
+text first (addresses.py; ``invalid`` otherwise, counted); a host name is never given to
+the endpoint: the core asks the shell to resolve it (:class:`Resolve`), which does so in a
+resolver thread with a timeout and answers with :class:`Resolved`, and only then dials.
 
 Envelopes from peers go to the router as ``router.deliver`` calls, at most
 ``DELIVER_WINDOW`` in flight. What the transport holds for the router, queued or in flight,
@@ -58,6 +62,7 @@ from .endpoint import (
     Addr,
     AddressObserved,
     Backpressure,
+    DialFailed,
     Endpoint,
     FrameTooLarge,
     NotAnEnvelope,
@@ -118,6 +123,19 @@ class Resolved(ServiceInput):
     addr: Addr | None
     error: str = ""
     timed_out: bool = False
+    """The failure may pass: the resolver did not answer in time, or said to try again
+    (False: the name does not exist)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable(ServiceInput):
+    """The network refused a datagram the socket sent (an ICMP error from the socket's
+    error queue): where it went, the start of the datagram as the error quotes it, and
+    what the error says."""
+
+    addr: Addr
+    quoted: bytes
+    why: str
 
 
 class TransportCore(Core):
@@ -229,6 +247,11 @@ class TransportCore(Core):
                 return self._resolve(event.ctx, peer, host, port)
             case Resolved(token=token, addr=addr, error=error, timed_out=timed_out):
                 return self._resolved(token, addr, error, timed_out, now)
+            case Unreachable(addr=addr, quoted=quoted, why=why):
+                if ep is None:
+                    return []
+                ep.unreachable(addr, quoted, why, now)
+                return self._collect(now)
             case Request(body=m.Punch(peer=peer, via=via)):
                 assert ep is not None
                 direct = ep.peers.get(peer)
@@ -373,6 +396,11 @@ class TransportCore(Core):
                     actions.append(Publish(m.Reflexive(host=ev.addr[0], port=ev.addr[1],
                                                        peer=ev.node_id)))
                 self._observed[ev.node_id] = ev.addr
+            elif isinstance(ev, DialFailed):
+                code = ErrorCode.PEER_TIMEOUT if ev.transient else ErrorCode.FAILED
+                actions += [Fail(ctx, code, ev.reason)
+                            for ctx in self._connects.pop(ev.node_id, [])]
+                self._retry_failed_redials(now)
             elif isinstance(ev, PunchEnded):
                 actions += self._punch_ended(ev)
         actions += self._deliver(now)
@@ -414,7 +442,7 @@ class TransportCore(Core):
         if addr is None:
             self.stats["resolve_failures"] += 1
             code = ErrorCode.PEER_TIMEOUT if timed_out else ErrorCode.FAILED
-            return [Fail(ctx, code, f"cannot resolve {host!r}: {error}")
+            return [Fail(ctx, code, f"dns: cannot resolve {host}: {error}")
                     for ctx in self._connects.pop(peer, [])]
         if peer in ep.peers:
             return [Reply(ctx, m.ConnectReply()) for ctx in self._connects.pop(peer, [])]
@@ -480,7 +508,7 @@ class TransportCore(Core):
         failed: list[Action] = []
         for peer in [p for p in self._connects if p not in dialling and p not in ep.peers]:
             code = ErrorCode.PEER_TIMEOUT if "in time" in reason else ErrorCode.FAILED
-            failed += [Fail(ctx, code, f"could not connect: {reason}")
+            failed += [Fail(ctx, code, f"unreachable: could not connect ({reason})")
                        for ctx in self._connects.pop(peer)]
         return failed
 

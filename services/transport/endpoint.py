@@ -113,6 +113,7 @@ from .events import (
     PREFIX,
     AddressObserved,
     Backpressure,
+    DialFailed,
     Event,
     FrameTooLarge,
     NotAnEnvelope,
@@ -151,8 +152,8 @@ __all__ = [
     "ADDR_BURST", "CONTROL", "INTRO_BURST", "INTRO_IN_BURST", "INTRO_TIMEOUT_S",
     "INTRO_WINDOW_S", "MAX_CANDIDATES", "MAX_INTRODUCED", "MAX_PUNCHES", "PROBE_BYTES",
     "PROBE_EVERY_S", "PROBE_MAGIC", "PUBLIC_CANDIDATES", "PUNCH_DIALS", "PUNCH_PROBES",
-    "PUNCH_TIMEOUT_S", "TOKEN_BYTES", "Addr", "AddressObserved", "Backpressure", "Endpoint",
-    "Event", "FrameTooLarge", "NotAnEnvelope", "PathUpdated", "PeerAuthenticated",
+    "PUNCH_TIMEOUT_S", "TOKEN_BYTES", "Addr", "AddressObserved", "Backpressure", "DialFailed",
+    "Endpoint", "Event", "FrameTooLarge", "NotAnEnvelope", "PathUpdated", "PeerAuthenticated",
     "PeerClosed", "PunchEnded", "Received", "SendError", "channel_binding",
     "transport_public",
 ]
@@ -302,6 +303,8 @@ class _Conn:
     """Its Initial carried a valid Retry token."""
     valued_at: float = 0.0
     """When the owner last reported an envelope of this peer accepted (admission)."""
+    dial_reported: bool = False
+    """A dial that failed: its :class:`DialFailed` is out (once per connection)."""
 
 
 class Endpoint(Signalling):
@@ -494,7 +497,11 @@ class Endpoint(Signalling):
         for conn in list(self._conns):
             if (conn.node_id is None and not conn.closing
                     and now >= conn.created + self.auth_timeout_s):
-                self._fail(conn, "not authenticated in time", count="auth_timeouts")
+                where, limit = where_text(conn.addr), f"{self.auth_timeout_s:g} s"
+                self._fail(conn, "not authenticated in time", count="auth_timeouts",
+                           dial_reason=f"unreachable: no answer from {where} within {limit}"
+                           if conn.lane is None else f"unreachable: {where} proved no node "
+                           f"id within {limit}", transient=True)
             if conn.node_id is not None and not conn.closing and \
                     self._wall() >= conn.expires_wall:
                 self._fail(conn, "the peer's transport binding expired", count="expired")
@@ -786,15 +793,29 @@ class Endpoint(Signalling):
                    AUTH_CONTEXT + peer_role + channel_binding(conn.quic))
         except (EnvelopeError, CryptoError, ValueError, TypeError,
                 msgpack.UnpackException) as e:
-            self._fail(conn, f"authentication failed: {e}")
+            self._fail(conn, f"authentication failed: {e}", dial_reason=f"refused: "
+                       f"{where_text(conn.addr)} cannot prove a node id ({e})")
             return
         node_id = binding.node_id
         conn.expires_wall = binding.not_after_s
         if conn.expect is not None and node_id != conn.expect:
-            self._fail(conn, "the peer is not the node that was dialled")
-            return
+            # (authenticated: the binding and the proof over this connection verify)
+            refused = f"refused: a different node ({node_id.hex()[:16]}) answers at " \
+                f"{where_text(conn.addr)}"
+            current = self.peers.get(node_id)
+            if current is None or current.closing or node_id == self.node_id:
+                self._fail(conn, "the peer is not the node that was dialled",
+                           dial_reason=refused)
+                return
+            # a node we hold a connection to: it took this one as our new connection
+            # (it proved itself after we did), so do the same, or the two sides would each
+            # hold a different one; the dial itself failed all the same
+            self._dial_failed(conn, refused, transient=False)
+            self.counters["wrong_node_kept"] += 1
+            conn.expect = None
         if node_id == self.node_id:
-            self._fail(conn, "connected to ourselves")
+            self._fail(conn, "connected to ourselves",
+                       dial_reason=f"refused: {where_text(conn.addr)} is this node itself")
             return
         if not self._admit(conn, node_id, now):
             return
@@ -900,18 +921,69 @@ class Endpoint(Signalling):
         return (node_id or conn.node_id) not in self.known
 
     def _fail(self, conn: _Conn, reason: str, code: int = CLOSE_AUTH_FAILED,
-              count: str = "auth_failures") -> None:
+              count: str = "auth_failures", dial_reason: str | None = None,
+              transient: bool = False) -> None:
+        """Close ``conn`` with ``reason`` (sent to the peer); a dial of ours fails at once
+        with ``dial_reason`` (for the person who asked; default: ``reason``), not after
+        the closing period."""
         self.counters[count] += 1
         self._settle(conn)
         conn.closing = True
         conn.quic.close(error_code=code, reason_phrase=reason)
+        if dial_reason is None:
+            dial_reason, transient = f"unreachable: {where_text(conn.addr)}: {reason}", True
+        self._dial_failed(conn, dial_reason, transient)
+
+    def _dial_failed(self, conn: _Conn, reason: str, transient: bool) -> None:
+        if conn.dialled and conn.node_id is None and conn.expect is not None \
+                and not conn.dial_reported:
+            conn.dial_reported = True
+            self.counters["dials_failed"] += 1
+            self._events.append(DialFailed(conn.expect, conn.addr, reason, transient))
+
+    def unreachable(self, addr: Addr, quoted: bytes, why: str, now: float) -> None:
+        """The network says a datagram sent to ``addr`` cannot be delivered (an ICMP
+        error from the kernel's error queue: port or host unreachable), quoting the
+        datagram. A dial of ours to ``addr`` that is not authenticated yet, and whose
+        packet the quote shows (its destination connection id, which an off-path forger
+        would have to guess), fails now instead of after the authentication timeout.
+        Anything else is ignored (counted): authenticated connections have their own
+        liveness, and ICMP is easily forged."""
+        for conn in list(self._conns):
+            if conn.dialled and conn.node_id is None and not conn.closing \
+                    and conn.addr == addr and _quotes(quoted, conn.quic._peer_cid.cid):
+                self.counters["dials_unreachable"] += 1
+                self._dial_failed(conn, f"unreachable: {why}", transient=False)
+                conn.closing = True
+                self._forget(conn)  # nobody there to tell: no closing period
+                return
+        self.counters["icmp_ignored"] += 1
 
     def _terminated(self, conn: _Conn, reason: str, now: float) -> None:
         if conn.node_id is not None and conn.rx:
             self._parse(conn, now, final=True)  # acknowledged to the peer: hand it over
         self._forget(conn)
         if conn.node_id is None:
+            self._dial_failed(conn, f"unreachable: the connection to {where_text(conn.addr)} "
+                              f"ended before it was authenticated ({reason})", transient=True)
             self._events.append(PeerClosed(None, conn.addr, reason))
         elif self.peers.get(conn.node_id) is conn:  # not for one that was replaced
             del self.peers[conn.node_id]
             self._events.append(PeerClosed(conn.node_id, conn.addr, reason))
+
+
+def where_text(addr: Addr) -> str:
+    """``host:port`` (``[v6]:port``), for messages."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _quotes(quoted: bytes, dcid: bytes) -> bool:
+    """Whether ``quoted`` (the start of a datagram, from an ICMP error) is a QUIC packet
+    to the connection id ``dcid``: long header (its length byte, then the id) or short."""
+    if not quoted or not dcid:
+        return False
+    if quoted[0] & 0x80:
+        return len(quoted) >= 6 + len(dcid) and quoted[5] == len(dcid) \
+            and quoted[6:6 + len(dcid)] == dcid
+    return quoted[1:1 + len(dcid)] == dcid

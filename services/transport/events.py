@@ -32,6 +32,21 @@ class PeerClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class DialFailed:
+    """A connection this endpoint dialled ended before the peer proved its node id: why,
+    said for the person who asked (``reason`` starts with ``refused:`` or ``unreachable:``,
+    docs/protocol.md, ``transport.connect``)."""
+
+    node_id: bytes
+    """The node that was dialled."""
+    addr: Addr
+    reason: str
+    transient: bool = False
+    """Nothing answered (it may later); False: something answered and refused, or the
+    network said that nothing listens there."""
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
     node_id: bytes
     data: bytes
@@ -69,8 +84,8 @@ class PunchEnded:
     reason: str = ""
 
 
-Event = (PeerAuthenticated | PeerClosed | Received | PathUpdated | AddressObserved
-         | PunchEnded)
+Event = (PeerAuthenticated | PeerClosed | DialFailed | Received | PathUpdated
+         | AddressObserved | PunchEnded)
 
 
 class SendError(Exception):

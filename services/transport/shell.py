@@ -6,6 +6,12 @@ service drains the bus and re-arms its timer once per batch instead of once per 
 (asyncio's datagram transport reads one datagram per loop iteration and would run a whole
 service cycle for each). Sends are non-blocking; a datagram the kernel cannot take now is
 dropped and counted, and QUIC retransmits it.
+
+On Linux the socket also takes ICMP errors (``IP_RECVERR``): after each read the shell drains
+the socket's error queue and hands the core each "port unreachable" or "host unreachable"
+with the address it concerns and the quoted datagram (:class:`~.core.Unreachable`), so a dial
+to an address where nothing listens fails at once instead of after the authentication
+timeout (the endpoint checks that the quote is its own packet).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import fcntl
 import ipaddress
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,12 +35,23 @@ from shared.service import Service, ServiceContext, StartupError
 
 from .admission import Limits
 from .config import TransportConfig, advertised
-from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore
+from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore, Unreachable
+from .endpoint import where_text
 
 UDP_BATCH = 256
 PORT_FALLBACK_SCAN = 100
 """With ``port_fallback``, ports tried above a taken one before any free port."""
 SOCKET_BUFFER = 4 * 1024 * 1024
+ERRORS_BATCH = 64
+"""ICMP errors taken from the socket's error queue per wake-up (the rest wait for the next)."""
+QUOTE_BYTES = 64
+"""Bytes of the refused datagram read with its error: enough for a QUIC header."""
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11),       # IP_RECVERR (Linux)
+            socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}    # IPV6_RECVERR
+_ICMP_ORIGINS = (2, 3)
+"""``SO_EE_ORIGIN_ICMP``, ``SO_EE_ORIGIN_ICMP6``: errors reported by the network."""
+_NO_SUCH_HOST = frozenset(getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA")
+                          if hasattr(socket, n))
 RESOLVER_THREADS = 4
 """Threads that run ``getaddrinfo``: a resolver that never answers holds one until the C
 library gives up; while all are held, names fail at once (``resolver_busy``)."""
@@ -75,6 +93,7 @@ class TransportService(Service):
         self.delay_s = cfg.send_delay_ms / 1000
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
         self._resolver_busy = 0
+        self._recverr = recv_errors(self.udp)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self._on_readable)
         try:
@@ -134,6 +153,25 @@ class TransportService(Service):
             self.stats["udp_errors"] += 1
         if batch:
             self.feed_external(DatagramsReceived(batch))
+        if self._recverr and len(batch) < UDP_BATCH:
+            self._read_errors()
+
+    def _read_errors(self) -> None:
+        """Drain the socket's error queue (ICMP errors; left there, they would wake the
+        loop again and again): port or host unreachable go to the core."""
+        for _ in range(ERRORS_BATCH):
+            try:
+                quoted, ancillary, _flags, addr = self.udp.recvmsg(
+                    QUOTE_BYTES, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats["udp_errors"] += 1
+                return
+            why = icmp_reason(ancillary, addr)
+            self.stats["icmp_errors"] += 1
+            if why and isinstance(addr, tuple):
+                self.feed_external(Unreachable((addr[0], addr[1]), quoted, why))
 
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
@@ -175,7 +213,8 @@ class TransportService(Service):
             result = Resolved(action.token, None, f"no answer within {timeout:g} s",
                               timed_out=True)
         except (OSError, UnicodeError, IndexError) as e:
-            result = Resolved(action.token, None, str(e) or type(e).__name__)
+            error, transient = resolve_error(e)
+            result = Resolved(action.token, None, error, timed_out=transient)
         self.feed_external(result)
 
     def flush_extra(self) -> None:
@@ -198,6 +237,48 @@ class TransportService(Service):
             self.stats["udp_send_drops"] += 1
         except (OSError, ValueError, TypeError):
             self.stats["udp_errors"] += 1
+
+
+def resolve_error(e: BaseException) -> tuple[str, bool]:
+    """Why ``getaddrinfo`` failed, and whether it may pass: the resolver saying the name
+    does not exist is final (``no such host``); anything else (try again, a resolver
+    failure, no network) may pass."""
+    if isinstance(e, socket.gaierror):
+        if e.errno in _NO_SUCH_HOST:
+            return "no such host", False
+        return e.strerror or str(e), True
+    return str(e) or type(e).__name__, isinstance(e, OSError)
+
+
+def recv_errors(sock: socket.socket) -> bool:
+    """Ask the kernel for the ICMP errors of this socket (Linux); whether it will give them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    level, option = _RECVERR[sock.family]
+    try:
+        sock.setsockopt(level, option, 1)
+    except OSError:
+        return False
+    return True
+
+
+def icmp_reason(ancillary: list[tuple[int, int, bytes]], addr: Any) -> str:
+    """What an error from the queue says, for a person ("" for errors that do not mean
+    the destination is unreachable, such as "message too long")."""
+    for level, kind, data in ancillary:
+        if (level, kind) not in _RECVERR.values() or len(data) < 16:
+            continue
+        err, origin = struct.unpack_from("IB", data)
+        if origin not in _ICMP_ORIGINS or not isinstance(addr, tuple):
+            return ""
+        where = where_text((str(addr[0]), int(addr[1])))
+        if err == errno.ECONNREFUSED:
+            return f"nothing listening at {where}"
+        if err == errno.EHOSTUNREACH:
+            return f"host {where} is unreachable"
+        if err == errno.ENETUNREACH:
+            return f"no route to the network of {where}"
+    return ""
 
 
 SIOCGIFADDR = 0x8915

@@ -257,7 +257,8 @@ def test_chat_with_a_bot_message_goes_to_read_and_the_echo_comes_back(
                                lambda s: f"echo: {text}  [verified, encrypted]" in s)
         except AssertionError as e:  # (a rare failure under load: say what the bot did)
             raise AssertionError(f"{e}\nbot output:\n{bot.out}") from None
-        assert f"{b.short}: echo: {text}" in screen
+        echo = next(x for x in screen.splitlines() if f": echo: {text}" in x)
+        assert b.short in echo  # "anonymous (short id)" once B's announcement named it
         bot.wait("the bot to log its message",
                  f'[bot] #1 from {a.short} | verified | "{text}"')
         bot.wait("the chat to read the echo", "[bot] reply to #1: read")

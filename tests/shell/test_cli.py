@@ -79,6 +79,7 @@ VALID = SigningKey(b"\x01" * 32).public.hex()
     ["ping", "router", "-c", "0"], ["send", "1234abcd", "hi"], ["send", VALID],
     ["send", f"{VALID}@host", "hi"], ["chat", "zz"], ["group", "kick", "g", "1234abcd"],
     ["group", "create", "g", "--hub", "x"], ["group", "role", "g", VALID, "boss"],
+    ["inbox", "--after", "-1"], ["inbox", "--nosuch"],
 ])
 def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Checked while parsing: before anything looks for the node, which is not running."""
@@ -115,7 +116,7 @@ def stopped() -> Iterator[Path]:
 @pytest.mark.parametrize("argv", [
     ["node", "status"], ["node", "status", "--json"], ["node", "down"], ["peers"],
     ["backup"], ["ping", "router"], ["group", "list"], ["group", "send", "g", "hi"],
-    ["send", VALID, "hi"], ["chat", "--bot"],
+    ["send", VALID, "hi"], ["chat", "--bot"], ["inbox"], ["inbox", "--follow", "--unread"],
 ])
 def test_a_stopped_node_is_reported_at_once_with_exit_3(
         stopped: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,6 +61,20 @@ class SimNode:
         return [e.status for e in self.events
                 if isinstance(e, rm.StatusChanged) and e.id == msg_id]
 
+    def steps(self, msg_id: bytes) -> list[str]:
+        """The statuses of ``msg_id`` as they moved (an event with the same status and a
+        new reason or more holders is not a step)."""
+        out: list[str] = []
+        for status in self.statuses(msg_id):
+            if not out or out[-1] != status:
+                out.append(status)
+        return out
+
+    def reasons(self, msg_id: bytes) -> list[str]:
+        """The reason of each status event of ``msg_id``, in order."""
+        return [e.reason for e in self.events
+                if isinstance(e, rm.StatusChanged) and e.id == msg_id]
+
 
 class Sim:
     def __init__(self, *names: str, db: dict[str, str] | None = None,
@@ -87,6 +101,9 @@ class Sim:
         self.transport_down: set[str] = set()
         """Nodes whose transport cannot dial or send yet (it restarted and has no binding):
         ``connect`` and ``send`` fail ``unavailable``."""
+        self.dial_errors: dict[bytes, tuple[ErrorCode, str]] = {}
+        """How a ``transport.connect`` to a node id fails, when it is not reachable: (code,
+        message) as the transport says it (default: no answer)."""
         self.tried: list[tuple[str, bytes]] = []
         """Every envelope given to ``transport.send``, also to peers it is not connected
         to (those fail)."""
@@ -261,8 +278,11 @@ class Sim:
             other = self.by_id(body.peer)
             if other is None or frozenset((name, other.name)) not in self.reachable \
                     or body.port != other.port:  # not where it listens (now)
-                self._answer(name, a.token, PeerFailed(a.token, ErrorCode.PEER_TIMEOUT,
-                                                       "unreachable"))
+                code, text = self.dial_errors.get(body.peer, (
+                    ErrorCode.PEER_TIMEOUT,
+                    f"unreachable: no answer from {body.host}:{body.port} within 10 s"))
+                # (the bus names the service that answered, as shared/service.py does)
+                self._answer(name, a.token, PeerFailed(a.token, code, f"transport: {text}"))
                 return
             self._link(name, other.name)
             self._answer(name, a.token, PeerReplied(a.token, tm.ConnectReply()))

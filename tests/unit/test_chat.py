@@ -38,11 +38,13 @@ class FakeClient:
         self.down = False
         self.sent: list[tuple[bytes, str, bool, bytes]] = []
         self.reads: list[bytes] = []
+        self.stored: list[Message] = []
+        """The inbox: every message received (``receive``), ``read`` as the app marked it."""
         self.added: list[tuple[bytes, str, int]] = []
         self.states: dict[bytes, rm.MessageState] = {}
         self.peer_list: list[rm.PeerEntry] = []
         self.queue: queue.Queue[Event] = queue.Queue()
-        self.seq = 0
+        self.seq = self.tail = 0
         self.closed = False
         self.on_send: Callable[[bytes], None] = lambda msg_id: None
         self.groups_error: str | None = None
@@ -74,6 +76,18 @@ class FakeClient:
     def read(self, msg: Message) -> None:
         self._check()
         self.reads.append(msg.info.id)
+        self.stored = [Message(m.info, m.payload, m.read or m.info.id == msg.info.id)
+                       for m in self.stored]
+
+    def inbox(self, after: int = 0, limit: int = 100, unread: bool = False) -> list[Message]:
+        return self.inbox_page(after, limit, unread)[0]
+
+    def inbox_page(self, after: int = 0, limit: int = 100, unread: bool = False,
+                   newest: bool = False) -> tuple[list[Message], int]:
+        self._check()
+        rows = [m for m in self.stored if m.info.seq > after and not (unread and m.read)]
+        return (rows[-limit:] if newest else rows[:limit]), sum(not m.read
+                                                                 for m in self.stored)
 
     def outbox(self, ids: list[bytes] | None = None, limit: int = 100) -> list[rm.MessageState]:
         self._check()
@@ -94,8 +108,10 @@ class FakeClient:
                            counters={"sent": 4, "delivered": 2})
 
     def inbox_tail(self) -> int:
+        """The last message received with no event: those with one (even if queued before
+        the app started) stand for messages that come after it subscribed."""
         self._check()
-        return self.seq
+        return self.tail
 
     def subscribe(self) -> None:
         assert self.after is not None
@@ -160,12 +176,19 @@ class FakeClient:
             self.queue.put(rm.StatusChanged(id=msg_id, to=to, status=status,  # type: ignore[arg-type]
                                             reason=reason))
 
-    def receive(self, sender: bytes, text: str, encrypted: bool = True) -> Message:
+    def receive(self, sender: bytes, text: str, encrypted: bool = True,
+                event: bool = True) -> Message:
+        """A message arrives: stored in the inbox, and an event (``event`` False: while
+        no app listened, so only in the inbox)."""
         self.seq += 1
         msg = Message(rm.Received(seq=self.seq, id=os.urandom(16), sender=sender,
                                   timestamp_ms=int(time.time() * 1000), encrypted=encrypted,
                                   relayed=False), text.encode())
-        self.queue.put(msg)
+        self.stored.append(msg)
+        if event:
+            self.queue.put(msg)
+        else:
+            self.tail = self.seq
         return msg
 
 
@@ -451,6 +474,37 @@ def test_send_once_outcomes() -> None:
     assert time.monotonic() - t0 < 2.5
 
 
+def test_send_once_says_each_reason_at_once_and_times_out_with_the_last() -> None:
+    """A status event with the same status and a reason (the router's word on why it is
+    not delivered) is printed when it comes, once; the timeout repeats the last one."""
+    lines: list[str] = []
+    seen_at: list[float] = []
+
+    def why(msg_id: bytes) -> None:
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        fake.status(msg_id, "pending", "unreachable: nothing listening at 10.0.0.9:4433")
+        time.sleep(0.2)
+        fake.status(msg_id, "pending", "recipient offline: held for delivery until X",
+                    event=False)  # missed: the outbox says it
+
+    fake = FakeClient()
+    fake.on_send = lambda msg_id: threading.Timer(0.05, why, (msg_id,)).start()
+    t0 = time.monotonic()
+    rc, out = chat.send_once(fake, chat.Peer(PEER), "hi", 1.6,
+                             progress=lambda x: (lines.append(x),
+                                                 seen_at.append(time.monotonic() - t0)))
+    assert lines == ["pending: unreachable: nothing listening at 10.0.0.9:4433",
+                     "pending: recipient offline: held for delivery until X"]
+    assert seen_at[0] < 0.5  # at once, not at the deadline
+    assert (rc, out) == (2, "timeout after 1.6 s: last status pending: recipient offline: "
+                            "held for delivery until X")
+
+    fake = FakeClient()  # a reason that came with an earlier status is not kept
+    rc, out = send(fake, lambda i: (fake.status(i, "pending", "no route"),
+                                    fake.status(i, "sent")), timeout_s=0.5)
+    assert (rc, out) == (2, "timeout after 0.5 s: last status sent")
+
+
 def test_send_once_waits_out_a_router_outage() -> None:
     fake = FakeClient()
     fake.down = True  # not answering at first: retried until the deadline
@@ -718,3 +772,18 @@ def test_a_group_is_named_by_its_id_or_a_name_only_one_has() -> None:
     assert resolve_invite(invites, "g3") is invites[2] and resolve_invite(invites, "z") is None
     with pytest.raises(NodeError, match="2 invitations are to groups named 'b'"):
         resolve_invite(invites, "b")
+
+
+def test_a_pending_line_says_why_it_waits_and_takes_a_new_reason() -> None:
+    from tom.chat import OutLine, status_text
+
+    assert status_text("pending", "unreachable: no route") == "pending (unreachable: no route)"
+    assert status_text("failed", "expired") == "failed (expired)"
+    assert status_text("delivered", "") == "delivered"
+    line = OutLine("12:00:00", "hi", "bob")
+    line.refresh_text = lambda: None  # type: ignore[method-assign]  (no screen here)
+    assert line.set_status("pending")
+    assert line.set_status("pending", "recipient offline: held for delivery until 13:00 UTC")
+    assert "held for delivery" in status_text(line.status, line.reason)
+    assert not line.set_status("pending", "recipient offline: held for delivery until 13:00 UTC")
+    assert line.set_status("delivered") and line.reason == ""

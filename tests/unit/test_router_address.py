@@ -48,7 +48,7 @@ def test_a_node_back_on_a_new_port_dials_its_contacts_until_its_transport_can(
     sim.transport_down.add("b")
     msg = send(sim, "a", "b", b"are you there?")
     sim.run(4)
-    assert a.statuses(msg) == ["pending"] and peer_entry(sim, "a", "b").port == b.port - 1000
+    assert a.steps(msg) == ["pending"] and peer_entry(sim, "a", "b").port == b.port - 1000
     assert sim.dials.count(("b", a.id)) == 3  # at start, 1 s and 3 s later
     sim.transport_down.discard("b")
     sim.run(4)  # the next at 7 s

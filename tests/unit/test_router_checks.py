@@ -13,6 +13,7 @@ import pytest
 
 from services.router import gossip as g
 from services.router.core import RouterCore, RouterSettings
+from services.router.reasons import NO_ROUTE
 from services.router.store import Store
 from shared.core import Action, Call, Fail, PeerFailed, PeerReplied, Reply, Request
 from shared.envelope import AckPayload, AckType, Envelope, EnvelopeError, MessageType, decode
@@ -421,7 +422,8 @@ def test_a_message_waiting_for_a_path_goes_at_the_next_tick_after_gossip_shows_o
     sim.connect("b", "c")  # (no time passes: a has heard no gossip yet)
     a, c = sim.nodes["a"], sim.nodes["c"]
     msg = send(sim, "a", "c", b"waiting")
-    assert a.statuses(msg) == ["pending"] and a.router.stats["no_route"] == 1
+    assert a.statuses(msg) == ["pending", "pending"] and a.router.stats["no_route"] == 1
+    assert a.reasons(msg) == ["", NO_ROUTE]  # pending, then why: nobody knows c yet
     gossip_from(sim, "b", "a", [announcement(sim, "b", ["a", "c"], []),
                                 announcement(sim, "c", ["b"], [])])
     sim.run(2.0)  # the next tick (every second), not the message's own retry 5 s after it

@@ -10,6 +10,7 @@ import pytest
 
 from services.crypto.core import Identity
 from services.router.core import RouterCore, RouterSettings
+from services.router.reasons import NO_ROUTE
 from services.router.store import Store
 from shared.core import (
     Call,
@@ -410,7 +411,8 @@ def test_a_message_that_cannot_be_delivered_fails_with_a_reason() -> None:
     sim.run(40)
     [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
     assert state.status == "failed" and "30" in state.reason
-    assert sim.nodes["a"].statuses(msg) == ["pending", "failed"]
+    assert sim.nodes["a"].statuses(msg) == ["pending", "pending", "failed"]
+    assert sim.nodes["a"].reasons(msg)[1] == NO_ROUTE  # said at once, while it waited
 
 
 def paths(sim: Sim, name: str, to: str) -> list[str]:
@@ -629,13 +631,13 @@ def test_a_relay_named_by_the_app_carries_a_message_the_topology_has_no_path_for
     a, c = sim.nodes["a"], sim.nodes["c"]
     assert a.router.topo is not None and a.router.topo.route(c.id) is None
     stuck = send(sim, "a", "c", b"no path")
-    assert c.received() == [] and a.statuses(stuck) == ["pending"]
+    assert c.received() == [] and a.steps(stuck) == ["pending"]
     msg = send(sim, "a", "c", b"through b", relay=sim.nodes["b"].id)
     assert c.received() == [b"through b"] and c.delivered[0][0].relayed
     assert a.statuses(msg) == ["pending", "sent", "relayed", "delivered"]
     # a relay that is not reachable is no path either
     other = send(sim, "a", "c", b"through nobody", relay=b"\x09" * 32)
-    assert a.statuses(other) == ["pending"] and c.received() == [b"through b"]
+    assert a.steps(other) == ["pending"] and c.received() == [b"through b"]
 
 
 def test_the_named_relay_outlives_a_direct_path_and_a_restart(tmp_path: Path) -> None:

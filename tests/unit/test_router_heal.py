@@ -244,7 +244,8 @@ def test_a_dial_that_fails_otherwise_waits_for_the_backoff() -> None:
     send(sim, "a", "c", b"y")
     assert sim.dials[dials:] == [("a", b.id), ("a", c.id)]
     # a dial of C fails unavailable: only what waits for C is hurried
-    fail = PeerFailed(("connect", c.id), ErrorCode.UNAVAILABLE, "no binding yet")
+    fail = PeerFailed(("connect", c.id, ("10.0.0.1", c.port)), ErrorCode.UNAVAILABLE,
+                      "no binding yet")
     sim.feed("a", lambda: a.router.handle(fail, sim.now))
     sim.run(1.0)
     assert sim.dials[dials:].count(("a", c.id)) == 2
@@ -265,11 +266,12 @@ def test_a_dial_that_fails_moves_to_the_next_announced_address_unless_unavailabl
     assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
         == ("192.0.2.30", 40003)
     sim.transport_down.add("a")
-    fail = PeerFailed(("connect", c.id), ErrorCode.UNAVAILABLE, "no binding yet")
+    addr = ("192.0.2.30", 40003)
+    fail = PeerFailed(("connect", c.id, addr), ErrorCode.UNAVAILABLE, "no binding yet")
     sim.feed("a", lambda: a.router.handle(fail, sim.now))
     sim.run()
     assert peer_entry(sim, "a", "c").host == "192.0.2.30"
-    fail = PeerFailed(("connect", c.id), ErrorCode.PEER_TIMEOUT, "no answer")
+    fail = PeerFailed(("connect", c.id, addr), ErrorCode.PEER_TIMEOUT, "no answer")
     sim.feed("a", lambda: a.router.handle(fail, sim.now))
     sim.run()
     assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
@@ -345,7 +347,7 @@ def test_a_relay_that_stays_silent_is_asked_four_times_two_seconds_apart_then_ba
     assert tries(sim, "a", msg) == 5
     sim.run(55.0)  # then the backoff of a fifth try: 60 s
     assert tries(sim, "a", msg) == 5
-    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+    assert sim.nodes["a"].steps(msg) == ["pending", "sent"]
 
 
 def test_a_relayed_message_waits_for_the_backoff_between_tries() -> None:
@@ -423,7 +425,7 @@ def test_restored_and_restart_flushed_messages_are_tried_at_the_next_tick(
     restart_transport(sim, "a")
     sim.run(1.0)
     assert router.stats["no_route"] == 2  # ...cut short by the transport's restart
-    assert sim.nodes["a"].statuses(msg) == ["pending", "sent"]
+    assert sim.nodes["a"].steps(msg) == ["pending", "sent"]
 
 
 def test_a_peer_that_connects_again_gets_what_was_sent_over_it_or_to_it(

@@ -7,7 +7,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.transport.addresses import NameRefused, is_public, literal, parse_host
-from services.transport.core import MAX_RESOLVING, Resolve, Resolved, TransportCore
+from services.transport.core import (
+    MAX_RESOLVING,
+    Resolve,
+    Resolved,
+    SendDatagram,
+    TransportCore,
+    Unreachable,
+)
 from services.transport.endpoint import AddressObserved
 from shared.core import Fail, Reply, Request
 from shared.wire import ErrorCode
@@ -103,8 +110,28 @@ def test_a_name_that_does_not_resolve_fails_the_connects_waiting_on_it() -> None
     c = core()
     (resolve,) = connect(c, "nowhere.example")
     actions = c.handle(Resolved(resolve.token, None, "no answer", timed_out=True), 6.0)
-    assert [(type(a), a.code) for a in actions] == [(Fail, ErrorCode.PEER_TIMEOUT)]
+    assert actions == [Fail("ctx", ErrorCode.PEER_TIMEOUT,
+                            "dns: cannot resolve nowhere.example: no answer")]
     assert c.stats["resolve_failures"] == 1 and not c._connects
+
+
+def test_a_name_that_does_not_exist_fails_failed_not_peer_timeout() -> None:
+    """The router takes ``failed`` with ``dns:`` as final for that address (issue 17)."""
+    c = core()
+    (resolve,) = connect(c, "no-such-host.invalid")
+    actions = c.handle(Resolved(resolve.token, None, "no such host"), 1.1)
+    assert actions == [Fail("ctx", ErrorCode.FAILED,
+                            "dns: cannot resolve no-such-host.invalid: no such host")]
+
+
+def test_an_icmp_error_fails_the_connect_at_once_with_its_reason() -> None:
+    c = core()
+    [initial] = [a for a in connect(c, "10.0.0.9") if isinstance(a, SendDatagram)]
+    out = c.handle(Unreachable(("10.0.0.9", 4433), initial.data[:64],
+                               "nothing listening at 10.0.0.9:4433"), 1.1)
+    assert [a for a in out if isinstance(a, Fail)] == [Fail(
+        "ctx", ErrorCode.FAILED, "unreachable: nothing listening at 10.0.0.9:4433")]
+    assert not c._connects
 
 
 def test_names_being_resolved_at_once_are_bounded() -> None:

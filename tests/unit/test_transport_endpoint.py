@@ -23,6 +23,7 @@ from services.transport.endpoint import (
     Addr,
     AddressObserved,
     Backpressure,
+    DialFailed,
     Endpoint,
     Event,
     FrameTooLarge,
@@ -151,6 +152,79 @@ def test_a_peer_that_cannot_prove_its_node_id_is_refused(case: str) -> None:
     assert net.of("a", PeerClosed) and net.of("a", PeerClosed)[0].node_id is None
     with pytest.raises(SendError):
         a.send(B_ID, b"x", net.now)
+
+
+def test_a_dial_that_reaches_a_different_node_fails_at_once_saying_which() -> None:
+    """The refusal names the node that proved itself there, and comes when the proofs are
+    checked, not after the closing period."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(C_SEED))  # B's address, C's node
+    a = net.eps[net.addr["a"]]
+    a.dial(B_ID, net.addr["b"], net.now)
+    net.run(200, until=lambda: bool(net.of("a", DialFailed)))
+    assert net.of("a", DialFailed) == [DialFailed(
+        B_ID, net.addr["b"], f"refused: a different node ({C_ID.hex()[:16]}) answers at "
+        "10.0.0.2:4433", transient=False)]
+    assert not net.of("a", PeerClosed) and B_ID not in a.dialling()
+    net.run(200)
+    assert len(net.of("a", DialFailed)) == 1  # once, though the connection ends later
+
+
+def test_a_dial_that_reaches_a_node_already_connected_keeps_that_node_connected() -> None:
+    """A dials B's id at C's address while connected to C: C takes the new connection as
+    A's (A proved itself first), so A does too; the dial fails, A and C keep talking."""
+    net = Net(a=endpoint(A_SEED), c=endpoint(C_SEED))
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    a.dial(C_ID, net.addr["c"], net.now)
+    net.run(until=lambda: C_ID in a.peers and A_ID in c.peers)
+    net.now += 3  # (not a simultaneous dial)
+    a.dial(B_ID, net.addr["c"], net.now)
+    net.run(200, until=lambda: bool(net.of("a", DialFailed)))
+    assert net.of("a", DialFailed) == [DialFailed(
+        B_ID, net.addr["c"], f"refused: a different node ({C_ID.hex()[:16]}) answers at "
+        "10.0.0.2:4433", transient=False)]
+    net.run(300)
+    a.send(C_ID, b"still there?", net.now)
+    c.send(A_ID, b"yes", net.now)
+    net.run(200, until=lambda: bool(net.of("c", Received) and net.of("a", Received)))
+    assert [e.data for e in net.of("c", Received)] == [b"still there?"]
+    assert [e.data for e in net.of("a", Received)] == [b"yes"]
+    assert C_ID in a.peers and A_ID in c.peers and a.counters["wrong_node_kept"] == 1
+    assert not [e for e in net.of("c", PeerClosed) if e.node_id == A_ID]
+
+
+def test_an_icmp_unreachable_for_a_dial_fails_it_at_once_if_it_quotes_the_dial() -> None:
+    """Nothing at B's address: the kernel's ICMP error quotes A's Initial. A quote of
+    another packet (a forger who does not know the connection id) changes nothing."""
+    a = endpoint(A_SEED)
+    a.dial(B_ID, ("10.0.0.2", 4433), 100.0)
+    [(initial, dst)] = a.datagrams()
+    assert dst == ("10.0.0.2", 4433)
+    forged = bytearray(initial[:64])
+    forged[6] ^= 1  # another destination connection id
+    a.unreachable(dst, bytes(forged), "nothing listening at 10.0.0.2:4433", 100.01)
+    a.unreachable(("10.0.0.3", 4433), initial[:64], "nothing listening", 100.01)
+    assert a.counters["icmp_ignored"] == 2 and B_ID in a.dialling() and not a.events()
+    a.unreachable(dst, initial[:64], "nothing listening at 10.0.0.2:4433", 100.02)
+    assert a.events() == [DialFailed(B_ID, dst, "unreachable: nothing listening at "
+                                     "10.0.0.2:4433", transient=False)]
+    assert B_ID not in a.dialling() and a.counters["dials_unreachable"] == 1
+    assert not a._conns  # nothing kept, no timer left
+    a.dial(B_ID, dst, 101.0)  # and it may be dialled again
+    assert B_ID in a.dialling()
+
+
+def test_a_dial_nobody_answers_fails_after_the_authentication_timeout() -> None:
+    a = endpoint(A_SEED, auth_timeout_s=3)
+    a.dial(B_ID, ("10.0.0.2", 4433), 100.0)
+    a.datagrams()
+    now = 100.0
+    while not (events := a.events()) and now < 110:
+        now = max(now + 0.01, a.next_timer() or now)
+        a.handle_timer(now)
+        a.datagrams()
+    assert events[0] == DialFailed(B_ID, ("10.0.0.2", 4433), "unreachable: no answer from "
+                                   "10.0.0.2:4433 within 3 s", transient=True)
+    assert 103 <= now < 104
 
 
 def test_garbage_datagrams_are_counted_and_harmless() -> None:

@@ -14,7 +14,8 @@ Status = Literal["pending", "sent", "relayed", "delivered", "read", "failed"]
 """Message status as the sender sees it: `pending` (accepted and stored, not yet handed to a
 peer), `sent` (handed to the first hop), `relayed` (a relay forwarded it), `delivered` (the
 recipient acknowledged it), `read` (the recipient's app read it), or `failed` (terminal,
-with a reason). It only moves forward; `failed` only from before `delivered`."""
+with a reason). It only moves forward; `failed` only from before `delivered`. A message
+not delivered yet may carry a reason too (why it waits: docs/protocol.md §8.7)."""
 
 
 @message("router.node_info_reply", "reply")
@@ -90,13 +91,16 @@ class Send(Message):
 
 @message("router.read_reply", "reply")
 class ReadReply(Message):
-    """The read receipt is on its way (best effort: receipts are not retried)."""
+    """The message is marked read (on disk) and, the first time, its read receipt is on its
+    way (best effort: receipts are not retried)."""
 
 
 @message("router.read", "request", reply=ReadReply)
 class Read(Message):
-    """The app has shown a received message to its user: send a read receipt to the
-    sender. Fails with `invalid` for a message that is not in the inbox."""
+    """The app has shown a received message to its user: mark it read in the inbox (kept
+    across restarts; `router.inbox` `unread` leaves it out from then on) and send a read
+    receipt to the sender. Idempotent: a message marked read before is answered again with
+    no second receipt. Fails with `invalid` for a message that is not in the inbox."""
 
     id: EnvelopeId = Field(description="The received message's envelope id.")
     sender: NodeIdBytes = Field(description="Who sent it.")
@@ -108,7 +112,9 @@ class MessageState(Message):
     id: EnvelopeId = Field(description="Envelope id.")
     to: NodeIdBytes = Field(description="Recipient.")
     status: Status = Field(description="See `router.status`.")
-    reason: str = Field("", description="Why it failed (empty otherwise).")
+    reason: str = Field("", description="Why it failed; or, not delivered yet, why it "
+                        "waits (no route, the last dial's failure, the recipient offline "
+                        "and where the message is held until when); empty otherwise.")
     updated_ms: U64 = Field(description="When the status last changed, Unix milliseconds.")
     held_by: int = Field(0, description="Holders that confirmed they keep a copy for the "
                          "recipient (backup hand-off), until it is delivered or expires.")
@@ -148,6 +154,7 @@ class Stored(Received):
     """A received message with its payload (plaintext)."""
 
     payload: bytes
+    read: bool = Field(False, description="Whether an app marked it read (`router.read`).")
 
 
 @message("router.inbox_reply", "reply")
@@ -158,6 +165,8 @@ class InboxReply(Message):
     messages: list[Stored]
     tail: U64 = Field(0, description="The seq of the newest message in the inbox (0 if "
                       "none): where an app that wants only new messages starts.")
+    unread: U64 = Field(0, description="How many messages in the inbox are not marked read "
+                        "(all of them, not only those after `after`; 0 with `groups`).")
 
 
 @message("router.inbox", "request", reply=InboxReply)
@@ -169,6 +178,12 @@ class Inbox(Message):
     groups: bool = Field(False, description="Read the groups service's envelopes instead of "
                          "the apps' messages (`forbidden` to other bus keys); both share one "
                          "seq.")
+    unread: bool = Field(False, description="Only messages not marked read (`router.read`): "
+                         "what arrived while no app showed it.")
+    newest: bool = Field(False, description="The newest `limit` messages after `after` "
+                         "instead of the oldest (still in seq order; the 1 MiB bound then "
+                         "drops the oldest): an app that shows only the latest page of a long "
+                         "backlog.")
 
 
 class PeerEntry(Message):
@@ -281,12 +296,17 @@ class Replicate(Message):
 
 @message("router.status", "event")
 class StatusChanged(Message):
-    """A sent message's status moved (see `router.send`)."""
+    """A sent message's status moved (see `router.send`), or, with the same status, its
+    reason changed or more holders keep it."""
 
     id: EnvelopeId
     to: NodeIdBytes
     status: Status
-    reason: str = ""
+    reason: str = Field("", description="`failed`: why (final). Before `delivered`: why "
+                        "it waits, as soon as the router knows (`unreachable: no route "
+                        "...`, `unreachable: nothing listening at ...`, `dns: ...`, "
+                        "`recipient offline: held for delivery until ..., on this node and "
+                        "by N holders`); empty once it moved on. docs/protocol.md §8.7.")
     held_by: int = Field(0, description="Holders keeping a copy for the recipient (backup "
                          "hand-off); a status event with the same status says it grew.")
 

@@ -45,11 +45,17 @@ class ConnectReply(Message):
 @message("transport.connect", "request", reply=ConnectReply)
 class Connect(Message):
     """Open (or reuse) an authenticated connection to `peer` at `host:port`. Answered once
-    the peer has proven its node id; `failed` if it cannot, `peer_timeout` if it does not
-    answer, `unavailable` while the transport has no signed binding yet. A host name is
-    resolved off the transport's event loop (`peer_timeout` after `[transport]
-    resolve_timeout_s`, `overloaded` while 8 names are being resolved); a malformed host
-    (control characters, a label over 63 bytes, another address family) is `invalid`."""
+    the peer has proven its node id; `unavailable` while the transport has no signed
+    binding yet. A failure's message starts with what went wrong, for the person who
+    asked: `refused:` (`failed`: something else answers there, a different node, named,
+    or one that proves no node id), `unreachable:` (`failed` when the network says
+    nothing listens there or the host is unreachable, an ICMP error, known at once;
+    `peer_timeout` when nothing answered within 10 s or the connection broke before it
+    was authenticated) or `dns:` (`failed`: the name does not exist; `peer_timeout`: the
+    resolver did not answer within `[transport] resolve_timeout_s` or said to try again).
+    A host name is resolved off the transport's event loop (`overloaded` while 8 names are
+    being resolved); a malformed host (control characters, a label over 63 bytes, another
+    address family) is `invalid`."""
 
     peer: NodeIdBytes = Field(description="The node expected at that address.")
     host: str = Field(min_length=1, max_length=255, description="IP address, or a host "
