@@ -37,9 +37,13 @@ status: $(RUNTIME)
 ## them with --no-index: it needs no network. BASE=... picks another base (deploy/ci-docker.sh)
 BASE ?= python:3.11-slim
 IMAGE ?= tom-node:latest
-image: $(RUNTIME)
+# IMAGE_PY: the interpreter whose pip builds the wheels; IMAGE_DEPS: what to set up first
+# (tests/e2e/test_compose_docker.py passes its own interpreter and nothing to set up)
+IMAGE_PY ?= $(BIN)/python
+IMAGE_DEPS ?= $(RUNTIME)
+image: $(IMAGE_DEPS)
 	rm -rf .wheels
-	$(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir .wheels/deps .
+	$(IMAGE_PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir .wheels/deps .
 	mkdir -p .wheels/app && mv .wheels/deps/tom_node-*.whl .wheels/app/
 	docker build --build-arg BASE=$(BASE) -t $(IMAGE) .
 

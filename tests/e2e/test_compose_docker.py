@@ -137,7 +137,7 @@ def compose() -> Iterator[Compose]:
     try:
         t0 = time.monotonic()
         run(["make", "image", f"BASE={base}", f"IMAGE={c.image}",
-             f"VENV={Path(sys.executable).parent.parent}"], env=env, timeout=900)
+             f"IMAGE_PY={sys.executable}", "IMAGE_DEPS="], env=env, timeout=900)
         timings["image_s"] = time.monotonic() - t0
         t0 = time.monotonic()
         c("up", "-d")
