@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: node down status test pytest lint contract docs bench lab mutate chaos clean
+.PHONY: node down status image test pytest lint contract docs bench lab mutate chaos clean
 
 $(RUNTIME): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,21 @@ down: $(RUNTIME)
 
 status: $(RUNTIME)
 	$(BIN)/tom node status
+
+## image: the docker image tom-node:latest (docker-compose.yml). The wheels are built here, on the
+## host, into .wheels/ (deps: the dependencies; app: the node), and the image build installs
+## them with --no-index: it needs no network. BASE=... picks another base (deploy/ci-docker.sh)
+BASE ?= python:3.11-slim
+IMAGE ?= tom-node:latest
+# IMAGE_PY: the interpreter whose pip builds the wheels; IMAGE_DEPS: what to set up first
+# (tests/e2e/test_compose_docker.py passes its own interpreter and nothing to set up)
+IMAGE_PY ?= $(BIN)/python
+IMAGE_DEPS ?= $(RUNTIME)
+image: $(IMAGE_DEPS)
+	rm -rf .wheels
+	$(IMAGE_PY) -m pip wheel --quiet --disable-pip-version-check --wheel-dir .wheels/deps .
+	mkdir -p .wheels/app && mv .wheels/deps/tom_node-*.whl .wheels/app/
+	docker build --build-arg BASE=$(BASE) -t $(IMAGE) .
 
 ## test: the whole suite (lint, then pytest); .ci/run calls exactly this
 test: lint pytest

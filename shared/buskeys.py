@@ -21,6 +21,7 @@ can reach a port could otherwise talk to it, so every ``tcp://`` socket uses CUR
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections import Counter
 from pathlib import Path
@@ -63,7 +64,10 @@ class BusKeys:
                 finally:
                     os.umask(old)
             for suffix in (".key", ".key_secret"):
-                os.chmod(directory / f"{name}{suffix}", 0o600)
+                path = directory / f"{name}{suffix}"
+                if stat.S_IMODE(path.stat().st_mode) != 0o600:
+                    # only when needed: the keys may be on a read-only mount (compose)
+                    os.chmod(path, 0o600)
         return cls(directory)
 
     def exists(self) -> bool:

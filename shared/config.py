@@ -15,7 +15,7 @@ import textwrap
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_origin
+from typing import Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -32,6 +32,11 @@ class NodeSection(Section):
 
     log_level: str = Field("info", description="Log level of every service: debug, info, "
                            "warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as JSON objects, one a line (ts, level, "
+        "service, pid, logger, msg), for a log collector.")
+    log_stream: Literal["stderr", "stdout"] = Field(
+        "stderr", description="Where the services log (docker-compose sets stdout).")
 
 
 class BusSection(Section):

@@ -23,7 +23,9 @@ class DataDir:
 
     @property
     def endpoints(self) -> Path:
-        return self.endpoints_override or self.root / "endpoints.toml"
+        """``--endpoints``, else ``$TOM_ENDPOINTS``, else ``DATA/endpoints.toml``."""
+        env = os.environ.get("TOM_ENDPOINTS")
+        return self.endpoints_override or (Path(env) if env else self.root / "endpoints.toml")
 
     @property
     def run(self) -> Path:

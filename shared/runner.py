@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import importlib
+import json
 import logging
 import signal
 import sys
@@ -58,9 +60,34 @@ def load_context(args: argparse.Namespace) -> ServiceContext:
 
 def setup_logging(context: ServiceContext, level: str | None, name: str) -> None:
     node = context.section("node", cfg.NodeSection)
-    logging.basicConfig(
-        level=(level or node.log_level).upper(), stream=sys.stderr,
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    stream = sys.stdout if node.log_stream == "stdout" else sys.stderr
+    handler = logging.StreamHandler(stream)
+    if node.log_format == "json":
+        handler.setFormatter(JsonFormatter(name))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=(level or node.log_level).upper(), handlers=[handler])
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (ISO 8601, UTC), level, service, pid, logger, msg (and
+    exc with the traceback, if any)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            .isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "service": self.service,
+            "pid": record.process, "logger": record.name, "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
 
 
 async def serve(services: list[Service]) -> None:

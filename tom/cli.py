@@ -171,6 +171,22 @@ def cmd_status(data: DataDir, args: argparse.Namespace) -> int:
         return 0 if print_status(sup, client, data, args.json) else 1
 
 
+def cmd_metrics(data: DataDir, args: argparse.Namespace) -> int:
+    from prometheus_client import generate_latest
+
+    from . import metrics
+
+    def factory() -> BusClient:
+        return client_for(data, metrics.SCRAPE_TIMEOUT_S)
+
+    if args.once:
+        sys.stdout.write(generate_latest(metrics.registry(factory)).decode())
+        return 0
+    metrics.serve(factory, args.listen or os.environ.get("TOM_METRICS_LISTEN")
+                  or metrics.DEFAULT_LISTEN)
+    return 0
+
+
 def cmd_ping(data: DataDir, args: argparse.Namespace) -> int:
     rtts = []
     with client_for(data, args.timeout) as client:
@@ -420,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("peers", parents=[common], help="known peers: path (direct with RTT, "
                    "or relayed via whom) and this node's public address"
                    ).set_defaults(func=cmd_peers)
+    metrics = sub.add_parser("metrics", parents=[common], help="serve the services' counters "
+                             "in Prometheus text format (HTTP /metrics), or print them once")
+    metrics.add_argument("--listen", default=None, metavar="HOST:PORT",
+                         help="address to serve on (default $TOM_METRICS_LISTEN or "
+                         "127.0.0.1:9464)")
+    metrics.add_argument("--once", action="store_true", help="print one scrape and exit")
+    metrics.set_defaults(func=cmd_metrics, needs_node=False)
     ping = sub.add_parser("ping", parents=[common], help="ping one service")
     ping.add_argument("service", choices=ep.ROLES, metavar="SERVICE",
                       help=f"the service to ping: {', '.join(ep.ROLES)}")

@@ -436,8 +436,15 @@ def states(sup: Supervisor, client: BusClient, timeout_s: float = 1.0) -> list[S
         program = role if role in procs else "node" if "node" in procs else role
         p = procs.get(program, {})
         ping_ms, status, error = probe(client, role, timeout_s)
-        out.append(ServiceState(role, program, p.get("statename", "STOPPED"),
-                                p.get("pid") or None, ping_ms, status, error))
+        if procs:  # supervisord runs the node: its state and pid
+            state, pid = p.get("statename", "STOPPED"), p.get("pid") or None
+        else:
+            # no supervisord (docker-compose, systemd, services started by hand): the
+            # service's own answer over the bus is its state
+            state = "RUNNING" if ping_ms is not None else "DOWN"
+            pid = status.pid if status is not None else None
+            program = "-"
+        out.append(ServiceState(role, program, state, pid, ping_ms, status, error))
     return out
 
 

@@ -1,4 +1,6 @@
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 
 from shared.config import Section
 
@@ -16,6 +18,11 @@ class TransportConfig(Section):
                       "4433 is taken (a second node on the machine), and the node uses it at "
                       "every start. 0: any free port, a new one at each start (tests only: "
                       "peers that knew the old one must learn the new one).")
+    advertise: list[str] = Field(default_factory=list, description="Addresses HOST:PORT "
+                                 "(IP addresses) this node is reached at from outside, told "
+                                 "to peers before the socket's own: for a port-mapped or "
+                                 "NATed deployment (docker-compose: the docker host's address "
+                                 "and the published UDP port).")
     port_fallback: bool = Field(False, description="If the port is taken at start: false, "
                                 "the transport refuses to start and says so (`tom node up` "
                                 "checks first); true, it takes the next free port above it "
@@ -60,3 +67,24 @@ class TransportConfig(Section):
     stranger_bytes_per_s: float = Field(2 * 2**20, gt=0, description="Likewise, bytes of "
                                         "envelopes per second (bursts of 2 s, at least "
                                         "two of the largest envelopes).")
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: list[str]) -> list[str]:
+        for item in value:
+            advertised(item)
+        return value
+
+
+def advertised(item: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as an address; ValueError if it is not one."""
+    host, sep, port = item.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"advertise: {item!r} is not IP:PORT") from None
+    if not sep or not 0 < number < 65536:
+        raise ValueError(f"advertise: {item!r} is not IP:PORT")
+    return host, number

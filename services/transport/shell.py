@@ -34,7 +34,7 @@ from shared.core import Core, ServiceAction
 from shared.service import Service, ServiceContext, StartupError
 
 from .admission import Limits
-from .config import TransportConfig
+from .config import TransportConfig, advertised
 from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore, Unreachable
 from .endpoint import where_text
 
@@ -83,7 +83,12 @@ class TransportService(Service):
         self.core.local = self.udp.getsockname()[:2]
         host, port = self.core.local
         ips = interface_addresses() if ipaddress.ip_address(host).is_unspecified else [host]
-        self.core.local_candidates[:] = [(ip, port) for ip in ips]
+        # the configured outside addresses first (port-mapped, NATed), then the socket's own
+        outside = [advertised(a) for a in cfg.advertise]
+        self.core.local_candidates[:] = outside + [(ip, port) for ip in ips
+                                                   if (ip, port) not in outside]
+        if outside:
+            self.log.info("advertised addresses %s", outside)
         self.log.info("UDP socket on %s:%d (candidates %s)", host, port, ips)
         self.delay_s = cfg.send_delay_ms / 1000
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")

@@ -118,9 +118,10 @@ def other_value(model: type[cfg.Section], key: str, default: Any) -> Any:
         case bool():
             return not default
         case list():
-            return [BOOT_A]
+            return ["192.0.2.7:4433"] if key == "advertise" else [BOOT_A]
         case str():
-            return {"log_level": "debug", "host": "127.0.0.1"}.get(key, "x.key")
+            return {"log_level": "debug", "host": "127.0.0.1", "log_format": "json",
+                    "log_stream": "stdout"}.get(key, "x.key")
     for value in (default + 1, default / 2, default - 1, 1):
         if value != default:
             try:
@@ -278,3 +279,30 @@ def test_init_where_the_port_cannot_be_checked_writes_the_default(
     r = node.init(data)
     assert tomllib.loads(data.config.read_text())["transport"] == {"port": 4433}
     assert r.port_note.startswith("UDP port 4433 (the default, not checked: cannot open")
+
+
+def test_json_log_lines() -> None:
+    import logging
+
+    from shared.runner import JsonFormatter
+
+    rec = logging.LogRecord("tom.crypto", logging.WARNING, __file__, 1, "refused %s", ("x",),
+                            None)
+    line = json.loads(JsonFormatter("tom-crypto").format(rec))
+    assert line["level"] == "warning" and line["msg"] == "refused x"
+    assert line["service"] == "tom-crypto" and line["logger"] == "tom.crypto"
+    assert line["ts"].endswith("+00:00") and isinstance(line["pid"], int)
+
+
+
+def test_advertise_takes_ip_and_port() -> None:
+    from services.transport.config import TransportConfig, advertised
+
+    assert advertised("192.0.2.7:4433") == ("192.0.2.7", 4433)
+    assert advertised("[2001:db8::1]:5000") == ("2001:db8::1", 5000)
+    for bad in ("example.org:4433", "192.0.2.7", "192.0.2.7:0", "192.0.2.7:x"):
+        with pytest.raises(ValueError):
+            advertised(bad)
+    assert TransportConfig.model_validate({"advertise": ["192.0.2.7:4433"]}).advertise
+    with pytest.raises(ValueError):
+        TransportConfig.model_validate({"advertise": ["nowhere"]})
