@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CI_DOCKER = ROOT / "deploy" / "ci-docker.sh"
 EPS = "/etc/tom/endpoints.toml"
 ROLES = ("transport", "router", "crypto", "groups", "backup")
-HEALTHY_TIMEOUT_S = 120.0
+HEALTHY_TIMEOUT_S = 300.0  # a deadline: on a loaded 2-core machine 72 s was seen
 SEND_TIMEOUT_S = 60
 
 
@@ -181,10 +181,10 @@ def gateway(c: Compose) -> str:
 def test_messages_both_ways_and_identity_kept(compose: Compose) -> None:
     with host_node_at() as (data, host_id, host_port):
         compose_id = first_exchange(compose, data, host_id, host_port)
-    # The host node is stopped before `down`: its connection to the compose node used the
-    # transport container's address on the compose network, which `down` removes, and packets
-    # to an address no local network has any more would take the default route.
-    down_up_keeps_identity(compose, compose_id)
+        # the host node stays up across down/up, as a peer in the field would: its
+        # connection to the old containers is dead, and it must find the new ones
+        down_up_keeps_identity(compose, compose_id)
+        both_ways(compose, data, host_id, host_port, "after down/up")
     after_down_up(compose, compose_id)
 
 
@@ -216,20 +216,25 @@ def down_up_keeps_identity(compose: Compose, compose_id: str) -> None:
     assert compose.node_id() == compose_id, "the compose node's identity changed on down/up"
 
 
+def both_ways(compose: Compose, data: Path, host_id: str, host_port: int, when: str) -> None:
+    """A message from the host node to the compose node and one back, both delivered."""
+    compose_id = compose.node_id()
+    t0 = time.monotonic()
+    r = host_send(data, f"{compose_id}@127.0.0.1:{compose.udp_port}", f"hello {when}")
+    assert r.returncode == 0, f"host -> compose {when}: {r.stdout}{r.stderr}"
+    back = compose.tom("router", "send", f"{host_id}@{gateway(compose)}:{host_port}",
+                       f"hello {when}", "--timeout", str(SEND_TIMEOUT_S), check=False,
+                       timeout=SEND_TIMEOUT_S + 30)
+    assert back.returncode == 0, f"compose -> host {when}: {back.stdout}{back.stderr}"
+    compose.timings[f"both_ways_{when.replace(' ', '_').replace('/', '_')}_s"] = \
+        time.monotonic() - t0
+
+
 def after_down_up(compose: Compose, compose_id: str) -> None:
-    # Both ways again, with a host node the compose node has not met: the restarted
-    # containers serve and dial. (A peer that had dialled the node on the compose network
-    # before down/up could not reach it again within 180 s: docs/deployment.md, "Known
-    # limits".)
+    # and with a host node the compose node has not met: the restarted containers serve and
+    # dial
     with host_node_at() as (data2, host2_id, host2_port):
-        t0 = time.monotonic()
-        r = host_send(data2, f"{compose_id}@127.0.0.1:{compose.udp_port}", "hello again")
-        assert r.returncode == 0, f"host -> compose after down/up: {r.stdout}{r.stderr}"
-        back = compose.tom("router", "send", f"{host2_id}@{gateway(compose)}:{host2_port}",
-                           "hello again", "--timeout", str(SEND_TIMEOUT_S), check=False,
-                           timeout=SEND_TIMEOUT_S + 30)
-        assert back.returncode == 0, f"compose -> host after down/up: {back.stdout}{back.stderr}"
-        compose.timings["both_ways_after_down_up_s"] = time.monotonic() - t0
+        both_ways(compose, data2, host2_id, host2_port, "new host after down/up")
 
 
 def test_node_status_shows_the_compose_node_healthy(compose: Compose) -> None:
