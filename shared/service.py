@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import zmq
 
-from . import buskeys
+from . import IMPL, buskeys
 from . import config as cfg
 from .bus import readable, recv_frames, recv_frames_user, send_frames, socket
 from .core import (
@@ -66,7 +66,6 @@ from .wire.messages.sys import (
     StatusReply,
 )
 
-IMPL = "tom-node-python/0.1.0"
 EARLY_HEARTBEATS_S = (0.2, 0.5, 1.0, 2.0)
 """Heartbeats after start, before the regular ones: subscribers reconnecting to a restarted
 service hear its new incarnation within about a second."""

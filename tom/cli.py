@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from services.crypto import keyfile
+from shared import IMPL
 from shared import endpoints as ep
 from shared.bus import BusClient
 from shared.buskeys import BusKeys
@@ -147,6 +148,8 @@ def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
     for s in rows:
         if s.error:
             print(f"  {s.role}: {s.error}")
+        if s.status is not None and s.status.impl != IMPL:  # a swapped implementation
+            print(f"  {s.role}: implementation {s.status.impl}")
         if s.role == "backup" and s.status is not None:  # its queues: what it holds
             q = s.status.queues
             print(f"  backup: holding {q.get('held', 0)} message(s), "

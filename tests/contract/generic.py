@@ -40,7 +40,7 @@ OVERSIZE_BYTES = 4 * 1024 * 1024 + 1
 def dealer(node: Node, role: str) -> Iterator[zmq.Socket]:
     ctx = zmq.Context.instance()
     s = socket(ctx, zmq.DEALER, hwm=100_000)
-    s.connect(node.endpoints[role].rpc)
+    node.connect(s, role, node.endpoints[role].rpc)
     try:
         yield s
     finally:
@@ -170,9 +170,11 @@ class RoleContract:
         ctx = zmq.Context.instance()
         sub = socket(ctx, zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"sys.heartbeat")
-        sub.connect(node.endpoints[self.role].events)
+        node.connect(sub, self.role, node.endpoints[self.role].events)
+        wait_s = max(5.0, 2 * node.heartbeat_s + 1)
         try:
-            assert sub.poll(5000), "no sys.heartbeat within 5 s (node.toml sets 0.5 s)"
+            assert sub.poll(int(wait_s * 1000)), (f"no sys.heartbeat within {wait_s:g} s "
+                                                  f"(heartbeat_s = {node.heartbeat_s:g})")
             frames = sub.recv_multipart()
         finally:
             sub.close(0)

@@ -13,6 +13,14 @@ Ed25519 seed, mode 0600, fixed here so the expected node id is known), ``node.to
 A process that exits before it answers ``sys.ping``, or does not answer within
 ``READY_TIMEOUT_S``, fails the fixture at once with its exit status and the end of its output
 (:class:`ImplementationFailed`); nothing waits out a timeout silently.
+
+A node that is already running (a docker-compose node, services started some other way) is
+checked by naming its endpoints file in ``TOM_CONTRACT_NODE`` (and, for ``tcp://`` endpoints,
+the directory of its bus keys in ``TOM_CONTRACT_BUS_KEYS``: the suite connects with the
+owner's key). Then only what a running node can show is checked, for every role: the bus
+contract every service keeps (:class:`generic.RoleContract`); the checks that start or stop
+processes, play a role's neighbours or need the identity the suite made are skipped, each
+with its reason.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import zmq
 
 from shared import endpoints as ep
 from shared.bus import BusClient, socket
+from shared.buskeys import OWNER, BusKeys
 from shared.wire import DecodeError, Header, decode, encode
 from shared.wire.messages.sys import ErrorReply, Ping, PingReply
 
@@ -54,6 +63,10 @@ given up for another, issue 17)."""
 READY_TIMEOUT_S = 30.0
 """How long a started process may take to answer ``sys.ping`` (one that exits fails at once)."""
 OUTPUT_TAIL = 3000
+RUNNING = "running"
+"""The template name of a node the suite does not start (``TOM_CONTRACT_NODE``)."""
+RUNNING_HEARTBEAT_S = 5.0
+"""The default ``[bus] heartbeat_s``: what a running node is assumed to use."""
 
 
 class ImplementationFailed(AssertionError):
@@ -62,7 +75,10 @@ class ImplementationFailed(AssertionError):
 
 
 def templates() -> dict[str, str]:
-    """The implementations to check: ``TOM_CONTRACT_CMD`` if set, else ours in both modes."""
+    """The implementations to check: a running node (``TOM_CONTRACT_NODE``), else
+    ``TOM_CONTRACT_CMD`` if set, else ours in both modes."""
+    if os.environ.get("TOM_CONTRACT_NODE"):
+        return {RUNNING: RUNNING}
     custom = os.environ.get("TOM_CONTRACT_CMD")
     return {"custom": custom} if custom else dict(IMPLEMENTATIONS)
 
@@ -76,17 +92,36 @@ class Node:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_watch: KeyWatch | None = None
     """Opens of identity.key after crypto started (:meth:`watch_key`)."""
+    endpoints_file: Path | None = None
+    """A running node's endpoints (default: the prepared ``data/endpoints.toml``)."""
+    keys: BusKeys | None = None
+    """A running node's bus keys, for its ``tcp://`` endpoints."""
+
+    @property
+    def running(self) -> bool:
+        """A node the suite did not start and does not stop."""
+        return self.template == RUNNING
 
     @property
     def all_in_one(self) -> bool:
         return "{role}" not in self.template
 
     @property
+    def heartbeat_s(self) -> float:
+        return RUNNING_HEARTBEAT_S if self.running else 0.5  # NODE_TOML
+
+    @property
     def endpoints(self) -> ep.Endpoints:
-        return ep.load(self.data / "endpoints.toml")
+        return ep.load(self.endpoints_file or self.data / "endpoints.toml")
 
     def client(self, timeout_s: float = 5.0) -> BusClient:
-        return BusClient(self.endpoints, src="contract", timeout_s=timeout_s)
+        return BusClient(self.endpoints, src="contract", timeout_s=timeout_s, keys=self.keys)
+
+    def connect(self, sock: zmq.Socket, role: str, url: str) -> None:
+        """Connect ``sock`` to ``role``'s ``url`` (with the owner's CURVE key over tcp)."""
+        if url.startswith("tcp://") and self.keys is not None:
+            self.keys.dial(sock, OWNER, role)
+        sock.connect(url)
 
     def start(self, *roles: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Start the processes serving ``roles`` and wait until each answers ``sys.ping``."""
@@ -110,7 +145,7 @@ class Node:
         try:
             for role in roles:
                 s = socks[role] = socket(ctx, zmq.DEALER)
-                s.connect(self.endpoints[role].rpc)
+                self.connect(s, role, self.endpoints[role].rpc)
                 header = Header(Ping.msg_type, os.urandom(16), None, "contract", time.time())
                 s.send_multipart([b"", *encode(Ping(), header)])
             deadline = time.monotonic() + timeout_s
@@ -185,6 +220,15 @@ class Node:
     def log_tail(self) -> str:
         return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-OUTPUT_TAIL:]}"
                          for f in sorted(self.data.glob("*.log")))
+
+
+def running_node() -> Node:
+    """The node named by ``TOM_CONTRACT_NODE`` (its endpoints file) and
+    ``TOM_CONTRACT_BUS_KEYS`` (its bus keys directory, for tcp endpoints)."""
+    keys_dir = os.environ.get("TOM_CONTRACT_BUS_KEYS")
+    return Node(RUNNING, Path(tempfile.mkdtemp(prefix="tomc-", dir="/tmp")),
+                endpoints_file=Path(os.environ["TOM_CONTRACT_NODE"]),
+                keys=BusKeys(Path(keys_dir)) if keys_dir else None)
 
 
 def prepare(template: str, seed: bytes = SEED, node_toml: str = NODE_TOML) -> Node:

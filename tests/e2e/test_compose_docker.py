@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -320,3 +321,54 @@ def test_a_swapped_groups_service_joins_by_configuration(compose: Compose) -> No
     assert status.returncode == 0, status.stdout + status.stderr
     made = compose.tom("router", "group", "create", "swapped", check=False)
     assert made.returncode == 0, made.stdout + made.stderr
+    contract_suite_passes(compose)
+
+
+def test_the_example_backup_swapped_in_keeps_the_node_working(compose: Compose) -> None:
+    """examples/backup-pyzmq (plain pyzmq, written from the docs) in place of the backup
+    service, by its compose file alone: healthy, named by `tom node status`, messages both
+    ways with a host node, and the contract suite passes against the node."""
+    swap = ["-f", "docker-compose.yml", "-f", "examples/backup-pyzmq/docker-compose.yml"]
+    old = compose.container("backup")
+    compose(*swap, "up", "-d", "--no-deps", "backup")
+    assert compose.container("backup") != old
+    compose.wait_healthy()
+    status = compose.tom("router", "node", "status", check=False)
+    assert status.returncode == 0 and "tom-backup-pyzmq" in status.stdout, \
+        status.stdout + status.stderr
+    with host_node_at() as (data, host_id, host_port):
+        both_ways(compose, data, host_id, host_port, "with the example backup")
+    contract_suite_passes(compose)
+
+
+def contract_suite_passes(compose: Compose) -> None:
+    """tests/contract against the running compose node (TOM_CONTRACT_NODE), from the docker
+    host: its endpoints are the containers' bus addresses, its key the owner's bus key copied
+    from the node's volume. On a running node the suite checks every role's bus contract
+    (tests/contract/harness.py); the checks that play neighbours or start processes skip."""
+    tmp = Path(tempfile.mkdtemp(prefix="tom-compose-contract-"))
+    try:
+        lines = []
+        for i, role in enumerate(ROLES):
+            ip = compose.docker("inspect", "-f", "{{(index .NetworkSettings.Networks "
+                                f'"{compose.project}_bus").IPAddress}}}}',
+                                compose.container(role)).stdout.strip()
+            assert ip, f"{role} has no address on the bus network"
+            lines += [f"[{role}]", f'rpc = "tcp://{ip}:{7100 + 2 * i}"',
+                      f'events = "tcp://{ip}:{7101 + 2 * i}"', ""]
+        (tmp / "endpoints.toml").write_text("\n".join(lines))
+        compose.docker("cp", f"{compose.container('router')}:/data/bus", str(tmp / "bus"))
+        r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
+                 "tests/contract"],
+                env={**compose.env, "TOM_CONTRACT_NODE": str(tmp / "endpoints.toml"),
+                     "TOM_CONTRACT_BUS_KEYS": str(tmp / "bus")}, timeout=900, check=False)
+        summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        assert r.returncode == 0 and " passed" in summary and "failed" not in summary, \
+            f"contract suite on the compose node: {r.stdout[-6000:]}{r.stderr[-2000:]}"
+        passed = {role: r.stdout.count(f"PASSED tests/contract/test_{role}_contract.py::"
+                                       f"Test{role.capitalize()}Contract::") for role in ROLES}
+        # every role's bus contract was checked, the swapped groups service's included
+        assert all(n >= 10 for n in passed.values()), passed
+        print(f"contract suite on the compose node: {summary} {passed}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
