@@ -30,8 +30,10 @@ Measured in one run (absolute figures on the 2-vCPU development machine drift be
 
 CPU seconds of every service of both nodes (pids from supervisord, via ``tom node status
 --json``) are read from /proc for each phase, and every service's counters before and after
-(where time goes). Targets (router issue): p50 message → ACK ≤ 3 ms on loopback; ≥ 3000
-delivered encrypted messages/s per node pair.
+(where time goes). Targets (issue 21, superseding the router issue's 3 ms and 3000/s): p50
+message → ACK ≤ 6× the raw aioquic RTT of the same run (``--all-in-one``: both nodes' five
+services in one process each, ≤ 4×); delivered messages/s at A ≥ 35 % of the crypto floor's
+two-core rate. ``--event-loop`` sets the nodes' ``[node] event_loop`` (A/B of uvloop).
 Prints a JSON summary and a markdown table; writes bench/results/router.json.
 """
 
@@ -69,6 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "router.json"
 RTT_P50_TARGET_MS = 3.0
 TPUT_TARGET = 3000.0
+# issue 21 (supersedes the two above): p50 message → delivered ≤ 6× the raw aioquic RTT of the
+# same run for five-process nodes, ≤ 4× all-in-one; delivered msg/s ≥ 35 % of the crypto floor
+RTT_RATIO_TARGET = {False: 6.0, True: 4.0}
+FLOOR_SHARE_TARGET = 0.35
 NODE_TOML = """\
 [transport]
 host = "127.0.0.1"
@@ -79,15 +85,19 @@ ROLES = ("transport", "router", "crypto", "groups", "backup")
 
 # -- nodes -------------------------------------------------------------------------------------
 
-def tom(data: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def tom(data: Path, *args: str, timeout: float = 60,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tom.cli", "--data", str(data), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
-def node_up(data: Path) -> None:
+def node_up(data: Path, all_in_one: bool = False, env: dict[str, str] | None = None) -> None:
+    """``tom node up`` (``--all-in-one``: the five services in one process); ``env`` is added
+    to the node's environment (``TOM_NODE__EVENT_LOOP=asyncio``: the A/B of a setting)."""
     data.mkdir(mode=0o700)
     (data / "node.toml").write_text(NODE_TOML)
-    up = tom(data, "node", "up")
+    up = tom(data, "node", "up", *(["--all-in-one"] if all_in_one else []), env=env)
     if up.returncode != 0:
         raise RuntimeError(f"node up {data} failed:\n{up.stdout}{up.stderr}")
 
@@ -167,6 +177,17 @@ def counter_diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]
 def all_status(nodes: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return {f"{n} {svc}": row for n, data in nodes.items()
             for svc, row in node_status(data).items()}
+
+
+def process_pids(status: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """One name per process: "A router", ..., or "A node" for an all-in-one node's one pid
+    (so that its CPU is counted once)."""
+    by_pid: dict[int, list[str]] = {}
+    for name, row in status.items():
+        if row.get("pid"):
+            by_pid.setdefault(int(row["pid"]), []).append(name)
+    return {(names[0] if len(names) == 1 else names[0].split()[0] + " node"): pid
+            for pid, names in by_pid.items()}
 
 
 # -- B's app: counts the messages it receives --------------------------------------------------
@@ -290,7 +311,10 @@ def profile(args: argparse.Namespace, pids: dict[str, int]) -> list[subprocess.P
         return []
     args.py_spy_out.mkdir(parents=True, exist_ok=True)
     spies = []
-    for name in ("A router", "B router", "A crypto", "B crypto", "A transport", "B transport"):
+    names = [n for n in ("A router", "B router", "A crypto", "B crypto", "A transport",
+                         "B transport", "A groups", "B groups", "A backup", "B backup",
+                         "A node", "B node") if n in pids]
+    for name in names:
         out = args.py_spy_out / (name.replace(" ", "-") + ".txt")
         spies.append(subprocess.Popen([args.py_spy, "record", "-p", str(pids[name]), "-r", "250",
                                        "-f", "raw", "-o", str(out)],
@@ -311,29 +335,34 @@ def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     counter: subprocess.Popen[bytes] | None = None
     clients: list[Client] = []
     try:
+        env = {"TOM_NODE__EVENT_LOOP": args.event_loop} if args.event_loop else None
         for data in nodes.values():
-            node_up(data)
+            node_up(data, args.all_in_one, env)
         ca = Client(DataDir(nodes["A"]), timeout_s=30)
         cb = Client(DataDir(nodes["B"]), timeout_s=30)
         clients += [ca, cb]
         a_id, b_id = ca.node_id(), cb.node_id()
-        ib = transport_info(nodes["B"])
+        ib, ia = transport_info(nodes["B"]), transport_info(nodes["A"])
         t_intro = time.monotonic()
-        ca.add_peer(b_id, ib.host, ib.port)
-        wait_connected(ca, b_id)
-        connect_s = time.monotonic() - t_intro
         # B knows A too: two nodes of people who know each other. From a stranger, B's inbox
         # takes at most 5,000 messages a day (the quotas of docs/security.md), fewer than
-        # this benchmark sends.
-        ia = transport_info(nodes["A"])
+        # this benchmark sends, and B's transport reads a stranger's envelopes at 250/s
+        # (`stranger_envelopes_per_s`). Both introductions go first: B's router asks its
+        # transport for A (which makes A known to it) only while A is not connected yet, so
+        # an `add_peer` after A's connection left A a throttled stranger at B's transport
+        # (every figure of this benchmark ~300 msg/s, `throttled_strangers` at B).
         cb.add_peer(a_id, ia.host, ia.port)
+        ca.add_peer(b_id, ib.host, ib.port)
+        wait_connected(ca, b_id)
+        wait_connected(cb, a_id)
+        connect_s = time.monotonic() - t_intro
         counter = subprocess.Popen([sys.executable, "-m", "bench.bench_router", "--b-app",
                                     str(nodes["B"]), "100"], cwd=ROOT, stdout=subprocess.PIPE,
                                    bufsize=0)
         assert counter.stdout is not None and counter.stdout.readline().strip() == b"ready"
         ca.subscribe()
         status0 = all_status(nodes)
-        pids = {k: int(v["pid"]) for k, v in status0.items() if v.get("pid")}
+        pids = process_pids(status0)
         pids["B app"] = counter.pid
         out: dict[str, Any] = {"a_id": a_id.hex(), "b_id": b_id.hex(), "connect_s": connect_s}
 
@@ -412,9 +441,11 @@ def markdown_table(r: dict[str, Any]) -> str:
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
+    aio = r["params"].get("all_in_one", False)
     rows = [
-        ["message → ACK RTT p50 (ms)", f"{rtt['p50_us'] / 1000:.2f}",
-         f"{ra['rtt_p50']:.1f}×", "≤ 3 ms", met(rtt["p50_us"] / 1000 <= RTT_P50_TARGET_MS)],
+        [f"message → ACK RTT p50 (ms){', all-in-one' if aio else ''}",
+         f"{rtt['p50_us'] / 1000:.2f}", f"{ra['rtt_p50']:.1f}×",
+         f"≤ {RTT_RATIO_TARGET[aio]:g}× raw", met(ra["rtt_p50"] <= RTT_RATIO_TARGET[aio])],
         ["message → ACK RTT p99 (ms)", f"{rtt['p99_us'] / 1000:.2f}", f"{ra['rtt_p99']:.1f}×",
          "", ""],
         ["raw aioquic stream RTT p50 / p99 (µs)",
@@ -429,7 +460,7 @@ def markdown_table(r: dict[str, Any]) -> str:
          f"{r['floor']['us_per_msg']:.0f}; {r['floor']['msgs_per_s_2_cores']:,.0f}", "", "",
          ""],
         ["delivered at A / crypto floor on 2 cores", f"{ra['tput_of_floor']:.0%}", "",
-         f"{TPUT_TARGET / r['floor']['msgs_per_s_2_cores']:.0%} for 3000/s", ""],
+         f"≥ {FLOOR_SHARE_TARGET:.0%}", met(ra["tput_of_floor"] >= FLOOR_SHARE_TARGET)],
         ["CPU per delivered message, all processes (µs) / crypto floor",
          f"{r['cpu_per_msg_us']:.0f}", f"{r['cpu_per_msg_us'] / r['floor']['us_per_msg']:.1f}×",
          "", ""],
@@ -464,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy executable: profile the routers, "
                    "cryptos and transports during one phase (--py-spy-phase)")
+    p.add_argument("--all-in-one", action="store_true",
+                   help="run both nodes all-in-one (`tom node up --all-in-one`)")
+    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default=None,
+                   help="the nodes' [node] event_loop (default: their config's)")
     p.add_argument("--py-spy-phase", choices=("rtt", "tput"), default="tput")
     p.add_argument("--py-spy-out", type=Path, default=ROOT / "bench" / "results" / "router-prof")
     p.add_argument("--b-app", nargs=2, help=argparse.SUPPRESS)
@@ -497,10 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "tput_n",
-                                                   "window")},
+                                                   "window", "all_in_one", "event_loop")},
         "aioquic": raw, "nodes": nodes, "ratios": ratios, "floor": floor,
         "cpu_per_msg_us": cpu_per_msg,
         "targets": {
+            "rtt_p50_ratio": {"value": ratios["rtt_p50"],
+                              "target": RTT_RATIO_TARGET[args.all_in_one],
+                              "met": ratios["rtt_p50"] <= RTT_RATIO_TARGET[args.all_in_one]},
+            "tput_of_floor": {"value": ratios["tput_of_floor"], "target": FLOOR_SHARE_TARGET,
+                              "met": ratios["tput_of_floor"] >= FLOOR_SHARE_TARGET},
             "rtt_p50_le_3ms": {"value_ms": rtt["p50_us"] / 1000,
                                "met": rtt["p50_us"] / 1000 <= RTT_P50_TARGET_MS},
             "b_app_ge_3000_per_s": {"value": tp["b_app_per_s"],

@@ -37,6 +37,10 @@ class NodeSection(Section):
         "service, pid, logger, msg), for a log collector.")
     log_stream: Literal["stderr", "stdout"] = Field(
         "stderr", description="Where the services log (docker-compose sets stdout).")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="The services' event loop: uvloop (libuv; less CPU per bus "
+        "message, docs/benchmarks.md), asyncio (the standard library's), or auto: uvloop "
+        "when it is installed.")
 
 
 class BusSection(Section):

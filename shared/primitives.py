@@ -1,7 +1,10 @@
 """The cryptographic primitives the node uses, as thin wrappers over libraries.
 
 libsodium (through PyNaCl) provides Ed25519, X25519, the Ed25519→X25519 key conversions and
-XChaCha20-Poly1305; ``cryptography`` provides HKDF-SHA256. Nothing here is hand-rolled.
+XChaCha20-Poly1305; HKDF-SHA256 (RFC 5869) is the standard library's HMAC, extract then
+expand. Nothing else here is built by hand. HKDF came from ``cryptography`` before; loading that
+package (its own OpenSSL) cost every process ~7 MB of RSS (bench/bench_memory.py), and
+only the transport needs it (aioquic's TLS).
 Why libsodium: on this machine it verifies Ed25519 signatures about twice as fast as
 ``cryptography`` (signature verification is the per-message CPU ceiling of a node), its
 verification is strict (rejects non-canonical S and small-order points), and it is the
@@ -12,10 +15,10 @@ Every failure raises :class:`CryptoError` (or a subclass); callers map them to b
 
 from __future__ import annotations
 
+import hmac
+
 import nacl.bindings as sodium
 import nacl.exceptions
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32
@@ -98,7 +101,16 @@ def x25519(secret: bytes, their_public: bytes) -> bytes:
 
 
 def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA256 (RFC 5869): extract, then expand, on the standard library's HMAC (checked
+    against the RFC's vectors in tests/crypto/test_primitives.py)."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 derives 1 to 8160 bytes")
+    prk = hmac.digest(salt or bytes(32), ikm, "sha256")
+    okm, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        okm += block
+    return okm[:length]
 
 
 def xchacha_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

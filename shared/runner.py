@@ -19,6 +19,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -128,6 +129,22 @@ def build(roles: list[str], context: ServiceContext, all_in_one: bool) -> list[S
     return [service_class(r)(inner, zctx=zctx, binds=[context.endpoints[r]]) for r in roles]
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``[node] event_loop`` asks for: uvloop's, or None for asyncio's. "auto"
+    takes uvloop when it is installed; "uvloop" without it is a configuration error."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise StartupError("[node] event_loop = \"uvloop\" but uvloop is not installed "
+                               "(pip install uvloop, or choose \"asyncio\")") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run(roles: list[str], argv: list[str] | None, all_in_one: bool, prog: str) -> int:
     p = parser(prog)
     if all_in_one:
@@ -139,11 +156,13 @@ def run(roles: list[str], argv: list[str] | None, all_in_one: bool, prog: str) -
         context = load_context(args)
         setup_logging(context, args.log_level, prog)
         services = build(roles, context, all_in_one)
+        factory = loop_factory(context.section("node", cfg.NodeSection).event_loop)
     except (StartupError, cfg.ConfigError, EndpointsError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(services))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(services))
     except ExceptionGroup as eg:
         failed = eg.subgroup((zmq.ZMQError, StartupError))
         if failed is None:

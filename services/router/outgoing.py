@@ -247,7 +247,8 @@ class Outgoing:
                          row.created_ms, row.attempts, expires_ms=row.expires_ms,
                          relay=row.relay or None, holders=split_ids(row.holders),
                          reason=row.reason)
-            ctx.out[msg_id] = msg
+            if msg.status < DELIVERED:  # a delivered one is not kept (see ``advance``)
+                ctx.out[msg_id] = msg
         return msg
 
     def advance(self, msg: OutMsg, status: int, reason: str = "") -> list[Action]:
@@ -262,8 +263,13 @@ class Outgoing:
             return self.advance(msg, DELIVERED) + self.advance(msg, READ)
         msg.status, msg.reason = status, reason
         ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts)
-        if status >= READ or status == FAILED:
-            del ctx.out[msg.id]
+        if status >= DELIVERED:
+            # done with in memory: nothing retries a delivered message, and a read receipt
+            # loads it again from the outbox (``outgoing``), as after a restart (which
+            # restores only the undelivered). Kept until read, every delivered message of a
+            # peer that never reads stayed in memory (~1.8 KB each, bench_memory --soak) and
+            # counted against ``max_open_messages``.
+            ctx.out.pop(msg.id, None)
         if status >= DELIVERED:
             self.handoff.forget(msg.id)
         ctx.stats[STATUS[status]] += 1

@@ -121,7 +121,7 @@ def other_value(model: type[cfg.Section], key: str, default: Any) -> Any:
             return ["192.0.2.7:4433"] if key == "advertise" else [BOOT_A]
         case str():
             return {"log_level": "debug", "host": "127.0.0.1", "log_format": "json",
-                    "log_stream": "stdout"}.get(key, "x.key")
+                    "log_stream": "stdout", "event_loop": "asyncio"}.get(key, "x.key")
     for value in (default + 1, default / 2, default - 1, 1):
         if value != default:
             try:
@@ -306,3 +306,22 @@ def test_advertise_takes_ip_and_port() -> None:
     assert TransportConfig.model_validate({"advertise": ["192.0.2.7:4433"]}).advertise
     with pytest.raises(ValueError):
         TransportConfig.model_validate({"advertise": ["nowhere"]})
+
+
+def test_event_loop_setting_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[node] event_loop: "asyncio" runs the standard loop, "uvloop" and "auto" uvloop's
+    when it is installed; "uvloop" without it is a startup error that says so."""
+    import sys
+
+    import uvloop
+
+    from shared.runner import loop_factory
+    from shared.service import StartupError
+
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(StartupError, match="uvloop is not installed"):
+        loop_factory("uvloop")

@@ -90,6 +90,23 @@ def test_direct_message_goes_sent_delivered_read() -> None:
     assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "delivered", "read"]
 
 
+def test_a_delivered_message_leaves_memory_and_its_read_receipt_still_arrives() -> None:
+    """Once delivered, a message is on disk only: not in memory, not counted as open (nor
+    against ``max_open_messages``); looking it up again (a duplicate ACK, a receipt) does
+    not bring it back; the read receipt, loaded from the outbox, still makes it read."""
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    a = sim.nodes["a"].router
+    msgs = [send(sim, "a", "b", b"m%d" % i) for i in range(3)]
+    assert [sim.nodes["a"].statuses(m)[-1] for m in msgs] == ["delivered"] * 3
+    assert a.queues()["open_messages"] == 0 and not a.ctx.out
+    found = a.outgoing.outgoing(msgs[0])
+    assert found is not None and found.id == msgs[0] and not a.ctx.out
+    read_all(sim, "b")
+    assert [sim.nodes["a"].statuses(m)[-1] for m in msgs] == ["read"] * 3
+    assert not a.ctx.out
+
+
 def test_a_node_learned_by_gossip_is_reached_through_a_relay() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")

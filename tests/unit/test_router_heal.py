@@ -179,13 +179,17 @@ def test_a_send_failing_otherwise_or_to_a_hop_already_offline_changes_no_path() 
     sim.connect("a", "b")
     sim.run(3)
     a = sim.nodes["a"]
-    msg = send(sim, "a", "b", b"x")
+    sim.drop_sends.add(frozenset("ab"))  # not acknowledged: still open (a delivered message
+    msg = send(sim, "a", "b", b"x")      # is no longer kept in memory)
     dials = len(sim.dials)
     for code in (ErrorCode.PEER_TIMEOUT, ErrorCode.FAILED):
         out = a.router.handle(PeerFailed(("xmit", msg), code, "slow"), sim.now)
         assert out == []
-    assert peer_entry(sim, "a", "b").connected
+    assert peer_entry(sim, "a", "b").connected and len(sim.dials) == dials
+    sim.reachable.clear()  # B stays offline (the open message's redial fails)
     sim.disconnect("a", "b")
+    assert not peer_entry(sim, "a", "b").connected
+    dials = len(sim.dials)
     out = a.router.handle(PeerFailed(("xmit", msg), ErrorCode.UNAVAILABLE, "gone"), sim.now)
     assert out == [] and a.router.stats["send_not_connected"] == 0
     assert len(sim.dials) == dials and a.router.stats["send_failures"] == 3

@@ -23,7 +23,7 @@ class Message(BaseModel):
     """Base of every bus message body. Unknown fields are ignored (forward compatibility);
     known ones are strict: no coercion of strings to bytes or numbers, of floats to ints."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True, defer_build=True)
 
     msg_type: ClassVar[str]
     kind: ClassVar[Kind]
