@@ -167,7 +167,8 @@ class RouterCore(Core):
                 if node == self.ctx.node_id:
                     return [Fail(event.ctx, ErrorCode.INVALID, "that is this node's own id")]
                 self.peers.add_bootstrap(node, host, port)
-                return [Reply(event.ctx, rm.AddPeerReply())] + self.peers.connect(node, now)
+                return [Reply(event.ctx, rm.AddPeerReply())] + self.peers.connect(
+                    node, now, connected_too=True)
             case PeerReplied(token=(kind, *rest)) | PeerFailed(token=(kind, *rest)):
                 return self._answered(kind, rest, event, now)
             case BusEvent(body=body):

@@ -313,10 +313,13 @@ class Peers:
 
     # -- dialling and punching ------------------------------------------------------------
 
-    def connect(self, node: bytes, now: float) -> list[Action]:
+    def connect(self, node: bytes, now: float, connected_too: bool = False) -> list[Action]:
+        """Dial ``node`` at its address. ``connected_too``: also when it is connected already
+        (it dialled us): the transport then knows it as asked for, not as a stranger whose
+        envelopes it reads at a stranger's rate (``router.add_peer``)."""
         assert self.ctx.topo is not None
         p = self.ctx.topo.peers.get(node)
-        if p is None or p.connected or not p.host or not p.port \
+        if p is None or (p.connected and not connected_too) or not p.host or not p.port \
                 or now < self.connecting.get(node, -1e9):
             return []
         self.connecting[node] = now + CONNECT_RETRY_S

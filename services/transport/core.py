@@ -232,6 +232,10 @@ class TransportCore(Core):
             case Request(body=m.Connect(peer=peer, host=host, port=port)):
                 assert ep is not None
                 if peer in ep.peers:
+                    # connected first by the peer (a stranger until now): asked for, it is
+                    # known from now on, to admission (no stranger's rate) and for re-dials
+                    ep.want(peer)
+                    self._known[peer] = ep.peers[peer].addr
                     return [Reply(event.ctx, m.ConnectReply())]
                 try:
                     host, is_literal = parse_host(host)

@@ -99,3 +99,18 @@ def test_a_bootstrap_peer_that_moved_is_dialled_at_the_address_it_announced() ->
     entry = peer_entry(sim, "a", "b")
     assert entry.connected and entry.path == "direct" and entry.port == b.port
     assert ("a", b.id) in sim.dials
+
+
+def test_adding_a_peer_that_is_connected_already_asks_the_transport_for_it() -> None:
+    """B dialled A first (to A's transport a stranger, read at a stranger's rate); when A's
+    owner adds B, A's router still sends ``transport.connect``: B is asked for from then on."""
+    sim = Sim("a", "b")
+    b = sim.nodes["b"]
+    sim.reachable.add(frozenset("ab"))
+    sim.connect("b", "a")
+    sim.run(1)
+    assert peer_entry(sim, "a", "b").connected
+    sim.dials.clear()
+    sim.call("a", rm.AddPeer(node_id=b.id, host="10.0.0.1", port=b.port))
+    sim.run(1)
+    assert ("a", b.id) in sim.dials

@@ -120,6 +120,24 @@ def test_the_router_s_interest_and_acceptance_reach_admission() -> None:
     assert conn.valued_at == 4.0
 
 
+def test_a_peer_that_connected_first_is_known_once_the_router_asks_for_it() -> None:
+    """A stranger (it dialled us) that the router then asks for (``router.add_peer`` sends
+    ``transport.connect``) is known from then on: to admission and for re-dials."""
+    from types import SimpleNamespace
+
+    from shared.core import Request
+    from shared.wire.messages import transport as m
+
+    core = core_with_inbox(0)
+    ep = core.endpoint
+    assert ep is not None
+    ep.peers[A_ID] = SimpleNamespace(addr=("10.0.0.7", 4433))  # type: ignore[assignment]
+    assert A_ID not in ep.known and A_ID not in core._known
+    (reply,) = core.handle(Request("c", m.Connect(peer=A_ID, host="10.0.0.7", port=4433)), 1.0)
+    assert isinstance(reply.body, m.ConnectReply)  # type: ignore[attr-defined]
+    assert A_ID in ep.known and core._known[A_ID] == ("10.0.0.7", 4433)
+
+
 def test_one_peers_backlog_does_not_hold_up_another_peer() -> None:
     """A flood from one connection (made-up senders relayed by M) queued ahead of a
     legitimate peer's envelope: the peers are served in turn, each in its own order."""
