@@ -21,6 +21,7 @@ import concurrent.futures
 import errno
 import fcntl
 import ipaddress
+import random
 import socket
 import struct
 import sys
@@ -91,6 +92,7 @@ class TransportService(Service):
             self.log.info("advertised addresses %s", outside)
         self.log.info("UDP socket on %s:%d (candidates %s)", host, port, ips)
         self.delay_s = cfg.send_delay_ms / 1000
+        self.jitter_s = cfg.send_jitter_ms / 1000
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
         self._resolver_busy = 0
         self._recverr = recv_errors(self.udp)
@@ -222,9 +224,10 @@ class TransportService(Service):
         goes to the router (``router.deliver``) before the QUIC acknowledgement for it."""
         out, self._datagrams = self._datagrams, []
         for d in out:
-            if self.delay_s:
-                asyncio.get_running_loop().call_later(self.delay_s, self._sendto,
-                                                      d.data, d.addr)
+            if self.delay_s or self.jitter_s:
+                delay = self.delay_s + (random.random() * self.jitter_s if self.jitter_s
+                                        else 0.0)
+                asyncio.get_running_loop().call_later(delay, self._sendto, d.data, d.addr)
             else:
                 self._sendto(d.data, d.addr)
 
