@@ -452,9 +452,11 @@ class TransportCore(Core):
     def _punch_ended(self, ev: PunchEnded) -> list[Action]:
         host, port = ev.addr or ("", 0)
         ms = round(ev.elapsed_s * 1000, 3)
+        opened = -1.0 if ev.opened_s is None else round(ev.opened_s * 1000, 3)
         waiting = self._punches.pop(ev.peer, [])
         replies: list[Action] = [
-            Reply(ctx, m.PunchReply(host=host, port=port, elapsed_ms=ms)) if ev.ok
+            Reply(ctx, m.PunchReply(host=host, port=port, elapsed_ms=ms, opened_ms=opened))
+            if ev.ok
             else Fail(ctx, ErrorCode.FAILED, ev.reason) for ctx in waiting]
         return replies + [Publish(m.Punched(peer=ev.peer, ok=ev.ok, host=host, port=port,
                                             elapsed_ms=ms, initiator=ev.initiator,

@@ -82,6 +82,8 @@ class PunchEnded:
     """From the introduction (from the request if none came) to the end."""
     initiator: bool
     reason: str = ""
+    opened_s: float | None = None
+    """From the introduction to the first of the peer's probes heard (None: never)."""
 
 
 Event = (PeerAuthenticated | PeerClosed | DialFailed | Received | PathUpdated
