@@ -83,7 +83,8 @@ gives out ports in sequence maps the peer's flow toward us to one of the next po
 ports above as flows it opened in between, on its side and its neighbours')."""
 SPRAY_EVERY_S = 0.2
 SPRAY_PROBES = 16 * SPRAY_PORTS
-"""Prediction probes one punch sends at most (16 rounds)."""
+"""Prediction probes one punch sends (16 rounds; a round is not cut short, so at most
+``SPRAY_PORTS - 1`` more when a round skipped a port that was already a candidate)."""
 SPRAY_RATE = 2000.0
 """Prediction probes per second over all punches (in bursts of ``SPRAY_BURST``): a node
 asked for many punches at once never floods; what the rate refuses is counted
@@ -354,7 +355,7 @@ class Signalling:
         assert p.vouched is not None
         host, base = p.vouched
         ports = [port for port in range(base + 1, min(base + 1 + SPRAY_PORTS, 65536))
-                 if (host, port) not in p.candidates][:p.spray_left]
+                 if (host, port) not in p.candidates]
         p.spray_at = now + SPRAY_EVERY_S
         if self._spray_time is not None:
             self._spray_tokens = min(SPRAY_BURST, self._spray_tokens
