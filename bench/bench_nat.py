@@ -28,9 +28,10 @@ introduction: the hole open (the first of the peer's probes heard, ``opened_ms``
 authenticated direct connection (``elapsed_ms``); and the failures' reasons. ``--png``
 writes a heat map of direct % per cell (matplotlib: ``pip install -e .[bench]``).
 
-``--rebind`` adds a conversation across a NAT that rebinds: a cone node and a node behind
-a rebinding NAT exchange messages over their direct path, the NAT moves its home to another
-port halfway, and it reports how many messages arrived and whether the path came back.
+``--rebind`` adds two conversations (a message every 200 ms): across a NAT that rebinds (a
+cone node and a node behind a rebinding NAT talk over their direct path, and the NAT moves
+its home to another port), and between two nodes behind one NAT (hairpin); each reports
+how many messages arrived and whether the direct path came (back).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ HEADER = (f"{'scenario':10} {'delay':>5} {'loss':>5} {'fly':>3}  {'direct':>7} {
 
 def run_scenario(scenario: str, delay_ms: float, args: argparse.Namespace,
                  cells: list[Cell]) -> None:
+    """Run the cells of one scenario and delay (``args``: trials, jitter_ms, losses,
+    inflight), printing each and adding it to ``cells``."""
     config: dict[str, dict[str, Any]] = {"transport": {
         "port": 0, "send_delay_ms": delay_ms, "send_jitter_ms": args.jitter_ms}}
     npairs = max(args.inflight)
@@ -212,52 +215,76 @@ def run_scenario(scenario: str, delay_ms: float, args: argparse.Namespace,
                 cells.append(cell)
 
 
-def rebind(args: argparse.Namespace) -> None:
-    """A conversation across a rebinding NAT: nothing lost, and direct again."""
+@dataclass
+class Conversation:
+    sent: int
+    lost: list[int]
+    direct_before: bool
+    direct_again_s: float | None
+    """Seconds from the rebind until the direct path used the NAT's new port (hairpin:
+    from the path turning direct until it was seen on the private address; None: never
+    within the conversation)."""
+
+    def line(self, what: str) -> str:
+        again = "never" if self.direct_again_s is None else f"{self.direct_again_s:.1f} s"
+        return (f"{what}: {self.sent} messages, {len(self.lost)} lost; direct before: "
+                f"{self.direct_before}; direct again after {again}")
+
+
+def converse(hairpin: bool = False, seconds: float = 10.0) -> Conversation:
+    """A conversation, a message every 200 ms from node a to node b, until their path is
+    direct and for ``seconds`` after; then every message is checked at the recipient.
+
+    :param hairpin: both behind one port-restricted NAT (else b behind a rebinding NAT,
+        which moves b to another public port once the path is direct).
+    """
     with tl.Lab(prefix="tr") as lab:
         r = lab.public("relay")
         relay = r.node("relay", all_in_one=True)
-        nat_a, nat_b = lab.nat("na", "port-restricted"), lab.nat("nb", "rebinding")
+        nat_a = lab.nat("na", "port-restricted")
+        nat_b = nat_a if hairpin else lab.nat("nb", "rebinding")
         a = lab.home("ha", nat_a).node("a", {"transport": {"port": 0}}, all_in_one=True)
         b = lab.home("hb", nat_b).node("b", {"transport": {"port": tl.REBIND_LOCAL_PORT}},
                                        all_in_one=True)
         for n in (a, b):
             n.client.add_peer(relay.id, r.addr, 4433)
         b.client.subscribe()
-        a.client.subscribe()
-        ids = []
+        ids: list[bytes] = []
+
+        def link() -> tuple[str, int] | None:
+            links = a.client.bus.request("transport", tm.Peers())
+            assert isinstance(links, tm.PeersReply)
+            return next(((p.host, p.port) for p in links.peers if p.node_id == b.id), None)
+
+        def direct() -> bool:
+            return any(p.node_id == b.id and p.path == "direct" for p in a.client.peers())
+
         deadline = time.monotonic() + 60
-        while not any(p.node_id == b.id and p.path == "direct" for p in a.client.peers()):
+        while not direct() and time.monotonic() < deadline:
             ids.append(a.client.send(b.id, f"m{len(ids)}"))
-            if time.monotonic() > deadline:
-                print("rebind: no direct path before the rebind")
-                return
             time.sleep(0.2)  # one message every 200 ms: the conversation
-        before = len(ids)
-        t_rebind = time.monotonic()
-        nat_b.rebind()
-        direct_again = None
-        while time.monotonic() < t_rebind + 20:
+        was_direct = direct()
+        t0 = time.monotonic()
+        if not hairpin:
+            nat_b.rebind()
+        new = (tl.HOME_ADDRS[1] if hairpin else nat_b.public_addr,
+               tl.REBIND_LOCAL_PORT if hairpin else nat_b.rebind_port)
+        again = None
+        while time.monotonic() < t0 + seconds:
             ids.append(a.client.send(b.id, f"m{len(ids)}"))
-            if direct_again is None and time.monotonic() > t_rebind + 1:
-                links = a.client.bus.request("transport", tm.Peers())
-                assert isinstance(links, tm.PeersReply)
-                if any(p.node_id == b.id and (p.host, p.port) == (nat_b.public_addr,
-                                                                  nat_b.rebind_port)
-                       for p in links.peers):
-                    direct_again = time.monotonic() - t_rebind
+            if again is None and link() == new and direct():
+                again = time.monotonic() - t0
             time.sleep(0.2)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            states = a.client.outbox(ids[-100:], limit=100)
+            states = [s for i in range(0, len(ids), 100)
+                      for s in a.client.outbox(ids[i:i + 100], limit=100)]
             if all(s.status in ("delivered", "read") for s in states):
                 break
             time.sleep(0.2)
         got = {m.text for m in b.client.inbox(limit=1000) if m.info.sender == a.id}
-        lost = [i for i in range(len(ids)) if f"m{i}" not in got]
-        print(f"rebind: {len(ids)} messages ({before} before the rebind), {len(lost)} lost; "
-              f"direct to the new port again after "
-              f"{'never' if direct_again is None else f'{direct_again:.1f} s'}")
+        return Conversation(len(ids), [i for i in range(len(ids)) if f"m{i}" not in got],
+                            was_direct, again)
 
 
 def heatmap(cells: list[Cell], path: str) -> None:
@@ -330,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
               f"flight); target {TARGET[scenario] * 100:g}%"
               + (" -- met" if worst.direct >= TARGET[scenario] else " -- NOT met"))
     if args.rebind:
-        rebind(args)
+        print(converse(hairpin=False, seconds=20).line("rebinding NAT"))
+        print(converse(hairpin=True).line("hairpin (both behind one NAT)"))
     if args.png:
         heatmap(cells, args.png)
     return 0
