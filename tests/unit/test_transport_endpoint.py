@@ -740,6 +740,24 @@ def test_probing_stops_once_the_peer_is_heard() -> None:
     assert c._punches[A_ID].round > 3 + 5  # C did not hear A: it goes on
 
 
+@pytest.mark.parametrize(("relay_rtt", "intro_s", "punch_s"), [
+    (0.001, 3.0, 5.0),   # a LAN: the floors
+    (0.3, 3.0, 7.2),     # 4 x 0.3 < 3 s; 12 x 0.6 s
+    (1.0, 4.0, 15.0),    # 12 x 2 s capped at MAX_PUNCH_S
+])
+def test_a_punch_s_times_follow_the_relay_s_rtt_within_bounds(
+        relay_rtt: float, intro_s: float, punch_s: float) -> None:
+    net = behind_nats()
+    a = net.eps[net.addr["a"]]
+    a.peers[B_ID].quic._loss._rtt_smoothed = relay_rtt
+    a.punch(C_ID, B_ID, net.now)
+    p = a._punches[C_ID]
+    assert p.deadline - p.started == pytest.approx(intro_s)
+    net.run(200, until=lambda: p.introduced is not None)
+    assert p.introduced is not None
+    assert p.deadline - p.introduced == pytest.approx(punch_s)
+
+
 def test_a_relay_that_does_not_know_the_peer_says_so() -> None:
     net = connected()
     a = net.eps[net.addr["a"]]
