@@ -74,6 +74,7 @@ from .endpoint import (
     SendError,
     transport_public,
 )
+from .events import SocketAction
 from .fairqueue import FairQueue
 
 _BIND = "bind"
@@ -103,6 +104,14 @@ class DatagramsReceived(ServiceInput):
 class SendDatagram(ServiceAction):
     data: bytes
     addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraSockets(ServiceAction):
+    """Open or close birthday-probing sockets (:class:`~.events.OpenSockets`,
+    :class:`~.events.CloseSockets`)."""
+
+    action: SocketAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +414,8 @@ class TransportCore(Core):
                 actions += self._punch_ended(ev)
         actions += self._deliver(now)
         replies, self._send_replies = self._send_replies, []
-        return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
+        sockets: list[Action] = [ExtraSockets(a) for a in ep.socket_actions()]
+        return [SendDatagram(d, a) for d, a in ep.datagrams()] + sockets + actions + replies
 
     def _resolve(self, ctx: object, peer: bytes, host: str, port: int) -> list[Action]:
         """A connect to a host name: the shell resolves it off the loop (``Resolve``)."""

@@ -123,6 +123,7 @@ from .events import (
     PunchEnded,
     Received,
     SendError,
+    SocketAction,
     framed,
 )
 from .ratelimit import StrangerRate
@@ -358,6 +359,8 @@ class Endpoint(Signalling):
         self._punches: dict[bytes, _Punch] = {}
         self._spray_tokens = SPRAY_BURST
         self._spray_time: float | None = None
+        self._socket_actions: list[SocketAction] = []
+        self._birthdays: set[bytes] = set()
         self.local_candidates: list[Addr] = []
         """This socket's own addresses (interface address and port), told to every peer so
         that a relay can pass them on with the address it observes."""

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .addresses import Addr, NameRefused, is_public, literal
-from .events import AddressObserved, Event, PunchEnded, SendError, framed
+from .events import (
+    AddressObserved,
+    CloseSockets,
+    Event,
+    OpenSockets,
+    PunchEnded,
+    SendError,
+    SocketAction,
+    framed,
+)
 
 if TYPE_CHECKING:
     from .endpoint import _Conn
@@ -90,6 +99,23 @@ SPRAY_RATE = 2000.0
 asked for many punches at once never floods; what the rate refuses is counted
 (``spray_refused``) and the round waits."""
 SPRAY_BURST = 400.0
+BIRTHDAY_AFTER_RTTS = 6
+"""Birthday probing starts when the peer is still unheard this many estimated round trips
+(at least ``BIRTHDAY_AFTER_S``) after the introduction: port prediction did not find it."""
+BIRTHDAY_AFTER_S = 0.8
+BIRTHDAY_SOCKETS = 256
+"""Extra sockets a birthday punch opens toward the peer's vouched address: behind a NAT
+with random ports each is a mapping the peer may hit."""
+BIRTHDAY_PROBES = 1024
+"""Probes at random ports of the peer's vouched IP one birthday punch sends: with 256
+mappings on the other side, 1 - (1 - 256/64512)^1024 = 98 % find one (random ports on both
+sides cannot be punched: half of it is wasted on the side that is not behind such a NAT,
+which cannot tell)."""
+BIRTHDAY_EVERY_S = 0.05
+BIRTHDAY_BATCH = 25
+"""Random-port probes per round (500/s), drawn from the node-wide ``SPRAY_RATE``."""
+BIRTHDAYS_AT_ONCE = 1
+"""Birthday punches at once per node (each holds up to 256 sockets)."""
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
 INTRO_IN_BURST = 100
@@ -132,6 +158,9 @@ class _Punch:
     (its IP, the ports above)."""
     spray_at: float = 0.0
     spray_left: int = 0
+    birthday_at: float = 0.0
+    birthday_left: int = 0
+    sockets_opened: bool = False
 
 
 def _addrs(value: object) -> list[Addr]:
@@ -169,6 +198,9 @@ class Signalling:
     _punches: dict[bytes, _Punch]
     _spray_tokens: float
     _spray_time: float | None
+    _socket_actions: list[SocketAction]
+    _birthdays: set[bytes]
+    """Peers of the punches holding birthday sockets now."""
     _out: list[tuple[bytes, Addr]]
     _events: list[Event]
     _dirty: dict[_Conn, float]
@@ -331,6 +363,8 @@ class Signalling:
             p.deadline = now + min(MAX_PUNCH_S, max(PUNCH_TIMEOUT_S, PUNCH_RTTS * p.rtt))
             p.spray_at = now + max(SPRAY_AFTER_S, SPRAY_AFTER_RTTS * p.rtt)
             p.spray_left = SPRAY_PROBES
+            p.birthday_at = now + max(BIRTHDAY_AFTER_S, BIRTHDAY_AFTER_RTTS * p.rtt)
+            p.birthday_left = BIRTHDAY_PROBES
             self._probe(p, now)
 
     def _probe(self, p: _Punch, now: float) -> None:
@@ -357,18 +391,57 @@ class Signalling:
         ports = [port for port in range(base + 1, min(base + 1 + SPRAY_PORTS, 65536))
                  if (host, port) not in p.candidates]
         p.spray_at = now + SPRAY_EVERY_S
-        if self._spray_time is not None:
-            self._spray_tokens = min(SPRAY_BURST, self._spray_tokens
-                                     + (now - self._spray_time) * SPRAY_RATE)
-        self._spray_time = now
-        if self._spray_tokens < len(ports):
-            self.counters["spray_refused"] += len(ports)
+        if not self._take(len(ports), now):
             return
-        self._spray_tokens -= len(ports)
         p.spray_left -= len(ports)
         probe = PROBE_MAGIC + p.token + self.node_id
         self._out += [(probe, (host, port)) for port in ports]
         self.counters["spray_probes"] += len(ports)
+
+    def _take(self, n: int, now: float) -> bool:
+        """Take ``n`` probes from the node-wide allowance of prediction and birthday
+        probes (``SPRAY_RATE``); False, counted, if it has not that many now."""
+        if self._spray_time is not None:
+            self._spray_tokens = min(SPRAY_BURST, self._spray_tokens
+                                     + (now - self._spray_time) * SPRAY_RATE)
+        self._spray_time = now
+        if self._spray_tokens < n:
+            self.counters["spray_refused"] += n
+            return False
+        self._spray_tokens -= n
+        return True
+
+    def _birthday(self, p: _Punch, now: float) -> None:
+        """Birthday probing, both halves (neither side knows which NAT is the random one):
+        open ``BIRTHDAY_SOCKETS`` sockets that each send a probe to the peer's vouched
+        address, and probe random ports of the vouched IP from the main socket, a batch
+        every ``BIRTHDAY_EVERY_S`` until ``BIRTHDAY_PROBES`` are sent. Only the relay's own
+        observation of the peer is aimed at (its IP; random ports of it)."""
+        assert p.vouched is not None
+        p.birthday_at = now + BIRTHDAY_EVERY_S
+        probe = PROBE_MAGIC + p.token + self.node_id
+        if not p.sockets_opened:
+            p.sockets_opened = True
+            if len(self._birthdays) >= BIRTHDAYS_AT_ONCE:
+                self.counters["birthdays_refused"] += 1
+            else:
+                self._birthdays.add(p.peer)
+                self._socket_actions.append(
+                    OpenSockets(p.token, BIRTHDAY_SOCKETS, p.vouched, probe))
+                self.counters["birthday_sockets"] += BIRTHDAY_SOCKETS
+        n = min(BIRTHDAY_BATCH, p.birthday_left)
+        if not self._take(n, now):
+            return
+        p.birthday_left -= n
+        host = p.vouched[0]
+        self._out += [(probe, (host, 1024 + secrets.randbelow(65536 - 1024)))
+                      for _ in range(n)]
+        self.counters["birthday_probes"] += n
+
+    def socket_actions(self) -> list[SocketAction]:
+        """Extra sockets to open or close (birthday probing), for the shell."""
+        out, self._socket_actions = self._socket_actions, []
+        return out
 
     def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:
         if len(data) != PROBE_BYTES or not data.startswith(PROBE_MAGIC):
@@ -408,6 +481,9 @@ class Signalling:
 
     def _end_punch(self, p: _Punch, now: float, addr: Addr | None, reason: str = "") -> None:
         del self._punches[p.peer]
+        if p.peer in self._birthdays:
+            self._birthdays.discard(p.peer)
+            self._socket_actions.append(CloseSockets(p.token))
         self.counters["punches_direct" if addr else "punches_failed"] += 1
         opened = None if p.heard is None or p.introduced is None \
             else round(p.heard - p.introduced, 6)
@@ -429,6 +505,9 @@ class Signalling:
                 self._probe(p, now)
             if p.vouched is not None and p.spray_left > 0 and now >= p.spray_at:
                 self._spray(p, now)
+            if p.vouched is not None and is_public(p.vouched[0]) and p.birthday_left > 0 \
+                    and now >= p.birthday_at:
+                self._birthday(p, now)
 
     def _punch_deadlines(self) -> list[float]:
         out = []
@@ -438,6 +517,8 @@ class Signalling:
                 out.append(p.next_probe)
                 if p.vouched is not None and p.spray_left > 0:
                     out.append(p.spray_at)
+                if p.vouched is not None and is_public(p.vouched[0]) and p.birthday_left > 0:
+                    out.append(p.birthday_at)
         return out
 
 
