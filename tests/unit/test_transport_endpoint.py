@@ -38,6 +38,8 @@ from services.transport.endpoint import (
     channel_binding,
     transport_public,
 )
+from services.transport.events import CloseSockets, OpenSockets
+from services.transport.signalling import BIRTHDAY_PROBES, BIRTHDAY_SOCKETS
 
 NOW_S = 1_800_000_000
 
@@ -720,6 +722,35 @@ def test_port_prediction_is_rate_limited_over_all_punches() -> None:
     c._spray_tokens, c._spray_time = 0.0, net.now + 100  # spent, and no refill for 100 s
     punch(net)
     assert c.counters["spray_probes"] == 0 and c.counters["spray_refused"] >= SPRAY_PORTS
+
+
+def test_birthday_probing_is_aimed_at_the_vouched_address_bounded_and_one_at_a_time() -> None:
+    """Against random ports, after prediction: both halves of birthday probing (sockets
+    toward the relay's observation of the peer, random ports of its IP), within bounds,
+    closed at the end; a second punch meanwhile gets no sockets."""
+    net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, random_ports=True))
+    c = net.eps[net.addr["c"]]
+    random_ports: list[Addr] = []
+    original = c._birthday
+
+    def spy(p: object, now: float) -> None:
+        before = len(c._out)
+        original(p, now)  # type: ignore[arg-type]
+        random_ports.extend(addr for _, addr in c._out[before:])
+
+    c._birthday = spy  # type: ignore[method-assign]
+    other = b"\xee" * 32  # a second punch of C's, introduced by the same relay, at once
+    c._introduced(c.peers[B_ID], other, b"o" * TOKEN_BYTES, [("100.64.9.9", 5000)], net.now)
+    punch(net)
+    actions = c.socket_actions()
+    opened = [x for x in actions if isinstance(x, OpenSockets)]
+    assert len(opened) == 1 and opened[0].count == BIRTHDAY_SOCKETS  # one birthday at once
+    assert c.counters["birthdays_refused"] == 1
+    assert opened[0].dest[0] in ("100.64.0.1", "100.64.9.9")  # a relay's observation
+    assert [x for x in actions if isinstance(x, CloseSockets)]  # closed when it ended
+    assert 0 < c.counters["birthday_probes"] == len(random_ports) <= 2 * BIRTHDAY_PROBES
+    assert {h for h, _ in random_ports} <= {"100.64.0.1", "100.64.9.9"}
+    assert len({p for _, p in random_ports}) > BIRTHDAY_PROBES // 2  # random, not a range
 
 
 def test_probing_stops_once_the_peer_is_heard() -> None:
