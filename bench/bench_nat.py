@@ -140,8 +140,8 @@ class Cell:
         opened = [t.opened_ms for t in ok]
         done = [t.elapsed_ms for t in ok]
         rtt = 2 * self.delay_ms + jitter_ms
-        reasons = collections.Counter(t.reason.split(":")[0][:60] for t in self.trials
-                                      if not t.ok)
+        reasons = collections.Counter(t.reason.rpartition("failed: ")[2][:50]
+                                      for t in self.trials if not t.ok)
         return (f"{self.scenario:10} {self.delay_ms:5g} {self.loss * 100:4g}% "
                 f"{self.inflight:3d}  {sum(t.ok for t in self.trials):3d}/"
                 f"{len(self.trials):<3d} {self.direct * 100:5.1f}%  "
