@@ -99,10 +99,10 @@ SPRAY_RATE = 2000.0
 asked for many punches at once never floods; what the rate refuses is counted
 (``spray_refused``) and the round waits."""
 SPRAY_BURST = 400.0
-BIRTHDAY_AFTER_RTTS = 6
+BIRTHDAY_AFTER_RTTS = 4
 """Birthday probing starts when the peer is still unheard this many estimated round trips
 (at least ``BIRTHDAY_AFTER_S``) after the introduction: port prediction did not find it."""
-BIRTHDAY_AFTER_S = 0.8
+BIRTHDAY_AFTER_S = 0.6
 BIRTHDAY_SOCKETS = 256
 """Extra sockets a birthday punch opens toward the peer's vouched address: behind a NAT
 with random ports each is a mapping the peer may hit."""
@@ -111,9 +111,9 @@ BIRTHDAY_PROBES = 1024
 mappings on the other side, 1 - (1 - 256/64512)^1024 = 98 % find one (random ports on both
 sides cannot be punched: half of it is wasted on the side that is not behind such a NAT,
 which cannot tell)."""
-BIRTHDAY_EVERY_S = 0.05
+BIRTHDAY_EVERY_S = 0.025
 BIRTHDAY_BATCH = 25
-"""Random-port probes per round (500/s), drawn from the node-wide ``SPRAY_RATE``."""
+"""Random-port probes per round (1,000/s), drawn from the node-wide ``SPRAY_RATE``."""
 BIRTHDAYS_AT_ONCE = 1
 """Birthday punches at once per node (each holds up to 256 sockets)."""
 INTRO_BURST = 20
