@@ -10,12 +10,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.crypto.core import Identity
+from services.transport import signalling
 from services.transport.admission import Limits
 from services.transport.endpoint import (
     CONTROL,
     FRAME_COST,
     INTRO_BURST,
     INTRO_IN_BURST,
+    MAX_CANDIDATES,
     MAX_INTRODUCED,
     PROBE_MAGIC,
     PUNCH_PROBES,
@@ -705,14 +707,24 @@ def test_a_sequential_symmetric_nat_is_punched_by_port_prediction(step: int) -> 
     assert ended_a.elapsed_s < 2.0 and 0 <= (ended_a.opened_s or -1) <= ended_a.elapsed_s
 
 
-def test_port_prediction_against_random_ports_is_bounded_and_fails_cleanly() -> None:
+def test_port_prediction_against_random_ports_is_bounded_and_fails_cleanly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Birthday probing off: this is about the probes and prediction alone.)"""
+    monkeypatch.setattr(signalling, "BIRTHDAY_PROBES", 0)
     net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, random_ports=True))
+    a = net.eps[net.addr["a"]]
+    # A tells R three private addresses of its own (nowhere here): C probes 4 candidates
+    a.local_candidates[:] = [("10.0.9.1", 4433), ("10.0.9.2", 4433), ("10.0.9.3", 4433)]
+    a._tell_address(a.peers[B_ID])
+    net.run(100)
     to_a = sprayed(net, "c")
     a, c = punch(net)
     assert not net.of("a", PunchEnded)[0].ok and not net.of("c", PunchEnded)[0].ok
     assert C_ID not in a.peers and A_ID not in c.peers
     assert c.counters["spray_probes"] == len(to_a) <= SPRAY_PROBES + SPRAY_PORTS - 1
     assert {h for h, _ in to_a} == {"100.64.0.1"}
+    # never heard: the candidate probes stop at their budget (+ the last round)
+    assert PUNCH_PROBES // 2 < c.counters["probes_sent"] <= PUNCH_PROBES + MAX_CANDIDATES - 1
 
 
 def test_port_prediction_is_rate_limited_over_all_punches() -> None:
@@ -724,10 +736,13 @@ def test_port_prediction_is_rate_limited_over_all_punches() -> None:
     assert c.counters["spray_probes"] == 0 and c.counters["spray_refused"] >= SPRAY_PORTS
 
 
-def test_birthday_probing_is_aimed_at_the_vouched_address_bounded_and_one_at_a_time() -> None:
+def test_birthday_probing_is_aimed_at_the_vouched_address_bounded_and_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Against random ports, after prediction: both halves of birthday probing (sockets
     toward the relay's observation of the peer, random ports of its IP), within bounds,
-    closed at the end; a second punch meanwhile gets no sockets."""
+    closed at the end; a second punch meanwhile gets no sockets. (The random ports are
+    seeded, and miss A's mapping: the sockets' half is the shell's, not simulated here.)"""
+    monkeypatch.setattr(signalling.secrets, "randbelow", __import__("random").Random(7).randrange)
     net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, random_ports=True))
     c = net.eps[net.addr["c"]]
     random_ports: list[Addr] = []
