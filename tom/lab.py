@@ -20,8 +20,27 @@ Theory of operation (the recipe of docs "NAT lab in network namespaces", measure
 * A NAT router is a namespace with ``wan`` (public) and ``lan`` (10.0.0.1/24) and forwarding
   on. Its one home is a namespace whose ``eth0`` is 10.0.0.2, the same private address behind
   every NAT on purpose, with its default route via 10.0.0.1.
-* NAT kinds: "cone" is ``MASQUERADE`` (endpoint-independent mapping that keeps the port),
-  "symmetric" is ``MASQUERADE --random-fully`` (a fresh random port per destination).
+* NAT kinds (:data:`KINDS`), by mapping and filtering as RFC 4787 names them:
+
+  - "port-restricted" (alias "cone"): ``MASQUERADE``, endpoint-independent mapping that keeps
+    the port; inbound only from an address *and port* the home sent to (conntrack).
+  - "address-restricted": the same mapping; inbound from any port of an address the home
+    sent to (``-m recent`` remembers the destinations; new inbound flows are DNATed to the
+    home on the same port and accepted when their source is remembered).
+  - "full-cone": the same mapping; inbound from anyone to the home's ports (DNAT).
+  - "symmetric": ``MASQUERADE --random-fully``, a fresh random port per destination.
+  - "sequential": symmetric, but each new flow takes the next port (nft ``snat to
+    PUB:numgen inc``), as many carrier NATs do: predictable from one observation.
+  - "rebinding": port-restricted; the home's port 4433 (a node's) is mapped to one public
+    port, which :meth:`Nat.rebind` changes mid-conversation (a new port, the old mappings
+    flushed), as a CGNAT does when a mapping expires or the router restarts.
+
+  The restricted kinds filter per home, not per mapping (RFC 4787 filters per internal
+  endpoint): the same for a node, which has one UDP socket.
+
+  A NAT may have two homes (10.0.0.2 and 10.0.0.3 on its LAN bridge): "hairpin", two nodes
+  behind one NAT. It does not loop packets for its own public address back to the LAN
+  (many home routers do not); the nodes meet over their private addresses.
 * Every router filters like a real home router: FORWARD policy DROP, LAN->WAN accepted,
   WAN->LAN only ESTABLISHED,RELATED, and new UDP to the router itself from the WAN dropped.
   Without the last rule an early punch packet creates a conntrack entry on the router itself,
@@ -67,7 +86,20 @@ from typing import Any
 HOME_ADDR = "10.0.0.2"
 ROUTER_LAN_ADDR = "10.0.0.1"
 FIRST_HOST_NUMBER = 10
-KINDS = ("cone", "symmetric")
+KINDS = ("cone", "port-restricted", "address-restricted", "full-cone", "symmetric",
+         "sequential", "rebinding")
+"""NAT kinds a lab router can be (module docstring); "cone" is "port-restricted"."""
+HOME_ADDRS = ("10.0.0.2", "10.0.0.3")
+"""Addresses of the first and second home behind one NAT (a second home: hairpin)."""
+SEQUENTIAL_BASE = 20000
+"""First port a "sequential" NAT gives out (then the next one per new flow)..."""
+SEQUENTIAL_PORTS = 1000
+"""... up to this many, then it starts again at the first."""
+REBIND_BASE = 30000
+"""The port a "rebinding" NAT maps its home's port :data:`REBIND_LOCAL_PORT` to, until the
+first rebind (then the next one at each rebind)."""
+REBIND_LOCAL_PORT = 4433
+"""The home's port a "rebinding" NAT moves (a node's default port); others keep theirs."""
 REFLECTOR_PORT = 3478
 PUNCH_PORT = 40000
 
@@ -79,8 +111,7 @@ _ROUTER_RULES = """\
 :INPUT ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
--A POSTROUTING -o wan -j MASQUERADE{random}
-COMMIT
+{nat}COMMIT
 *filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
@@ -90,10 +121,35 @@ COMMIT
 -A INPUT -i wan -p udp -m conntrack --ctstate NEW -j DROP
 -A FORWARD -j LOSS
 -A FORWARD -j BLOCK
--A FORWARD -i lan -o wan -j ACCEPT
+{filter}-A FORWARD -i lan -o wan -j ACCEPT
 -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 COMMIT
 """
+
+
+def _router_rules(kind: str, rebind_port: int) -> str:
+    """iptables-restore input for a NAT router of ``kind`` ("sequential" adds an nft table,
+    see :meth:`Lab.nat`)."""
+    masquerade = "-A POSTROUTING -o wan -j MASQUERADE\n"
+    dnat = f"-A PREROUTING -i wan -p udp -j DNAT --to-destination {HOME_ADDR}\n"
+    nat, filt = masquerade, ""
+    if kind == "symmetric":
+        nat = "-A POSTROUTING -o wan -j MASQUERADE --random-fully\n"
+    elif kind == "sequential":
+        nat = ""  # nft: snat to PUB:numgen inc
+    elif kind == "rebinding":
+        nat = (f"-A POSTROUTING -o wan -p udp --sport {REBIND_LOCAL_PORT} -j MASQUERADE "
+               f"--to-ports {rebind_port}\n" + masquerade)
+    elif kind == "full-cone":
+        nat += dnat
+        filt = f"-A FORWARD -i wan -o lan -p udp -d {HOME_ADDR} -j ACCEPT\n"
+    elif kind == "address-restricted":
+        nat += dnat
+        filt = ("-A FORWARD -i lan -o wan -m recent --name talked --rdest --set\n"
+                f"-A FORWARD -i wan -o lan -p udp -d {HOME_ADDR} -m conntrack --ctstate NEW "
+                "-m recent --name talked --rsource --rcheck -j ACCEPT\n")
+    return _ROUTER_RULES.format(nat=nat, filter=filt)
+
 
 # Small programs run inside namespaces with ``python -c``; parameters come in sys.argv.
 
@@ -453,9 +509,10 @@ class Host(Namespace):
         seen: list[str | None] = json.loads(out)
         return seen
 
-    def node(self, name: str, config: dict[str, dict[str, Any]] | None = None) -> LabNode:
+    def node(self, name: str, config: dict[str, dict[str, Any]] | None = None,
+             all_in_one: bool = False) -> LabNode:
         """Run a whole ToM node in this host's namespace (see :class:`LabNode`)."""
-        return LabNode(self, name, config or {})
+        return LabNode(self, name, config or {}, all_in_one)
 
     def sink(self, port: int, hello: Sequence[str] = ()) -> Script:
         """Start a counting receiver (see :data:`SINK`) on ``port``, once it is bound;
@@ -477,6 +534,29 @@ class Nat(Namespace):
         self.public_addr = public_addr
         self.kind = kind
         self.home: Host | None = None
+        """The first home."""
+        self.homes: list[Host] = []
+        self.rebind_port = REBIND_BASE
+        """The port a "rebinding" NAT maps its home to now."""
+        self.rebinds = 0
+
+    def nft(self, script: str) -> None:
+        """Run an nft script in the router (the "sequential" NAT's table)."""
+        _run(self._argv(["nft", "-f", "-"]), input=script)
+
+    def rebind(self) -> int:
+        """A "rebinding" NAT maps its home to a new port from now on, and forgets every
+        mapping it held (``conntrack -F``): peers' packets to the old port are dropped, the
+        home's next packets leave from the new one. Returns the new port."""
+        if self.kind != "rebinding":
+            raise ValueError(f"{self.name} is a {self.kind} NAT, not a rebinding one")
+        self.rebinds += 1
+        self.rebind_port = REBIND_BASE + self.rebinds
+        self.iptables("-t", "nat", "-R", "POSTROUTING", "1", "-o", "wan", "-p", "udp",
+                      "--sport", str(REBIND_LOCAL_PORT), "-j", "MASQUERADE", "--to-ports",
+                      str(self.rebind_port))
+        _run(self._argv(["conntrack", "-F"]), check=False)  # rc 1 when the table is empty
+        return self.rebind_port
 
     def iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(self._argv(["iptables", "-w", *args]), check=check)
@@ -671,39 +751,64 @@ class Lab:
     def nat(self, name: str, kind: str = "cone", loss: float = 0.0) -> Nat:
         """A NAT router with the next public address; see the module docstring.
 
-        :param kind: "cone" (endpoint-independent mapping, keeps the port) or "symmetric"
-            (a random port per destination).
+        :param kind: one of :data:`KINDS` ("cone": endpoint-independent mapping that keeps
+            the port, port-restricted filtering; "symmetric": a random port per destination).
         :param loss: probability of dropping each forwarded packet, both ways.
         """
         if kind not in KINDS:
             raise ValueError(f"NAT kind must be one of {KINDS}, not {kind!r}")
+        for needs, command, package in (("sequential", "nft", "nftables"),
+                                        ("rebinding", "conntrack", "conntrack")):
+            if kind == needs and shutil.which(command) is None:
+                raise LabError(f"a {kind} NAT needs `{command}` (apt-get install {package})")
         ns = self._new(name)
         nat = Nat(self, name, ns, self._plug(ns, "wan"), kind)
         self.hosts[name] = nat
         _run(["ip", "netns", "exec", ns, "sh", "-c",
-              "echo 1 > /proc/sys/net/ipv4/ip_forward"])
-        rules = _ROUTER_RULES.format(random=" --random-fully" if kind == "symmetric" else "")
-        _run(["ip", "netns", "exec", ns, "iptables-restore", "-w"], input=rules)
+              "echo 1 > /proc/sys/net/ipv4/ip_forward; "
+              "f=/proc/sys/net/bridge/bridge-nf-call-iptables; [ ! -e $f ] || echo 0 > $f"])
+        # the LAN is a bridge, so a second home can join it (hairpin)
+        self._ip(ns, "link", "add", "lan", "type", "bridge")
+        self._ip(ns, "addr", "add", f"{ROUTER_LAN_ADDR}/24", "dev", "lan")
+        self._ip(ns, "link", "set", "lan", "up")
+        _run(["ip", "netns", "exec", ns, "iptables-restore", "-w"],
+             input=_router_rules(kind, nat.rebind_port))
+        if kind == "sequential":
+            # each new flow (a new destination) takes the next port: nft evaluates the NAT
+            # rule once per new conntrack entry, and numgen counts those evaluations
+            # (through a map: numgen's own "offset" lands byte-swapped in the port)
+            ports = ", ".join(f"{i} : {SEQUENTIAL_BASE + i}" for i in range(SEQUENTIAL_PORTS))
+            nat.nft(f"add table ip lab\n"
+                    f"add chain ip lab post {{ type nat hook postrouting priority srcnat; }}\n"
+                    f"add rule ip lab post oifname \"wan\" meta l4proto udp snat to "
+                    f"{nat.public_addr} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {ports} }}\n"
+                    f"add rule ip lab post oifname \"wan\" masquerade\n")
         if loss:
             nat.set_loss(loss)
         return nat
 
     def home(self, name: str, nat: Nat) -> Host:
-        """The one host behind ``nat``: 10.0.0.2, default route via 10.0.0.1."""
+        """A host behind ``nat``: the first is 10.0.0.2, a second (hairpin) 10.0.0.3; the
+        default route goes via 10.0.0.1."""
         if nat.lab is not self:
             raise ValueError(f"{nat!r} belongs to another lab")
-        if nat.home is not None:
-            raise ValueError(f"{nat.name} already has a home ({nat.home.name})")
+        if len(nat.homes) >= len(HOME_ADDRS):
+            raise ValueError(f"{nat.name} already has {len(nat.homes)} homes")
+        if nat.homes and nat.kind in ("full-cone", "address-restricted"):
+            raise ValueError(f"a {nat.kind} NAT of the lab forwards to one home only")
+        addr = HOME_ADDRS[len(nat.homes)]
         ns = self._new(name)
-        self._ip(nat.ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+        port = f"h{len(nat.homes)}"
+        self._ip(nat.ns, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                  "netns", ns)
-        self._ip(nat.ns, "addr", "add", f"{ROUTER_LAN_ADDR}/24", "dev", "lan")
-        self._ip(nat.ns, "link", "set", "lan", "up")
-        self._ip(ns, "addr", "add", f"{HOME_ADDR}/24", "dev", "eth0")
+        self._ip(nat.ns, "link", "set", port, "master", "lan", "up")
+        self._ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         self._ip(ns, "link", "set", "eth0", "up")
         self._ip(ns, "route", "add", "default", "via", ROUTER_LAN_ADDR)
-        host = Host(self, name, ns, HOME_ADDR)
-        nat.home = host
+        host = Host(self, name, ns, addr)
+        nat.homes.append(host)
+        if nat.home is None:
+            nat.home = host
         self.hosts[name] = host
         return host
 
@@ -764,13 +869,16 @@ class LabNode:
     machine. The lab kills it and deletes its data directory at close.
 
     :param config: sections merged over :data:`NODE_CONFIG` (``username`` is the name).
+    :param all_in_one: the five services in one process (``tom node up --all-in-one``):
+        two processes per node instead of six, for labs with many nodes.
     """
 
-    def __init__(self, host: Host, name: str, config: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, host: Host, name: str, config: dict[str, dict[str, Any]],
+                 all_in_one: bool = False) -> None:
         from shared.paths import DataDir
         from tom.client import Client
 
-        self.host, self.name = host, name
+        self.host, self.name, self.all_in_one = host, name, all_in_one
         lab = host.lab
         with lab._lock:
             if lab._closing:
@@ -782,7 +890,7 @@ class LabNode:
         for section, values in config.items():
             merged.setdefault(section, {}).update(values)
         (self.data / "node.toml").write_text(_toml(merged))
-        up = self.tom("node", "up", timeout=90)
+        up = self.tom("node", "up", *(["--all-in-one"] if all_in_one else []), timeout=90)
         if up.returncode != 0:
             raise LabError(f"node {name} did not start in {host.ns}: {up.stdout}{up.stderr}")
         self.client = Client(DataDir(self.data))
@@ -799,15 +907,17 @@ class LabNode:
         return self.client.bus.request("transport", Info())
 
     def restart(self, program: str, timeout_s: float = 30) -> None:
-        """Restart one service under the node's supervisord and wait until it answers."""
+        """Restart one service under the node's supervisord and wait until it answers (all
+        five at once for an all-in-one node)."""
         from shared.paths import DataDir
         from shared.wire import WireError
         from shared.wire.messages.sys import Ping
         from tom.node import Supervisor
 
         rpc = Supervisor(DataDir(self.data)).rpc()
-        rpc.supervisor.stopProcess(program)
-        rpc.supervisor.startProcess(program, False)
+        name = "node" if self.all_in_one else program
+        rpc.supervisor.stopProcess(name)
+        rpc.supervisor.startProcess(name, False)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

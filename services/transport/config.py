@@ -35,6 +35,10 @@ class TransportConfig(Section):
     send_delay_ms: float = Field(0.0, ge=0, le=10_000, description="Hold every outgoing "
                                  "datagram this long (the NAT lab's latency, where the "
                                  "kernel has no netem); 0 in real use.")
+    send_jitter_ms: float = Field(0.0, ge=0, le=10_000, description="Add to each held "
+                                  "datagram a uniformly random extra delay of 0 to this "
+                                  "(the NAT lab's jitter: datagrams may be reordered); 0 in "
+                                  "real use.")
     resolve_timeout_s: float = Field(5.0, gt=0, le=60, description="How long a host name "
                                      "given to transport.connect may take to resolve (in a "
                                      "resolver thread, never on the event loop).")

@@ -74,6 +74,7 @@ from .endpoint import (
     SendError,
     transport_public,
 )
+from .events import SocketAction
 from .fairqueue import FairQueue
 
 _BIND = "bind"
@@ -103,6 +104,14 @@ class DatagramsReceived(ServiceInput):
 class SendDatagram(ServiceAction):
     data: bytes
     addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraSockets(ServiceAction):
+    """Open or close birthday-probing sockets (:class:`~.events.OpenSockets`,
+    :class:`~.events.CloseSockets`)."""
+
+    action: SocketAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +418,8 @@ class TransportCore(Core):
                 actions += self._punch_ended(ev)
         actions += self._deliver(now)
         replies, self._send_replies = self._send_replies, []
-        return [SendDatagram(d, a) for d, a in ep.datagrams()] + actions + replies
+        sockets: list[Action] = [ExtraSockets(a) for a in ep.socket_actions()]
+        return [SendDatagram(d, a) for d, a in ep.datagrams()] + sockets + actions + replies
 
     def _resolve(self, ctx: object, peer: bytes, host: str, port: int) -> list[Action]:
         """A connect to a host name: the shell resolves it off the loop (``Resolve``)."""
@@ -456,9 +466,11 @@ class TransportCore(Core):
     def _punch_ended(self, ev: PunchEnded) -> list[Action]:
         host, port = ev.addr or ("", 0)
         ms = round(ev.elapsed_s * 1000, 3)
+        opened = -1.0 if ev.opened_s is None else round(ev.opened_s * 1000, 3)
         waiting = self._punches.pop(ev.peer, [])
         replies: list[Action] = [
-            Reply(ctx, m.PunchReply(host=host, port=port, elapsed_ms=ms)) if ev.ok
+            Reply(ctx, m.PunchReply(host=host, port=port, elapsed_ms=ms, opened_ms=opened))
+            if ev.ok
             else Fail(ctx, ErrorCode.FAILED, ev.reason) for ctx in waiting]
         return replies + [Publish(m.Punched(peer=ev.peer, ok=ev.ok, host=host, port=port,
                                             elapsed_ms=ms, initiator=ev.initiator,

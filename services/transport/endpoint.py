@@ -123,6 +123,7 @@ from .events import (
     PunchEnded,
     Received,
     SendError,
+    SocketAction,
     framed,
 )
 from .ratelimit import StrangerRate
@@ -143,6 +144,9 @@ from .signalling import (
     PUNCH_DIALS,
     PUNCH_PROBES,
     PUNCH_TIMEOUT_S,
+    SPRAY_BURST,
+    SPRAY_PORTS,
+    SPRAY_PROBES,
     TOKEN_BYTES,
     Signalling,
     _Punch,
@@ -152,7 +156,8 @@ __all__ = [
     "ADDR_BURST", "CONTROL", "INTRO_BURST", "INTRO_IN_BURST", "INTRO_TIMEOUT_S",
     "INTRO_WINDOW_S", "MAX_CANDIDATES", "MAX_INTRODUCED", "MAX_PUNCHES", "PROBE_BYTES",
     "PROBE_EVERY_S", "PROBE_MAGIC", "PUBLIC_CANDIDATES", "PUNCH_DIALS", "PUNCH_PROBES",
-    "PUNCH_TIMEOUT_S", "TOKEN_BYTES", "Addr", "AddressObserved", "Backpressure", "DialFailed",
+    "PUNCH_TIMEOUT_S", "SPRAY_PORTS", "SPRAY_PROBES", "TOKEN_BYTES", "Addr",
+    "AddressObserved", "Backpressure", "DialFailed",
     "Endpoint", "Event", "FrameTooLarge", "NotAnEnvelope", "PathUpdated", "PeerAuthenticated",
     "PeerClosed", "PunchEnded", "Received", "SendError", "channel_binding",
     "transport_public",
@@ -352,6 +357,10 @@ class Endpoint(Signalling):
         self._dirty: dict[_Conn, float] = {}
         self._events: list[Event] = []
         self._punches: dict[bytes, _Punch] = {}
+        self._spray_tokens = SPRAY_BURST
+        self._spray_time: float | None = None
+        self._socket_actions: list[SocketAction] = []
+        self._birthdays: set[bytes] = set()
         self.local_candidates: list[Addr] = []
         """This socket's own addresses (interface address and port), told to every peer so
         that a relay can pass them on with the address it observes."""

@@ -82,7 +82,32 @@ class PunchEnded:
     """From the introduction (from the request if none came) to the end."""
     initiator: bool
     reason: str = ""
+    opened_s: float | None = None
+    """From the introduction to the first of the peer's probes heard (None: never)."""
 
+
+@dataclass(frozen=True, slots=True)
+class OpenSockets:
+    """Birthday probing: open ``count`` extra UDP sockets, each sending ``payload`` to
+    ``dest`` (each gets its own NAT mapping toward it); the first datagram one of them
+    receives from ``dest``'s address makes it the route to that address (the shell then
+    sends everything for that address through it and hands what it receives to the
+    endpoint as if it came on the main socket)."""
+
+    key: bytes
+    count: int
+    dest: Addr
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSockets:
+    """Close the extra sockets opened under ``key`` that did not become a route."""
+
+    key: bytes
+
+
+SocketAction = OpenSockets | CloseSockets
 
 Event = (PeerAuthenticated | PeerClosed | DialFailed | Received | PathUpdated
          | AddressObserved | PunchEnded)

@@ -21,6 +21,7 @@ import concurrent.futures
 import errno
 import fcntl
 import ipaddress
+import random
 import socket
 import struct
 import sys
@@ -35,8 +36,17 @@ from shared.service import Service, ServiceContext, StartupError
 
 from .admission import Limits
 from .config import TransportConfig, advertised
-from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore, Unreachable
+from .core import (
+    DatagramsReceived,
+    ExtraSockets,
+    Resolve,
+    Resolved,
+    SendDatagram,
+    TransportCore,
+    Unreachable,
+)
 from .endpoint import where_text
+from .events import CloseSockets, OpenSockets
 
 UDP_BATCH = 256
 PORT_FALLBACK_SCAN = 100
@@ -52,6 +62,8 @@ _ICMP_ORIGINS = (2, 3)
 """``SO_EE_ORIGIN_ICMP``, ``SO_EE_ORIGIN_ICMP6``: errors reported by the network."""
 _NO_SUCH_HOST = frozenset(getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA")
                           if hasattr(socket, n))
+MAX_ROUTES = 8
+"""Birthday sockets kept as routes to a peer's address (the oldest is closed beyond)."""
 RESOLVER_THREADS = 4
 """Threads that run ``getaddrinfo``: a resolver that never answers holds one until the C
 library gives up; while all are held, names fail at once (``resolver_busy``)."""
@@ -62,6 +74,10 @@ class TransportService(Service):
 
     def build_core(self, context: ServiceContext) -> Core:
         self._datagrams: list[SendDatagram] = []
+        self._birthday: dict[bytes, tuple[tuple[str, int], list[socket.socket]]] = {}
+        """Birthday sockets by punch key: the peer's address they probe, and the sockets."""
+        self._routes: dict[tuple[str, int], socket.socket] = {}
+        """Peer address -> the birthday socket that reached it (sends to it go there)."""
         self.settings = context.section("transport", TransportConfig)
         # a fresh transport key per start: only a binding signed by crypto gives it meaning
         cfg = self.settings
@@ -91,6 +107,7 @@ class TransportService(Service):
             self.log.info("advertised addresses %s", outside)
         self.log.info("UDP socket on %s:%d (candidates %s)", host, port, ips)
         self.delay_s = cfg.send_delay_ms / 1000
+        self.jitter_s = cfg.send_jitter_ms / 1000
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
         self._resolver_busy = 0
         self._recverr = recv_errors(self.udp)
@@ -101,6 +118,11 @@ class TransportService(Service):
         finally:
             loop.remove_reader(self.udp.fileno())
             self.udp.close()
+            for key in list(self._birthday):
+                self._close_sockets(key)
+            for sock in self._routes.values():
+                loop.remove_reader(sock.fileno())
+                sock.close()
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
     def _open(self, host: str, port: int) -> socket.socket:
@@ -156,6 +178,76 @@ class TransportService(Service):
         if self._recverr and len(batch) < UDP_BATCH:
             self._read_errors()
 
+    def _open_sockets(self, action: OpenSockets) -> None:
+        """Birthday probing: ``count`` extra sockets, each sending the probe to the peer's
+        address once (a NAT mapping each); fewer if the process runs out of descriptors
+        (counted ``birthday_socket_errors``)."""
+        if action.key in self._birthday:
+            return
+        loop = asyncio.get_running_loop()
+        socks: list[socket.socket] = []
+        for _ in range(action.count):
+            try:
+                sock = socket.socket(self.udp.family, socket.SOCK_DGRAM)
+            except OSError:
+                self.stats["birthday_socket_errors"] += 1
+                break
+            try:
+                sock.setblocking(False)
+                sock.bind((self.settings.host, 0))
+                sock.sendto(action.payload, action.dest)
+            except OSError:
+                self.stats["birthday_socket_errors"] += 1
+                sock.close()
+                continue
+            socks.append(sock)
+            loop.add_reader(sock.fileno(), self._on_extra_readable, action.key, sock)
+        self._birthday[action.key] = (action.dest, socks)
+
+    def _close_sockets(self, key: bytes) -> None:
+        dest, socks = self._birthday.pop(key, (None, []))
+        loop = asyncio.get_running_loop()
+        for sock in socks:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _on_extra_readable(self, key: bytes | None, sock: socket.socket) -> None:
+        """A datagram on a birthday socket (``key``) or a route (``key`` None): the first
+        from the peer's IP makes the socket the route to where it came from; datagrams
+        from elsewhere are dropped (counted)."""
+        batch: list[tuple[bytes, tuple[str, int]]] = []
+        try:
+            while len(batch) < UDP_BATCH:
+                data, addr = sock.recvfrom(65536)
+                batch.append((data, addr[:2]))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.stats["udp_errors"] += 1
+        if key is not None:
+            entry = self._birthday.get(key)
+            if entry is None:
+                return
+            dest, socks = entry
+            ok = [(d, a) for d, a in batch if a[0] == dest[0] and a not in self._routes]
+            if not ok:
+                self.stats["birthday_stray"] += len(batch)
+                return
+            addr = ok[0][1]
+            socks.remove(sock)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.add_reader(sock.fileno(), self._on_extra_readable, None, sock)
+            self._routes[addr] = sock
+            self.stats["birthday_routes"] += 1
+            while len(self._routes) > MAX_ROUTES:
+                old = next(iter(self._routes))
+                loop.remove_reader(self._routes[old].fileno())
+                self._routes.pop(old).close()
+            batch = [(d, a) for d, a in batch if a == addr]
+        if batch:
+            self.feed_external(DatagramsReceived(batch))
+
     def _read_errors(self) -> None:
         """Drain the socket's error queue (ICMP errors; left there, they would wake the
         loop again and again): port or host unreachable go to the core."""
@@ -176,6 +268,11 @@ class TransportService(Service):
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
             self._datagrams.append(action)
+        elif isinstance(action, ExtraSockets):
+            if isinstance(action.action, OpenSockets):
+                self._open_sockets(action.action)
+            elif isinstance(action.action, CloseSockets):
+                self._close_sockets(action.action.key)
         elif isinstance(action, Resolve):
             self._start_resolve(action)
         else:
@@ -222,9 +319,10 @@ class TransportService(Service):
         goes to the router (``router.deliver``) before the QUIC acknowledgement for it."""
         out, self._datagrams = self._datagrams, []
         for d in out:
-            if self.delay_s:
-                asyncio.get_running_loop().call_later(self.delay_s, self._sendto,
-                                                      d.data, d.addr)
+            if self.delay_s or self.jitter_s:
+                delay = self.delay_s + (random.random() * self.jitter_s if self.jitter_s
+                                        else 0.0)
+                asyncio.get_running_loop().call_later(delay, self._sendto, d.data, d.addr)
             else:
                 self._sendto(d.data, d.addr)
 
@@ -232,7 +330,7 @@ class TransportService(Service):
         """Addresses are literal (checked where they enter the core), so this never waits
         on a resolver; anything unexpected is counted, not raised out of the flush."""
         try:
-            self.udp.sendto(data, addr)
+            self._routes.get(addr, self.udp).sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             self.stats["udp_send_drops"] += 1
         except (OSError, ValueError, TypeError):

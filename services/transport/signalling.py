@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from .addresses import Addr, NameRefused, is_public, literal
-from .events import AddressObserved, Event, PunchEnded, SendError, framed
+from .events import (
+    AddressObserved,
+    CloseSockets,
+    Event,
+    OpenSockets,
+    PunchEnded,
+    SendError,
+    SocketAction,
+    framed,
+)
 
 if TYPE_CHECKING:
     from .endpoint import _Conn
@@ -39,10 +48,24 @@ PROBE_MAGIC = b"\x00tomp1"
 TOKEN_BYTES = 16
 PROBE_BYTES = len(PROBE_MAGIC) + TOKEN_BYTES + 32
 PROBE_EVERY_S = 0.1
+FIRST_PROBES_S = (0.0, 0.02, 0.05)
+"""Offsets from the introduction of the first probe rounds, then one every
+``PROBE_EVERY_S``: both sides get their introductions at about the same time, so the first
+probes of each cross the other's NAT just before or just after its own probe opened it;
+a second and third round soon after catch the ones that came too early."""
 INTRO_TIMEOUT_S = 3.0
-"""How long a punch waits for the relay's introduction."""
+"""How long a punch waits for the relay's introduction (at least; see ``INTRO_RTTS``)."""
+INTRO_RTTS = 4
+"""... or this many round trips to the relay, whichever is longer."""
 PUNCH_TIMEOUT_S = 5.0
-"""How long a punch lasts from the introduction to an authenticated direct connection."""
+"""How long a punch lasts from the introduction to an authenticated direct connection
+(at least; see ``PUNCH_RTTS``)."""
+PUNCH_RTTS = 12
+"""... or this many estimated round trips to the peer (twice the relay's, the path the
+introduction took), whichever is longer: a punch over long paths gets the time for its
+probes, a QUIC handshake and the proofs, with retransmissions under loss."""
+MAX_PUNCH_S = 15.0
+"""A punch never lasts longer, whatever the relay's RTT says."""
 MAX_PUNCHES = 64
 MAX_INTRODUCED = 8
 """Punches one relay may have us take part in at once (the rest of the slots stay free)."""
@@ -54,9 +77,45 @@ PUBLIC_CANDIDATES = 2
 """Public (not private-range) candidates one punch takes: the address its relay saw the peer
 at, perhaps once more after a NAT rebinding. The rest of an introduction must be private
 (the peer's own interface addresses): a relay cannot aim probes at addresses of its choice."""
-PUNCH_PROBES = 64
+PUNCH_PROBES = 96
 """Probes one punch sends unasked, over all its candidates, in rounds of one per candidate
-(the last round completes: at most 64 + 7); it sent 400 per introduction."""
+(the last round completes: at most 96 + 7); it sent 400 per introduction. Probing stops
+once the peer's probes are heard (the hole is open; answers are not counted)."""
+SPRAY_AFTER_RTTS = 3
+"""Port prediction starts when the peer has not been heard for this many estimated round
+trips (at least ``SPRAY_AFTER_S``) after the introduction: a symmetric NAT on its side
+mapped it to another port toward us than toward the relay."""
+SPRAY_AFTER_S = 0.3
+SPRAY_PORTS = 16
+"""Ports above the relay's observation of the peer probed by port prediction: a NAT that
+gives out ports in sequence maps the peer's flow toward us to one of the next ports (as many
+ports above as flows it opened in between, on its side and its neighbours')."""
+SPRAY_EVERY_S = 0.2
+SPRAY_PROBES = 16 * SPRAY_PORTS
+"""Prediction probes one punch sends (16 rounds; a round is not cut short, so at most
+``SPRAY_PORTS - 1`` more when a round skipped a port that was already a candidate)."""
+SPRAY_RATE = 2000.0
+"""Prediction probes per second over all punches (in bursts of ``SPRAY_BURST``): a node
+asked for many punches at once never floods; what the rate refuses is counted
+(``spray_refused``) and the round waits."""
+SPRAY_BURST = 400.0
+BIRTHDAY_AFTER_RTTS = 4
+"""Birthday probing starts when the peer is still unheard this many estimated round trips
+(at least ``BIRTHDAY_AFTER_S``) after the introduction: port prediction did not find it."""
+BIRTHDAY_AFTER_S = 0.6
+BIRTHDAY_SOCKETS = 256
+"""Extra sockets a birthday punch opens toward the peer's vouched address: behind a NAT
+with random ports each is a mapping the peer may hit."""
+BIRTHDAY_PROBES = 1024
+"""Probes at random ports of the peer's vouched IP one birthday punch sends: with 256
+mappings on the other side, 1 - (1 - 256/64512)^1024 = 98 % find one (random ports on both
+sides cannot be punched: half of it is wasted on the side that is not behind such a NAT,
+which cannot tell)."""
+BIRTHDAY_EVERY_S = 0.025
+BIRTHDAY_BATCH = 25
+"""Random-port probes per round (1,000/s), drawn from the node-wide ``SPRAY_RATE``."""
+BIRTHDAYS_AT_ONCE = 1
+"""Birthday punches at once per node (each holds up to 256 sockets)."""
 INTRO_BURST = 20
 """Introductions a relay makes for one peer per ``INTRO_WINDOW_S`` (more are refused)."""
 INTRO_IN_BURST = 100
@@ -88,6 +147,20 @@ class _Punch:
     """Accepted in the peer's probes: ours, and the peer's when both asked at once."""
     probes_left: int = 0
     """Probes this punch may still send unasked (answers to the peer's are not counted)."""
+    round: int = 0
+    """Probe rounds sent so far."""
+    rtt: float = 0.0
+    """Estimated round trip to the peer (twice the relay's smoothed RTT)."""
+    heard: float | None = None
+    """When the peer's first valid probe arrived: the hole is open."""
+    vouched: Addr | None = None
+    """The relay's own observation of the peer: the only address port prediction aims at
+    (its IP, the ports above)."""
+    spray_at: float = 0.0
+    spray_left: int = 0
+    birthday_at: float = 0.0
+    birthday_left: int = 0
+    sockets_opened: bool = False
 
 
 def _addrs(value: object) -> list[Addr]:
@@ -123,6 +196,11 @@ class Signalling:
     counters: Counter[str]
     local_candidates: list[Addr]
     _punches: dict[bytes, _Punch]
+    _spray_tokens: float
+    _spray_time: float | None
+    _socket_actions: list[SocketAction]
+    _birthdays: set[bytes]
+    """Peers of the punches holding birthday sockets now."""
     _out: list[tuple[bytes, Addr]]
     _events: list[Event]
     _dirty: dict[_Conn, float]
@@ -146,8 +224,11 @@ class Signalling:
             raise SendError(f"{MAX_PUNCHES} hole punches already in progress")
         self.want(peer)
         token = secrets.token_bytes(TOKEN_BYTES)
-        self._punches[peer] = _Punch(peer, token, True, via, now, now + INTRO_TIMEOUT_S,
-                                     tokens={token}, probes_left=PUNCH_PROBES)
+        relay_rtt = _srtt(relay)
+        self._punches[peer] = _Punch(peer, token, True, via, now,
+                                     now + max(INTRO_TIMEOUT_S, INTRO_RTTS * relay_rtt),
+                                     tokens={token}, probes_left=PUNCH_PROBES,
+                                     rtt=2 * relay_rtt)
         self._control(relay, ["intro?", peer, token])
         self.counters["punches"] += 1
 
@@ -256,7 +337,8 @@ class Signalling:
             if len(self._punches) >= MAX_PUNCHES or by_relay >= MAX_INTRODUCED:
                 self.counters["punches_refused"] += 1
                 return
-            p = _Punch(peer, token, False, conn.node_id, now, now, probes_left=PUNCH_PROBES)
+            p = _Punch(peer, token, False, conn.node_id, now, now, probes_left=PUNCH_PROBES,
+                       rtt=2 * _srtt(conn))
             self._punches[peer] = p
         elif p.via != conn.node_id:  # only the relay of this punch adds to it
             self.counters["stray_intros"] += 1
@@ -273,10 +355,16 @@ class Signalling:
                     self.counters["intro_candidates_refused"] += 1
                     continue
                 public += 1
+                if i == 0 and p.vouched is None:
+                    p.vouched = a  # the relay saw the peer there
             p.candidates.append(a)
         if p.introduced is None:
             p.introduced = now
-            p.deadline = now + PUNCH_TIMEOUT_S
+            p.deadline = now + min(MAX_PUNCH_S, max(PUNCH_TIMEOUT_S, PUNCH_RTTS * p.rtt))
+            p.spray_at = now + max(SPRAY_AFTER_S, SPRAY_AFTER_RTTS * p.rtt)
+            p.spray_left = SPRAY_PROBES
+            p.birthday_at = now + max(BIRTHDAY_AFTER_S, BIRTHDAY_AFTER_RTTS * p.rtt)
+            p.birthday_left = BIRTHDAY_PROBES
             self._probe(p, now)
 
     def _probe(self, p: _Punch, now: float) -> None:
@@ -284,8 +372,76 @@ class Signalling:
         p.probes_left -= len(p.candidates)
         self._out += [(probe, addr) for addr in p.candidates]
         self.counters["probes_sent"] += len(p.candidates)
-        # the budget spent, no more rounds (the last one may pass it by a few candidates)
-        p.next_probe = now + PROBE_EVERY_S if p.probes_left > 0 else p.deadline
+        p.round += 1
+        assert p.introduced is not None
+        if p.probes_left <= 0:  # the budget spent, no more rounds (the last one may pass
+            p.next_probe = p.deadline  # it by a few candidates)
+        elif p.round < len(FIRST_PROBES_S):
+            p.next_probe = p.introduced + FIRST_PROBES_S[p.round]
+        else:
+            p.next_probe = now + PROBE_EVERY_S
+
+    def _spray(self, p: _Punch, now: float) -> None:
+        """Port prediction: probe the ports just above the relay's observation of the peer
+        (its IP only: an address the relay vouched for, never one a probe or the peer's own
+        list named), at most ``SPRAY_PORTS`` per round, ``SPRAY_PROBES`` per punch and
+        ``SPRAY_RATE`` per second over all punches."""
+        assert p.vouched is not None
+        host, base = p.vouched
+        ports = [port for port in range(base + 1, min(base + 1 + SPRAY_PORTS, 65536))
+                 if (host, port) not in p.candidates]
+        p.spray_at = now + SPRAY_EVERY_S
+        if not self._take(len(ports), now):
+            return
+        p.spray_left -= len(ports)
+        probe = PROBE_MAGIC + p.token + self.node_id
+        self._out += [(probe, (host, port)) for port in ports]
+        self.counters["spray_probes"] += len(ports)
+
+    def _take(self, n: int, now: float) -> bool:
+        """Take ``n`` probes from the node-wide allowance of prediction and birthday
+        probes (``SPRAY_RATE``); False, counted, if it has not that many now."""
+        if self._spray_time is not None:
+            self._spray_tokens = min(SPRAY_BURST, self._spray_tokens
+                                     + (now - self._spray_time) * SPRAY_RATE)
+        self._spray_time = now
+        if self._spray_tokens < n:
+            self.counters["spray_refused"] += n
+            return False
+        self._spray_tokens -= n
+        return True
+
+    def _birthday(self, p: _Punch, now: float) -> None:
+        """Birthday probing, both halves (neither side knows which NAT is the random one):
+        open ``BIRTHDAY_SOCKETS`` sockets that each send a probe to the peer's vouched
+        address, and probe random ports of the vouched IP from the main socket, a batch
+        every ``BIRTHDAY_EVERY_S`` until ``BIRTHDAY_PROBES`` are sent. Only the relay's own
+        observation of the peer is aimed at (its IP; random ports of it)."""
+        assert p.vouched is not None
+        p.birthday_at = now + BIRTHDAY_EVERY_S
+        probe = PROBE_MAGIC + p.token + self.node_id
+        if not p.sockets_opened:
+            p.sockets_opened = True
+            if len(self._birthdays) >= BIRTHDAYS_AT_ONCE:
+                self.counters["birthdays_refused"] += 1
+            else:
+                self._birthdays.add(p.peer)
+                self._socket_actions.append(
+                    OpenSockets(p.token, BIRTHDAY_SOCKETS, p.vouched, probe))
+                self.counters["birthday_sockets"] += BIRTHDAY_SOCKETS
+        n = min(BIRTHDAY_BATCH, p.birthday_left)
+        if not self._take(n, now):
+            return
+        p.birthday_left -= n
+        host = p.vouched[0]
+        self._out += [(probe, (host, 1024 + secrets.randbelow(65536 - 1024)))
+                      for _ in range(n)]
+        self.counters["birthday_probes"] += n
+
+    def socket_actions(self) -> list[SocketAction]:
+        """Extra sockets to open or close (birthday probing), for the shell."""
+        out, self._socket_actions = self._socket_actions, []
+        return out
 
     def _on_probe(self, data: bytes, addr: Addr, now: float) -> None:
         if len(data) != PROBE_BYTES or not data.startswith(PROBE_MAGIC):
@@ -309,6 +465,8 @@ class Signalling:
             if len(p.candidates) < MAX_CANDIDATES:
                 p.candidates.append(addr)  # where the peer's NAT maps it for us
         self.counters["probes_received"] += 1
+        if p.heard is None:
+            p.heard = now  # the hole is open: our own probing stops (answers go on)
         if self.node_id > peer:  # answer at once, once per probe interval per address
             if now - p.answered.get(addr, -1e9) >= PROBE_EVERY_S:
                 p.answered[addr] = now
@@ -323,10 +481,15 @@ class Signalling:
 
     def _end_punch(self, p: _Punch, now: float, addr: Addr | None, reason: str = "") -> None:
         del self._punches[p.peer]
+        if p.peer in self._birthdays:
+            self._birthdays.discard(p.peer)
+            self._socket_actions.append(CloseSockets(p.token))
         self.counters["punches_direct" if addr else "punches_failed"] += 1
+        opened = None if p.heard is None or p.introduced is None \
+            else round(p.heard - p.introduced, 6)
         self._events.append(PunchEnded(p.peer, addr is not None, addr,
                                        round(now - (p.introduced or p.started), 6),
-                                       p.initiator, reason))
+                                       p.initiator, reason, opened))
 
     def _punch_timers(self, now: float) -> None:
         """End the punches past their deadline; probe again where a round is due."""
@@ -335,9 +498,30 @@ class Signalling:
                 self._end_punch(p, now, None, "no introduction from the relay in time"
                                 if p.introduced is None else "no direct path in time: the "
                                 "probes did not get through (a symmetric NAT on the way?)")
-            elif p.introduced is not None and now >= p.next_probe:
+                continue
+            if p.introduced is None or p.heard is not None:
+                continue
+            if now >= p.next_probe:
                 self._probe(p, now)
+            if p.vouched is not None and p.spray_left > 0 and now >= p.spray_at:
+                self._spray(p, now)
+            if p.vouched is not None and is_public(p.vouched[0]) and p.birthday_left > 0 \
+                    and now >= p.birthday_at:
+                self._birthday(p, now)
 
     def _punch_deadlines(self) -> list[float]:
-        return [p.deadline if p.introduced is None else min(p.deadline, p.next_probe)
-                for p in self._punches.values()]
+        out = []
+        for p in self._punches.values():
+            out.append(p.deadline)
+            if p.introduced is not None and p.heard is None:
+                out.append(p.next_probe)
+                if p.vouched is not None and p.spray_left > 0:
+                    out.append(p.spray_at)
+                if p.vouched is not None and is_public(p.vouched[0]) and p.birthday_left > 0:
+                    out.append(p.birthday_at)
+        return out
+
+
+def _srtt(conn: _Conn) -> float:
+    """The connection's smoothed RTT, seconds (0 before any sample)."""
+    return float(getattr(getattr(conn.quic, "_loss", None), "_rtt_smoothed", 0.0) or 0.0)

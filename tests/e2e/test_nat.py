@@ -112,9 +112,11 @@ def test_cone_to_cone_punches_a_direct_path_in_99_of_100_trials(world: World) ->
 
 def test_behind_symmetric_nats_messages_go_through_the_relay_and_all_arrive(
         world: World) -> None:
-    """Symmetric <-> cone and symmetric <-> symmetric: the punches fail, every message is
-    delivered through R (issue 5's "A cannot reach C directly": S reaches R directly and T
-    only through R, sent -> relayed -> delivered -> read)."""
+    """Symmetric <-> cone and symmetric <-> symmetric: every message is delivered, through R
+    while there is no direct path (issue 5's "A cannot reach C directly": S reaches R
+    directly and T only through R, sent -> relayed -> delivered -> read). Symmetric <->
+    symmetric never punches; symmetric <-> port-restricted cone may, by birthday probing
+    (issue 20), so there only delivery is checked."""
     s, t, c = world.nodes["s"], world.nodes["t"], world.nodes["c"]
     for name in ("s", "t", "c"):  # R was busy with the cone trials: be sure of each link
         connect_relay(world, name)
@@ -141,8 +143,9 @@ def test_behind_symmetric_nats_messages_go_through_the_relay_and_all_arrive(
     for sender, dst in ((s, c), (c, s), (s, t)):
         got = [m for m in dst.client.inbox(limit=1000) if m.info.sender == sender.id]
         assert sorted(m.text for m in got) == sorted(f"{sender.name}{i}" for i in range(40))
-        assert all(m.info.relayed for m in got)  # never a direct path
-        assert path_to(sender, dst.id) == "relayed"
+        if dst is t:  # symmetric <-> symmetric: never a direct path
+            assert all(m.info.relayed for m in got)
+            assert path_to(sender, dst.id) == "relayed"
 
     until("S to count a failed punch", lambda: s.client.bus.request(
         "transport", Status()).counters.get("punches_failed", 0) >= 1)

@@ -10,15 +10,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.crypto.core import Identity
+from services.transport import signalling
 from services.transport.admission import Limits
 from services.transport.endpoint import (
     CONTROL,
     FRAME_COST,
     INTRO_BURST,
     INTRO_IN_BURST,
+    MAX_CANDIDATES,
     MAX_INTRODUCED,
     PROBE_MAGIC,
     PUNCH_PROBES,
+    SPRAY_PORTS,
+    SPRAY_PROBES,
     TOKEN_BYTES,
     Addr,
     AddressObserved,
@@ -36,6 +40,8 @@ from services.transport.endpoint import (
     channel_binding,
     transport_public,
 )
+from services.transport.events import CloseSockets, OpenSockets
+from services.transport.signalling import BIRTHDAY_PROBES, BIRTHDAY_SOCKETS
 
 NOW_S = 1_800_000_000
 
@@ -594,14 +600,18 @@ class Nat:
     """A home router: port mapping per inside address (cone) or per destination too
     (symmetric); inbound only from a remote the mapping has sent to (conntrack)."""
 
-    def __init__(self, ip: str, symmetric: bool = False) -> None:
-        self.ip, self.symmetric = ip, symmetric
+    def __init__(self, ip: str, symmetric: bool = False, step: int = 7,
+                 random_ports: bool = False) -> None:
+        self.ip, self.symmetric, self.step = ip, symmetric, step
+        self.random = __import__("random").Random(20) if random_ports else None
         self.ports: dict[tuple[Addr, Addr | None], int] = {}
         self.open: dict[tuple[int, Addr], Addr] = {}
 
     def outbound(self, inside: Addr, dst: Addr) -> Addr:
         key = (inside, dst if self.symmetric else None)
-        port = self.ports.setdefault(key, 40000 + len(self.ports) * 7)
+        if key not in self.ports and self.random is not None:
+            self.ports[key] = self.random.randrange(1024, 65536)
+        port = self.ports.setdefault(key, 40000 + len(self.ports) * self.step)
         self.open[(port, dst)] = inside
         return self.ip, port
 
@@ -624,8 +634,10 @@ class NatNet(Net):
         return (src, dst) if dst in self.eps else None
 
 
-def behind_nats(a_symmetric: bool = False, c_symmetric: bool = False) -> NatNet:
-    net = NatNet({"a": Nat("100.64.0.1", a_symmetric), "c": Nat("100.64.0.3", c_symmetric)},
+def behind_nats(a_symmetric: bool = False, c_symmetric: bool = False,
+                a_nat: Nat | None = None) -> NatNet:
+    net = NatNet({"a": a_nat or Nat("100.64.0.1", a_symmetric),
+                  "c": Nat("100.64.0.3", c_symmetric)},
                  a=endpoint(A_SEED), b=endpoint(B_SEED), c=endpoint(C_SEED))
     for name in "ac":
         net.eps[net.addr[name]].dial(B_ID, net.addr["b"], net.now)
@@ -662,6 +674,134 @@ def test_symmetric_nats_fail_the_punch_with_a_reason_and_no_connection() -> None
     assert not ended.ok and "symmetric" in ended.reason
     assert C_ID not in a.peers and A_ID not in c.peers
     assert a.counters["punches_failed"] == 1 and c.counters["probes_sent"] > 10
+
+
+def sprayed(net: NatNet, frm: str) -> list[Addr]:
+    """Where ``frm`` sent probes that were not to a candidate: records them from now on."""
+    ep = net.eps[net.addr[frm]]
+    out: list[Addr] = []
+    original = ep._spray
+
+    def spy(p: object, now: float) -> None:
+        before = len(ep._out)
+        original(p, now)  # type: ignore[arg-type]
+        out.extend(addr for _, addr in ep._out[before:])
+
+    ep._spray = spy  # type: ignore[method-assign]
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7])
+def test_a_sequential_symmetric_nat_is_punched_by_port_prediction(step: int) -> None:
+    """A's NAT gives each new destination the next port (+1, or +7 as some do): C probes
+    the ports above where the relay saw A, and one of them is A's mapping toward C."""
+    net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, step=step))
+    to_a = sprayed(net, "c")
+    a, c = punch(net)
+    ended_a, ended_c = net.of("a", PunchEnded)[0], net.of("c", PunchEnded)[0]
+    assert ended_a.ok and ended_c.ok, (ended_a, ended_c)
+    assert ended_c.addr == ("100.64.0.1", 40000 + step)  # A's second mapping: toward C
+    assert 0 < c.counters["spray_probes"] <= SPRAY_PROBES
+    assert to_a and {h for h, _ in to_a} == {"100.64.0.1"}  # the IP the relay vouched for
+    assert all(40000 < port <= 40000 + SPRAY_PORTS for _, port in to_a)
+    assert ended_a.elapsed_s < 2.0 and 0 <= (ended_a.opened_s or -1) <= ended_a.elapsed_s
+
+
+def test_port_prediction_against_random_ports_is_bounded_and_fails_cleanly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Birthday probing off: this is about the probes and prediction alone.)"""
+    monkeypatch.setattr(signalling, "BIRTHDAY_PROBES", 0)
+    net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, random_ports=True))
+    a = net.eps[net.addr["a"]]
+    # A tells R three private addresses of its own (nowhere here): C probes 4 candidates
+    a.local_candidates[:] = [("10.0.9.1", 4433), ("10.0.9.2", 4433), ("10.0.9.3", 4433)]
+    a._tell_address(a.peers[B_ID])
+    net.run(100)
+    to_a = sprayed(net, "c")
+    a, c = punch(net)
+    assert not net.of("a", PunchEnded)[0].ok and not net.of("c", PunchEnded)[0].ok
+    assert C_ID not in a.peers and A_ID not in c.peers
+    assert c.counters["spray_probes"] == len(to_a) <= SPRAY_PROBES + SPRAY_PORTS - 1
+    assert {h for h, _ in to_a} == {"100.64.0.1"}
+    # never heard: the candidate probes stop at their budget (+ the last round)
+    assert PUNCH_PROBES // 2 < c.counters["probes_sent"] <= PUNCH_PROBES + MAX_CANDIDATES - 1
+
+
+def test_port_prediction_is_rate_limited_over_all_punches() -> None:
+    """With the node-wide allowance spent, a round of prediction is refused and counted."""
+    net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, step=1))
+    c = net.eps[net.addr["c"]]
+    c._spray_tokens, c._spray_time = 0.0, net.now + 100  # spent, and no refill for 100 s
+    punch(net)
+    assert c.counters["spray_probes"] == 0 and c.counters["spray_refused"] >= SPRAY_PORTS
+
+
+def test_birthday_probing_is_aimed_at_the_vouched_address_bounded_and_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against random ports, after prediction: both halves of birthday probing (sockets
+    toward the relay's observation of the peer, random ports of its IP), within bounds,
+    closed at the end; a second punch meanwhile gets no sockets. (The random ports are
+    seeded, and miss A's mapping: the sockets' half is the shell's, not simulated here.)"""
+    monkeypatch.setattr(signalling.secrets, "randbelow", __import__("random").Random(7).randrange)
+    net = behind_nats(a_nat=Nat("100.64.0.1", symmetric=True, random_ports=True))
+    c = net.eps[net.addr["c"]]
+    random_ports: list[Addr] = []
+    original = c._birthday
+
+    def spy(p: object, now: float) -> None:
+        before = len(c._out)
+        original(p, now)  # type: ignore[arg-type]
+        random_ports.extend(addr for _, addr in c._out[before:])
+
+    c._birthday = spy  # type: ignore[method-assign]
+    other = b"\xee" * 32  # a second punch of C's, introduced by the same relay, at once
+    c._introduced(c.peers[B_ID], other, b"o" * TOKEN_BYTES, [("100.64.9.9", 5000)], net.now)
+    punch(net)
+    actions = c.socket_actions()
+    opened = [x for x in actions if isinstance(x, OpenSockets)]
+    assert len(opened) == 1 and opened[0].count == BIRTHDAY_SOCKETS  # one birthday at once
+    assert c.counters["birthdays_refused"] == 1
+    assert opened[0].dest[0] in ("100.64.0.1", "100.64.9.9")  # a relay's observation
+    assert [x for x in actions if isinstance(x, CloseSockets)]  # closed when it ended
+    assert 0 < c.counters["birthday_probes"] == len(random_ports) <= 2 * BIRTHDAY_PROBES
+    assert {h for h, _ in random_ports} <= {"100.64.0.1", "100.64.9.9"}
+    assert len({p for _, p in random_ports}) > BIRTHDAY_PROBES // 2  # random, not a range
+
+
+def test_probing_stops_once_the_peer_is_heard() -> None:
+    """The first rounds go at 0, 20 and 50 ms; a side that heard the peer sends no more
+    probes of its own (it still answers)."""
+    net = behind_nats()
+    a, c = net.eps[net.addr["a"]], net.eps[net.addr["c"]]
+    # nothing from A reaches C directly: C never hears A, A hears C
+    net.drop = lambda d, src, dst: src[0] == "100.64.0.1" and dst == net.addr["c"]
+    a.punch(C_ID, B_ID, net.now)
+    net.run(2000, until=lambda: A_ID in c._punches and c._punches[A_ID].round >= 3)
+    start = c._punches[A_ID].introduced
+    assert start is not None and net.now - start < 0.06  # three rounds within 50 ms
+    net.run(2000, until=lambda: a._punches[C_ID].heard is not None)
+    sent = a.counters["probes_sent"]
+    net.run(2000, until=lambda: net.now > start + 1.0)
+    assert a.counters["probes_sent"] == sent  # A heard C: its own rounds stopped
+    assert c._punches[A_ID].round > 3 + 5  # C did not hear A: it goes on
+
+
+@pytest.mark.parametrize(("relay_rtt", "intro_s", "punch_s"), [
+    (0.001, 3.0, 5.0),   # a LAN: the floors
+    (0.3, 3.0, 7.2),     # 4 x 0.3 < 3 s; 12 x 0.6 s
+    (1.0, 4.0, 15.0),    # 12 x 2 s capped at MAX_PUNCH_S
+])
+def test_a_punch_s_times_follow_the_relay_s_rtt_within_bounds(
+        relay_rtt: float, intro_s: float, punch_s: float) -> None:
+    net = behind_nats()
+    a = net.eps[net.addr["a"]]
+    a.peers[B_ID].quic._loss._rtt_smoothed = relay_rtt
+    a.punch(C_ID, B_ID, net.now)
+    p = a._punches[C_ID]
+    assert p.deadline - p.started == pytest.approx(intro_s)
+    net.run(200, until=lambda: p.introduced is not None)
+    assert p.introduced is not None
+    assert p.deadline - p.introduced == pytest.approx(punch_s)
 
 
 def test_a_relay_that_does_not_know_the_peer_says_so() -> None:
@@ -811,6 +951,8 @@ def test_a_hostile_relay_cannot_make_a_node_dial_or_probe_without_bound() -> Non
     # two punches (FAKE's, 8 candidates; 0xfd's, 1): each stops once its budget is spent
     assert c.counters["probes_sent"] <= 2 * PUNCH_PROBES + 7, c.counters["probes_sent"]
     assert c.counters["probes_sent"] > sent
+    # port prediction aims only at ports above the relay's observation, within its bound
+    assert c.counters["spray_probes"] <= 2 * SPRAY_PROBES  # (none here: probes were heard)
     # loopback, multicast and the like are never probed; short node ids are refused
     control(net, "b", C_ID, ["intro", b"\xfe" * 32, tok, [["127.0.0.1", 1], ["224.0.0.1", 2],
                                                           ["0.0.0.0", 3]]])

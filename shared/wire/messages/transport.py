@@ -142,6 +142,9 @@ class PunchReply(Message):
     port: U64 = Field(description="Its UDP port.")
     elapsed_ms: float = Field(description="From the relay's introduction to the "
                               "authenticated connection (0 if it was already up).")
+    opened_ms: float = Field(-1.0, description="From the relay's introduction to the first "
+                             "of the peer's probes heard here: the hole open (-1: the "
+                             "connection came up before any probe was heard).")
 
 
 @message("transport.punch", "request", reply=PunchReply)
