@@ -54,12 +54,14 @@ def usable_address(host: object, port: object) -> bool:
 
 
 def own_addresses(host: str, port: int, reflexive: Iterable[Addr],
-                  local: Iterable[Addr]) -> list[Addr]:
+                  local: Iterable[Addr], mapped: Iterable[Addr] = ()) -> list[Addr]:
     """Where this node says it can be dialled: the address its socket is bound to when it
-    is a specific one, then the addresses peers report seeing it at (behind a NAT, its
-    public mapping), then its interfaces' addresses."""
+    is a specific one, then the public port its home router forwards to it at its request
+    (PCP/NAT-PMP: open to anyone, even behind a symmetric NAT), then the addresses peers
+    report seeing it at (behind a NAT, its public mapping), then its interfaces'
+    addresses."""
     out: list[Addr] = []
-    for h, p in [(host, port), *reflexive, *local]:
+    for h, p in [(host, port), *mapped, *reflexive, *local]:
         if usable_address(h, p) and (h, p) not in out:
             out.append((h, p))
     return out[:MAX_ADDRS]

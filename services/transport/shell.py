@@ -35,8 +35,19 @@ from shared.service import Service, ServiceContext, StartupError
 
 from .admission import Limits
 from .config import TransportConfig, advertised
-from .core import DatagramsReceived, Resolve, Resolved, SendDatagram, TransportCore, Unreachable
+from .core import (
+    DatagramsReceived,
+    PortmapReceived,
+    PortmapStart,
+    Resolve,
+    Resolved,
+    SendDatagram,
+    SendPortmap,
+    TransportCore,
+    Unreachable,
+)
 from .endpoint import where_text
+from .portmap import MAX_REPLY, PORT, PortMapper
 
 UDP_BATCH = 256
 PORT_FALLBACK_SCAN = 100
@@ -96,12 +107,62 @@ class TransportService(Service):
         self._recverr = recv_errors(self.udp)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self._on_readable)
+        self._portmap: socket.socket | None = None
+        if cfg.port_mapping:
+            self._start_portmap(cfg, host, port)
         try:
             await super().run(ready)
         finally:
             loop.remove_reader(self.udp.fileno())
             self.udp.close()
+            if self._portmap is not None:
+                loop.remove_reader(self._portmap.fileno())
+                self._portmap.close()
             self._resolver.shutdown(wait=False, cancel_futures=True)
+
+    def _start_portmap(self, cfg: TransportConfig, host: str, port: int) -> None:
+        """Ask the gateway for a port mapping (portmap.py) from a socket of its own,
+        connected to the gateway's port 5351 (so only the gateway is heard). Without an
+        IPv4 gateway (none, or an IPv6-only socket) there is nothing to ask."""
+        assert isinstance(self.core, TransportCore)
+        gateway = cfg.port_mapping_gateway or default_gateway()
+        if gateway is None or ":" in host or ipaddress.ip_address(host).is_loopback:
+            self.log.info("port mapping: no IPv4 default gateway to ask")
+            self.stats["portmap_no_gateway"] += 1
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if not ipaddress.ip_address(host).is_unspecified:
+                sock.bind((host, 0))
+            sock.connect((gateway, PORT))  # UDP: picks the route, sends nothing
+            internal = sock.getsockname()[0]
+        except OSError as e:
+            sock.close()
+            self.log.info("port mapping: cannot reach the gateway %s: %s", gateway, e)
+            self.stats["portmap_no_gateway"] += 1
+            return
+        self._portmap = sock
+        self.core.portmap = PortMapper(internal, port, cfg.port_mapping_lifetime_s)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._on_portmap)
+        loop.call_soon(self.feed_external, PortmapStart())
+        self.log.info("port mapping: asking %s:%d for UDP port %d of %s", gateway, PORT,
+                      port, internal)
+
+    def _on_portmap(self) -> None:
+        """Datagrams from the gateway's port 5351 (a few per minute at most: read them
+        all; ICMP errors such as "port unreachable" are counted and dropped)."""
+        assert self._portmap is not None
+        for _ in range(16):
+            try:
+                data = self._portmap.recv(MAX_REPLY + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # nothing listens on the gateway's 5351
+                self.stats["portmap_unreachable"] += 1
+                continue
+            self.feed_external(PortmapReceived(data))
 
     def _open(self, host: str, port: int) -> socket.socket:
         """The node's UDP socket on its configured port. The port is the node's address,
@@ -178,6 +239,8 @@ class TransportService(Service):
             self._datagrams.append(action)
         elif isinstance(action, Resolve):
             self._start_resolve(action)
+        elif isinstance(action, SendPortmap):
+            self._send_portmap(action.data)
         else:
             super().perform_extra(action)
 
@@ -227,6 +290,14 @@ class TransportService(Service):
                                                       d.data, d.addr)
             else:
                 self._sendto(d.data, d.addr)
+
+    def _send_portmap(self, data: bytes) -> None:
+        if self._portmap is None:
+            return
+        try:
+            self._portmap.send(data)
+        except OSError:  # (non-blocking: a full buffer, or the gateway unreachable)
+            self.stats["portmap_send_errors"] += 1
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         """Addresses are literal (checked where they enter the core), so this never waits
@@ -282,6 +353,27 @@ def icmp_reason(ancillary: list[tuple[int, int, bytes]], addr: Any) -> str:
 
 
 SIOCGIFADDR = 0x8915
+
+
+def default_gateway(route_file: str = "/proc/net/route") -> str | None:
+    """The IPv4 gateway of the default route (Linux; None without one, or elsewhere). Read
+    once at start-up: a small file in procfs, which never blocks."""
+    try:
+        with open(route_file, encoding="ascii", errors="replace") as f:
+            lines = f.read(65536).splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # Iface Destination Gateway Flags ...; RTF_UP 0x1 and RTF_GATEWAY 0x2
+        if len(fields) >= 4 and fields[1] == "00000000":
+            try:
+                gateway, flags = int(fields[2], 16), int(fields[3], 16)
+            except ValueError:
+                continue
+            if flags & 3 == 3 and gateway:
+                return socket.inet_ntoa(struct.pack("<I", gateway))
+    return None
 
 
 def interface_addresses() -> list[str]:
