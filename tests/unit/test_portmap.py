@@ -77,7 +77,7 @@ def test_an_answer_to_another_request_is_ignored_and_counted() -> None:
     (req,) = m.datagrams()
     m.receive(pcp_reply(req, nonce=b"x" * 12), 0.01)  # another client's, or forged
     m.receive(pcp_reply(req)[:40], 0.01)  # too short
-    m.receive(b"\x02" * 2000, 0.01)  # too long
+    m.receive(pcp_reply(req) + bytes(2000), 0.01)  # too long
     assert m.events() == [] and m.state == "requesting"
     assert m.counters["portmap_ignored"] == 3
     m.receive(pcp_reply(req), 0.02)
@@ -106,6 +106,9 @@ def test_a_nat_pmp_gateway_gets_nat_pmp_requests() -> None:
     reqs = m.datagrams()
     assert reqs == [b"\x00\x00", struct.pack("!BBHHHI", 0, 1, 0, 4433, 4433, 7200)]
     address, mapping = pmp_replies(port=50000, lifetime=100)
+    other = mapping[:8] + struct.pack("!H", 4434) + mapping[10:]  # another port's mapping
+    m.receive(other, 0.02)
+    assert m.counters["portmap_ignored"] == 1
     m.receive(mapping, 0.02)
     assert m.events() == []  # the address is still missing
     m.receive(address, 0.03)
@@ -188,6 +191,9 @@ def test_default_gateway_is_read_from_proc_net_route(tmp_path: Path) -> None:
     assert default_gateway(str(route)) == "10.0.0.1"
     route.write_text("Iface\tDestination\tGateway\tFlags\n"
                      "eth0\t0000000A\t00000000\t0001\n")
+    assert default_gateway(str(route)) is None
+    route.write_text("Iface\tDestination\tGateway\tFlags\n"
+                     "eth0\t00000000\t0100000A\t0002\n")  # a default route that is down
     assert default_gateway(str(route)) is None
     assert default_gateway(str(tmp_path / "absent")) is None
 
