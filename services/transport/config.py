@@ -4,6 +4,8 @@ from pydantic import Field, field_validator
 
 from shared.config import Section
 
+from .addresses import normal
+
 DEFAULT_PORT = 4433
 
 
@@ -102,9 +104,8 @@ class TransportConfig(Section):
 def advertised(item: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as an address; ValueError if it is not one."""
     host, sep, port = item.rpartition(":")
-    host = host.strip("[]")
     try:
-        ipaddress.ip_address(host)
+        host = normal(host.strip("[]"))
         number = int(port)
     except ValueError:
         raise ValueError(f"advertise: {item!r} is not IP:PORT") from None

@@ -77,8 +77,12 @@ def test_a_node_behind_a_symmetric_nat_is_reached_directly_through_its_mapped_po
 
     for n in (s, t):
         n.client.add_peer(relay.id, r.addr, 4433)
-    until("S's announcement to name its mapped port at T", lambda: any(
-        p.node_id == s.id for p in t.client.peers()), 30)
+    # S's announcement names the mapped port first (not the port S's symmetric NAT gives
+    # its packets to R, which no stranger gets through): T's router dials it
+    until("S's announcement to name its mapped port first at T", lambda: any(
+        p.node_id == s.id and (p.host, p.port) == public for p in t.client.peers()), 30)
+    seen_by_r = until("R to see S", lambda: s.transport_info().reflexive, 30)
+    assert (seen_by_r[0].host, seen_by_r[0].port) != public
     msg = t.client.send(s.id, b"through the mapped port")
 
     def direct() -> bool:
