@@ -68,6 +68,9 @@ HOME_ADDR = "10.0.0.2"
 ROUTER_LAN_ADDR = "10.0.0.1"
 FIRST_HOST_NUMBER = 10
 KINDS = ("cone", "symmetric")
+SUBNET6 = "2001:db8::"
+"""The public IPv6 /64 of public hosts made with ``ipv6=True`` (the documentation prefix; the
+bridge has no way out)."""
 REFLECTOR_PORT = 3478
 PUNCH_PORT = 40000
 
@@ -434,9 +437,12 @@ class Namespace:
 class Host(Namespace):
     """A machine: a public host on the bridge, or a home behind a NAT."""
 
-    def __init__(self, lab: Lab, name: str, ns: str, addr: str) -> None:
+    def __init__(self, lab: Lab, name: str, ns: str, addr: str,
+                 addr6: str | None = None) -> None:
         super().__init__(lab, name, ns)
         self.addr = addr
+        self.addr6 = addr6
+        """Its public IPv6 address, for a public host made with ``ipv6=True``."""
 
     def reflect(self, *ports: int) -> Script:
         """Start a reflector (see :data:`REFLECTOR`) on ``ports``, once it is bound."""
@@ -710,8 +716,9 @@ class Lab:
         self._add_namespace(ns)
         return ns
 
-    def _plug(self, ns: str, ifname: str) -> str:
-        """A veth from the bridge to ``ifname`` in ``ns``, up, with the next public address."""
+    def _plug(self, ns: str, ifname: str, ipv6: bool = False) -> str:
+        """A veth from the bridge to ``ifname`` in ``ns``, up, with the next public address
+        (and with ``ipv6`` the IPv6 one of the same number, :data:`SUBNET6`)."""
         if self._next_number > 254:
             raise LabError(f"lab {self.id} has no public addresses left")
         n, self._next_number = self._next_number, self._next_number + 1
@@ -720,13 +727,18 @@ class Lab:
                  "peer", "name", ifname, "netns", ns)
         self._ip(self.public_ns, "link", "set", f"v{n}", "master", "br0", "up")
         self._ip(ns, "addr", "add", f"{addr}/24", "dev", ifname)
+        if ipv6:  # nodad: usable at once (no duplicate detection on a bridge of our own)
+            self._ip(ns, "-6", "addr", "add", f"{SUBNET6}{n}/64", "dev", ifname, "nodad")
         self._ip(ns, "link", "set", ifname, "up")
         return addr
 
-    def public(self, name: str) -> Host:
-        """A host on the public bridge, with the next public address."""
+    def public(self, name: str, ipv6: bool = False) -> Host:
+        """A host on the public bridge, with the next public address; with ``ipv6`` also
+        an IPv6 one (``addr6``: :data:`SUBNET6` and the same number)."""
         ns = self._new(name)
-        host = Host(self, name, ns, self._plug(ns, "eth0"))
+        addr = self._plug(ns, "eth0", ipv6)
+        host = Host(self, name, ns, addr,
+                    f"{SUBNET6}{addr.rsplit('.', 1)[1]}" if ipv6 else None)
         self.hosts[name] = host
         return host
 

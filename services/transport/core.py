@@ -268,7 +268,8 @@ class TransportCore(Core):
                     return [Reply(event.ctx, m.ConnectReply())]
                 try:
                     host, is_literal = parse_host(host)
-                    if is_literal and (":" in host) != (":" in self.local[0]):
+                    if is_literal and (":" in host) != (":" in self.local[0]) \
+                            and self.local[0] != "::":  # (a dual-stack socket takes both)
                         raise ValueError("not of this socket's address family")
                 except ValueError as e:
                     self.stats["invalid_hosts"] += 1

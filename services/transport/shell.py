@@ -93,7 +93,11 @@ class TransportService(Service):
         assert isinstance(self.core, TransportCore)
         self.core.local = self.udp.getsockname()[:2]
         host, port = self.core.local
-        ips = interface_addresses() if ipaddress.ip_address(host).is_unspecified else [host]
+        # "::" is dual-stack (IPV6_V6ONLY off): IPv4 peers arrive as ::ffff:a.b.c.d, which
+        # the shell turns into a.b.c.d as it reads them, and back as it sends
+        self._dual = host == "::"
+        ips = interface_addresses() if host == "0.0.0.0" else \
+            interface_addresses() + interface_addresses6() if self._dual else [host]
         # the configured outside addresses first (port-mapped, NATed), then the socket's own
         outside = [advertised(a) for a in cfg.advertise]
         self.core.local_candidates[:] = outside + [(ip, port) for ip in ips
@@ -176,6 +180,8 @@ class TransportService(Service):
         for attempt in attempts:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
+                if family == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 sock.bind((host, attempt))
@@ -207,7 +213,10 @@ class TransportService(Service):
         try:
             while len(batch) < UDP_BATCH:
                 data, addr = recv(65536)
-                batch.append((data, addr[:2]))
+                host = addr[0]
+                if host.startswith("::ffff:"):  # an IPv4 peer on the dual-stack socket
+                    host = host[7:]
+                batch.append((data, (host, addr[1])))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # an ICMP error reported on the socket (port unreachable...)
@@ -232,7 +241,8 @@ class TransportService(Service):
             why = icmp_reason(ancillary, addr)
             self.stats["icmp_errors"] += 1
             if why and isinstance(addr, tuple):
-                self.feed_external(Unreachable((addr[0], addr[1]), quoted, why))
+                host = addr[0][7:] if addr[0].startswith("::ffff:") else addr[0]
+                self.feed_external(Unreachable((host, addr[1]), quoted, why))
 
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
@@ -258,8 +268,9 @@ class TransportService(Service):
         def done(_: object) -> None:
             loop.call_soon_threadsafe(self._resolver_freed)
 
+        family = socket.AF_UNSPEC if self._dual else self.udp.family  # v6 or v4 there
         job = self._resolver.submit(socket.getaddrinfo, action.host, action.port,
-                                    self.udp.family, socket.SOCK_DGRAM)
+                                    family, socket.SOCK_DGRAM)
         job.add_done_callback(done)
         loop.create_task(self._await_resolve(action, job))
 
@@ -302,6 +313,8 @@ class TransportService(Service):
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         """Addresses are literal (checked where they enter the core), so this never waits
         on a resolver; anything unexpected is counted, not raised out of the flush."""
+        if self._dual and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1])
         try:
             self.udp.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
@@ -328,6 +341,9 @@ def recv_errors(sock: socket.socket) -> bool:
     level, option = _RECVERR[sock.family]
     try:
         sock.setsockopt(level, option, 1)
+        if sock.family == socket.AF_INET6:  # IPv4 peers of a dual-stack socket
+            v4_level, v4_option = _RECVERR[socket.AF_INET]
+            sock.setsockopt(v4_level, v4_option, 1)
     except OSError:
         return False
     return True
@@ -353,6 +369,35 @@ def icmp_reason(ancillary: list[tuple[int, int, bytes]], addr: Any) -> str:
 
 
 SIOCGIFADDR = 0x8915
+_IFA_SKIP = 0x01 | 0x20 | 0x40 | 0x08
+"""Flags of /proc/net/if_inet6 that rule an address out: temporary (privacy: it changes
+and would only be tracked), deprecated, tentative (not usable yet), DAD failed."""
+
+
+def interface_addresses6(path: str = "/proc/net/if_inet6") -> list[str]:
+    """The global IPv6 addresses of this host's interfaces (Linux; empty elsewhere or
+    without IPv6): never loopback or link-local, nor temporary, deprecated or tentative
+    ones. A dual-stack socket bound to ``::`` is reachable at each."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or len(fields[0]) != 32:
+            continue
+        try:
+            ip = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+        except ValueError:
+            continue
+        if scope == 0 and not flags & _IFA_SKIP and not (ip.is_loopback or ip.is_link_local
+                                                          or ip.is_multicast) \
+                and ip.ipv4_mapped is None and str(ip) not in out:
+            out.append(str(ip))
+    return out
 
 
 def default_gateway(route_file: str = "/proc/net/route") -> str | None:
