@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from shared.testing.prereq import missing, require_command, require_root
+from shared.wire import WireError
 from shared.wire.messages import transport as tm
 from tom import lab as tl
 
@@ -48,6 +49,9 @@ def test_a_dual_stack_node_offers_ipv6_and_knows_ipv4_peers_by_their_ipv4_addres
     """D is dual-stack (host "::") on a host with 100.64.0.x and 2001:db8::x; V6 is
     dual-stack too and dials D over IPv6; V4 (host 0.0.0.0) dials D over IPv4."""
     hd, h6, h4 = lab.public("d", ipv6=True), lab.public("v6", ipv6=True), lab.public("v4")
+    # D's system makes IPv6 sockets IPv6-only unless told otherwise (some do): the
+    # transport turns that off itself
+    hd.run(["sysctl", "-qw", "net.ipv6.bindv6only=1"], check=True)
     dual = {"transport": {"host": "::"}}
     d, v6, v4 = hd.node("d", dual), h6.node("v6", dual), h4.node("v4")
     assert hd.addr6 is not None and h6.addr6 is not None
@@ -70,3 +74,11 @@ def test_a_dual_stack_node_offers_ipv6_and_knows_ipv4_peers_by_their_ipv4_addres
     # what D tells V4 it sees (V4's reflexive address) is plain IPv4 too
     until("V4 to learn its address from D", lambda: v4.transport_info().reflexive, 15)
     assert [(a.host, a.port) for a in v4.transport_info().reflexive] == [(h4.addr, 4433)]
+
+    # an IPv4 address where nothing listens: the ICMP error, read from the dual-stack
+    # socket, fails the dial at once (not after the 10 s authentication timeout)
+    started = time.monotonic()
+    with pytest.raises(WireError, match="nothing listening"):
+        d.client.bus.request("transport", tm.Connect(peer=b"\x07" * 32, host=h4.addr,
+                                                      port=4499), timeout_s=15)
+    assert time.monotonic() - started < 5
