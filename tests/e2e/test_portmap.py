@@ -74,6 +74,7 @@ def test_a_node_behind_a_symmetric_nat_is_reached_directly_through_its_mapped_po
     assert nat_s.mappings() == ["udp 4433"]
     assert counters(s)["portmap_mapped"] == 1
     assert s.transport_info().local[0].host == nat_s.public_addr  # first candidate
+    assert f"forwarded by its router at {public[0]}:4433" in s.tom("peers").stdout
 
     for n in (s, t):
         n.client.add_peer(relay.id, r.addr, 4433)
