@@ -28,6 +28,7 @@ IF_INET6 = """\
 20010db8000000000000000000000013 05 40 00 40     eth0
 fd00000000000000000000000000abcd 05 40 00 80     eth0
 fe80000000000000049a3cfffedb914e 05 40 20 80     eth0
+fec00000000000000000000000000001 05 40 40 80     eth0
 20010db8000000000000000000000010 06 40 00 80     eth1
 garbage line
 """
@@ -36,7 +37,8 @@ garbage line
 def test_ipv6_candidates_are_the_global_stable_addresses(tmp_path: Path) -> None:
     path = tmp_path / "if_inet6"
     path.write_text(IF_INET6)
-    # not loopback, link-local, temporary (01), deprecated (20) or tentative (40); once each
+    # not loopback, link-local, site-local (scope 40), temporary (01), deprecated (20) or
+    # tentative (40); once each
     assert interface_addresses6(str(path)) == ["2001:db8::10", "fd00::abcd"]
     assert interface_addresses6(str(tmp_path / "absent")) == []
 
@@ -75,3 +77,18 @@ def test_a_dual_stack_socket_dials_both_families_an_ipv4_one_only_ipv4() -> None
     for host in ("2001:db8::10", "100.64.0.7", "::ffff:100.64.0.7"):
         out = connect("::", host)
         assert not (isinstance(out, Fail) and "address family" in out.message), host
+
+
+def test_an_announced_ipv4_mapped_address_is_learned_as_ipv4() -> None:
+    """A node that announces ::ffff:a.b.c.d (a dual-stack peer's old software, or a
+    forger hoping to be two addresses) is known at a.b.c.d: one address, compared as one."""
+    import os
+
+    from services.router import gossip as g
+    from shared.envelope import Envelope, MessageType
+
+    me, now = b"\x01" * 32, 1_800_000_000_000
+    env = Envelope(os.urandom(16), me, me, MessageType.PEER_ANNOUNCE,
+                   g.announce_payload("me", [("::ffff:100.64.0.7", 4433),
+                                             ("2001:DB8::7", 4433)], []), now)
+    assert g.read_announce(env, now).addrs == (("100.64.0.7", 4433), ("2001:db8::7", 4433))
