@@ -44,7 +44,7 @@ def restart_transport(sim: Sim, name: str, lost: bool = False) -> None:
     node = sim.nodes[name]
     sim.feed(name, lambda: node.router.handle(PeerRestarted(role="transport", lost=lost),
                                               sim.now))
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
 
 
 # -- our transport restarted ----------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_a_restarted_transport_is_asked_what_it_holds_unless_it_is_gone() -> Non
     a, c = sim.nodes["a"], sim.nodes["c"]
     stalled = tm.Path(peer=c.id, host="10.0.0.1", port=c.port, path="stalled", rtt_ms=1.0)
     sim.feed("a", lambda: a.router.handle(EventReceived(stalled), sim.now))
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
     assert paths(sim, "a", "c")[-1] != "direct"
     out = a.router.handle(PeerRestarted(role="transport", lost=True), sim.now)
     assert not [x for x in out if isinstance(x, Call)]
@@ -92,7 +92,7 @@ def test_a_restarted_transport_is_asked_what_it_holds_unless_it_is_gone() -> Non
     assert [x for x in out if isinstance(x, Call)] == [Call("transport", tm.Peers(),
                                                             ("tpeers",))]
     sim.feed("a", lambda: out)
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
     assert paths(sim, "a", "b")[-1] == "direct" and paths(sim, "a", "c")[-1] == "direct"
     assert a.router.stats["transport_restarts"] == 2
 
@@ -103,7 +103,7 @@ def test_a_restarted_transport_lets_a_failed_punch_go_again_at_once() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     c = sim.nodes["c"]
     send(sim, "a", "c", b"1")  # through B; the punch fails
     send(sim, "a", "c", b"2")
@@ -140,7 +140,7 @@ def test_a_restarted_router_takes_the_connections_its_transport_holds_at_once(
     db = str(tmp_path / "a.db")
     sim = Sim("a", "b", db={"a": db})
     sim.connect("a", "b")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(3)
     sim.nodes["a"].router.close(sim.now)  # the process dies (its file is closed)
     before = len(paths(sim, "a", "b"))
     sim.nodes["a"].router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
@@ -177,7 +177,7 @@ def test_a_send_failing_otherwise_or_to_a_hop_already_offline_changes_no_path() 
     hop already offline is not marked (or dialled) again."""
     sim = Sim("a", "b")
     sim.connect("a", "b")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(3)
     a = sim.nodes["a"]
     msg = send(sim, "a", "b", b"x")
     dials = len(sim.dials)
@@ -197,7 +197,7 @@ def test_a_relayed_send_failing_unavailable_marks_the_relay_offline() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     a, b = sim.nodes["a"], sim.nodes["b"]
     drop_links(sim, "a")
     sim.reachable.discard(frozenset("ab"))
@@ -234,7 +234,7 @@ def test_a_dial_that_fails_otherwise_waits_for_the_backoff() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("a", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(3)
     a, b, c = sim.nodes["a"], sim.nodes["b"], sim.nodes["c"]
     sim.reachable.clear()
     sim.disconnect("a", "b")
@@ -261,7 +261,7 @@ def test_a_dial_that_fails_moves_to_the_next_announced_address_unless_unavailabl
     sim.reflexive["c"] = [("192.0.2.30", 40003)]
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     a, c = sim.nodes["a"], sim.nodes["c"]
     assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
         == ("192.0.2.30", 40003)
@@ -269,11 +269,11 @@ def test_a_dial_that_fails_moves_to_the_next_announced_address_unless_unavailabl
     addr = ("192.0.2.30", 40003)
     fail = PeerFailed(("connect", c.id, addr), ErrorCode.UNAVAILABLE, "no binding yet")
     sim.feed("a", lambda: a.router.handle(fail, sim.now))
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
     assert peer_entry(sim, "a", "c").host == "192.0.2.30"
     fail = PeerFailed(("connect", c.id, addr), ErrorCode.PEER_TIMEOUT, "no answer")
     sim.feed("a", lambda: a.router.handle(fail, sim.now))
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
     assert (peer_entry(sim, "a", "c").host, peer_entry(sim, "a", "c").port) \
         == ("10.0.0.1", c.port)
 
@@ -355,7 +355,7 @@ def test_a_relay_that_stays_silent_is_asked_four_times_two_seconds_apart_then_ba
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     sim.lose = lambda name, raw: name == "a"  # nothing A sends arrives: no RELAYED
     msg = send(sim, "a", "c", b"x")
     assert tries(sim, "a", msg) == 1
@@ -375,7 +375,7 @@ def test_a_relayed_message_waits_for_the_backoff_between_tries() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     sim.lose = lambda name, raw: name == "c"  # C's ACKs vanish
     msg = send(sim, "a", "c", b"x")
     assert sim.nodes["a"].statuses(msg) == ["pending", "sent", "relayed"]
@@ -454,7 +454,7 @@ def test_a_peer_that_connects_again_gets_what_was_sent_over_it_or_to_it(
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
     sim.connect("b", "c")
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run(12)
     a, b, c = (sim.nodes[n] for n in "abc")
     done = send(sim, "a", "c", b"delivered")
     send(sim, "a", "b", b"to b")
@@ -468,7 +468,7 @@ def test_a_peer_that_connects_again_gets_what_was_sent_over_it_or_to_it(
     assert a.router.stats["resent_on_connect"] == 0 and c.received() == [b"delivered"]
     sim.run(1.0)  # before the relay retry (2 s)
     sim.feed("a", lambda: a.router.handle(EventReceived(event), sim.now))
-    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    sim.run()
     assert a.router.stats["resent_on_connect"] == 2
     assert sorted(c.received()) == sorted([b"delivered", b"lost 0", b"lost 1"])
     assert all(a.statuses(m)[-1] == "delivered" for m in lost)
