@@ -127,10 +127,13 @@ class TransportService(Service):
     def _start_portmap(self, cfg: TransportConfig, host: str, port: int) -> None:
         """Ask the gateway for a port mapping (portmap.py) from a socket of its own,
         connected to the gateway's port 5351 (so only the gateway is heard). Without an
-        IPv4 gateway (none, or an IPv6-only socket) there is nothing to ask."""
+        IPv4 gateway (none, or a socket on one IPv6 or loopback address) there is nothing
+        to ask."""
         assert isinstance(self.core, TransportCore)
         gateway = cfg.port_mapping_gateway or default_gateway()
-        if gateway is None or ":" in host or ipaddress.ip_address(host).is_loopback:
+        # (a dual-stack socket, "::", takes IPv4 too: the mapping forwards to its port)
+        if gateway is None or (":" in host and host != "::") \
+                or ipaddress.ip_address(host).is_loopback:
             self.log.info("port mapping: no IPv4 default gateway to ask")
             self.stats["portmap_no_gateway"] += 1
             return
