@@ -234,7 +234,9 @@ def cmd_peers(data: DataDir, args: argparse.Namespace) -> int:
         info = client.request("transport", tm.Info())
         assert isinstance(info, tm.InfoReply)
         seen = ", ".join(f"{a.host}:{a.port}" for a in info.reflexive) or "not reported yet"
-        print(f"this node: {info.host}:{info.port}, seen by peers at {seen}")
+        mapped = "".join(f", forwarded by its router at {a.host}:{a.port}"
+                         for a in info.mapped)  # PCP/NAT-PMP ([transport] port_mapping)
+        print(f"this node: {info.host}:{info.port}, seen by peers at {seen}{mapped}")
         try:
             reply = client.request("router", rm.Peers())
         except WireError as e:  # the transport alone still knows its connections

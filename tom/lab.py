@@ -100,6 +100,9 @@ REBIND_BASE = 30000
 first rebind (then the next one at each rebind)."""
 REBIND_LOCAL_PORT = 4433
 """The home's port a "rebinding" NAT moves (a node's default port); others keep theirs."""
+SUBNET6 = "2001:db8::"
+"""The public IPv6 /64 of public hosts made with ``ipv6=True`` (the documentation prefix; the
+bridge has no way out)."""
 REFLECTOR_PORT = 3478
 PUNCH_PORT = 40000
 
@@ -490,9 +493,12 @@ class Namespace:
 class Host(Namespace):
     """A machine: a public host on the bridge, or a home behind a NAT."""
 
-    def __init__(self, lab: Lab, name: str, ns: str, addr: str) -> None:
+    def __init__(self, lab: Lab, name: str, ns: str, addr: str,
+                 addr6: str | None = None) -> None:
         super().__init__(lab, name, ns)
         self.addr = addr
+        self.addr6 = addr6
+        """Its public IPv6 address, for a public host made with ``ipv6=True``."""
 
     def reflect(self, *ports: int) -> Script:
         """Start a reflector (see :data:`REFLECTOR`) on ``ports``, once it is bound."""
@@ -578,6 +584,68 @@ class Nat(Namespace):
                       str(port), "-j", "DNAT", "--to-destination", f"{HOME_ADDR}:{port}")
         self.iptables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-p", "udp", "-d", HOME_ADDR,
                       "--dport", str(port), "-j", "ACCEPT")
+
+    def map_ports(self, timeout_s: float = 10) -> Script:
+        """Run a port-mapping daemon on this router, as home routers do: Debian's
+        ``miniupnpd`` (package ``miniupnpd-iptables``), answering PCP and NAT-PMP (and UPnP
+        IGD) on the LAN side, mapping ports of the WAN address to the home on request
+        (only to the asking host itself: ``secure_mode``). Returns once it listens; the lab
+        kills it at close. Call it once the router has its home (:meth:`Lab.home`).
+
+        miniupnpd refuses to map when the WAN address is in a reserved range, the lab's
+        default 100.64/10 included: build the lab with a ``subnet`` it takes for public
+        (the bridge has no way out, so nothing reaches the real holders of that range).
+        Its rules go into legacy iptables chains (MINIUPNPD, which it fills itself) that
+        this method creates and hooks into PREROUTING (not its POSTROUTING chain: what the
+        home sends still leaves through the router's own NAT, symmetric or cone); the
+        router's FORWARD chain accepts what a mapping let in (conntrack state DNAT).
+        """
+        if self.home is None:
+            raise LabError(f"{self.name} has no home yet: the daemon listens on its LAN side")
+        legacy = ["iptables-legacy", "-w"]
+        for args in (["-t", "nat", "-N", "MINIUPNPD"],
+                     ["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-j", "MINIUPNPD"],
+                     # not hooked into POSTROUTING: there miniupnpd would also keep the
+                     # mapped port for what the home sends from it, turning this symmetric
+                     # NAT into a cone one for that port (routers differ); the test needs
+                     # the mapping to be the only way in
+                     ["-t", "nat", "-N", "MINIUPNPD-POSTROUTING"],
+                     ["-t", "filter", "-N", "MINIUPNPD"],
+                     ["-t", "mangle", "-N", "MINIUPNPD"]):
+            _run(self._argv([*legacy, *args]))
+        self.iptables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-m", "conntrack",
+                      "--ctstate", "DNAT", "-j", "ACCEPT")
+        with self.lab._lock:
+            if self.lab._closing:
+                raise LabError(f"lab {self.lab.id} is closed")
+            work = Path(tempfile.mkdtemp(prefix=f"{self.lab.id}-{self.name}-upnp-", dir="/tmp"))
+            self.lab._dirs.append(work)
+        conf = work / "miniupnpd.conf"
+        conf.write_text(
+            "ext_ifname=wan\nlistening_ip=lan\nenable_natpmp=yes\nenable_upnp=yes\n"
+            "secure_mode=yes\nmin_lifetime=60\nmax_lifetime=86400\n"
+            f"lease_file={work}/leases\n"
+            f"allow 1024-65535 {HOME_ADDR}/32 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            "uuid=7a6e6f64-746f-4d00-8000-746f6d6c6162\n")
+        proc = self.popen(["miniupnpd", "-f", str(conf), "-d", "-P", str(work / "pid")],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, bufsize=1)
+        script = Script(proc, f"miniupnpd in {self.ns}")
+        self.lab._scripts.append(script)
+        deadline = time.monotonic() + timeout_s
+        while "Listening for NAT-PMP/PCP" not in script.stderr:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"miniupnpd did not start in {self.ns}: {script.stderr}")
+            time.sleep(0.02)  # polling its log for readiness
+        return script
+
+    def mappings(self) -> list[str]:
+        """The public ports the mapping daemon forwards now, as "udp PORT" (iptables
+        cannot print the destination of miniupnpd's DNAT rules: "unsupported revision")."""
+        out = _run(self._argv(["iptables-legacy", "-w", "-t", "nat", "-S", "MINIUPNPD"]),
+                   check=False).stdout
+        return [f"{m[1]} {m[2]}" for line in out.splitlines()
+                if (m := re.search(r"-p (\w+) .*--dport (\d+) .*-j DNAT", line))]
 
     def _block_rules(self, peer_public_addr: str) -> list[list[str]]:
         peer = str(ipaddress.IPv4Address(peer_public_addr))
@@ -728,8 +796,9 @@ class Lab:
         self._add_namespace(ns)
         return ns
 
-    def _plug(self, ns: str, ifname: str) -> str:
-        """A veth from the bridge to ``ifname`` in ``ns``, up, with the next public address."""
+    def _plug(self, ns: str, ifname: str, ipv6: bool = False) -> str:
+        """A veth from the bridge to ``ifname`` in ``ns``, up, with the next public address
+        (and with ``ipv6`` the IPv6 one of the same number, :data:`SUBNET6`)."""
         if self._next_number > 254:
             raise LabError(f"lab {self.id} has no public addresses left")
         n, self._next_number = self._next_number, self._next_number + 1
@@ -738,13 +807,18 @@ class Lab:
                  "peer", "name", ifname, "netns", ns)
         self._ip(self.public_ns, "link", "set", f"v{n}", "master", "br0", "up")
         self._ip(ns, "addr", "add", f"{addr}/24", "dev", ifname)
+        if ipv6:  # nodad: usable at once (no duplicate detection on a bridge of our own)
+            self._ip(ns, "-6", "addr", "add", f"{SUBNET6}{n}/64", "dev", ifname, "nodad")
         self._ip(ns, "link", "set", ifname, "up")
         return addr
 
-    def public(self, name: str) -> Host:
-        """A host on the public bridge, with the next public address."""
+    def public(self, name: str, ipv6: bool = False) -> Host:
+        """A host on the public bridge, with the next public address; with ``ipv6`` also
+        an IPv6 one (``addr6``: :data:`SUBNET6` and the same number)."""
         ns = self._new(name)
-        host = Host(self, name, ns, self._plug(ns, "eth0"))
+        addr = self._plug(ns, "eth0", ipv6)
+        host = Host(self, name, ns, addr,
+                    f"{SUBNET6}{addr.rsplit('.', 1)[1]}" if ipv6 else None)
         self.hosts[name] = host
         return host
 
@@ -897,9 +971,12 @@ class LabNode:
         self.id = self.client.node_id()
 
     def tom(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``tom ARGS`` for this node inside its namespace."""
+        """Run ``tom ARGS`` for this node inside its namespace. The node follows its
+        node.toml for port mapping (the test suite turns it off for nodes outside the lab,
+        whose gateway is the machine's; here the gateway is the lab's router)."""
+        env = {k: v for k, v in os.environ.items() if k != "TOM_TRANSPORT__PORT_MAPPING"}
         return self.host.run([sys.executable, "-m", "tom.cli", "--data", str(self.data),
-                              *args], timeout=timeout)
+                              *args], timeout=timeout, env=env)
 
     def transport_info(self) -> Any:
         from shared.wire.messages.transport import Info

@@ -120,7 +120,7 @@ class Discovery:
             b = event.body
             self.own_addrs = gossip.own_addresses(
                 b.host, b.port, [(a.host, a.port) for a in b.reflexive],
-                [(a.host, a.port) for a in b.local])
+                [(a.host, a.port) for a in b.local], [(a.host, a.port) for a in b.mapped])
         return self._seal_announce()
 
     def announced(self, greet: frozenset[bytes], event: PeerReplied) -> list[Action]:

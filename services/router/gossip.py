@@ -53,13 +53,24 @@ def usable_address(host: object, port: object) -> bool:
     return not (ip.is_unspecified or ip.is_multicast)
 
 
+def normal_ip(host: str) -> str:
+    """An IP address in one form (an IPv4-mapped IPv6 address as plain IPv4), so the same
+    host announced both ways is one address (checked by :func:`usable_address` first)."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def own_addresses(host: str, port: int, reflexive: Iterable[Addr],
-                  local: Iterable[Addr]) -> list[Addr]:
+                  local: Iterable[Addr], mapped: Iterable[Addr] = ()) -> list[Addr]:
     """Where this node says it can be dialled: the address its socket is bound to when it
-    is a specific one, then the addresses peers report seeing it at (behind a NAT, its
-    public mapping), then its interfaces' addresses."""
+    is a specific one, then the public port its home router forwards to it at its request
+    (PCP/NAT-PMP: open to anyone, even behind a symmetric NAT), then the addresses peers
+    report seeing it at (behind a NAT, its public mapping), then its interfaces'
+    addresses."""
     out: list[Addr] = []
-    for h, p in [(host, port), *reflexive, *local]:
+    for h, p in [(host, port), *mapped, *reflexive, *local]:
         if usable_address(h, p) and (h, p) not in out:
             out.append((h, p))
     return out[:MAX_ADDRS]
@@ -91,8 +102,8 @@ def read_announce(env: Envelope, now_ms: int) -> Announce:
             and all(isinstance(x, list) and len(x) == 2 and usable_address(*x) for x in a[1])
             and all(isinstance(n, bytes) and len(n) == 32 for n in a[2])):
         raise EnvelopeError("announcement payload has the wrong shape")
-    return Announce(env.sender, a[0], tuple((h, p) for h, p in a[1]), frozenset(a[2]),
-                    env.timestamp_ms)
+    return Announce(env.sender, a[0], tuple((normal_ip(h), p) for h, p in a[1]),
+                    frozenset(a[2]), env.timestamp_ms)
 
 
 def read_gossip(payload: bytes) -> list[bytes]:

@@ -203,6 +203,9 @@ class Peers:
                     topo.set_connected(peer, True)
                     self.discovery.dirty = True
                     return [self.path_event(peer)] + self.outgoing.peer_up(now)
+            case tm.Mapped():  # our router maps a port for us, or stopped: announce it
+                self.discovery.dirty = True
+                ctx.stats["mappings_changed"] += 1
             case tm.Reflexive():  # our public address moved: punching may work now
                 self.punching = {n: (now, f) if t != float("inf") else (t, f)
                                  for n, (t, f) in self.punching.items()}

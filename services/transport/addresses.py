@@ -33,7 +33,8 @@ class NameRefused(ValueError):
 
 
 def parse_host(host: str) -> tuple[str, bool]:
-    """``(host, literal)``: a literal IP address (normalised), or a well-formed host name.
+    """``(host, literal)``: a literal IP address (normalised, :func:`normal`), or a
+    well-formed host name.
 
     ValueError if it is neither: empty, too long, a control character or whitespace, a
     scope id (``%eth0``), or a label that is empty, over 63 bytes or not letters, digits,
@@ -43,7 +44,7 @@ def parse_host(host: str) -> tuple[str, bool]:
         raise ValueError("not a host: empty, too long, or with a control character, "
                          "space or scope id")
     try:
-        return str(ipaddress.ip_address(host.strip("[]") if ":" in host else host)), True
+        return normal(host.strip("[]") if ":" in host else host), True
     except ValueError:
         pass
     try:
@@ -57,6 +58,17 @@ def parse_host(host: str) -> tuple[str, bool]:
     if labels[-1].isdigit():  # 999.1.1.1, 127.1: neither an address nor a name (RFC 3696)
         raise ValueError("not an IP address, and a name cannot end in a numeric label")
     return host, False
+
+
+def normal(host: str) -> str:
+    """A literal IP address in its one form: compressed, lower case, and an IPv4-mapped
+    IPv6 address (``::ffff:a.b.c.d``, as a dual-stack socket reports IPv4 peers) as the
+    IPv4 address it stands for, so one host never counts as two. ValueError if ``host`` is
+    not an IP address."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def literal(host: object) -> str:

@@ -4,6 +4,8 @@ from pydantic import Field, field_validator
 
 from shared.config import Section
 
+from .addresses import normal
+
 DEFAULT_PORT = 4433
 
 
@@ -23,6 +25,22 @@ class TransportConfig(Section):
                                  "to peers before the socket's own: for a port-mapped or "
                                  "NATed deployment (docker-compose: the docker host's address "
                                  "and the published UDP port).")
+    port_mapping: bool = Field(True, description="Ask the home router to forward a public "
+                               "UDP port to this node's socket (PCP, or NAT-PMP where the "
+                               "router speaks only that; the default route's gateway, port "
+                               "5351), renew it at half its lifetime and delete it when the "
+                               "transport stops; its public address is offered to peers "
+                               "first. Where no router answers, nothing else happens (a few "
+                               "datagrams to the gateway every 5 minutes). false: never ask "
+                               "(a router that forwards the port by hand, or `advertise`).")
+    port_mapping_gateway: str = Field("", description="The router to ask for the mapping "
+                                      "(an IPv4 address); empty: the default route's "
+                                      "gateway (/proc/net/route).")
+    port_mapping_lifetime_s: int = Field(7200, ge=60, le=86400, description="Lifetime "
+                                         "asked for the mapping (the router may grant "
+                                         "less); it is renewed at half of what was granted, "
+                                         "so a node that dies without deleting it leaves it "
+                                         "open this long at most.")
     port_fallback: bool = Field(False, description="If the port is taken at start: false, "
                                 "the transport refuses to start and says so (`tom node up` "
                                 "checks first); true, it takes the next free port above it "
@@ -72,6 +90,13 @@ class TransportConfig(Section):
                                         "envelopes per second (bursts of 2 s, at least "
                                         "two of the largest envelopes).")
 
+    @field_validator("port_mapping_gateway")
+    @classmethod
+    def _gateway(cls, value: str) -> str:
+        if value and not isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address):
+            raise ValueError("port_mapping_gateway: an IPv4 address, or empty")
+        return value
+
     @field_validator("advertise")
     @classmethod
     def _advertise(cls, value: list[str]) -> list[str]:
@@ -83,9 +108,8 @@ class TransportConfig(Section):
 def advertised(item: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as an address; ValueError if it is not one."""
     host, sep, port = item.rpartition(":")
-    host = host.strip("[]")
     try:
-        ipaddress.ip_address(host)
+        host = normal(host.strip("[]"))
         number = int(port)
     except ValueError:
         raise ValueError(f"advertise: {item!r} is not IP:PORT") from None

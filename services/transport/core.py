@@ -76,6 +76,7 @@ from .endpoint import (
 )
 from .events import SocketAction
 from .fairqueue import FairQueue
+from .portmap import MappingChanged, PortMapper
 
 _BIND = "bind"
 BIND_RETRY_S = 2.0
@@ -112,6 +113,25 @@ class ExtraSockets(ServiceAction):
     :class:`~.events.CloseSockets`)."""
 
     action: SocketAction
+
+
+@dataclass(frozen=True, slots=True)
+class PortmapStart(ServiceInput):
+    """The shell found the gateway and made ``core.portmap``: start mapping."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortmapReceived(ServiceInput):
+    """A datagram from the gateway's PCP/NAT-PMP port."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendPortmap(ServiceAction):
+    """A datagram for the gateway's PCP/NAT-PMP port (the shell's port-mapping socket)."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +209,10 @@ class TransportCore(Core):
         self._resolving: dict[int, tuple[bytes, str, int]] = {}
         """token -> (peer, host, port) of each name being resolved for a connect."""
         self._resolve_seq = 0
+        self.portmap: PortMapper | None = None
+        """The port-mapping client (portmap.py), set by the shell when a gateway is known."""
+        self.mapped: list[Addr] = []
+        """The public address the gateway maps to our socket: first among our candidates."""
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -224,6 +248,14 @@ class TransportCore(Core):
                     self._inbox_cost -= max(len(data), FRAME_COST)
                     self.stats["deliveries_refused"] += 1
                 return self._collect(now)
+            case PortmapStart():
+                if self.portmap is not None:
+                    self.portmap.start(now)
+                return self._portmap_actions()
+            case PortmapReceived(data=data):
+                if self.portmap is not None:
+                    self.portmap.receive(data, now)
+                return self._portmap_actions()
             case Request(body=m.Info()):
                 node = ep.node_id if ep else b""
                 seen = Counter(self._observed.values())
@@ -232,7 +264,8 @@ class TransportCore(Core):
                     ready=ep is not None,
                     local=[m.SocketAddr(host=h, port=p) for h, p in self.local_candidates],
                     reflexive=[m.SocketAddr(host=h, port=p)
-                               for (h, p), _ in seen.most_common()]))]
+                               for (h, p), _ in seen.most_common()],
+                    mapped=[m.SocketAddr(host=h, port=p) for h, p in self.mapped]))]
             case Request(body=m.Peers()):
                 return [Reply(event.ctx, m.PeersReply(peers=self._peers()))]
             case Request() if ep is None:
@@ -248,7 +281,8 @@ class TransportCore(Core):
                     return [Reply(event.ctx, m.ConnectReply())]
                 try:
                     host, is_literal = parse_host(host)
-                    if is_literal and (":" in host) != (":" in self.local[0]):
+                    if is_literal and (":" in host) != (":" in self.local[0]) \
+                            and self.local[0] != "::":  # (a dual-stack socket takes both)
                         raise ValueError("not of this socket's address family")
                 except ValueError as e:
                     self.stats["invalid_hosts"] += 1
@@ -315,6 +349,9 @@ class TransportCore(Core):
                     self.stats["redials"] += 1
                     self.endpoint.dial(node, self._known[node], now)
             self.endpoint.handle_timer(now)
+        if self.portmap is not None:
+            self.portmap.handle_timer(now)
+            actions += self._portmap_actions()
         return actions + self._collect(now)
 
     def flush(self, now: float) -> list[Action]:
@@ -324,24 +361,31 @@ class TransportCore(Core):
         """Tell every peer the connection ends (CONNECTION_CLOSE), so they notice at once
         instead of after missed pings. Envelopes still queued for the router are lost with
         the process; their senders' routers retry what is not acknowledged end to end."""
+        unmap: list[Action] = []
+        if self.portmap is not None:  # ask the gateway to delete our mapping
+            self.portmap.stop(now)
+            unmap = self._portmap_actions()
         ep = self.endpoint
         if ep is None:
-            return []
+            return unmap
         for node in list(ep.peers):
             ep.close(node, now, "the peer's transport is shutting down")
-        return [SendDatagram(d, a) for d, a in ep.datagrams()]
+        return [SendDatagram(d, a) for d, a in ep.datagrams()] + unmap
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self._next_bind,
                              self.endpoint.next_timer() if self.endpoint else None)
                  if t is not None]
         times += [when for when, _ in self._redial.values() if when != float("inf")]
+        if self.portmap is not None and (t := self.portmap.next_timer()) is not None:
+            times.append(t)
         if (self._inbox or self._failed) and self._delivering < DELIVER_WINDOW:
             times.append(self._deliver_after)
         return min(times, default=None)
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats) | (dict(self.endpoint.counters) if self.endpoint else {})
+        return dict(self.stats) | (dict(self.endpoint.counters) if self.endpoint else {}) \
+            | (dict(self.portmap.counters) if self.portmap else {})
 
     def queues(self) -> dict[str, int]:
         return {"pending_connects": sum(map(len, self._connects.values())),
@@ -355,6 +399,29 @@ class TransportCore(Core):
                 "delivering": self._delivering}
 
     # -- internals -------------------------------------------------------------------------
+
+    def _portmap_actions(self) -> list[Action]:
+        """The port mapper's datagrams for the gateway; a new or lost mapping changes our
+        candidates (the mapped address first: peers outside reach us there) and is
+        published (``transport.mapped``: the router announces our new addresses)."""
+        pm = self.portmap
+        if pm is None:
+            return []
+        actions: list[Action] = [SendPortmap(d) for d in pm.datagrams()]
+        for ev in pm.events():
+            actions += self._mapping_changed(ev)
+        return actions
+
+    def _mapping_changed(self, ev: MappingChanged) -> list[Action]:
+        old = self.mapped
+        self.mapped = [] if ev.external is None else [ev.external]
+        if old == self.mapped:
+            return []
+        rest = [a for a in self.local_candidates if a not in old and a not in self.mapped]
+        self.local_candidates[:] = self.mapped + rest  # (the endpoint shares this list)
+        host, port = ev.external or ("", 0)
+        return [Publish(m.Mapped(host=host, port=port, protocol=ev.protocol,
+                                 reason=ev.reason))]
 
     def _bound(self, binding: bytes, now: float) -> None:
         if self.endpoint is None:

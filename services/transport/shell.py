@@ -39,14 +39,18 @@ from .config import TransportConfig, advertised
 from .core import (
     DatagramsReceived,
     ExtraSockets,
+    PortmapReceived,
+    PortmapStart,
     Resolve,
     Resolved,
     SendDatagram,
+    SendPortmap,
     TransportCore,
     Unreachable,
 )
 from .endpoint import where_text
 from .events import CloseSockets, OpenSockets
+from .portmap import MAX_REPLY, PORT, PortMapper
 
 UDP_BATCH = 256
 PORT_FALLBACK_SCAN = 100
@@ -98,7 +102,11 @@ class TransportService(Service):
         assert isinstance(self.core, TransportCore)
         self.core.local = self.udp.getsockname()[:2]
         host, port = self.core.local
-        ips = interface_addresses() if ipaddress.ip_address(host).is_unspecified else [host]
+        # "::" is dual-stack (IPV6_V6ONLY off): IPv4 peers arrive as ::ffff:a.b.c.d, which
+        # the shell turns into a.b.c.d as it reads them, and back as it sends
+        self._dual = host == "::"
+        ips = interface_addresses() if host == "0.0.0.0" else \
+            interface_addresses() + interface_addresses6() if self._dual else [host]
         # the configured outside addresses first (port-mapped, NATed), then the socket's own
         outside = [advertised(a) for a in cfg.advertise]
         self.core.local_candidates[:] = outside + [(ip, port) for ip in ips
@@ -113,6 +121,9 @@ class TransportService(Service):
         self._recverr = recv_errors(self.udp)
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self._on_readable)
+        self._portmap: socket.socket | None = None
+        if cfg.port_mapping:
+            self._start_portmap(cfg, host, port)
         try:
             await super().run(ready)
         finally:
@@ -123,7 +134,57 @@ class TransportService(Service):
             for sock in self._routes.values():
                 loop.remove_reader(sock.fileno())
                 sock.close()
+            if self._portmap is not None:
+                loop.remove_reader(self._portmap.fileno())
+                self._portmap.close()
             self._resolver.shutdown(wait=False, cancel_futures=True)
+
+    def _start_portmap(self, cfg: TransportConfig, host: str, port: int) -> None:
+        """Ask the gateway for a port mapping (portmap.py) from a socket of its own,
+        connected to the gateway's port 5351 (so only the gateway is heard). Without an
+        IPv4 gateway (none, or a socket on one IPv6 or loopback address) there is nothing
+        to ask."""
+        assert isinstance(self.core, TransportCore)
+        gateway = cfg.port_mapping_gateway or default_gateway()
+        # (a dual-stack socket, "::", takes IPv4 too: the mapping forwards to its port)
+        if gateway is None or (":" in host and host != "::") \
+                or ipaddress.ip_address(host).is_loopback:
+            self.log.info("port mapping: no IPv4 default gateway to ask")
+            self.stats["portmap_no_gateway"] += 1
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if not ipaddress.ip_address(host).is_unspecified:
+                sock.bind((host, 0))
+            sock.connect((gateway, PORT))  # UDP: picks the route, sends nothing
+            internal = sock.getsockname()[0]
+        except OSError as e:
+            sock.close()
+            self.log.info("port mapping: cannot reach the gateway %s: %s", gateway, e)
+            self.stats["portmap_no_gateway"] += 1
+            return
+        self._portmap = sock
+        self.core.portmap = PortMapper(internal, port, cfg.port_mapping_lifetime_s)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._on_portmap)
+        loop.call_soon(self.feed_external, PortmapStart())
+        self.log.info("port mapping: asking %s:%d for UDP port %d of %s", gateway, PORT,
+                      port, internal)
+
+    def _on_portmap(self) -> None:
+        """Datagrams from the gateway's port 5351 (a few per minute at most: read them
+        all; ICMP errors such as "port unreachable" are counted and dropped)."""
+        assert self._portmap is not None
+        for _ in range(16):
+            try:
+                data = self._portmap.recv(MAX_REPLY + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # nothing listens on the gateway's 5351
+                self.stats["portmap_unreachable"] += 1
+                continue
+            self.feed_external(PortmapReceived(data))
 
     def _open(self, host: str, port: int) -> socket.socket:
         """The node's UDP socket on its configured port. The port is the node's address,
@@ -137,6 +198,8 @@ class TransportService(Service):
         for attempt in attempts:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
+                if family == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 sock.bind((host, attempt))
@@ -168,7 +231,10 @@ class TransportService(Service):
         try:
             while len(batch) < UDP_BATCH:
                 data, addr = recv(65536)
-                batch.append((data, addr[:2]))
+                host = addr[0]
+                if host.startswith("::ffff:"):  # an IPv4 peer on the dual-stack socket
+                    host = host[7:]
+                batch.append((data, (host, addr[1])))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # an ICMP error reported on the socket (port unreachable...)
@@ -263,7 +329,8 @@ class TransportService(Service):
             why = icmp_reason(ancillary, addr)
             self.stats["icmp_errors"] += 1
             if why and isinstance(addr, tuple):
-                self.feed_external(Unreachable((addr[0], addr[1]), quoted, why))
+                host = addr[0][7:] if addr[0].startswith("::ffff:") else addr[0]
+                self.feed_external(Unreachable((host, addr[1]), quoted, why))
 
     def perform_extra(self, action: ServiceAction) -> None:
         if isinstance(action, SendDatagram):
@@ -275,6 +342,8 @@ class TransportService(Service):
                 self._close_sockets(action.action.key)
         elif isinstance(action, Resolve):
             self._start_resolve(action)
+        elif isinstance(action, SendPortmap):
+            self._send_portmap(action.data)
         else:
             super().perform_extra(action)
 
@@ -292,8 +361,9 @@ class TransportService(Service):
         def done(_: object) -> None:
             loop.call_soon_threadsafe(self._resolver_freed)
 
+        family = socket.AF_UNSPEC if self._dual else self.udp.family  # v6 or v4 there
         job = self._resolver.submit(socket.getaddrinfo, action.host, action.port,
-                                    self.udp.family, socket.SOCK_DGRAM)
+                                    family, socket.SOCK_DGRAM)
         job.add_done_callback(done)
         loop.create_task(self._await_resolve(action, job))
 
@@ -326,11 +396,22 @@ class TransportService(Service):
             else:
                 self._sendto(d.data, d.addr)
 
+    def _send_portmap(self, data: bytes) -> None:
+        if self._portmap is None:
+            return
+        try:
+            self._portmap.send(data)
+        except OSError:  # (non-blocking: a full buffer, or the gateway unreachable)
+            self.stats["portmap_send_errors"] += 1
+
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         """Addresses are literal (checked where they enter the core), so this never waits
         on a resolver; anything unexpected is counted, not raised out of the flush."""
+        route = self._routes.get(addr)  # a birthday probe's socket (IPv4) to this address
+        if route is None and self._dual and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1])
         try:
-            self._routes.get(addr, self.udp).sendto(data, addr)
+            (route or self.udp).sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             self.stats["udp_send_drops"] += 1
         except (OSError, ValueError, TypeError):
@@ -355,6 +436,9 @@ def recv_errors(sock: socket.socket) -> bool:
     level, option = _RECVERR[sock.family]
     try:
         sock.setsockopt(level, option, 1)
+        if sock.family == socket.AF_INET6:  # IPv4 peers of a dual-stack socket
+            v4_level, v4_option = _RECVERR[socket.AF_INET]
+            sock.setsockopt(v4_level, v4_option, 1)
     except OSError:
         return False
     return True
@@ -380,6 +464,56 @@ def icmp_reason(ancillary: list[tuple[int, int, bytes]], addr: Any) -> str:
 
 
 SIOCGIFADDR = 0x8915
+_IFA_SKIP = 0x01 | 0x20 | 0x40 | 0x08
+"""Flags of /proc/net/if_inet6 that rule an address out: temporary (privacy: it changes
+and would only be tracked), deprecated, tentative (not usable yet), DAD failed."""
+
+
+def interface_addresses6(path: str = "/proc/net/if_inet6") -> list[str]:
+    """The global IPv6 addresses of this host's interfaces (Linux; empty elsewhere or
+    without IPv6): never loopback or link-local, nor temporary, deprecated or tentative
+    ones. A dual-stack socket bound to ``::`` is reachable at each."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or len(fields[0]) != 32:
+            continue
+        try:
+            ip = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+        except ValueError:
+            continue
+        if scope == 0 and not flags & _IFA_SKIP and not (ip.is_loopback or ip.is_link_local
+                                                          or ip.is_multicast) \
+                and ip.ipv4_mapped is None and str(ip) not in out:
+            out.append(str(ip))
+    return out
+
+
+def default_gateway(route_file: str = "/proc/net/route") -> str | None:
+    """The IPv4 gateway of the default route (Linux; None without one, or elsewhere). Read
+    once at start-up: a small file in procfs, which never blocks."""
+    try:
+        with open(route_file, encoding="ascii", errors="replace") as f:
+            lines = f.read(65536).splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # Iface Destination Gateway Flags ...; RTF_UP 0x1 and RTF_GATEWAY 0x2
+        if len(fields) >= 4 and fields[1] == "00000000":
+            try:
+                gateway, flags = int(fields[2], 16), int(fields[3], 16)
+            except ValueError:
+                continue
+            if flags & 3 == 3 and gateway:
+                return socket.inet_ntoa(struct.pack("<I", gateway))
+    return None
 
 
 def interface_addresses() -> list[str]:

@@ -98,6 +98,8 @@ class Sim:
         self.reflexive: dict[str, list[tuple[str, int]]] = {}
         """Addresses peers see a node at (its transport's ``reflexive``), announced before
         its local one."""
+        self.mapped: dict[str, list[tuple[str, int]]] = {}
+        """The port a node's home router maps for it (its transport's ``mapped``)."""
         self.transport_down: set[str] = set()
         """Nodes whose transport cannot dial or send yet (it restarted and has no binding):
         ``connect`` and ``send`` fail ``unavailable``."""
@@ -255,7 +257,8 @@ class Sim:
                 node_id=node.id, host="0.0.0.0", port=node.port, ready=True,
                 reflexive=[tm.SocketAddr(host=h, port=p)
                            for h, p in self.reflexive.get(name, [])],
-                local=[tm.SocketAddr(host="10.0.0.1", port=node.port)])))
+                local=[tm.SocketAddr(host="10.0.0.1", port=node.port)],
+                mapped=[tm.SocketAddr(host=h, port=p) for h, p in self.mapped.get(name, [])])))
         elif isinstance(body, tm.Punch):  # a NAT between them unless reachable
             relay, other = self.by_id(body.via), self.by_id(body.peer)
             self.punches.append((name, other.name if other else "?"))

@@ -121,7 +121,8 @@ def other_value(model: type[cfg.Section], key: str, default: Any) -> Any:
             return ["192.0.2.7:4433"] if key == "advertise" else [BOOT_A]
         case str():
             return {"log_level": "debug", "host": "127.0.0.1", "log_format": "json",
-                    "log_stream": "stdout", "event_loop": "asyncio"}.get(key, "x.key")
+                    "log_stream": "stdout", "event_loop": "uvloop",
+                    "port_mapping_gateway": "192.0.2.1"}.get(key, "x.key")
     for value in (default + 1, default / 2, default - 1, 1):
         if value != default:
             try:

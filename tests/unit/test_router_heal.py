@@ -282,6 +282,24 @@ def test_a_dial_that_fails_moves_to_the_next_announced_address_unless_unavailabl
         == ("10.0.0.1", c.port)
 
 
+def test_a_new_port_mapping_is_announced_at_once_first_among_the_addresses() -> None:
+    """C's home router maps a port for it (transport.mapped): C announces again at once,
+    not at its next minute, and A's first address for C is the mapped one (before what
+    peers see C at, which behind a symmetric NAT no stranger gets through)."""
+    sim = Sim("a", "b", "c")
+    sim.reflexive["c"] = [("192.0.2.30", 40003)]
+    sim.connect("a", "b")
+    sim.connect("b", "c")
+    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    c = sim.nodes["c"]
+    sim.mapped["c"] = [("192.0.2.30", 4433)]
+    mapped = tm.Mapped(host="192.0.2.30", port=4433, protocol="pcp")
+    sim.feed("c", lambda: c.router.handle(EventReceived(mapped), sim.now))
+    sim.run(12)  # two gossip intervals, well within the minute between announcements
+    entry = peer_entry(sim, "a", "c")
+    assert (entry.host, entry.port) == ("192.0.2.30", 4433)
+
+
 # -- the view against what the transport holds ---------------------------------------------
 
 def test_the_router_asks_the_transport_what_it_holds_every_liveness_tick() -> None:

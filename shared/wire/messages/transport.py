@@ -30,6 +30,12 @@ class InfoReply(Message):
     reflexive: list[SocketAddr] = Field(default_factory=list, description="The addresses "
                                         "connected peers see this node at (behind a NAT: "
                                         "its public mappings), most reported first.")
+    mapped: list[SocketAddr] = Field(default_factory=list, description="The public "
+                                     "address and port the home router forwards to this "
+                                     "socket at the transport's request (PCP or NAT-PMP, "
+                                     "`[transport] port_mapping`): where a peer outside "
+                                     "reaches it even behind a symmetric NAT. Empty without "
+                                     "one.")
 
 
 @message("transport.info", "request", reply=InfoReply)
@@ -171,6 +177,17 @@ class Punched(Message):
     elapsed_ms: float = Field(description="From the introduction to the end.")
     initiator: bool = Field(description="True if this node asked for the introduction.")
     reason: str = Field(default="", description="Why it failed.")
+
+
+@message("transport.mapped", "event")
+class Mapped(Message):
+    """The home router now forwards a public port to this node's socket (PCP or NAT-PMP,
+    `[transport] port_mapping`), or no longer does: the node's addresses changed."""
+
+    host: str = Field(description="The public address (empty: the mapping is gone).")
+    port: U64 = Field(description="The public UDP port (0: the mapping is gone).")
+    protocol: str = Field(description='"pcp" or "nat-pmp".')
+    reason: str = Field("", description="Why there is no mapping, when there is none.")
 
 
 @message("transport.reflexive", "event")
