@@ -95,7 +95,11 @@ def test_the_compose_file_of_the_example_runs_it_as_the_backup_service() -> None
     assert r.returncode == 0, r.stderr
     blocks = service_blocks(r.stdout)
     command = " ".join(blocks["backup"])
-    assert "/opt/tom/examples/backup-pyzmq/tom_backup.py" in command, command
+    assert "/opt/example/tom_backup.py" in command, command
+    # the image holds no checkout: the one file is mounted into it, read-only
+    mounts = " ".join(blocks["backup"])
+    assert "examples/backup-pyzmq/tom_backup.py" in mounts and "/opt/example/tom_backup.py" \
+        in mounts, mounts
     assert "--endpoints" in command and "/etc/tom/endpoints.toml" in command, command
     assert "services.backup" not in command
     router = " ".join(blocks["router"])
