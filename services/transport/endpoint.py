@@ -37,15 +37,18 @@ is also parsed no faster than its rate (ratelimit.py: envelopes and bytes per se
 all its connections), so one peer cannot take the CPU a legitimate peer's message needs.
 
 Authentication (docs/notes/transport-research.md §2). TLS runs with this process's own
-Ed25519 *transport* key, never the identity key. Right after the handshake each side sends, as
-the first frame on its lane, msgpack ``[binding, proof]``: the binding signed by the crypto
-service (node id → transport key, short-lived) and ``proof = sign(transport key,
-"tom/transport-auth/1" 0x00 || role || cb)``, where ``cb`` is a secret derived from the TLS
-key schedule of this very connection (so a proof cannot be relayed into another connection)
-and ``role`` is ``c`` or ``s`` (so it cannot be reflected). The server proves itself only after
-the client has. A connection is attributed to a node id only once the peer's proof verifies,
-and a dialled connection must turn out to be the node that was dialled. Failures close the
-connection with a reason and are counted.
+Ed25519 *transport* key, never the identity key. Each side sends, as the first frame on its
+lane, msgpack ``[binding, proof]``: the binding signed by the crypto service (node id →
+transport key, short-lived) and ``proof = sign(transport key, "tom/transport-auth/1" 0x00 ||
+role || cb)``, where ``cb`` is a secret derived from the TLS key schedule of this very
+connection (so a proof cannot be relayed into another connection) and ``role`` is ``c`` or
+``s`` (so it cannot be reflected). The server proves itself in its first flight (0.5-RTT
+data, beside its TLS Finished), the client as soon as its handshake completes: the dialler
+knows the peer after one round trip, the peer knows the dialler half a round trip later,
+and the dialler can send its first envelope right behind its proof. (The server's node id is
+no secret: anyone may dial it and read it.) A connection is attributed to a node id only
+once the peer's proof verifies, and a dialled connection must turn out to be the node that
+was dialled. Failures close the connection with a reason and are counted.
 
 One connection per peer, used in both directions: whoever dialled, envelopes to that node id
 go over it. When both sides dial at once, the connection dialled by the smaller node id wins.
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hmac
 import secrets
 import ssl
 import sys
@@ -212,6 +216,10 @@ class BoundedQuicConnection(QuicConnection):
 
     consumed = 0
     connection_window = WINDOW_BEFORE_AUTH
+    server_secret: bytes | None = None
+    """The server's first application traffic secret (its transcript ends with the server's
+    Finished): the server has it as soon as it sends its first flight, the client once it
+    reads that flight. The channel binding is derived from it."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -219,6 +227,14 @@ class BoundedQuicConnection(QuicConnection):
         # later: the endpoint builds packets once per batch, so this is one ACK per batch,
         # and it saves the receiver a timer wake-up per message (aioquic 1.7.x attribute)
         self._ack_delay = 0.0
+
+    def _update_traffic_key(self, direction: tls.Direction, epoch: tls.Epoch,
+                            cipher_suite: tls.CipherSuite, secret: bytes) -> None:
+        # the server's sending key (read by the client): its first one, never an update
+        if epoch == tls.Epoch.ONE_RTT and self.server_secret is None \
+                and (direction == tls.Direction.ENCRYPT) != self._is_client:
+            self.server_secret = secret
+        super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace,
                              stream: QuicStream) -> None:
@@ -256,16 +272,18 @@ def self_signed(key: Ed25519PrivateKey, now: datetime.datetime) -> x509.Certific
             .sign(key, None))
 
 
-def channel_binding(conn: QuicConnection) -> bytes:
+def channel_binding(conn: BoundedQuicConnection) -> bytes:
     """A secret both ends of this connection derive from its TLS key schedule.
 
-    aioquic has no TLS exporter; after the handshake its key schedule holds the master secret
-    and the transcript up to the client's Finished on both sides (a test guards this).
+    aioquic has no TLS exporter; the server's first application traffic secret covers the
+    same transcript as TLS 1.3's exporter secret (ClientHello up to the server's Finished),
+    and the server holds it when it sends its first flight, so it can prove itself in that
+    flight (a test guards this and that both ends derive the same value).
     """
-    schedule = conn.tls.key_schedule
-    if schedule is None:
-        raise CryptoError("the TLS handshake has no key schedule")
-    return bytes(schedule.derive_secret(CHANNEL_LABEL))
+    secret = conn.server_secret
+    if secret is None:
+        raise CryptoError("the TLS handshake has no application secret yet")
+    return hmac.digest(secret, CHANNEL_LABEL, "sha256")
 
 
 @dataclass(eq=False)
@@ -663,6 +681,9 @@ class Endpoint(Signalling):
         """After every call into a connection: handle its events, collect its datagrams."""
         while (ev := conn.quic.next_event()) is not None:
             self._on_event(conn, ev, now)
+        if not conn.dialled and conn.lane is None and not conn.closing \
+                and conn.quic.server_secret is not None:
+            self._prove(conn)  # in the server's first flight: the client knows us after 1 RTT
         self._out.extend(conn.quic.datagrams_to_send(now))
 
     def _on_event(self, conn: _Conn, ev: qe.QuicEvent, now: float) -> None:
@@ -786,6 +807,9 @@ class Endpoint(Signalling):
             self._fail(conn, reason, CLOSE_MALFORMED, count=count)
 
     def _prove(self, conn: _Conn) -> None:
+        """Send our proof as the first frame of our lane (once)."""
+        if conn.lane is not None:
+            return
         role = b"c" if conn.dialled else b"s"
         proof = self._key.sign(AUTH_CONTEXT + role + channel_binding(conn.quic))
         frame = msgpack.packb([self._binding, proof])
@@ -816,9 +840,9 @@ class Endpoint(Signalling):
                 self._fail(conn, "the peer is not the node that was dialled",
                            dial_reason=refused)
                 return
-            # a node we hold a connection to: it took this one as our new connection
-            # (it proved itself after we did), so do the same, or the two sides would each
-            # hold a different one; the dial itself failed all the same
+            # a node we hold a connection to: it takes this one as our new connection when
+            # our proof (already sent) reaches it, so do the same, or the two sides would
+            # each hold a different one; the dial itself failed all the same
             self._dial_failed(conn, refused, transient=False)
             self.counters["wrong_node_kept"] += 1
             conn.expect = None

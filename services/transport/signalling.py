@@ -7,7 +7,8 @@ this socket's own addresses; ``intro?`` asks a common peer (the relay) to introd
 node; the relay answers both sides with ``intro`` and the other side's candidates (the
 address it sees it at, then its private addresses), or ``nointro``. Both sides then probe
 each other's candidates from the QUIC socket (bare UDP: ``PROBE_MAGIC token node_id``) and the
-smaller node id dials where a probe came from. Everything a peer says here is bounded: reports
+side that asked dials where a probe came from (both, when both asked at once). Everything a
+peer says here is bounded: reports
 and introductions per window, candidates per introduction (one public address: the relay's
 own observation), probes per punch, dials per punch, and probes answered or dialled only
 from a candidate's address with the punch's token.
@@ -212,8 +213,8 @@ class Signalling:
     def punch(self, peer: bytes, via: bytes, now: float) -> None:
         """Start a hole punch to ``peer``: ask ``via`` (a connected peer that is also
         connected to it) to introduce the two nodes to each other with their candidate
-        addresses; both then probe each other's candidates at once from this socket, and the
-        side with the smaller node id dials the address a probe came from. Ends with a
+        addresses; both then probe each other's candidates at once from this socket, and this
+        side (the one that asked) dials the address a probe came from. Ends with a
         :class:`PunchEnded` event. No-op while a punch to ``peer`` is in progress."""
         relay = self.peers.get(via)
         if relay is None or relay.lane is None or relay.closing:
@@ -467,14 +468,18 @@ class Signalling:
         self.counters["probes_received"] += 1
         if p.heard is None:
             p.heard = now  # the hole is open: our own probing stops (answers go on)
-        if self.node_id > peer:  # answer at once, once per probe interval per address
+        if not p.initiator or self.node_id > peer:
+            # answer at once, once per probe interval per address
             if now - p.answered.get(addr, -1e9) >= PROBE_EVERY_S:
                 p.answered[addr] = now
                 self._out.append((PROBE_MAGIC + p.token + self.node_id, addr))
-        elif addr not in p.dialled and len(p.dialled) < PUNCH_DIALS:
-            # the smaller id dials where the probe came from: that path is open both ways.
-            # Also while holding a connection to the peer: asking for a punch means it
-            # does not use that one (it restarted, or the path stalled); the new one wins.
+        if p.initiator and addr not in p.dialled and len(p.dialled) < PUNCH_DIALS:
+            # the side that asked dials where the probe came from: that path is open both
+            # ways, and with the server's proof in its first flight the asker knows the
+            # peer one round trip later (when both asked at once both dial, and the
+            # connection the smaller id dialled stays). Also while holding a connection
+            # to the peer: asking for a punch means it does not use that one (it
+            # restarted, or the path stalled); the new one wins.
             p.dialled.add(addr)
             self.counters["punch_dials"] += 1
             self._open(peer, addr, now)

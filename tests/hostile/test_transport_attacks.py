@@ -22,7 +22,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from services.transport.endpoint import CONTROL
+from services.transport.endpoint import CONTROL, PeerClosed
 from shared.bus import BusClient
 from shared.primitives import SigningKey
 from shared.testing.prereq import missing, require_command, require_root
@@ -523,7 +523,10 @@ def test_a_copied_proof_does_not_pass_as_another_node() -> None:
         m2.ep._prove = replay  # type: ignore[method-assign]
         try:
             m2.ep.dial(B_ID, (w.ib.host, w.ib.port), time.monotonic())
-            m2.run(lambda: bool(m2.ep._events) and not m2.ep.dialling(), 10)
+            # M2 knows B from B's first flight; B's verdict on the copied proof ends it
+            m2.run(lambda: any(isinstance(e, PeerClosed) for e in m2.events), 10)
+            assert [e.reason for e in m2.events if isinstance(e, PeerClosed)] == [
+                "authentication failed: signature does not verify"], m2.events
             c = w.counters()
             assert c.get("auth_failures") == 1 and not c.get("replaced"), c
         finally:

@@ -64,9 +64,12 @@ def joins(net: Net, name: str, ep: Endpoint, addr: tuple[str, int], to: Endpoint
           rounds: int = 200, timers: bool = True) -> bool:
     add_endpoint(net, name, ep, addr)
     ep.dial(to.node_id, net.addr["b"], net.now)
-    net.run(rounds, until=lambda: to.node_id in ep.peers or bool(net.of(name, PeerClosed)),
-            timers=timers)
-    return to.node_id in ep.peers
+    def both() -> bool:  # the dialler knows the peer half a round trip before it is known
+        return to.node_id in ep.peers and ep.node_id in to.peers \
+            and to.peers[ep.node_id].addr == addr
+
+    net.run(rounds, until=lambda: both() or bool(net.of(name, PeerClosed)), timers=timers)
+    return both()
 
 
 def mute(ep: Endpoint) -> Endpoint:
@@ -220,11 +223,12 @@ def test_a_punch_dial_toward_an_introduced_node_is_a_stranger_s() -> None:
     x = add_endpoint(net, "x", endpoint(seed(1)), ("10.9.9.9", 1000))  # the "introduced"
     token = b"k" * 16
     control(net, "r", B_ID, ["intro", x.node_id, token, [["10.9.9.9", 1000]]])
+    b._punches[x.node_id].initiator = True  # (as if B had asked: the asking side dials)
     x._punches[B_ID] = type(b._punches[x.node_id])(  # x answers as the other side would
         B_ID, token, False, r.node_id, net.now, net.now + 5, introduced=net.now,
         candidates=[net.addr["b"]], tokens={token}, probes_left=64)
     net.run(500, until=lambda: b.counters["refused_connections"] > 0 or x.node_id in live(b))
-    assert b.counters["punch_dials"] == 1  # (x's id is above B's: B dials)
+    assert b.counters["punch_dials"] == 1
     assert x.node_id not in live(b) and b.counters["refused_strangers"] == 1
 
 

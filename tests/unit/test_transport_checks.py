@@ -86,11 +86,12 @@ def test_a_node_never_connects_to_itself() -> None:
     assert any("ourselves" in e.reason for e in net.of("a", PeerClosed))
 
 
-def introduced(net: Net, token: bytes = b"k" * TOKEN_BYTES) -> Endpoint:
-    """B introduces FAKE to C, at 10.9.9.9:1000."""
+def introduced(net: Net, token: bytes = b"k" * TOKEN_BYTES, asked: bool = True) -> Endpoint:
+    """B introduces FAKE to C, at 10.9.9.9:1000 (``asked``: C asked B for it)."""
     c = net.eps[net.addr["c"]]
     control(net, "b", C_ID, ["intro", FAKE, token, [["10.9.9.9", 1000]]])
     assert c._punches[FAKE].introduced is not None
+    c._punches[FAKE].initiator = asked  # (as if C's intro? had crossed B's intro)
     return c
 
 
@@ -102,6 +103,20 @@ def test_a_probe_without_the_punch_token_is_ignored() -> None:
     assert FAKE not in c.dialling()
     c.receive(PROBE_MAGIC + b"k" * TOKEN_BYTES + FAKE, ("10.9.9.9", 1000), net.now)
     assert c.counters["punch_dials"] == 1 and FAKE in c.dialling()  # with it: dialled
+
+
+def test_a_node_that_did_not_ask_for_a_punch_answers_probes_but_never_dials() -> None:
+    """An introduction nobody asked for (a hostile relay's) cannot make a node dial."""
+    net = three()
+    c = introduced(net, asked=False)
+    c.datagrams()  # (its own first round)
+    for _ in range(2):
+        c.receive(PROBE_MAGIC + b"k" * TOKEN_BYTES + FAKE, ("10.9.9.9", 1000), net.now)
+    assert c.counters["probes_received"] == 2 and not c.counters["punch_dials"]
+    assert FAKE not in c.dialling()
+    answers = [d for d, addr in c.datagrams() if addr == ("10.9.9.9", 1000)
+               and d.startswith(PROBE_MAGIC)]
+    assert len(answers) == 1  # once per probe interval
 
 
 def test_only_the_punch_s_relay_adds_to_it_or_ends_it() -> None:

@@ -534,9 +534,11 @@ def test_one_node_id_holds_at_most_one_retired_connection() -> None:
     net = Net(b=endpoint(B_SEED))
     b = net.eps[net.addr["b"]]
     for i in range(20):  # one identity opens connection after connection
-        a = add_endpoint(net, f"x{i}", endpoint(A_SEED), (f"10.1.0.{i + 1}", 4433))
+        addr = (f"10.1.0.{i + 1}", 4433)
+        a = add_endpoint(net, f"x{i}", endpoint(A_SEED), addr)
         a.dial(B_ID, net.addr["b"], net.now)
-        net.run(30, until=lambda a=a: B_ID in a.peers, timers=False)  # type: ignore[misc]
+        net.run(30, until=lambda a=a, addr=addr: B_ID in a.peers  # type: ignore[misc]
+                and A_ID in b.peers and b.peers[A_ID].addr == addr, timers=False)
     live = [c for c in b._conns if not c.closing]
     assert len(live) == 2 and sum(c.retired_until is not None for c in live) == 1
     assert b.counters["replaced"] == 19
@@ -550,8 +552,11 @@ def test_connections_beyond_the_limit_are_refused() -> None:
     net.run(50, until=lambda: len(b.peers) == 2)
     d = add_endpoint(net, "d", endpoint(b"\x04" * 32), ("10.0.0.9", 4433))
     d.dial(B_ID, net.addr["b"], net.now)
-    net.run(50, until=lambda: b.counters["refused_connections"] == 1)
+    net.run(50, until=lambda: b.counters["refused_connections"] == 1 and not d.peers)
     assert len(b.peers) == 2 and not d.peers
+    # D knew B after one round trip; B's refusal reaches it as the connection's end
+    assert [(e.node_id, e.reason) for e in net.of("d", PeerClosed)] == [
+        (B_ID, "too many connections")]
 
 
 def test_tiny_frames_are_charged_a_minimum_cost() -> None:
@@ -939,6 +944,7 @@ def test_a_hostile_relay_cannot_make_a_node_dial_or_probe_without_bound() -> Non
                                                           ["100.64.9.9", 3]]])
     assert c._punches[b"\xfd" * 32].candidates == [("10.1.1.1", 1)]
     assert c.counters["intro_candidates_refused"] == refused + 2
+    c._punches[fake].initiator = True  # (as if C had asked: only the asking side dials)
     before = len(c._conns)
     for port in range(1, 500):  # forged probes from many source ports
         c.receive(PROBE_MAGIC + tok + fake, ("100.64.0.1", port), net.now)
@@ -974,3 +980,24 @@ def test_control_frames_on_a_retired_connection_are_ignored() -> None:
     a._pump(old, net.now)
     net.run(100)
     assert b.counters["control_ignored"] >= 1 and b.counters["intros_unknown"] == 0
+
+
+def test_the_dialler_knows_the_peer_after_one_round_trip() -> None:
+    """The server proves itself in its first flight; the client proves itself with its
+    Finished, so the server knows it half a round trip later (flights moved by hand)."""
+    net = Net(a=endpoint(A_SEED), b=endpoint(B_SEED))
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    a.dial(B_ID, net.addr["b"], net.now)
+
+    def flight(src: Endpoint, dst: Endpoint, src_addr: Addr) -> None:
+        for data, _ in src.datagrams():
+            dst.receive(data, src_addr, net.now)
+
+    flight(a, b, net.addr["a"])  # the client's Initial
+    assert not any(isinstance(e, PeerAuthenticated) for e in b.events())
+    flight(b, a, net.addr["b"])  # the server's flight, with its proof
+    assert [e for e in a.events() if isinstance(e, PeerAuthenticated)] == [
+        PeerAuthenticated(B_ID, net.addr["b"], True)]
+    flight(a, b, net.addr["a"])  # the client's Finished, with its proof
+    assert [e for e in b.events() if isinstance(e, PeerAuthenticated)] == [
+        PeerAuthenticated(A_ID, net.addr["a"], False)]
