@@ -158,9 +158,10 @@ class Punch(Message):
     """Open a direct path to `peer` through NATs: `via`, a connected peer that is also
     connected to `peer`, introduces the two with their candidate addresses (the address it
     sees each at, and each one's own); both probe each other's candidates from their QUIC
-    socket at once, and the smaller node id dials where a probe came from. `unavailable` if
-    `via` is not connected; `failed` if `via` cannot introduce or no direct path comes up
-    within 5 s of the introduction (symmetric NATs: keep using the relay)."""
+    socket at once, and this node (the one that asked) dials where a probe came from.
+    `unavailable` if `via` is not connected; `failed` if `via` cannot introduce or no direct
+    path comes up in time (at least 5 s from the introduction, longer over slow paths;
+    symmetric NATs: keep using the relay)."""
 
     peer: NodeIdBytes = Field(description="The node to reach directly.")
     via: NodeIdBytes = Field(description="The connected peer that introduces.")
