@@ -24,9 +24,10 @@ class InfoReply(Message):
     host: str = Field(description="Local UDP address.")
     port: U64 = Field(description="Local UDP port.")
     ready: bool = Field(description="True once the transport binding is signed.")
-    local: list[SocketAddr] = Field(default_factory=list, description="This socket's own "
-                                    "addresses (interface addresses), told to peers as "
-                                    "candidates.")
+    local: list[SocketAddr] = Field(default_factory=list, description="The candidates this "
+                                    "node tells peers, in order: a port mapping's address "
+                                    "(PCP/NAT-PMP), the configured advertised addresses, "
+                                    "then this socket's interface addresses.")
     reflexive: list[SocketAddr] = Field(default_factory=list, description="The addresses "
                                         "connected peers see this node at (behind a NAT: "
                                         "its public mappings), most reported first.")
