@@ -28,6 +28,12 @@ Measured in one run (absolute figures on the 2-vCPU development machine drift be
    process before and after the nodes (the faster of the two), and the rate two cores would
    reach doing only that. The rate is also reported as a fraction of it.
 
+6. the path floor, the same-run baseline for the round trip: the raw aioquic RTT, plus the
+   crypto floor's µs per message (the cryptography on the path is serial), plus
+   ``BUS_CROSSINGS`` one-way bus crossings at the raw pyzmq ``ipc://`` round trip measured
+   in this run (bench_bus's echo): what the round trip would cost in this process layout
+   with no Python service code, SQLite or scheduling at all.
+
 CPU seconds of every service of both nodes (pids from supervisord, via ``tom node status
 --json``) are read from /proc for each phase, and every service's counters before and after
 (where time goes). Targets (issue 21, superseding the router issue's 3 ms and 3000/s): p50
@@ -55,11 +61,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_bus import cpu_seconds, machine, stop, summary
+import zmq
+
+from bench.bench_bus import cpu_seconds, machine, stop, summary, wait_first_reply
+from bench.bench_bus import measure_rtt as measure_bus_rtt
 from bench.bench_transport import _aioquic_client, with_server
 from services.crypto.core import Identity
 from shared import endpoints as ep
 from shared.bus import BusClient
+from shared.bus import socket as zsocket
 from shared.envelope import AckPayload, AckType, MessageType, decode
 from shared.paths import DataDir
 from shared.wire import RemoteError
@@ -433,6 +443,45 @@ def crypto_floor(payload: int, rounds: int = 5, n: int = 200) -> dict[str, Any]:
     return {"us_per_msg": us, "rounds_us": per_round, "msgs_per_s_2_cores": 2e6 / us}
 
 
+BUS_CROSSINGS = 10
+"""One-way bus crossings on the message → delivered path of a direct message (docs/benchmarks.md,
+issue 21): app → router A, router A ⇄ crypto A (seal), router A → transport A, transport B →
+router B, router B ⇄ crypto B (open + ACK signed), router B → transport B, transport A →
+router A (the ACK, verified in the router), router A → app (the status event)."""
+
+
+def bus_floor(payload: int, n: int = 2000, warmup: int = 200) -> dict[str, Any]:
+    """Raw pyzmq round trip between two processes over ``ipc://`` (bench_bus's blocking
+    echo, a ``payload``-byte frame): what one bus round trip costs with no Python service
+    code at all, in the same run."""
+    tmp = Path(tempfile.mkdtemp(prefix="tbf", dir="/tmp"))
+    url = f"ipc://{tmp}/echo.ipc"
+    echo = subprocess.Popen([sys.executable, "-m", "bench.bench_bus", "--echo", url], cwd=ROOT)
+    ctx = zmq.Context()
+    sock = zsocket(ctx, zmq.DEALER)
+    try:
+        sock.connect(url)
+        frames = [b"", os.urandom(payload)]
+        wait_first_reply(sock, frames, echo, "the echo server")
+        return summary(measure_bus_rtt(sock, [frames], n, warmup))
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        stop(echo)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def path_floor(raw_rtt_us: float, crypto_us: float, bus_rtt_us: float) -> dict[str, Any]:
+    """The least a message → delivered round trip can take in this design, from same-run
+    parts: the raw QUIC round trip, the cryptography on the path (serial: seal, open and
+    sign the ACK, verify it) and ``BUS_CROSSINGS`` one-way crossings at the raw pyzmq cost;
+    no Python service code, no SQLite, no scheduling."""
+    us = raw_rtt_us + crypto_us + BUS_CROSSINGS / 2 * bus_rtt_us
+    return {"us": us, "of_raw_rtt": us / raw_rtt_us,
+            "parts_us": {"raw_quic_rtt": raw_rtt_us, "crypto": crypto_us,
+                         "bus": BUS_CROSSINGS / 2 * bus_rtt_us}}
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 def markdown_table(r: dict[str, Any]) -> str:
@@ -461,6 +510,11 @@ def markdown_table(r: dict[str, Any]) -> str:
          ""],
         ["delivered at A / crypto floor on 2 cores", f"{ra['tput_of_floor']:.0%}", "",
          f"≥ {FLOOR_SHARE_TARGET:.0%}", met(ra["tput_of_floor"] >= FLOOR_SHARE_TARGET)],
+        ["path floor: raw RTT + crypto on the path + "
+         f"{BUS_CROSSINGS} raw bus crossings (ms)", f"{r['path_floor']['us'] / 1000:.2f}",
+         f"{r['path_floor']['of_raw_rtt']:.1f}×", "", ""],
+        ["message → ACK p50 / path floor", f"{rtt['p50_us'] / r['path_floor']['us']:.1f}×",
+         "", "", ""],
         ["CPU per delivered message, all processes (µs) / crypto floor",
          f"{r['cpu_per_msg_us']:.0f}", f"{r['cpu_per_msg_us'] / r['floor']['us_per_msg']:.1f}×",
          "", ""],
@@ -521,8 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     both = [floor["us_per_msg"], floor_after["us_per_msg"]]
     floor = min(floor, floor_after, key=lambda f: f["us_per_msg"])
     floor["before_after_us"] = both
+    bus = bus_floor(args.payload + 200)  # (an envelope's header and signature on top)
     print(f"nodes done ({time.monotonic() - t0:.0f} s)", flush=True)
     rtt, tp = nodes["rtt"], nodes["tput"]
+    floor_path = path_floor(raw["rtt"]["p50_us"], floor["us_per_msg"], bus["p50_us"])
     ratios = {"rtt_p50": rtt["p50_us"] / raw["rtt"]["p50_us"],
               "rtt_p99": rtt["p99_us"] / raw["rtt"]["p99_us"],
               "tput_of_floor": tp["a_delivered_per_s"] / floor["msgs_per_s_2_cores"]}
@@ -534,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {k: getattr(args, k) for k in ("rtt_n", "warmup", "payload", "tput_n",
                                                    "window", "all_in_one", "event_loop")},
         "aioquic": raw, "nodes": nodes, "ratios": ratios, "floor": floor,
+        "bus_rtt": bus, "path_floor": floor_path,
         "cpu_per_msg_us": cpu_per_msg,
         "targets": {
             "rtt_p50_ratio": {"value": ratios["rtt_p50"],
@@ -556,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
                     "a_delivered_msgs_per_s": tp["a_delivered_per_s"],
                     "send_accepted_per_s": tp["send_per_s"],
                     "crypto_floor_us_per_msg": floor["us_per_msg"],
+                    "raw_bus_rtt_p50_us": bus["p50_us"],
+                    "path_floor_ms": floor_path["us"] / 1000,
+                    "path_floor_of_raw_rtt": floor_path["of_raw_rtt"],
                     "cpu_per_msg_us": cpu_per_msg,
                     "targets_met": {k: v["met"] for k, v in result["targets"].items()}}
     print(json.dumps(summary_json, indent=2))
