@@ -344,6 +344,19 @@ class Signalling:
         elif p.via != conn.node_id:  # only the relay of this punch adds to it
             self.counters["stray_intros"] += 1
             return
+        elif not p.initiator and p.introduced is not None and token not in p.tokens:
+            # the peer asked again while our side of its last punch still runs (it
+            # restarted, or gave up, before its proof reached us): a new punch to where it
+            # is now, probing from the first round (merged into the old one, it would
+            # neither probe the new address nor open our NAT to it). The probe budget
+            # carries over: re-introductions do not buy a relay more probes.
+            if peer in self._birthdays:
+                self._birthdays.discard(peer)
+                self._socket_actions.append(CloseSockets(p.token))
+            p = self._punches[peer] = _Punch(peer, token, False, conn.node_id, now, now,
+                                             probes_left=p.probes_left,
+                                             rtt=2 * _srtt(conn))
+            self.counters["punches_renewed"] += 1
         # both may have asked at once (each gets the other's introduction too): one punch,
         # accepting either token
         p.tokens.add(token)

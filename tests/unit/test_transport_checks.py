@@ -105,6 +105,26 @@ def test_a_probe_without_the_punch_token_is_ignored() -> None:
     assert c.counters["punch_dials"] == 1 and FAKE in c.dialling()  # with it: dialled
 
 
+def test_a_peer_that_asks_again_gets_a_new_punch_to_where_it_is_now() -> None:
+    """FAKE restarted (new port) before its proof reached C, and asks again: C's side of the
+    old punch (hole heard open, probing over) must not swallow the new introduction, or C
+    would never probe FAKE's new address (and its NAT would stay shut to it)."""
+    net = three()
+    c = introduced(net, asked=False)
+    c.receive(PROBE_MAGIC + b"k" * TOKEN_BYTES + FAKE, ("10.9.9.9", 1000), net.now)
+    assert c._punches[FAKE].heard is not None
+    c.datagrams()
+    left = c._punches[FAKE].probes_left
+    control(net, "b", C_ID, ["intro", FAKE, b"k" * TOKEN_BYTES, [["10.9.9.9", 1001]]])
+    assert c.counters.get("punches_renewed", 0) == 0  # the same request: merged
+    control(net, "b", C_ID, ["intro", FAKE, b"m" * TOKEN_BYTES, [["10.9.9.9", 2000]]])
+    p = c._punches[FAKE]
+    assert c.counters["punches_renewed"] == 1
+    assert p.heard is None and p.candidates == [("10.9.9.9", 2000)] and p.tokens == {b"m" * 16}
+    assert p.probes_left == left - 1  # the budget carried over (one probe sent since)
+    assert c.counters["probes_sent"] >= 2  # probed the new address at once
+
+
 def test_a_node_that_did_not_ask_for_a_punch_answers_probes_but_never_dials() -> None:
     """An introduction nobody asked for (a hostile relay's) cannot make a node dial."""
     net = three()
