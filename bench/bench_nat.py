@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import sys
 import threading
 import time
@@ -339,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     if bad := [s for s in scenarios if s not in SCENARIOS]:
         ap.error(f"unknown scenarios {bad}: choose from {SCENARIOS}")
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        ap.error("--png needs matplotlib: .venv/bin/pip install -e '.[bench]' (checked "
+                 "before the campaign, not after it)")
     if (reason := tl.available()) is not None:
         print(f"the NAT lab cannot run here: {reason}", file=sys.stderr)
         return 2
