@@ -8,10 +8,9 @@ node; the relay answers both sides with ``intro`` and the other side's candidate
 address it sees it at, then its private addresses), or ``nointro``. Both sides then probe
 each other's candidates from the QUIC socket (bare UDP: ``PROBE_MAGIC token node_id``) and the
 side that asked dials where a probe came from (both, when both asked at once). Everything a
-peer says here is bounded: reports
-and introductions per window, candidates per introduction (one public address: the relay's
-own observation), probes per punch, dials per punch, and probes answered or dialled only
-from a candidate's address with the punch's token.
+peer says here is bounded: reports and introductions per window, candidates per introduction
+(one public address: the relay's own observation), probes per punch, dials per punch, and
+probes answered or dialled only from a candidate's address with the punch's token.
 
 :class:`Signalling` is a mixin of :class:`~services.transport.endpoint.Endpoint`: it uses the
 endpoint's connections, counters and outputs, declared below.
