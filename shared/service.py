@@ -157,6 +157,9 @@ class Service:
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies."""
         self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None], bool]] = []
+        self._dirty: set[zmq.Socket] = set()
+        """Watched sockets that may hold input: their descriptor fired, or this service used
+        them since they were last found empty (:meth:`_drain`)."""
         self._caller: str | None = None
         """Who sent the request being handled: ``service:ROLE``, ``owner`` or ``app:NAME``
         over an authenticated (tcp, CURVE) bus, None over ipc/inproc (docs/security.md)."""
@@ -303,6 +306,7 @@ class Service:
         if self.pub is not None:
             self.pub.close(0)
         self._inputs.clear()
+        self._dirty.clear()
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
@@ -311,52 +315,60 @@ class Service:
                authed: bool = False) -> None:
         assert self._loop is not None
         self._inputs.append((sock, handler, authed))
-        self._loop.add_reader(sock.FD, self._drain)
+        self._dirty.add(sock)
+        self._loop.add_reader(sock.FD, self._wake, sock)
+
+    def _wake(self, sock: zmq.Socket) -> None:
+        """``sock``'s descriptor fired: it may hold input."""
+        self._dirty.add(sock)
+        self._drain()
 
     # -- the drain loop ----------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Handle messages until every socket is empty or the batch budget is spent.
+        """Handle messages until no socket may hold one or the batch budget is spent.
 
-        Each socket is first asked whether it has input (cheap); if so it is read until
-        ``zmq.Again``, which under load costs one exception per batch instead of one check per
-        message. Replies are flushed after each socket's batch and at the start of each pass.
-        Passes repeat until a pass finds nothing, so the last operation on every socket is a
-        read: required because ZeroMQ's descriptors are edge-triggered.
+        Only the sockets that may hold input are asked (``readable``, which costs libzmq a
+        system call): those whose descriptor fired and those this service used since they
+        were last found empty, because any operation on a ZeroMQ socket may consume the
+        notice of a message arriving (its descriptor is edge-triggered). A socket is read
+        while it reports input, without the exception an empty read costs. Queued sends
+        leave after each socket's batch and at the start of each pass; passes repeat while a
+        socket may hold input, so the last operation on every used socket is a check that
+        found it empty.
         """
         self._again = None
         budget = self.bus.max_batch
-        busy = True
-        while busy and budget > 0 and not self._stopped.is_set():
+        dirty = self._dirty
+        while not self._stopped.is_set():
             self._perform(self.core.flush(self.clock()))
-            self._flush()  # replies made outside a read batch (timer); reads follow
-            busy = False
+            self._flush()  # sends made outside a read batch (timer); reads follow
+            if not dirty or budget <= 0:
+                break
             for sock, handler, authed in tuple(self._inputs):
-                if not readable(sock):
+                if sock not in dirty:
                     continue
-                while budget > 0:
-                    try:
-                        if authed:
-                            frames, self._caller = recv_frames_user(sock)
-                        else:
-                            frames = recv_frames(sock)
-                    except zmq.Again:
+                dirty.discard(sock)
+                start = budget
+                while readable(sock):
+                    if budget <= 0 or self._stopped.is_set():
+                        dirty.add(sock)  # not read to the end: check it again
                         break
-                    busy = True
+                    frames, self._caller = recv_frames_user(sock) if authed \
+                        else (recv_frames(sock), None)
                     budget -= 1
                     try:
                         handler(frames)
                     except Exception:  # a bug of ours: count it, keep serving the others
                         self.stats["internal_errors"] += 1
                         self.log.exception("failed to handle a message")
-                    if self._stopped.is_set():
-                        break
-                self._perform(self.core.flush(self.clock()))
-                self._flush()
+                if budget < start:
+                    self._perform(self.core.flush(self.clock()))
+                    self._flush()
         self.stats["frames_in"] += self.bus.max_batch - budget
         if self._left is not None and not self._left.is_set() and self.core.left():
             self._left.set()
-        if budget <= 0 and self._again is None and self._loop is not None:
+        if dirty and budget <= 0 and self._again is None and self._loop is not None:
             self._again = self._loop.call_soon(self._drain)  # more queued: yield, then go on
         self._arm_timer()
 
@@ -572,6 +584,8 @@ class Service:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
 
     def _send(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
+        if sock is not self.pub:
+            self._dirty.add(sock)  # the send may take in the notice of a message arriving
         try:
             send_frames(sock, frames)
         except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
@@ -676,7 +690,9 @@ class Service:
 
     def subscribe(self, role: str, prefix: str = "") -> None:
         """Receive ``role``'s events whose msg_type starts with ``prefix``."""
-        self._listen(role).setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        sock = self._listen(role)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        self._dirty.add(sock)
 
     def _listen(self, role: str) -> zmq.Socket:
         """The SUB socket to ``role``'s events; it always takes ``sys.*`` (heartbeats: who

@@ -201,6 +201,11 @@ MAX_KNOWN = 4096
 
 
 
+APP_ACK_DELAY_S = 0.020
+"""How long a lone application packet waits for something to carry its acknowledgement: below
+the 25 ms ``max_ack_delay`` aioquic announces, which the peer's loss timer allows for."""
+
+
 class BoundedQuicConnection(QuicConnection):
     """A QuicConnection whose receive windows follow what the endpoint has consumed.
 
@@ -223,10 +228,55 @@ class BoundedQuicConnection(QuicConnection):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # acknowledge when the batch of datagrams that needs it has been read, not 1 ms
-        # later: the endpoint builds packets once per batch, so this is one ACK per batch,
-        # and it saves the receiver a timer wake-up per message (aioquic 1.7.x attribute)
+        # handshake packets are acknowledged when the batch that needs it has been read
+        # (aioquic 1.7.x attribute); application packets: see receive_datagram
         self._ack_delay = 0.0
+        self._eliciting = 0
+        """Ack-eliciting application packets received since our last ACK frame."""
+        self._sending = False
+        """Stream data queued since the last packets were built: an ACK can ride along."""
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """Application packets are acknowledged by the next packet this end sends anyway
+        (an envelope going back, often its end-to-end ACK), or once two of them wait
+        (RFC 9000 §13.2.2), or ``APP_ACK_DELAY_S`` after the first: not in a packet of their
+        own right away, which would cost the peer a wake-up per message."""
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        waiting = space is not None and space.ack_at is not None
+        super().receive_datagram(data, addr, now)
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if space is None or space.ack_at is None:
+            return
+        if self._eliciting >= 2:
+            space.ack_at = now
+        elif not waiting:
+            space.ack_at = now + APP_ACK_DELAY_S
+
+    def _payload_received(self, context: Any, plain: bytes,
+                          crypto_frame_required: bool = False) -> tuple[bool, bool]:
+        eliciting, probing = super()._payload_received(context, plain,
+                                                       crypto_frame_required)
+        if eliciting and context.epoch == tls.Epoch.ONE_RTT:
+            self._eliciting += 1
+        return eliciting, probing
+
+    def _write_ack_frame(self, builder: QuicPacketBuilder, space: QuicPacketSpace,
+                         now: float) -> None:
+        super()._write_ack_frame(builder, space, now)
+        if space is self._spaces.get(tls.Epoch.ONE_RTT):
+            self._eliciting = 0
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self._sending = True
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        if self._sending:
+            self._sending = False
+            space = self._spaces.get(tls.Epoch.ONE_RTT)
+            if space is not None and space.ack_at is not None:
+                space.ack_at = now  # rides on the data
+        return super().datagrams_to_send(now)
 
     def _update_traffic_key(self, direction: tls.Direction, epoch: tls.Epoch,
                             cipher_suite: tls.CipherSuite, secret: bytes) -> None:

@@ -263,3 +263,32 @@ def test_a_restarted_peer_service_fails_calls_in_flight_and_tells_the_core(
         finally:
             rpc.close(0)
             pub.close(0)
+
+
+def test_a_socket_the_service_sent_on_is_checked_for_input_before_it_sleeps(
+        tmp_path: Path) -> None:
+    """Any operation on a ZeroMQ socket may take in the command that announces a message
+    (its descriptor is edge-triggered): a reply arriving just before a send on the same
+    dealer would then wait, unannounced, until the next operation. So the drain checks every
+    socket it sent on (and those whose descriptor fired), and only those."""
+    context = ServiceContext(tmp_path, ep.ipc(tmp_path / "run"), {}, {})
+
+    class Idle(Service):
+        role = "crypto"
+
+        def build_core(self, context: ServiceContext) -> Core:
+            return ScriptedCore("reply")
+
+    zctx = zmq.Context()
+    svc = Idle(context, zctx=zctx)
+    svc.pub = zctx.socket(zmq.PUB)
+    dealer = zctx.socket(zmq.DEALER)
+    try:
+        assert not svc._dirty
+        svc._send(dealer, [b"", b"x"])
+        svc._send(svc.pub, [b"topic", b"x"])
+        assert svc._dirty == {dealer}  # the PUB socket is never read
+    finally:
+        dealer.close(0)
+        svc.pub.close(0)
+        zctx.term()

@@ -13,6 +13,7 @@ from services.crypto.core import Identity
 from services.transport import signalling
 from services.transport.admission import Limits
 from services.transport.endpoint import (
+    APP_ACK_DELAY_S,
     CONTROL,
     FRAME_COST,
     INTRO_BURST,
@@ -1001,3 +1002,48 @@ def test_the_dialler_knows_the_peer_after_one_round_trip() -> None:
     flight(a, b, net.addr["a"])  # the client's Finished, with its proof
     assert [e for e in b.events() if isinstance(e, PeerAuthenticated)] == [
         PeerAuthenticated(A_ID, net.addr["a"], False)]
+
+
+def test_an_envelope_is_acknowledged_by_the_answer_not_by_a_packet_of_its_own() -> None:
+    """Request/response costs one datagram each way: the QUIC ACK for an envelope rides on
+    the envelope going back (a lone one waits at most APP_ACK_DELAY_S; two waiting are
+    acknowledged at once)."""
+    net = connected()
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    net.run(until=lambda: not a.datagrams() and not b.datagrams())  # handshake's tail
+    (conn,) = a._conns
+
+    def send(src: Endpoint, to: bytes, data: bytes) -> None:
+        net.now += 0.001  # past the pacer's next send time
+        src.send(to, data, net.now)
+
+    def move(src: Endpoint, dst: Endpoint, src_addr: Addr) -> int:
+        out = src.datagrams()
+        for data, _ in out:
+            dst.receive(data, src_addr, net.now)
+        return len(out)
+
+    send(a, B_ID, b"hello")
+    assert move(a, b, net.addr["a"]) == 1
+    assert b.datagrams() == []  # no packet just to acknowledge it
+    send(b, A_ID, b"its answer")
+    assert move(b, a, net.addr["b"]) == 1
+    assert conn.quic._loss.bytes_in_flight == 0  # the answer carried the ACK
+
+    # nothing to carry it: acknowledged on its own, within the delay
+    send(a, B_ID, b"alone")
+    assert move(a, b, net.addr["a"]) == 1
+    assert b.next_timer() is not None and b.next_timer() <= net.now + APP_ACK_DELAY_S
+    net.now += APP_ACK_DELAY_S
+    b.handle_timer(net.now)
+    assert move(b, a, net.addr["b"]) == 1
+    assert conn.quic._loss.bytes_in_flight == 0
+
+    # two waiting: acknowledged at once (the sender's window keeps growing)
+    for data in (b"one", b"two"):
+        send(a, B_ID, data)
+        assert move(a, b, net.addr["a"]) == 1
+    assert move(b, a, net.addr["b"]) == 1
+    assert conn.quic._loss.bytes_in_flight == 0
+    assert [e.data for e in b.events() if isinstance(e, Received)] == [
+        b"hello", b"alone", b"one", b"two"]
