@@ -286,6 +286,7 @@ class RouterCore(Core):
             self._next_tick = now + 2.0
             return self._ask_id()
         self._next_tick = now + TICK_S
+        ctx.store.commit_all()  # the lazy status updates of the last tick
         actions = self.outgoing.due(now)
         actions += self.peers.dial_bootstrap(now)
         actions += self.discovery.announce_due(now)

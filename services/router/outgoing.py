@@ -262,7 +262,10 @@ class Outgoing:
             # lost): read implies delivered, and a listener waiting for `delivered` sees it
             return self.advance(msg, DELIVERED) + self.advance(msg, READ)
         msg.status, msg.reason = status, reason
-        ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts)
+        # sent, relayed and delivered are redone if a crash loses them (the message is sent
+        # again, its recipient acknowledges it again); read and failed are final
+        ctx.store.update_out(msg.id, status, reason, ctx.now_ms(), msg.attempts,
+                             lazy=status in (SENT, RELAYED, DELIVERED))
         if status >= DELIVERED:
             # done with in memory: nothing retries a delivered message, and a read receipt
             # loads it again from the outbox (``outgoing``), as after a restart (which

@@ -104,14 +104,25 @@ class Store:
         self.db.execute("DELETE FROM peers WHERE bootstrap=0 AND contact=0")
         self.db.commit()
         self.dirty = False
+        """Written since the last commit, and something waits for it to be on disk."""
+        self.pending = False
+        """Written since the last commit, and nothing waits for it (:meth:`update_out`
+        with ``lazy``): it rides on the next commit."""
 
     def commit(self) -> None:
+        """Commit, if something written waits for it (lazy writes go along)."""
         if self.dirty:
             self.db.commit()
-            self.dirty = False
+            self.dirty = self.pending = False
+
+    def commit_all(self) -> None:
+        """Commit whatever was written, lazy writes included (the core's tick)."""
+        if self.dirty or self.pending:
+            self.db.commit()
+            self.dirty = self.pending = False
 
     def close(self) -> None:
-        self.commit()
+        self.commit_all()
         self.db.close()
 
     # -- outbox ---------------------------------------------------------------------------
@@ -123,7 +134,10 @@ class Store:
         self.dirty = True
 
     def update_out(self, msg_id: bytes, status: int, reason: str, updated_ms: int,
-                   attempts: int, envelope: bytes | None = None) -> None:
+                   attempts: int, envelope: bytes | None = None, lazy: bool = False) -> None:
+        """``lazy``: a status that is redone if a crash loses it (docs/architecture.md,
+        router decisions), committed with the next commit something waits for, or at the
+        core's next tick."""
         if envelope is None:
             self.db.execute("UPDATE outbox SET status=?, reason=?, updated_ms=?, attempts=? "
                             "WHERE id=?", (status, reason, updated_ms, attempts, msg_id))
@@ -131,7 +145,10 @@ class Store:
             self.db.execute("UPDATE outbox SET status=?, reason=?, updated_ms=?, attempts=?, "
                             "envelope=? WHERE id=?",
                             (status, reason, updated_ms, attempts, envelope, msg_id))
-        self.dirty = True
+        if lazy:
+            self.pending = True
+        else:
+            self.dirty = True
 
     def set_holders(self, msg_id: bytes, holders: bytes) -> None:
         self.db.execute("UPDATE outbox SET holders=? WHERE id=?", (holders, msg_id))

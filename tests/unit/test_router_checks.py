@@ -6,12 +6,14 @@ driven directly (sans-I/O), with real crypto, over the in-memory transport of ro
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 import msgpack
 import pytest
 
 from services.router import gossip as g
+from services.router.context import DELIVERED
 from services.router.core import RouterCore, RouterSettings
 from services.router.reasons import NO_ROUTE
 from services.router.store import Store
@@ -563,6 +565,7 @@ def test_a_read_receipt_after_the_senders_restart_moves_the_stored_message(
     a = sim.nodes["a"]
     msg = send(sim, "a", "b", b"x")
     assert a.statuses(msg)[-1] == "delivered"
+    a.router.close(sim.now)  # a restart: the old process commits what it wrote
     a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
     sim.feed("a", lambda: a.router.on_timer(sim.now))
     sim.run()
@@ -571,6 +574,39 @@ def test_a_read_receipt_after_the_senders_restart_moves_the_stored_message(
     assert a.statuses(msg)[-1] == "read"
     [state] = sim.call("a", rm.Outbox(ids=[msg])).body.messages
     assert state.status == "read"
+
+
+def test_a_crash_loses_at_most_the_last_ticks_statuses_and_each_is_redone(
+        tmp_path: Any) -> None:
+    """``delivered`` rides on the next commit something waits for (or the next tick): a
+    crash before it loses the status, not the message. The restarted sender sends it again
+    and its recipient, which kept it, acknowledges it again: delivered, and in B's inbox
+    once."""
+    db = str(tmp_path / "a.db")
+    sim = Sim("a", "b", db={"a": db})
+    sim.connect("a", "b")
+    a = sim.nodes["a"]
+    first = send(sim, "a", "b", b"committed")
+
+    def on_disk(msg_id: bytes) -> int:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as other:
+            return int(other.execute("SELECT status FROM outbox WHERE id=?",
+                                     (msg_id,)).fetchone()[0])
+
+    assert on_disk(first) < DELIVERED  # not committed yet: nothing waited for it
+    sim.feed("a", lambda: a.router.on_timer(sim.now))
+    assert on_disk(first) == DELIVERED  # the tick commits it
+    msg = send(sim, "a", "b", b"in flight")
+    assert a.statuses(msg)[-1] == "delivered"
+    a.router.ctx.store.db.close()  # killed: what was not committed is gone
+    a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
+    sim.feed("a", lambda: a.router.on_timer(sim.now))
+    sim.run(60)
+    [first_state, state] = sim.call("a", rm.Outbox(ids=[first, msg])).body.messages
+    assert (first_state.status, state.status) == ("delivered", "delivered")
+    # the lost one was redone (sent again, acknowledged again), the committed one not
+    assert (a.statuses(first).count("delivered"), a.statuses(msg).count("delivered")) == (1, 2)
+    assert sorted(sim.nodes["b"].received()) == [b"committed", b"in flight"]
 
 
 def test_a_late_relay_ack_after_the_senders_restart_is_a_stale_update(tmp_path: Any) -> None:
@@ -582,6 +618,7 @@ def test_a_late_relay_ack_after_the_senders_restart_is_a_stale_update(tmp_path: 
     a, b = sim.nodes["a"], sim.nodes["b"]
     msg = send(sim, "a", "c", b"x")
     assert a.statuses(msg)[-1] == "delivered"
+    a.router.close(sim.now)  # a restart: the old process commits what it wrote
     a.router = RouterCore(Store(db), lambda: sim.wall, RouterSettings())
     sim.feed("a", lambda: a.router.on_timer(sim.now))
     sim.run()
