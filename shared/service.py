@@ -2,10 +2,10 @@
 
 One :class:`Service` owns a ROUTER socket (requests), a PUB socket (events), one DEALER per
 service it calls (created on the first call) and one SUB per service it listens to. The
-sockets' file descriptors are watched with ``loop.add_reader``; every wake-up *drains* all
-sockets with non-blocking receives until none has a message left (awaiting each message is an
-order of magnitude slower, see docs/benchmarks.md). Because ZeroMQ descriptors are
-edge-triggered, every path that sends outside a drain ends by draining again.
+sockets' file descriptors are watched with ``loop.add_reader``; every wake-up *drains* the
+sockets that may hold input with non-blocking receives until none has a message left (awaiting
+each message is an order of magnitude slower, see docs/benchmarks.md). Because ZeroMQ
+descriptors are edge-triggered, every path that sends outside a drain ends by draining again.
 
 Per inbound request the base decodes the frame, answers ``sys.ping``, ``sys.status`` and
 ``sys.shutdown`` itself, and hands anything else the core declares in ``Core.handles`` to
