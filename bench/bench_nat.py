@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inflight", type=lambda t: [int(x) for x in t.split(",")],
                     default=[1, 4, 16])
     ap.add_argument("--trials", type=int, default=16, help="punches per cell")
-    ap.add_argument("--png", default="", help="write a heat map of direct % here")
+    ap.add_argument("--png", default="", help="write a heat map of direct %% here")
     ap.add_argument("--rebind", action="store_true")
     args = ap.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
