@@ -11,7 +11,7 @@ figures on the 2-vCPU development machine drift by ±40 % between runs (compare 
    from the service's Python cost.
 2. service RTT: ``sys.ping`` to one real service process (``python -m services.groups``), from a
    blocking client that sends pre-encoded frames and does not decode the reply, and
-   end-to-end through ``BusClient.call`` (encode + decode + pydantic on the client side too).
+   end-to-end through ``BusClient.call`` (encode + decode + msgspec on the client side too).
 3. raw pyzmq throughput: pipelined DEALER -> ROUTER echo with ``--window`` messages in flight.
 4. service frames/s: pipelined pre-encoded ``sys.ping`` with the same window; replies are
    counted, not decoded, so the client is not the bottleneck (CPU use of both sides is shown).
@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 
 from shared.bus import BusClient, socket
@@ -190,13 +191,12 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 def machine() -> dict[str, Any]:
     import msgpack
-    import pydantic
 
     info: dict[str, Any] = {
         "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(), "msgpack": ".".join(map(str, msgpack.version)),
-        "pydantic": pydantic.VERSION,
+        "msgspec": msgspec.__version__,
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -285,8 +285,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         status = client.request(ROLE, Status())
         assert isinstance(status, StatusReply)
-        service_status = status.model_dump(include={"frames_in", "frames_out", "drops",
-                                                    "decode_errors", "errors"})
+        service_status = {k: v for k, v in msgspec.structs.asdict(status).items()
+                          if k in {"frames_in", "frames_out", "drops", "decode_errors",
+                                   "errors"}}
         raw.close(0)
         svc_sock.close(0)
     except BaseException:

@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nacl
 import nacl.bindings as sodium
 import nacl.signing
@@ -524,8 +525,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         status = client.request(ROLE, Status())
         assert isinstance(status, StatusReply)
-        service_status = status.model_dump(include={"frames_in", "frames_out", "drops",
-                                                    "decode_errors", "errors", "counters"})
+        service_status = {k: v for k, v in msgspec.structs.asdict(status).items()
+                          if k in {"frames_in", "frames_out", "drops", "decode_errors",
+                                   "errors", "counters"}}
     except BaseException:
         if log.exists():
             sys.stderr.write(f"--- service log ({log}) ---\n{log.read_text()[-4000:]}\n")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 CATEGORIES = [
-    ("pydantic (validate, dump, construct)", ("pydantic",)),
+    ("bus codec (msgspec models, header, frames)", ("msgspec", "wire/frame.py")),
     ("msgpack", ("msgpack",)),
     ("bus send/recv (pyzmq)", ("send_frames", "recv_frames", "zmq/sugar")),
     ("SQLite", ("sqlite3", "store.py")),

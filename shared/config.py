@@ -1,10 +1,11 @@
 """Configuration: one ``node.toml`` with a section per service, plus environment overrides.
 
-Each section is a pydantic model whose field descriptions are the comments of the sample
-config that ``tom init`` writes (:func:`sample`: every section and key, with its default and
-its environment variable). An environment variable ``TOM_<SECTION>__<KEY>`` (upper case)
-overrides a file value, e.g. ``TOM_BUS__REQUEST_TIMEOUT_S=5``; a list takes a JSON list or
-comma-separated values, e.g. ``TOM_ROUTER__BOOTSTRAP=ID@192.0.2.1:4433,ID2@192.0.2.2:4433``.
+Each section is a frozen :class:`msgspec.Struct` whose field docstrings are the comments of
+the sample config that ``tom init`` writes (:func:`sample`: every section and key, with its
+default and its environment variable). An environment variable ``TOM_<SECTION>__<KEY>``
+(upper case) overrides a file value, e.g. ``TOM_BUS__REQUEST_TIMEOUT_S=5``; a list takes a
+JSON list or comma-separated values, e.g.
+``TOM_ROUTER__BOOTSTRAP=ID@192.0.2.1:4433,ID2@192.0.2.2:4433``.
 """
 
 from __future__ import annotations
@@ -15,53 +16,61 @@ import textwrap
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
+import msgspec
+from msgspec import Meta
+from typing_extensions import dataclass_transform
+
+from .docstrings import attribute_docs
+from .wire.messages.base import Frozen
 
 
-class Section(BaseModel):
-    """Base of config sections: unknown keys are an error (they are usually typos)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass_transform(field_specifiers=(msgspec.field,), kw_only_default=True,
+                     frozen_default=True)
+class Section(msgspec.Struct, metaclass=Frozen, frozen=True, kw_only=True,
+              forbid_unknown_fields=True):
+    """Base of config sections: unknown keys are an error (they are usually typos). A
+    section checks values that need more than a type and a range in ``__post_init__``,
+    raising ``ValueError("KEY: why")``."""
 
 
 class NodeSection(Section):
     """What every service of the node shares."""
 
-    log_level: str = Field("info", description="Log level of every service: debug, info, "
-                           "warning, error.")
-    log_format: Literal["text", "json"] = Field(
-        "text", description="Log lines as text, or as JSON objects, one a line (ts, level, "
-        "service, pid, logger, msg), for a log collector.")
-    log_stream: Literal["stderr", "stdout"] = Field(
-        "stderr", description="Where the services log (docker-compose sets stdout).")
-    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "asyncio", description="The services' event loop: asyncio (the standard library's), "
-        "uvloop (libuv; 10-40 us less per bus hop, docs/benchmarks.md), or auto: uvloop when "
-        "it is installed. Not uvloop by default: with it, relayed messages between nodes "
-        "behind symmetric NATs were not delivered in the lab (tests/e2e/test_nat.py), not "
-        "yet understood.")
+    log_level: str = "info"
+    """Log level of every service: debug, info, warning, error."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or as JSON objects, one a line (ts, level, service, pid, logger, msg), for
+    a log collector."""
+    log_stream: Literal["stderr", "stdout"] = "stderr"
+    """Where the services log (docker-compose sets stdout)."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
+    """The services' event loop: asyncio (the standard library's), uvloop (libuv; 10-40 us less per
+    bus hop, docs/benchmarks.md), or auto: uvloop when it is installed. Not uvloop by default: with
+    it, relayed messages between nodes behind symmetric NATs were not delivered in the lab
+    (tests/e2e/test_nat.py), not yet understood."""
 
 
 class BusSection(Section):
     """The local bus between the node's services (ZeroMQ; docs/protocol.md)."""
 
-    request_timeout_s: float = Field(2.0, gt=0, description="Seconds a service waits for "
-                                     "another service's reply before failing the request.")
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=4096, description="Largest bus message "
-                                   "(all frames) a service accepts; larger ones are refused "
-                                   "before unpacking.")
-    hwm: int = Field(10_000, ge=10, description="ZeroMQ high-water mark (messages queued per "
-                     "socket and peer) before sends are refused and counted as drops.")
-    heartbeat_s: float = Field(5.0, gt=0, description="Interval of sys.heartbeat events.")
-    max_batch: int = Field(256, ge=1, description="Messages handled per wake-up before "
-                           "yielding to timers and other sockets.")
-    bind_host: str = Field("", description="Address the tcp:// bus endpoints of this node's "
-                           "services listen on; empty: the address their host name in the "
-                           "endpoints file resolves to ('*' listens on every interface; tcp "
-                           "endpoints are authenticated with CURVE either way).")
+    request_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+    """Seconds a service waits for another service's reply before failing the request."""
+    max_message_bytes: Annotated[int, Meta(ge=4096)] = 4 * 1024 * 1024
+    """Largest bus message (all frames) a service accepts; larger ones are refused before unpacking.
+    """
+    hwm: Annotated[int, Meta(ge=10)] = 10_000
+    """ZeroMQ high-water mark (messages queued per socket and peer) before sends are refused and
+    counted as drops."""
+    heartbeat_s: Annotated[float, Meta(gt=0)] = 5.0
+    """Interval of sys.heartbeat events."""
+    max_batch: Annotated[int, Meta(ge=1)] = 256
+    """Messages handled per wake-up before yielding to timers and other sockets."""
+    bind_host: str = ""
+    """Address the tcp:// bus endpoints of this node's services listen on; empty: the address their
+    host name in the endpoints file resolves to ('*' listens on every interface; tcp endpoints are
+    authenticated with CURVE either way)."""
 
 
 class ConfigError(ValueError):
@@ -85,14 +94,52 @@ def env_name(section_name: str, key: str) -> str:
     return f"TOM_{section_name.upper()}__{key.upper()}"
 
 
-def is_list(info: FieldInfo) -> bool:
-    return get_origin(info.annotation) in (list, tuple)
+def keys(model: type[Section]) -> dict[str, msgspec.structs.FieldInfo]:
+    """The section's keys, in order, with their types and defaults."""
+    return {f.name: f for f in msgspec.structs.fields(model)}
 
 
-def env_value(var: str, text: str, info: FieldInfo) -> Any:
+def default(info: msgspec.structs.FieldInfo) -> Any:
+    factory = info.default_factory
+    return info.default if factory is msgspec.NODEFAULT else factory()
+
+
+def description(model: type[Section], key: str) -> str:
+    return attribute_docs(model).get(key, "")
+
+
+def examples(info: msgspec.structs.FieldInfo) -> list[Any]:
+    metas = get_args(info.type)[1:] if get_origin(info.type) is Annotated else ()
+    return [x for m in metas if isinstance(m, Meta) for x in m.examples or ()]
+
+
+def is_list(info: msgspec.structs.FieldInfo) -> bool:
+    t = info.type
+    if get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    return get_origin(t) in (list, tuple)
+
+
+def validate(model: type[S], values: Mapping[str, Any]) -> S:
+    """``values`` (as TOML or text gives them) as a section: numbers and booleans
+    (``true``/``false``, ``1``/``0``) may be text; raises :class:`msgspec.ValidationError`."""
+    return msgspec.convert(values, model, strict=False)
+
+
+_TYPE_WORDS = {"`float`": "a number", "`int`": "a whole number", "`bool`": "true or false",
+               "`str`": "a string", "`array`": "a list", "`object`": "a table"}
+
+
+def _readable(problem: str) -> str:
+    for word, text in _TYPE_WORDS.items():
+        problem = problem.replace(word, text)
+    return problem
+
+
+def env_value(var: str, text: str, info: msgspec.structs.FieldInfo) -> Any:
     """An environment variable's text as the field's value: lists are a JSON list or
-    comma-separated values (empty: an empty list); scalars are left to pydantic, which
-    reads numbers and booleans (``true``/``false``, ``1``/``0``) from text."""
+    comma-separated values (empty: an empty list); scalars stay text, read as numbers and
+    booleans by :func:`validate`."""
     if not is_list(info):
         return text
     if text.lstrip().startswith("["):
@@ -114,27 +161,32 @@ def section(data: Mapping[str, Any], name: str, model: type[S],
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [{name}] must be a table, not {type(table).__name__}")
     values = dict(table)
+    fields = keys(model)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: [{name}] has no key {', '.join(map(repr, unknown))} "
+                          f"(keys: {', '.join(fields)})")
     source: dict[str, str] = {}
     prefix = env_name(name, "")
     for var, text in env.items():
         if not var.startswith(prefix):
             continue
         key = var[len(prefix):].lower()
-        info = model.model_fields.get(key)
+        info = fields.get(key)
         if info is None:
             raise ConfigError(f"{var}: [{name}] has no key {key!r} (keys: "
-                              f"{', '.join(model.model_fields)})")
+                              f"{', '.join(fields)})")
         values[key] = env_value(var, text, info)
         source[key] = var
     try:
-        return model.model_validate(values)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            src = source.get(str(err["loc"][0])) if err["loc"] else None
-            problems.append(f"{name}.{loc}: {err['msg']}" + (f" (from {src})" if src else ""))
-        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
+        return validate(model, values)
+    except msgspec.ValidationError as e:
+        problem, _, path = str(e).partition(" - at `$.")
+        key = path.rstrip("`").split(".")[0].split("[")[0] or problem.partition(":")[0]
+        where_key = f"{name}.{path.rstrip('`')}: " if path else f"{name}."
+        src = source.get(key)
+        raise ConfigError(f"{where}: {where_key}{_readable(problem)}"
+                          + (f" (from {src})" if src else "")) from None
 
 
 def _toml_value(v: Any) -> str:
@@ -176,8 +228,8 @@ def sample(sections: Mapping[str, type[Section]],
     and environment variable, commented out (written by ``tom init``). ``chosen`` gives
     section -> key -> (value, why): those are written as values, not commented out."""
     chosen = chosen or {}
-    for name, keys in chosen.items():
-        unknown = set(keys) - set(sections[name].model_fields)
+    for name, picked in chosen.items():
+        unknown = set(picked) - set(keys(sections[name]))
         if unknown:
             raise KeyError(f"[{name}] has no key {', '.join(sorted(unknown))}")
     out = SAMPLE_HEADER.splitlines()
@@ -185,11 +237,10 @@ def sample(sections: Mapping[str, type[Section]],
         out += ["", f"[{name}]"]
         if model.__doc__:
             out += _comment(" ".join(model.__doc__.split()))
-        for field, info in model.model_fields.items():
-            default = info.get_default(call_default_factory=True)
+        for field, info in keys(model).items():
             out.append("")
-            out += _comment(info.description or "")
-            for example in info.examples or ():
+            out += _comment(description(model, field))
+            for example in examples(info):
                 out.append(f"# e.g. {field} = {_toml_value(example)}")
             hint = " (a JSON list, or comma-separated)" if is_list(info) else ""
             out.append(f"# Environment: {env_name(name, field)}{hint}")
@@ -198,5 +249,5 @@ def sample(sections: Mapping[str, type[Section]],
                 out += _comment(why)
                 out.append(f"{field} = {_toml_value(value)}")
             else:
-                out.append(f"#{field} = {_toml_value(default)}")
+                out.append(f"#{field} = {_toml_value(default(info))}")
     return "\n".join(out) + "\n"

@@ -40,6 +40,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+import msgspec
+
 from services.crypto import keyfile
 from shared import IMPL
 from shared import endpoints as ep
@@ -133,7 +135,7 @@ def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
         print(json.dumps([{
             "service": s.role, "program": s.program, "state": s.state, "pid": s.pid,
             "ping_ms": s.ping_ms, "error": s.error,
-            "status": s.status.model_dump() if s.status else None,
+            "status": msgspec.to_builtins(s.status) if s.status else None,
         } for s in rows], indent=2))
         return healthy
     print(f"{'SERVICE':10} {'STATE':9} {'PID':>7} {'UPTIME':>9} {'PING':>8} {'IN':>8} "
@@ -212,7 +214,7 @@ def cmd_backup(data: DataDir, args: argparse.Namespace) -> int:
         reply = client.request("backup", bm.Summary())
     assert isinstance(reply, bm.SummaryReply)
     if args.json:
-        print(json.dumps(reply.model_dump(mode="json")))
+        print(json.dumps(msgspec.to_builtins(reply)))
         return 0
     print(f"holding {reply.messages} message(s), {reply.bytes:,} bytes for offline "
           f"recipients (capacity {reply.capacity_messages:,} messages, "

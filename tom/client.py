@@ -32,6 +32,7 @@ from shared.buskeys import OWNER, BusKeys
 from shared.paths import DataDir
 from shared.wire import BusTimeout, DecodeError, RemoteError, WireError, decode
 from shared.wire.errors import ErrorCode
+from shared.wire.messages import as_dict
 from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
 from shared.wire.messages.sys import Status, StatusReply
@@ -305,7 +306,7 @@ class Client:
         reply = self.bus.request("router", rm.Inbox(after=after, limit=limit, unread=unread,
                                                     newest=newest))
         assert isinstance(reply, rm.InboxReply)
-        return [Message(rm.Received(**r.model_dump(exclude={"payload", "read"})), r.payload,
+        return [Message(rm.Received(**as_dict(r, exclude={"payload", "read"})), r.payload,
                         r.read) for r in reply.messages], reply.unread
 
     def peers(self) -> list[rm.PeerEntry]:
@@ -388,7 +389,7 @@ class Client:
         reply = self.bus.request("groups", gm.History(group_id=group_id, after=after,
                                                       limit=limit))
         assert isinstance(reply, gm.HistoryReply)
-        return ([GroupMessage(gm.GroupMessage(**m.model_dump(exclude={"text"})),
+        return ([GroupMessage(gm.GroupMessage(**as_dict(m, exclude={"text"})),
                               m.text.encode()) for m in reply.messages], reply.seq)
 
     @property
@@ -465,7 +466,7 @@ class Client:
                     yield from self._catch_up()  # events were missed
                     continue
                 self.after = body.seq
-                yield Message(rm.Received(**body.model_dump()), msg.blobs[0])
+                yield Message(rm.Received(**as_dict(body)), msg.blobs[0])
             elif isinstance(body, rm.StatusChanged | rm.PeerChanged | rm.PathChanged):
                 yield body
 
@@ -489,7 +490,7 @@ class Client:
         if isinstance(body, gm.MessageReceived):
             if self.cursors is None or not msg.blobs:
                 return  # before the start: the cursors are set from the service's state
-            m = GroupMessage(gm.GroupMessage(**body.model_dump()), msg.blobs[0])
+            m = GroupMessage(gm.GroupMessage(**as_dict(body)), msg.blobs[0])
             cursor = self._cursor(body.group_id)
             had_gap = cursor.gap
             yield from cursor.add(m, now)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import msgspec
+
 from shared.core import Core
 from shared.service import Service, ServiceContext, StartupError
 
@@ -23,7 +25,7 @@ class BackupService(Service):
             store = Store(path)
         except sqlite3.Error as e:
             raise StartupError(f"cannot open {path}: {e}") from None
-        return BackupCore(store, self.wall, BackupSettings(**cfg.model_dump()))
+        return BackupCore(store, self.wall, BackupSettings(**msgspec.structs.asdict(cfg)))
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         def serving() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import msgspec
+
 from shared.core import Core
 from shared.service import Service, ServiceContext, StartupError
 
@@ -24,7 +26,7 @@ class GroupsService(Service):
             store = Store(path)
         except sqlite3.Error as e:
             raise StartupError(f"cannot open {path}: {e}") from None
-        return GroupsCore(store, self.wall, GroupsSettings(**cfg.model_dump()))
+        return GroupsCore(store, self.wall, GroupsSettings(**msgspec.structs.asdict(cfg)))
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         def serving() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import msgspec
+
 from shared.core import Core
 from shared.service import Service, ServiceContext, StartupError
 
@@ -27,7 +29,7 @@ class RouterService(Service):
             store = Store(path)
         except sqlite3.Error as e:
             raise StartupError(f"cannot open {path}: {e}") from None
-        settings = RouterSettings(**(cfg.model_dump() | {"bootstrap": boot}))
+        settings = RouterSettings(**(msgspec.structs.asdict(cfg) | {"bootstrap": boot}))
         return RouterCore(store, self.wall, settings)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:

@@ -1,6 +1,7 @@
 import ipaddress
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from msgspec import Meta
 
 from shared.config import Section
 
@@ -13,96 +14,81 @@ class TransportConfig(Section):
     """The transport: the node's one UDP socket (QUIC to peers). Its address is the
     node's address: peers dial it, so it stays the same across restarts."""
 
-    host: str = Field("0.0.0.0", description="Address of the node's UDP socket (0.0.0.0: "
-                      "every IPv4 interface).")
-    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="UDP port of the node, the "
-                      "one its peers dial. `tom init` writes 4433, or the next free port when "
-                      "4433 is taken (a second node on the machine), and the node uses it at "
-                      "every start. 0: any free port, a new one at each start (tests only: "
-                      "peers that knew the old one must learn the new one).")
-    advertise: list[str] = Field(default_factory=list, description="Addresses HOST:PORT "
-                                 "(IP addresses) this node is reached at from outside, told "
-                                 "to peers before the socket's own: for a port-mapped or "
-                                 "NATed deployment (docker-compose: the docker host's address "
-                                 "and the published UDP port).")
-    port_mapping: bool = Field(True, description="Ask the home router to forward a public "
-                               "UDP port to this node's socket (PCP, or NAT-PMP where the "
-                               "router speaks only that; the default route's gateway, port "
-                               "5351), renew it at half its lifetime and delete it when the "
-                               "transport stops; its public address is offered to peers "
-                               "first. Where no router answers, nothing else happens (a few "
-                               "datagrams to the gateway every 5 minutes). false: never ask "
-                               "(a router that forwards the port by hand, or `advertise`).")
-    port_mapping_gateway: str = Field("", description="The router to ask for the mapping "
-                                      "(an IPv4 address); empty: the default route's "
-                                      "gateway (/proc/net/route).")
-    port_mapping_lifetime_s: int = Field(7200, ge=60, le=86400, description="Lifetime "
-                                         "asked for the mapping (the router may grant "
-                                         "less); it is renewed at half of what was granted, "
-                                         "so a node that dies without deleting it leaves it "
-                                         "open this long at most.")
-    port_fallback: bool = Field(False, description="If the port is taken at start: false, "
-                                "the transport refuses to start and says so (`tom node up` "
-                                "checks first); true, it takes the next free port above it "
-                                "(logged, and shown by `tom node status`), which its peers "
-                                "learn when it dials them or from its announcements.")
-    binding_hours: float = Field(24.0, gt=0, le=24, description="Validity of the transport "
-                                 "binding crypto signs; renewed at half-life.")
-    idle_timeout_s: float = Field(30.0, gt=1, description="A silent connection is dropped "
-                                  "after this; keep-alives go out every third of it.")
-    send_delay_ms: float = Field(0.0, ge=0, le=10_000, description="Hold every outgoing "
-                                 "datagram this long (the NAT lab's latency, where the "
-                                 "kernel has no netem); 0 in real use.")
-    send_jitter_ms: float = Field(0.0, ge=0, le=10_000, description="Add to each held "
-                                  "datagram a uniformly random extra delay of 0 to this "
-                                  "(the NAT lab's jitter: datagrams may be reordered); 0 in "
-                                  "real use.")
-    resolve_timeout_s: float = Field(5.0, gt=0, le=60, description="How long a host name "
-                                     "given to transport.connect may take to resolve (in a "
-                                     "resolver thread, never on the event loop).")
-    max_connections: int = Field(1024, ge=1, description="Authenticated peers connected "
-                                 "at once (refused_connections beyond).")
-    reserved_share: float = Field(0.25, ge=0, le=1, description="Share of max_connections "
-                                  "that strangers (node ids this node never asked for) "
-                                  "cannot take: kept for its own dials and the nodes its "
-                                  "router asked for, which evict a stranger when none is "
-                                  "free (refused_strangers, evicted_strangers).")
-    stranger_grace_s: float = Field(30.0, gt=0, description="A stranger that delivered "
-                                    "nothing for this long since it connected may be "
-                                    "evicted for a new stranger when their share is full.")
-    max_half_open: int = Field(64, ge=1, description="Connections whose peer has not yet "
-                               "proven its node id (refused_half_open beyond).")
-    half_open_per_address: int = Field(8, ge=1, description="Half-open connections one "
-                                       "IP address holds without a Retry token (beyond, "
-                                       "its Initials get a Retry), and as many again with "
-                                       "one (then refused_half_open_per_address).")
-    retry_above: int = Field(32, ge=0, description="Half-open connections beyond which "
-                             "every Initial must first answer a QUIC Retry (stateless "
-                             "address validation: a spoofed ClientHello flood keeps no "
-                             "state; retries_sent). 0: always.")
-    stranger_envelopes_per_s: float = Field(250.0, gt=0, description="Envelopes a stranger "
-                                            "(a node id this node never asked for) may "
-                                            "send per second, all its connections "
-                                            "together, in bursts of 2 s; beyond, its lane "
-                                            "is not read and QUIC flow control makes it "
-                                            "wait (throttled_strangers).")
-    stranger_bytes_per_s: float = Field(2 * 2**20, gt=0, description="Likewise, bytes of "
-                                        "envelopes per second (bursts of 2 s, at least "
-                                        "two of the largest envelopes).")
+    host: str = "0.0.0.0"
+    """Address of the node's UDP socket (0.0.0.0: every IPv4 interface)."""
+    port: Annotated[int, Meta(ge=0, le=65535)] = DEFAULT_PORT
+    """UDP port of the node, the one its peers dial. `tom init` writes 4433, or the next free port
+    when 4433 is taken (a second node on the machine), and the node uses it at every start. 0: any
+    free port, a new one at each start (tests only: peers that knew the old one must learn the new
+    one)."""
+    advertise: list[str] = []
+    """Addresses HOST:PORT (IP addresses) this node is reached at from outside, told to peers before
+    the socket's own: for a port-mapped or NATed deployment (docker-compose: the docker host's
+    address and the published UDP port)."""
+    port_mapping: bool = True
+    """Ask the home router to forward a public UDP port to this node's socket (PCP, or NAT-PMP where
+    the router speaks only that; the default route's gateway, port 5351), renew it at half its
+    lifetime and delete it when the transport stops; its public address is offered to peers first.
+    Where no router answers, nothing else happens (a few datagrams to the gateway every 5 minutes).
+    false: never ask (a router that forwards the port by hand, or `advertise`)."""
+    port_mapping_gateway: str = ""
+    """The router to ask for the mapping (an IPv4 address); empty: the default route's gateway
+    (/proc/net/route)."""
+    port_mapping_lifetime_s: Annotated[int, Meta(ge=60, le=86400)] = 7200
+    """Lifetime asked for the mapping (the router may grant less); it is renewed at half of what was
+    granted, so a node that dies without deleting it leaves it open this long at most."""
+    port_fallback: bool = False
+    """If the port is taken at start: false, the transport refuses to start and says so (`tom node
+    up` checks first); true, it takes the next free port above it (logged, and shown by `tom node
+    status`), which its peers learn when it dials them or from its announcements."""
+    binding_hours: Annotated[float, Meta(gt=0, le=24)] = 24.0
+    """Validity of the transport binding crypto signs; renewed at half-life."""
+    idle_timeout_s: Annotated[float, Meta(gt=1)] = 30.0
+    """A silent connection is dropped after this; keep-alives go out every third of it."""
+    send_delay_ms: Annotated[float, Meta(ge=0, le=10_000)] = 0.0
+    """Hold every outgoing datagram this long (the NAT lab's latency, where the kernel has no
+    netem); 0 in real use."""
+    send_jitter_ms: Annotated[float, Meta(ge=0, le=10_000)] = 0.0
+    """Add to each held datagram a uniformly random extra delay of 0 to this (the NAT lab's jitter:
+    datagrams may be reordered); 0 in real use."""
+    resolve_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    """How long a host name given to transport.connect may take to resolve (in a resolver thread,
+    never on the event loop)."""
+    max_connections: Annotated[int, Meta(ge=1)] = 1024
+    """Authenticated peers connected at once (refused_connections beyond)."""
+    reserved_share: Annotated[float, Meta(ge=0, le=1)] = 0.25
+    """Share of max_connections that strangers (node ids this node never asked for) cannot take:
+    kept for its own dials and the nodes its router asked for, which evict a stranger when none is
+    free (refused_strangers, evicted_strangers)."""
+    stranger_grace_s: Annotated[float, Meta(gt=0)] = 30.0
+    """A stranger that delivered nothing for this long since it connected may be evicted for a new
+    stranger when their share is full."""
+    max_half_open: Annotated[int, Meta(ge=1)] = 64
+    """Connections whose peer has not yet proven its node id (refused_half_open beyond)."""
+    half_open_per_address: Annotated[int, Meta(ge=1)] = 8
+    """Half-open connections one IP address holds without a Retry token (beyond, its Initials get a
+    Retry), and as many again with one (then refused_half_open_per_address)."""
+    retry_above: Annotated[int, Meta(ge=0)] = 32
+    """Half-open connections beyond which every Initial must first answer a QUIC Retry (stateless
+    address validation: a spoofed ClientHello flood keeps no state; retries_sent). 0: always."""
+    stranger_envelopes_per_s: Annotated[float, Meta(gt=0)] = 250.0
+    """Envelopes a stranger (a node id this node never asked for) may send per second, all its
+    connections together, in bursts of 2 s; beyond, its lane is not read and QUIC flow control makes
+    it wait (throttled_strangers)."""
+    stranger_bytes_per_s: Annotated[float, Meta(gt=0)] = 2 * 2**20
+    """Likewise, bytes of envelopes per second (bursts of 2 s, at least two of the largest
+    envelopes)."""
 
-    @field_validator("port_mapping_gateway")
-    @classmethod
-    def _gateway(cls, value: str) -> str:
-        if value and not isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address):
+    def __post_init__(self) -> None:
+        gateway = self.port_mapping_gateway
+        try:
+            ok = not gateway or isinstance(ipaddress.ip_address(gateway), ipaddress.IPv4Address)
+        except ValueError:
+            ok = False
+        if not ok:
             raise ValueError("port_mapping_gateway: an IPv4 address, or empty")
-        return value
-
-    @field_validator("advertise")
-    @classmethod
-    def _advertise(cls, value: list[str]) -> list[str]:
-        for item in value:
-            advertised(item)
-        return value
+        for item in self.advertise:
+            advertised(item)  # its ValueError names the key
 
 
 def advertised(item: str) -> tuple[str, int]:

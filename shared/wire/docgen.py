@@ -3,8 +3,8 @@
 The prose of the document is written by hand; the socket table, the error codes and the
 message tables are generated between ``<!-- BEGIN generated:NAME -->`` and
 ``<!-- END generated:NAME -->`` markers, from :data:`shared.endpoints.SPECS`,
-:data:`ERROR_TEXT` and the registered pydantic models (their docstrings and field
-descriptions). ``python -m shared.wire.docgen FILE`` rewrites FILE; ``--check`` only reports
+:data:`ERROR_TEXT` and the registered models (their docstrings and the docstrings under
+their fields). ``python -m shared.wire.docgen FILE`` rewrites FILE; ``--check`` only reports
 whether it is current (exit 1 if stale); a test runs the check.
 """
 
@@ -18,6 +18,9 @@ import typing
 from collections import defaultdict
 from pathlib import Path
 
+import msgspec
+
+from ..docstrings import attribute_docs
 from ..endpoints import ROLES, SPECS, ipc
 from .errors import ERROR_TEXT
 from .messages import REGISTRY, Message
@@ -43,6 +46,14 @@ def type_name(t: object) -> str:
     if t is type(None):
         return "None"
     return getattr(t, "__name__", str(t))
+
+
+def type_description(t: object) -> str | None:
+    """The description a named type carries (``Annotated[str, Meta(description=...)]``)."""
+    for meta in typing.get_args(t)[1:] if typing.get_origin(t) is typing.Annotated else ():
+        if isinstance(meta, msgspec.Meta) and meta.description:
+            return meta.description
+    return None
 
 
 def first_paragraph(doc: str | None) -> str:
@@ -80,10 +91,13 @@ def message_table(cls: type[Message]) -> str:
     out = [f"#### `{cls.msg_type}` ({kind})", "", first_paragraph(cls.__doc__), ""]
     if cls.blobs:
         out += [f"Blob frames: {cls.blobs}", ""]
-    if cls.model_fields:
+    fields = msgspec.structs.fields(cls)
+    if fields:
+        docs = attribute_docs(cls)
         out += ["| field | type | description |", "|---|---|---|"]
-        for name, info in cls.model_fields.items():
-            out.append(f"| `{name}` | `{type_name(info.annotation)}` | {info.description} |")
+        for info in fields:
+            out.append(f"| `{info.name}` | `{type_name(info.type)}` | "
+                       f"{docs.get(info.name) or type_description(info.type)} |")
     else:
         out.append("Body: an empty map.")
     return "\n".join(out)

@@ -5,7 +5,7 @@ A bus message is one ZeroMQ multipart message::
     [routing frames...] [b""]  -- only on ROUTER/DEALER: identities and an empty delimiter
     [b"tom/1"]                 -- protocol tag and major version
     [header]                   -- msgpack map: msg_type, msg_id, parent_id, src, ts
-    [body]                     -- msgpack map, validated by the msg_type's pydantic model
+    [body]                     -- msgpack map, decoded and checked by the msg_type's model
     [blob] ...                 -- optional raw frames (opaque bytes that are never re-packed)
 
 On PUB/SUB the routing part is replaced by one topic frame equal to the msg_type, so that a
@@ -19,9 +19,11 @@ header first, then the body by msg_type from the registry. Every failure raises
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgpack
-from pydantic import ValidationError
+import msgspec
+from msgspec import Meta
 
 from .errors import DecodeError, ErrorCode
 from .messages import REGISTRY, Message
@@ -41,17 +43,17 @@ MAX_ROUTING_FRAMES = 8
 _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
 
-@dataclass(slots=True)
-class Header:
+class Header(msgspec.Struct, omit_defaults=True):
     """The header frame: which message this is and what it answers."""
 
-    msg_type: str
-    msg_id: bytes
-    parent_id: bytes | None
-    src: str
+    msg_type: Annotated[str, Meta(min_length=1, max_length=MAX_MSG_TYPE_LEN)]
+    msg_id: Annotated[bytes, Meta(min_length=1, max_length=MAX_ID_BYTES)]
+    parent_id: Annotated[bytes, Meta(max_length=MAX_ID_BYTES)] | None
+    src: Annotated[str, Meta(max_length=MAX_SRC_LEN)]
     ts: float
     deadline: float | None = None
-    """Wall-clock time (Unix s) after which the sender no longer waits for a reply."""
+    """Wall-clock time (Unix s) after which the sender no longer waits for a reply (left out
+    of the frame when there is none)."""
 
 
 @dataclass(slots=True)
@@ -63,30 +65,27 @@ class Decoded:
     blobs: tuple[bytes, ...] = ()
 
 
-_EMPTY: dict[type[Message], Message] = {}
-"""Validated bodies of models that accept an empty map, shared (models are immutable)."""
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: dict[type[Message], msgspec.msgpack.Decoder[Message]] = {}
+"""One decoder per model, made at its first use (a service meets a few dozen of them)."""
+
+
+def _decoder(cls: type[Message]) -> msgspec.msgpack.Decoder[Message]:
+    decoder = _DECODERS.get(cls)
+    if decoder is None:
+        decoder = _DECODERS[cls] = msgspec.msgpack.Decoder(cls)
+    return decoder
+
+
+_HEADER_DECODER = msgspec.msgpack.Decoder(Header)
 
 
 def pack_header(header: Header) -> bytes:
-    h = {
-        "msg_type": header.msg_type,
-        "msg_id": header.msg_id,
-        "parent_id": header.parent_id,
-        "src": header.src,
-        "ts": header.ts,
-    }
-    if header.deadline is not None:
-        h["deadline"] = header.deadline
-    return msgpack.packb(h, use_bin_type=True)
+    return _ENCODER.encode(header)
 
 
 def pack_body(body: Message) -> bytes:
-    if not type(body).model_fields:
-        return _PACKED_EMPTY
-    return msgpack.packb(body.model_dump(), use_bin_type=True)
-
-
-_PACKED_EMPTY = msgpack.packb({})
+    return _ENCODER.encode(body)
 
 
 def encode(body: Message, header: Header, blobs: tuple[bytes, ...] = (),
@@ -114,6 +113,15 @@ def decode_header(raw: bytes) -> Header:
     if len(raw) > MAX_HEADER_BYTES:
         raise DecodeError(ErrorCode.TOO_LARGE, f"header of {len(raw)} bytes exceeds "
                           f"{MAX_HEADER_BYTES}")
+    try:
+        return _HEADER_DECODER.decode(raw)
+    except msgspec.DecodeError:  # a bad header: say which part, and answer its msg_id
+        return _header_problem(raw)
+
+
+def _header_problem(raw: bytes) -> Header:
+    """Raise the :class:`DecodeError` that names what is wrong with a header msgspec
+    refused, with the request's msg_id as parent when that part is sound."""
     try:
         h = msgpack.unpackb(raw, raw=False, use_list=False)
     except _UNPACK_ERRORS as e:
@@ -176,22 +184,18 @@ def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYT
     if cls is None:
         raise DecodeError(ErrorCode.UNSUPPORTED, f"unknown msg_type {header.msg_type!r}",
                           parent_id=header.msg_id)
-    try:
-        raw_body = msgpack.unpackb(frames[2], raw=False)
-    except _UNPACK_ERRORS as e:
-        raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not valid "
-                          f"msgpack: {e}", parent_id=header.msg_id) from None
-    if not isinstance(raw_body, dict):
+    raw = frames[2]
+    if not raw or not (0x80 <= raw[0] <= 0x8F or raw[0] in (0xDE, 0xDF)):  # map headers
         raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not a map",
                           parent_id=header.msg_id)
     try:
-        if raw_body:
-            body = cls.model_validate(raw_body)
-        elif (body := _EMPTY.get(cls)) is None:  # type: ignore[assignment]
-            body = _EMPTY[cls] = cls.model_validate(raw_body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise DecodeError(ErrorCode.INVALID, f"{header.msg_type}: {where}: {first['msg']}"
-                          f" ({e.error_count()} error(s))", parent_id=header.msg_id) from None
+        body = _decoder(cls).decode(raw)
+    except msgspec.ValidationError as e:
+        problem, _, where = str(e).partition(" - at `$")
+        where = where.rstrip("`").lstrip(".") or "body"
+        raise DecodeError(ErrorCode.INVALID, f"{header.msg_type}: {where}: {problem}",
+                          parent_id=header.msg_id) from None
+    except msgspec.DecodeError as e:
+        raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not valid "
+                          f"msgpack: {e}", parent_id=header.msg_id) from None
     return Decoded(header, body, tuple(frames[3:]))

@@ -44,7 +44,7 @@ from shared.core import (
     Request,
 )
 from shared.wire import ErrorCode
-from shared.wire.messages import Message
+from shared.wire.messages import Message, as_dict
 from shared.wire.messages import groups as gm
 from shared.wire.messages import router as rm
 
@@ -337,7 +337,7 @@ class GroupsSim:
             self.log.append((src, dst, wire.decode(raw)))
         except wire.BadPayload:
             pass
-        ev = rm.GroupEnvelope(**row.model_dump(exclude={"payload"}))
+        ev = rm.GroupEnvelope(**as_dict(row, exclude={"payload", "read"}))
         if self.lose_events and self.lose_events(dst, ev):
             return
         self.feed(dst, EventReceived(ev, (raw,), "router"))

@@ -83,7 +83,7 @@ def core() -> TransportCore:
 
 
 def connect(c: TransportCore, host: str, ctx: object = "ctx", peer: bytes = A_ID) -> list:  # type: ignore[type-arg]
-    return c.handle(Request(ctx, m.Connect.model_construct(peer=peer, host=host, port=4433)),
+    return c.handle(Request(ctx, m.Connect(peer=peer, host=host, port=4433)),
                     1.0)
 
 

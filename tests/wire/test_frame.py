@@ -6,8 +6,10 @@ import json
 import types
 import typing
 from pathlib import Path
+from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,32 +25,39 @@ from shared.wire import (
     encode,
     split_routing,
 )
-from shared.wire.frame import MAX_BLOBS, MAX_HEADER_BYTES, pack_header
+from shared.wire.frame import (
+    MAX_BLOBS,
+    MAX_HEADER_BYTES,
+    _header_problem,
+    decode_header,
+    pack_header,
+)
 from shared.wire.messages.sys import ErrorReply, Ping, StatusReply
 
 GOLDEN = Path(__file__).parent / "golden" / "frames.json"
 HEADER = Header("sys.ping", bytes(range(16)), None, "tom-cli", 1_700_000_000.5)
 
 
-def strategy(annotation: object, metadata: list[object]) -> st.SearchStrategy[object]:
+def strategy(annotation: object, metas: tuple[msgspec.Meta, ...] = ()) -> st.SearchStrategy[object]:
     """Values for one model field, honouring its length and range constraints."""
-    bounds = {type(m).__name__: m for m in metadata}
-    lo = getattr(bounds.get("MinLen"), "min_length", 0)
-    hi = getattr(bounds.get("MaxLen"), "max_length", 64)
+
+    def bound(name: str, default: Any) -> Any:
+        return next((getattr(m, name) for m in metas if getattr(m, name) is not None), default)
+
+    lo, hi = bound("min_length", 0), bound("max_length", 64)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:  # constraints sit in FieldInfo objects or bare
-        extra = [m for a in args[1:] for m in getattr(a, "metadata", [a])]
-        return strategy(args[0], [*extra, *metadata])
+    if origin is typing.Annotated:  # constraints sit in msgspec.Meta objects
+        return strategy(args[0], (*metas, *(a for a in args[1:] if isinstance(a, msgspec.Meta))))
     if origin in (typing.Union, types.UnionType):
-        return st.one_of(*(strategy(a, metadata) for a in args))
+        return st.one_of(*(strategy(a, metas) for a in args))
     if annotation is type(None):
         return st.none()
     if origin is typing.Literal:
         return st.sampled_from(args)
     if origin is list:
-        return st.lists(strategy(args[0], []), min_size=lo, max_size=min(hi, 4))
+        return st.lists(strategy(args[0]), min_size=lo, max_size=min(hi, 4))
     if origin is dict:
-        return st.dictionaries(st.text(max_size=8), strategy(args[1], []), max_size=4)
+        return st.dictionaries(st.text(max_size=8), strategy(args[1]), max_size=4)
     if annotation is bytes:
         return st.binary(min_size=lo, max_size=hi)
     if annotation is str:
@@ -56,21 +65,19 @@ def strategy(annotation: object, metadata: list[object]) -> st.SearchStrategy[ob
     if annotation is bool:
         return st.booleans()
     if annotation is int:
-        ge = getattr(bounds.get("Ge"), "ge", 0)
-        le = getattr(bounds.get("Le"), "le", 2**64 - 1)
-        return st.integers(ge, le)
+        return st.integers(bound("ge", 0), bound("le", 2**64 - 1))
     if annotation is float:
-        gt = getattr(bounds.get("Gt"), "gt", None)
+        gt = bound("gt", None)
         return st.floats(min_value=0 if gt is None else gt, exclude_min=gt is not None,
-                         max_value=getattr(bounds.get("Le"), "le", 1e12))
+                         max_value=bound("le", 1e12))
     if isinstance(annotation, type) and issubclass(annotation, Message):
         return bodies(annotation)
     raise TypeError(f"no strategy for {annotation!r}")
 
 
 def bodies(cls: type[Message]) -> st.SearchStrategy[Message]:
-    fields = {name: strategy(f.annotation, f.metadata) for name, f in cls.model_fields.items()}
-    return st.fixed_dictionaries(fields).map(cls.model_validate)  # type: ignore[arg-type]
+    fields = {f.name: strategy(f.type) for f in msgspec.structs.fields(cls)}
+    return st.fixed_dictionaries(fields).map(lambda d: msgspec.convert(d, cls))
 
 
 @pytest.mark.parametrize("cls", sorted(REGISTRY.values(), key=lambda c: c.msg_type),
@@ -154,6 +161,48 @@ def test_error_codes() -> None:
                    {"msg_type": "sys.ping", "msg_id": b"1", "ts": "now"},
                    {"msg_type": "sys.ping", "msg_id": b"1", "parent_id": 3}, [1, 2]):
         assert code_of([TAG, msgpack.packb(broken), b"\x80"]) is ErrorCode.MALFORMED
+
+
+ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**40),
+                      st.floats(allow_nan=False), st.binary(max_size=40), st.text(max_size=70))
+EDGES = st.sampled_from([0, 1, 8, 16, 32, 33, 64, 65])
+TEXTS = EDGES.flatmap(lambda n: st.text(st.characters(max_codepoint=127), min_size=n,
+                                        max_size=n))
+BINARIES = EDGES.flatmap(lambda n: st.binary(min_size=n, max_size=n))
+NEAR_VALID = {  # each key's valid values and its edges (empty, one too long)
+    "msg_type": TEXTS, "msg_id": BINARIES, "parent_id": st.none() | BINARIES, "src": TEXTS,
+    "ts": st.floats(allow_nan=False) | st.integers(0, 2**40) | st.booleans() | st.just("1"),
+    "deadline": st.none() | st.floats(allow_nan=False) | st.booleans() | st.just("1"),
+}
+
+
+@st.composite
+def headers(draw: st.DrawFn) -> dict[str, object]:
+    """Header maps close to valid: every key drawn near its valid range, then up to two
+    keys dropped or replaced by a value of any type."""
+    h: dict[str, object] = {k: draw(v) for k, v in NEAR_VALID.items()}
+    for key in draw(st.lists(st.sampled_from([*NEAR_VALID, "other"]), max_size=2)):
+        if draw(st.booleans()):
+            h.pop(key, None)
+        else:
+            h[key] = draw(ANY_VALUE)
+    return h
+
+
+@settings(max_examples=1000, deadline=None)
+@given(headers())
+def test_the_fast_header_decoder_accepts_exactly_what_the_checks_accept(h: dict) -> None:
+    """msgspec decodes headers; only a refused one goes through the checks that name the
+    bad part. Both must agree on every header: the same result, or the same error."""
+
+    def outcome(fn: typing.Callable[[bytes], Header], raw: bytes) -> object:
+        try:
+            return fn(raw)
+        except DecodeError as e:
+            return (e.code, str(e), e.parent_id)
+
+    raw = msgpack.packb(h, use_bin_type=True)
+    assert outcome(decode_header, raw) == outcome(_header_problem, raw)
 
 
 def test_parent_id_survives_body_errors() -> None:

@@ -8,7 +8,9 @@ sender created them). docs/architecture.md, "Backup decisions", has the rules.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from msgspec import Meta
 
 from .base import U64, Message, message
 from .crypto import NodeIdBytes
@@ -19,8 +21,10 @@ from .router import EnvelopeId
 class HoldReply(Message):
     """The envelope is stored (committed) here, or was already."""
 
-    expires_ms: U64 = Field(description="When this node deletes it, Unix ms.")
-    already: bool = Field(description="It was held before (the request changed nothing).")
+    expires_ms: U64
+    """When this node deletes it, Unix ms."""
+    already: bool
+    """It was held before (the request changed nothing)."""
 
 
 @message("backup.hold", "request", reply=HoldReply,
@@ -31,23 +35,24 @@ class Hold(Message):
     or no expiry left), `bad_signature`, `expired`, `too_large`, or `overloaded` (its
     origin's share or the store is full: the origin may try another holder)."""
 
-    expires_ms: U64 = Field(description="The message's absolute expiry, Unix ms; cut to "
-                            "24 h after the envelope's signed timestamp (a copy never lives "
-                            "longer than the original).")
-    hop: NodeIdBytes | None = Field(None, description="The peer that handed it over, which "
-                                    "its quota share is charged to (connections cost, node "
-                                    "ids do not); default: the envelope's sender.")
-    holders: list[NodeIdBytes] = Field(default_factory=list, max_length=8, description="The "
-                                       "nodes meant to hold it (this one among them): when "
-                                       "fewer of them stay reachable than there are copies "
-                                       "to keep, this holder hands a copy to the next one.")
+    expires_ms: U64
+    """The message's absolute expiry, Unix ms; cut to 24 h after the envelope's signed timestamp (a
+    copy never lives longer than the original)."""
+    hop: NodeIdBytes | None = None
+    """The peer that handed it over, which its quota share is charged to (connections cost, node ids
+    do not); default: the envelope's sender."""
+    holders: Annotated[list[NodeIdBytes], Meta(max_length=8)] = []
+    """The nodes meant to hold it (this one among them): when fewer of them stay reachable than
+    there are copies to keep, this holder hands a copy to the next one."""
 
 
 class HeldEnvelope(Message):
     """One envelope held for a recipient (its bytes are the blob of the same index)."""
 
-    id: EnvelopeId = Field(description="Envelope id.")
-    origin: NodeIdBytes = Field(description="Who sent (and signed) it.")
+    id: EnvelopeId
+    """Envelope id."""
+    origin: NodeIdBytes
+    """Who sent (and signed) it."""
     expires_ms: U64
 
 
@@ -56,7 +61,8 @@ class PendingReply(Message):
     """The envelopes held for the recipient, oldest first; one blob per entry."""
 
     envelopes: list[HeldEnvelope]
-    more: bool = Field(description="More are held than `limit`.")
+    more: bool
+    """More are held than `limit`."""
 
 
 @message("backup.pending", "request", reply=PendingReply)
@@ -64,15 +70,16 @@ class Pending(Message):
     """What this node holds for ``recipient`` (to deliver when it is back)."""
 
     recipient: NodeIdBytes
-    limit: int = Field(16, ge=1, le=16, description="At most this many (one blob each: a "
-                       "bus message carries 16).")
+    limit: Annotated[int, Meta(ge=1, le=16)] = 16
+    """At most this many (one blob each: a bus message carries 16)."""
 
 
 @message("backup.delivered_reply", "reply")
 class DeliveredReply(Message):
     """The copy is deleted (or was not held); the ACK is kept for its origin."""
 
-    deleted: bool = Field(description="A held copy was deleted now.")
+    deleted: bool
+    """A held copy was deleted now."""
 
 
 @message("backup.delivered", "request", reply=DeliveredReply,
@@ -97,8 +104,8 @@ class Receipts(Message):
     """The delivery ACKs this node keeps for ``origin`` (to hand to it when it is back)."""
 
     origin: NodeIdBytes
-    limit: int = Field(16, ge=1, le=16, description="At most this many (one blob each: a "
-                       "bus message carries 16).")
+    limit: Annotated[int, Meta(ge=1, le=16)] = 16
+    """At most this many (one blob each: a bus message carries 16)."""
 
 
 class Usage(Message):
@@ -118,8 +125,10 @@ class SummaryReply(Message):
     receipts: int
     capacity_bytes: int
     capacity_messages: int
-    origins: list[Usage] = Field(description="Who stores here, most first (at most 50).")
-    recipients: list[Usage] = Field(description="For whom, most first (at most 50).")
+    origins: list[Usage]
+    """Who stores here, most first (at most 50)."""
+    recipients: list[Usage]
+    """For whom, most first (at most 50)."""
 
 
 @message("backup.summary", "request", reply=SummaryReply)

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from msgspec import Meta
 
 from .base import U64, Message, message
 
-NodeIdBytes = Annotated[bytes, Field(min_length=32, max_length=32)]
-Key32 = Annotated[bytes, Field(min_length=32, max_length=32)]
+NodeIdBytes = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Key32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
 
 
 @message("crypto.node_id_reply", "reply")
 class NodeIdReply(Message):
     """The node's identity."""
 
-    node_id: NodeIdBytes = Field(description="32-byte Ed25519 public key: the NodeId.")
+    node_id: NodeIdBytes
+    """32-byte Ed25519 public key: the NodeId."""
 
 
 @message("crypto.node_id", "request", reply=NodeIdReply)
@@ -30,15 +31,22 @@ class NodeId(Message):
 class EnvelopeInfo(Message):
     """The clear fields of an envelope (its header), as reported after verification."""
 
-    id: bytes = Field(description="16-byte envelope id.")
-    sender: NodeIdBytes = Field(description="The envelope's `from`: the signing node.")
-    to: NodeIdBytes = Field(description="Final recipient.")
-    via: list[NodeIdBytes] = Field(default_factory=list, description="Relay chain, first "
-                                   "hop first.")
-    envelope_type: str = Field(description="The envelope's msg_type, e.g. `Chat`.")
-    timestamp_ms: U64 = Field(description="Sender's creation time, Unix milliseconds.")
-    ttl: U64 = Field(description="Remaining hop budget.")
-    encrypted: bool = Field(description="Whether the payload was end-to-end encrypted.")
+    id: bytes
+    """16-byte envelope id."""
+    sender: NodeIdBytes
+    """The envelope's `from`: the signing node."""
+    to: NodeIdBytes
+    """Final recipient."""
+    via: list[NodeIdBytes] = []
+    """Relay chain, first hop first."""
+    envelope_type: str
+    """The envelope's msg_type, e.g. `Chat`."""
+    timestamp_ms: U64
+    """Sender's creation time, Unix milliseconds."""
+    ttl: U64
+    """Remaining hop budget."""
+    encrypted: bool
+    """Whether the payload was end-to-end encrypted."""
 
 
 @message("crypto.sign_reply", "reply", blobs="1: the signed envelope")
@@ -56,7 +64,8 @@ class Sign(Message):
 class SealReply(Message):
     """The new envelope, encrypted (if asked) and signed."""
 
-    id: bytes = Field(description="The new envelope's id.")
+    id: bytes
+    """The new envelope's id."""
 
 
 @message("crypto.seal", "request", reply=SealReply, blobs="1: the payload (plaintext); 2: "
@@ -66,16 +75,20 @@ class Seal(Message):
     """Build an envelope from this node: encrypt the payload to `to` (encrypt-then-sign)
     unless `encrypt` is false, then sign it."""
 
-    to: NodeIdBytes = Field(description="Recipient node id.")
-    envelope_type: str = Field(min_length=1, max_length=32,
-                               description="The envelope's msg_type, e.g. `Chat`.")
-    via: list[NodeIdBytes] = Field(default_factory=list, max_length=4,
-                                   description="Relay chain (at most 4).")
-    ttl: int = Field(4, ge=0, le=4, description="Hop budget (at most 4).")
-    encrypt: bool = Field(True, description="Encrypt the payload end to end.")
-    timestamp_ms: U64 | None = Field(None, description="Creation time; default: now.")
-    id: bytes | None = Field(None, min_length=16, max_length=16,
-                             description="Envelope id; default: 16 random bytes.")
+    to: NodeIdBytes
+    """Recipient node id."""
+    envelope_type: Annotated[str, Meta(min_length=1, max_length=32)]
+    """The envelope's msg_type, e.g. `Chat`."""
+    via: Annotated[list[NodeIdBytes], Meta(max_length=4)] = []
+    """Relay chain (at most 4)."""
+    ttl: Annotated[int, Meta(ge=0, le=4)] = 4
+    """Hop budget (at most 4)."""
+    encrypt: bool = True
+    """Encrypt the payload end to end."""
+    timestamp_ms: U64 | None = None
+    """Creation time; default: now."""
+    id: Annotated[bytes, Meta(min_length=16, max_length=16)] | None = None
+    """Envelope id; default: 16 random bytes."""
 
 
 @message("crypto.open_reply", "reply", blobs="1: the payload (plaintext); 2: the signed "
@@ -98,9 +111,9 @@ class Open(Message):
     for it. An implementation that ignores `ack_via` answers with one blob; the router
     then seals the ACK itself."""
 
-    ack_via: list[NodeIdBytes] | None = Field(
-        None, max_length=4, description="Relay chain for the ACK (usually the envelope's "
-        "`via` reversed; `[]`: direct). Omitted: no ACK.")
+    ack_via: Annotated[list[NodeIdBytes], Meta(max_length=4)] | None = None
+    """Relay chain for the ACK (usually the envelope's `via` reversed; `[]`: direct). Omitted: no
+    ACK."""
 
 
 @message("crypto.verify_reply", "reply")
@@ -123,16 +136,20 @@ class GroupSealReply(Message):
 class GroupSeal(Message):
     """Encrypt a group message with a sender key and sign it."""
 
-    group_id: str = Field(min_length=1, max_length=64, description="The group's id.")
-    key: Key32 = Field(description="The 32-byte sender key (XChaCha20-Poly1305).")
+    group_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    """The group's id."""
+    key: Key32
+    """The 32-byte sender key (XChaCha20-Poly1305)."""
 
 
 @message("crypto.group_open_reply", "reply", blobs="1: the plaintext")
 class GroupOpenReply(Message):
     """The group message's sender (verified) and its plaintext."""
 
-    group_id: str = Field(description="The group's id.")
-    sender: NodeIdBytes = Field(description="The node that signed the message.")
+    group_id: str
+    """The group's id."""
+    sender: NodeIdBytes
+    """The node that signed the message."""
 
 
 @message("crypto.group_open", "request", reply=GroupOpenReply,
@@ -141,16 +158,20 @@ class GroupOpen(Message):
     """Verify a group message's signature, check that it is from `sender` in `group_id`
     (`bad_signature` otherwise), then decrypt it with that sender's key."""
 
-    group_id: str = Field(min_length=1, max_length=64, description="The expected group.")
-    sender: NodeIdBytes = Field(description="The member whose sender key `key` is.")
-    key: Key32 = Field(description="The sender key of that member.")
+    group_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    """The expected group."""
+    sender: NodeIdBytes
+    """The member whose sender key `key` is."""
+    key: Key32
+    """The sender key of that member."""
 
 
 @message("crypto.bind_transport_reply", "reply")
 class BindTransportReply(Message):
     """The signed binding, to be shown to peers inside the QUIC connection."""
 
-    binding: bytes = Field(description="Encoded transport binding (see §8.5).")
+    binding: bytes
+    """Encoded transport binding (see §8.5)."""
 
 
 @message("crypto.bind_transport", "request", reply=BindTransportReply)
@@ -158,6 +179,7 @@ class BindTransport(Message):
     """Sign a statement that `transport_key` speaks for this node until `not_after_s`,
     which must lie in the next 7 days (`invalid` otherwise)."""
 
-    transport_key: bytes = Field(min_length=1, max_length=512,
-                                 description="The transport's public key (e.g. its TLS key).")
-    not_after_s: U64 = Field(description="Expiry, Unix seconds.")
+    transport_key: Annotated[bytes, Meta(min_length=1, max_length=512)]
+    """The transport's public key (e.g. its TLS key)."""
+    not_after_s: U64
+    """Expiry, Unix seconds."""

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from msgspec import Meta
 
 from .base import U64, Message, message
 from .crypto import NodeIdBytes
 
-GroupId = Annotated[str, Field(min_length=1, max_length=64, description="Lowercase letters, "
+GroupId = Annotated[str, Meta(min_length=1, max_length=64, description="Lowercase letters, "
                                                                      "digits and `-`.")]
-MessageId = Annotated[bytes, Field(min_length=16, max_length=16)]
+MessageId = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Role = Literal["admin", "member"]
-GroupName = Annotated[str, Field(min_length=1, max_length=64)]
+GroupName = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class Member(Message):
     """One member of a group."""
 
     node_id: NodeIdBytes
-    role: Role = Field(description="`admin`s invite, kick and change roles; `member`s send.")
-    joined_ms: U64 = Field(description="When the hub admitted it, Unix milliseconds.")
+    role: Role
+    """`admin`s invite, kick and change roles; `member`s send."""
+    joined_ms: U64
+    """When the hub admitted it, Unix milliseconds."""
 
 
 class GroupInfo(Message):
@@ -29,15 +31,21 @@ class GroupInfo(Message):
 
     group_id: GroupId
     name: GroupName
-    hub: NodeIdBytes = Field(description="The node that orders and fans out its messages.")
-    term: U64 = Field(description="The hub's term: it grows by one at every hub change.")
-    seq: U64 = Field(description="Last entry of the group's log this node has applied.")
+    hub: NodeIdBytes
+    """The node that orders and fans out its messages."""
+    term: U64
+    """The hub's term: it grows by one at every hub change."""
+    seq: U64
+    """Last entry of the group's log this node has applied."""
     members: list[Member]
-    invite_only: bool = Field(description="Only invited nodes may join.")
-    max_members: int = Field(description="Member limit.")
-    successors: list[NodeIdBytes] = Field(description="Who takes over, in order, when the "
-                                          "hub goes silent.")
-    member: bool = Field(description="Whether this node is a member (a hub need not be).")
+    invite_only: bool
+    """Only invited nodes may join."""
+    max_members: int
+    """Member limit."""
+    successors: list[NodeIdBytes]
+    """Who takes over, in order, when the hub goes silent."""
+    member: bool
+    """Whether this node is a member (a hub need not be)."""
 
 
 class Invite(Message):
@@ -47,7 +55,8 @@ class Invite(Message):
     name: GroupName
     hub: NodeIdBytes
     inviter: NodeIdBytes
-    expires_ms: U64 = Field(description="After this it can no longer be accepted.")
+    expires_ms: U64
+    """After this it can no longer be accepted."""
 
 
 @message("groups.create_reply", "reply")
@@ -64,10 +73,12 @@ class Create(Message):
     node; it need not be a member), and invite `members`."""
 
     name: GroupName
-    members: list[NodeIdBytes] = Field(default_factory=list, max_length=200,
-                                       description="Nodes to invite.")
-    hub: NodeIdBytes | None = Field(None, description="The hub; default this node.")
-    invite_only: bool = Field(True, description="Only invited nodes may join.")
+    members: Annotated[list[NodeIdBytes], Meta(max_length=200)] = []
+    """Nodes to invite."""
+    hub: NodeIdBytes | None = None
+    """The hub; default this node."""
+    invite_only: bool = True
+    """Only invited nodes may join."""
 
 
 @message("groups.done_reply", "reply")
@@ -88,8 +99,8 @@ class Join(Message):
     """Accept an invitation, or join an open group through its hub."""
 
     group_id: GroupId
-    hub: NodeIdBytes | None = Field(None, description="The hub, when there is no "
-                                    "invitation for the group.")
+    hub: NodeIdBytes | None = None
+    """The hub, when there is no invitation for the group."""
 
 
 @message("groups.decline", "request", reply=Done)
@@ -148,19 +159,21 @@ class Send(Message):
     """Send a message to a group."""
 
     group_id: GroupId
-    id: MessageId | None = Field(None, description="Chosen by the app so that a re-send is "
-                                 "idempotent; default: random.")
+    id: MessageId | None = None
+    """Chosen by the app so that a re-send is idempotent; default: random."""
 
 
 class GroupMessage(Message):
     """A group message, decrypted and verified (the text travels as a blob)."""
 
     group_id: GroupId
-    seq: U64 = Field(description="Its place in the group's order: the same on every member.")
+    seq: U64
+    """Its place in the group's order: the same on every member."""
     id: MessageId
-    sender: NodeIdBytes = Field(description="Verified: signed by it, a member when the hub "
-                                "ordered it.")
-    timestamp_ms: U64 = Field(description="When the hub ordered it.")
+    sender: NodeIdBytes
+    """Verified: signed by it, a member when the hub ordered it."""
+    timestamp_ms: U64
+    """When the hub ordered it."""
 
 
 class StoredMessage(GroupMessage):
@@ -173,9 +186,11 @@ class HistoryReply(Message):
     it joined, or whose key never came) are left out."""
 
     messages: list[StoredMessage]
-    seq: U64 = Field(description="The last log entry this node has.")
-    last: U64 = Field(0, description="The last message looked at (shown or left out): ask "
-                      "again after it; `seq` when there is nothing more.")
+    seq: U64
+    """The last log entry this node has."""
+    last: U64 = 0
+    """The last message looked at (shown or left out): ask again after it; `seq` when there is
+    nothing more."""
 
 
 @message("groups.history", "request", reply=HistoryReply)
@@ -183,8 +198,9 @@ class History(Message):
     """Messages of a group (the log keeps 24 h)."""
 
     group_id: GroupId
-    after: U64 = Field(0, description="Last seq already shown.")
-    limit: int = Field(100, ge=1, le=1000)
+    after: U64 = 0
+    """Last seq already shown."""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
 
 
 @message("groups.message", "event", blobs="1: the text (UTF-8)")
@@ -212,8 +228,8 @@ class GroupChanged(Message):
     change: Literal["created", "joined", "hub", "left", "removed"]
     hub: NodeIdBytes
     term: U64
-    seq: U64 = Field(0, description="For `hub`: the log entry that opened the term (no "
-                     "message has that seq).")
+    seq: U64 = 0
+    """For `hub`: the log entry that opened the term (no message has that seq)."""
 
 
 @message("groups.invited", "event")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from msgspec import Meta
 
 from .base import U64, Message, message
 from .crypto import NodeIdBytes
 
-EnvelopeId = Annotated[bytes, Field(min_length=16, max_length=16)]
+EnvelopeId = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Status = Literal["pending", "sent", "relayed", "delivered", "read", "failed"]
 """Message status as the sender sees it: `pending` (accepted and stored, not yet handed to a
 peer), `sent` (handed to the first hop), `relayed` (a relay forwarded it), `delivered` (the
@@ -22,7 +22,8 @@ not delivered yet may carry a reason too (why it waits: docs/protocol.md §8.7).
 class NodeInfoReply(Message):
     """Who this node is, as the router knows it."""
 
-    node_id: bytes = Field(description="32-byte NodeId, obtained from the crypto service.")
+    node_id: bytes
+    """32-byte NodeId, obtained from the crypto service."""
 
 
 @message("router.node_info", "request", reply=NodeInfoReply)
@@ -46,8 +47,10 @@ class Deliver(Message):
     `deliveries_refused`. The router answers once it has taken the envelope (verified,
     rejected, queued for forwarding or stored); rejections are counted, not returned."""
 
-    peer: NodeIdBytes = Field(description="The peer it came from (the last hop).")
-    path: str = Field(description="`direct` or `relayed`.")
+    peer: NodeIdBytes
+    """The peer it came from (the last hop)."""
+    path: str
+    """`direct` or `relayed`."""
 
 
 # -- the app API ------------------------------------------------------------------------------
@@ -57,7 +60,8 @@ class SendReply(Message):
     """The message is stored (it survives a router restart) and will be retried until it
     is delivered or fails; its status changes arrive as `router.status` events."""
 
-    id: EnvelopeId = Field(description="The message's envelope id.")
+    id: EnvelopeId
+    """The message's envelope id."""
 
 
 @message("router.send", "request", reply=SendReply, blobs="1: the payload (plaintext)")
@@ -67,26 +71,27 @@ class Send(Message):
     `invalid` (sending to ourselves, no blob), `too_large` (payload over 200 KiB) or
     `overloaded` (too many undelivered messages)."""
 
-    to: NodeIdBytes = Field(description="Recipient node id.")
-    id: EnvelopeId | None = Field(None, description="Envelope id chosen by the app (16 "
-                                  "bytes), so that re-sending after a lost reply is "
-                                  "idempotent; default: a fresh random id.")
-    encrypt: bool = Field(True, description="Encrypt end to end.")
-    groups: bool = Field(False, description="For the recipient's groups service (envelope "
-                         "type `Group`) instead of its apps (`Chat`); only the groups service "
-                         "may send these (`forbidden` to other bus keys).")
-    lifetime_s: float | None = Field(None, gt=0, le=86_400, description="Fail it if it is "
-                                     "not acknowledged within this many seconds; default "
-                                     "`[router] message_lifetime_s`.")
-    signal: bool = Field(False, description="With `groups`: send it once, now, along the "
-                         "path of the moment (envelope type `GroupSignal`): not stored, not "
-                         "retried, not acknowledged, not kept in the recipient's inbox "
-                         "(liveness beats and probes). No status events.")
-    relay: NodeIdBytes | None = Field(None, description="A node to relay through while "
-                                      "this router knows no path to `to` of its own (the "
-                                      "groups service names a group's hub, which every "
-                                      "member reaches): the path the router finds is used "
-                                      "first, always.")
+    to: NodeIdBytes
+    """Recipient node id."""
+    id: EnvelopeId | None = None
+    """Envelope id chosen by the app (16 bytes), so that re-sending after a lost reply is
+    idempotent; default: a fresh random id."""
+    encrypt: bool = True
+    """Encrypt end to end."""
+    groups: bool = False
+    """For the recipient's groups service (envelope type `Group`) instead of its apps (`Chat`); only
+    the groups service may send these (`forbidden` to other bus keys)."""
+    lifetime_s: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+    """Fail it if it is not acknowledged within this many seconds; default `[router]
+    message_lifetime_s`."""
+    signal: bool = False
+    """With `groups`: send it once, now, along the path of the moment (envelope type `GroupSignal`):
+    not stored, not retried, not acknowledged, not kept in the recipient's inbox (liveness beats and
+    probes). No status events."""
+    relay: NodeIdBytes | None = None
+    """A node to relay through while this router knows no path to `to` of its own (the groups
+    service names a group's hub, which every member reaches): the path the router finds is used
+    first, always."""
 
 
 @message("router.read_reply", "reply")
@@ -102,59 +107,75 @@ class Read(Message):
     receipt to the sender. Idempotent: a message marked read before is answered again with
     no second receipt. Fails with `invalid` for a message that is not in the inbox."""
 
-    id: EnvelopeId = Field(description="The received message's envelope id.")
-    sender: NodeIdBytes = Field(description="Who sent it.")
+    id: EnvelopeId
+    """The received message's envelope id."""
+    sender: NodeIdBytes
+    """Who sent it."""
 
 
 class MessageState(Message):
     """Where one sent message stands."""
 
-    id: EnvelopeId = Field(description="Envelope id.")
-    to: NodeIdBytes = Field(description="Recipient.")
-    status: Status = Field(description="See `router.status`.")
-    reason: str = Field("", description="Why it failed; or, not delivered yet, why it "
-                        "waits (no route, the last dial's failure, the recipient offline "
-                        "and where the message is held until when); empty otherwise.")
-    updated_ms: U64 = Field(description="When the status last changed, Unix milliseconds.")
-    held_by: int = Field(0, description="Holders that confirmed they keep a copy for the "
-                         "recipient (backup hand-off), until it is delivered or expires.")
+    id: EnvelopeId
+    """Envelope id."""
+    to: NodeIdBytes
+    """Recipient."""
+    status: Status
+    """See `router.status`."""
+    reason: str = ""
+    """Why it failed; or, not delivered yet, why it waits (no route, the last dial's failure, the
+    recipient offline and where the message is held until when); empty otherwise."""
+    updated_ms: U64
+    """When the status last changed, Unix milliseconds."""
+    held_by: int = 0
+    """Holders that confirmed they keep a copy for the recipient (backup hand-off), until it is
+    delivered or expires."""
 
 
 @message("router.outbox_reply", "reply")
 class OutboxReply(Message):
     """The statuses asked for (unknown ids are left out)."""
 
-    messages: list[MessageState] = Field(description="One per known id.")
+    messages: list[MessageState]
+    """One per known id."""
 
 
 @message("router.outbox", "request", reply=OutboxReply)
 class Outbox(Message):
     """Statuses of sent messages: those listed, or (no ids) the most recent ones."""
 
-    ids: list[EnvelopeId] = Field(default_factory=list, max_length=1000,
-                                  description="Message ids; empty: the latest `limit`.")
-    limit: int = Field(100, ge=1, le=1000, description="How many, when no ids are given.")
+    ids: Annotated[list[EnvelopeId], Meta(max_length=1000)] = []
+    """Message ids; empty: the latest `limit`."""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    """How many, when no ids are given."""
 
 
 class Received(Message):
     """A message received, verified and decrypted (the payload travels as a blob)."""
 
-    seq: U64 = Field(description="Position in this node's inbox, increasing: an app that "
-                     "remembers the last one it handled fetches from there after a gap.")
-    id: EnvelopeId = Field(description="Envelope id.")
-    sender: NodeIdBytes = Field(description="Who sent it (its signature verified).")
-    timestamp_ms: U64 = Field(description="The sender's creation time, Unix milliseconds.")
-    encrypted: bool = Field(description="Whether it was end-to-end encrypted.")
-    relayed: bool = Field(description="Whether it came through one or more relays.")
-    verified: bool = Field(True, description="Always true: unsigned or forged envelopes "
-                           "never reach an app.")
+    seq: U64
+    """Position in this node's inbox, increasing: an app that remembers the last one it handled
+    fetches from there after a gap."""
+    id: EnvelopeId
+    """Envelope id."""
+    sender: NodeIdBytes
+    """Who sent it (its signature verified)."""
+    timestamp_ms: U64
+    """The sender's creation time, Unix milliseconds."""
+    encrypted: bool
+    """Whether it was end-to-end encrypted."""
+    relayed: bool
+    """Whether it came through one or more relays."""
+    verified: bool = True
+    """Always true: unsigned or forged envelopes never reach an app."""
 
 
 class Stored(Received):
     """A received message with its payload (plaintext)."""
 
     payload: bytes
-    read: bool = Field(False, description="Whether an app marked it read (`router.read`).")
+    read: bool = False
+    """Whether an app marked it read (`router.read`)."""
 
 
 @message("router.inbox_reply", "reply")
@@ -163,48 +184,57 @@ class InboxReply(Message):
     about 1 MiB of payload per reply (always at least one)."""
 
     messages: list[Stored]
-    tail: U64 = Field(0, description="The seq of the newest message in the inbox (0 if "
-                      "none): where an app that wants only new messages starts.")
-    unread: U64 = Field(0, description="How many messages in the inbox are not marked read "
-                        "(all of them, not only those after `after`; 0 with `groups`).")
+    tail: U64 = 0
+    """The seq of the newest message in the inbox (0 if none): where an app that wants only new
+    messages starts."""
+    unread: U64 = 0
+    """How many messages in the inbox are not marked read (all of them, not only those after
+    `after`; 0 with `groups`)."""
 
 
 @message("router.inbox", "request", reply=InboxReply)
 class Inbox(Message):
     """Received messages with `seq` above `after` (the inbox keeps 24 h)."""
 
-    after: U64 = Field(0, description="Last seq already handled; 0: from the start.")
-    limit: int = Field(100, ge=1, le=1000, description="At most this many.")
-    groups: bool = Field(False, description="Read the groups service's envelopes instead of "
-                         "the apps' messages (`forbidden` to other bus keys); both share one "
-                         "seq.")
-    unread: bool = Field(False, description="Only messages not marked read (`router.read`): "
-                         "what arrived while no app showed it.")
-    newest: bool = Field(False, description="The newest `limit` messages after `after` "
-                         "instead of the oldest (still in seq order; the 1 MiB bound then "
-                         "drops the oldest): an app that shows only the latest page of a long "
-                         "backlog.")
+    after: U64 = 0
+    """Last seq already handled; 0: from the start."""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    """At most this many."""
+    groups: bool = False
+    """Read the groups service's envelopes instead of the apps' messages (`forbidden` to other bus
+    keys); both share one seq."""
+    unread: bool = False
+    """Only messages not marked read (`router.read`): what arrived while no app showed it."""
+    newest: bool = False
+    """The newest `limit` messages after `after` instead of the oldest (still in seq order; the 1
+    MiB bound then drops the oldest): an app that shows only the latest page of a long backlog."""
 
 
 class PeerEntry(Message):
     """A node this router knows about."""
 
     node_id: NodeIdBytes
-    username: str = Field("", description="From its signed announcement.")
-    status: Literal["online", "stale", "offline"] = Field(
-        description="`online`: connected or heard from in the last 20 s; `stale`: silent "
-        "20-45 s; `offline`: longer (forgotten after an hour, unless it is a bootstrap peer "
-        "or a node this node has sent to).")
-    connected: bool = Field(description="A transport connection to it is up.")
-    path: Literal["direct", "relayed", "none"] = Field(
-        "none", description="How a message to it would travel now: over a direct connection, "
-        "through relays (`route`), or not at all yet.")
-    route: list[NodeIdBytes] = Field(default_factory=list, description="Relays a message "
-                                     "to it would go through now (empty: direct or none).")
-    host: str = Field("", description="Last known address.")
-    port: int = Field(0, description="Last known port.")
-    rtt_ms: float | None = Field(None, description="Transport RTT when connected.")
-    last_seen_ms: U64 = Field(0, description="Last time we heard from or about it.")
+    username: str = ""
+    """From its signed announcement."""
+    status: Literal["online", "stale", "offline"]
+    """`online`: connected or heard from in the last 20 s; `stale`: silent 20-45 s; `offline`:
+    longer (forgotten after an hour, unless it is a bootstrap peer or a node this node has sent to).
+    """
+    connected: bool
+    """A transport connection to it is up."""
+    path: Literal["direct", "relayed", "none"] = "none"
+    """How a message to it would travel now: over a direct connection, through relays (`route`), or
+    not at all yet."""
+    route: list[NodeIdBytes] = []
+    """Relays a message to it would go through now (empty: direct or none)."""
+    host: str = ""
+    """Last known address."""
+    port: int = 0
+    """Last known port."""
+    rtt_ms: float | None = None
+    """Transport RTT when connected."""
+    last_seen_ms: U64 = 0
+    """Last time we heard from or about it."""
 
 
 @message("router.peers_reply", "reply")
@@ -230,8 +260,8 @@ class AddPeer(Message):
     the rest of the network through it."""
 
     node_id: NodeIdBytes
-    host: str = Field(min_length=1, max_length=255)
-    port: int = Field(ge=1, le=65535)
+    host: Annotated[str, Meta(min_length=1, max_length=255)]
+    port: Annotated[int, Meta(ge=1, le=65535)]
 
 
 @message("router.message", "event", blobs="1: the payload (plaintext)")
@@ -254,8 +284,10 @@ class Confirmation(Message):
     message this node may hold for someone (backup), confirming that it arrived. Its
     signature is verified; the backup service checks that it names a copy it holds."""
 
-    sender: NodeIdBytes = Field(description="Who signed it (the recipient of the message).")
-    to: NodeIdBytes = Field(description="Whom it is addressed to (the message's sender).")
+    sender: NodeIdBytes
+    """Who signed it (the recipient of the message)."""
+    to: NodeIdBytes
+    """Whom it is addressed to (the message's sender)."""
 
 
 @message("router.pass_on_reply", "reply")
@@ -302,13 +334,14 @@ class StatusChanged(Message):
     id: EnvelopeId
     to: NodeIdBytes
     status: Status
-    reason: str = Field("", description="`failed`: why (final). Before `delivered`: why "
-                        "it waits, as soon as the router knows (`unreachable: no route "
-                        "...`, `unreachable: nothing listening at ...`, `dns: ...`, "
-                        "`recipient offline: held for delivery until ..., on this node and "
-                        "by N holders`); empty once it moved on. docs/protocol.md §8.7.")
-    held_by: int = Field(0, description="Holders keeping a copy for the recipient (backup "
-                         "hand-off); a status event with the same status says it grew.")
+    reason: str = ""
+    """`failed`: why (final). Before `delivered`: why it waits, as soon as the router knows
+    (`unreachable: no route ...`, `unreachable: nothing listening at ...`, `dns: ...`, `recipient
+    offline: held for delivery until ..., on this node and by N holders`); empty once it moved on.
+    docs/protocol.md §8.7."""
+    held_by: int = 0
+    """Holders keeping a copy for the recipient (backup hand-off); a status event with the same
+    status says it grew."""
 
 
 @message("router.peer", "event")
@@ -327,6 +360,7 @@ class PathChanged(Message):
 
     node_id: NodeIdBytes
     path: Literal["direct", "relayed", "none"]
-    route: list[NodeIdBytes] = Field(default_factory=list, description="The relays, when "
-                                     "relayed.")
-    rtt_ms: float | None = Field(None, description="Transport RTT of a direct path.")
+    route: list[NodeIdBytes] = []
+    """The relays, when relayed."""
+    rtt_ms: float | None = None
+    """Transport RTT of a direct path."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from msgspec import Meta
 
 from .base import U64, Message, message
 
@@ -11,19 +13,24 @@ from .base import U64, Message, message
 class ErrorReply(Message):
     """The reply to any request that failed. Sent instead of the request's own reply."""
 
-    code: int = Field(ge=0, le=65535, description="Numeric error code (see the error code "
-                      "table).")
-    name: str = Field(description="Lowercase name of the code, e.g. `unsupported`.")
-    message: str = Field(description="What went wrong, written for the person who reads it.")
+    code: Annotated[int, Meta(ge=0, le=65535)]
+    """Numeric error code (see the error code table)."""
+    name: str
+    """Lowercase name of the code, e.g. `unsupported`."""
+    message: str
+    """What went wrong, written for the person who reads it."""
 
 
 @message("sys.ping_reply", "reply")
 class PingReply(Message):
     """Answer to `sys.ping`: the service is alive and serving its request socket."""
 
-    service: str = Field(description="Role of the answering service, e.g. `router`.")
-    impl: str = Field(description="Name and version of the implementation.")
-    pid: U64 = Field(description="Operating-system process id of the service.")
+    service: str
+    """Role of the answering service, e.g. `router`."""
+    impl: str
+    """Name and version of the implementation."""
+    pid: U64
+    """Operating-system process id of the service."""
 
 
 @message("sys.ping", "request", reply=PingReply)
@@ -35,27 +42,29 @@ class Ping(Message):
 class StatusReply(Message):
     """Counters and queue depths of one service."""
 
-    service: str = Field(description="Role of the answering service.")
-    impl: str = Field(description="Name and version of the implementation.")
-    pid: U64 = Field(description="Operating-system process id.")
-    uptime_s: float = Field(ge=0, allow_inf_nan=False,
-                            description="Seconds since the service started.")
-    frames_in: U64 = Field(description="Messages received on all bus sockets.")
-    frames_out: U64 = Field(description="Messages sent on all bus sockets.")
-    decode_errors: U64 = Field(
-        description="Received messages rejected before reaching the core "
-        "(malformed, bad tag, oversize, unknown msg_type, invalid body)."
-    )
-    drops: U64 = Field(description="Outgoing messages dropped (peer gone or its queue full).")
-    errors: dict[str, U64] = Field(
-        default_factory=dict, description="Error replies sent, by error name."
-    )
-    queues: dict[str, U64] = Field(
-        default_factory=dict, description="Current depth of each bounded queue."
-    )
-    counters: dict[str, U64] = Field(
-        default_factory=dict, description="Service-specific counters."
-    )
+    service: str
+    """Role of the answering service."""
+    impl: str
+    """Name and version of the implementation."""
+    pid: U64
+    """Operating-system process id."""
+    uptime_s: Annotated[float, Meta(ge=0)]
+    """Seconds since the service started."""
+    frames_in: U64
+    """Messages received on all bus sockets."""
+    frames_out: U64
+    """Messages sent on all bus sockets."""
+    decode_errors: U64
+    """Received messages rejected before reaching the core (malformed, bad tag, oversize, unknown
+    msg_type, invalid body)."""
+    drops: U64
+    """Outgoing messages dropped (peer gone or its queue full)."""
+    errors: dict[str, U64] = {}
+    """Error replies sent, by error name."""
+    queues: dict[str, U64] = {}
+    """Current depth of each bounded queue."""
+    counters: dict[str, U64] = {}
+    """Service-specific counters."""
 
 
 @message("sys.status", "request", reply=StatusReply)
@@ -77,13 +86,15 @@ class Shutdown(Message):
 class Ready(Message):
     """Published once the service has bound its sockets and serves requests."""
 
-    service: str = Field(description="Role of the service.")
-    impl: str = Field(description="Name and version of the implementation.")
-    pid: U64 = Field(description="Operating-system process id.")
-    incarnation: bytes = Field(b"", max_length=16, description="Random id drawn at each "
-                               "start (8 bytes): a service that sees another's change knows "
-                               "it restarted and drops what lived in the old process. Empty: "
-                               "not told.")
+    service: str
+    """Role of the service."""
+    impl: str
+    """Name and version of the implementation."""
+    pid: U64
+    """Operating-system process id."""
+    incarnation: Annotated[bytes, Meta(max_length=16)] = b""
+    """Random id drawn at each start (8 bytes): a service that sees another's change knows it
+    restarted and drops what lived in the old process. Empty: not told."""
 
 
 @message("sys.heartbeat", "event")
@@ -93,7 +104,9 @@ class Heartbeat(Message):
     reconnect after a restart hear the new incarnation at once. A subscriber that hears
     nothing from a service for three intervals (and at least 5 s) treats it as gone."""
 
-    service: str = Field(description="Role of the service.")
-    uptime_s: float = Field(ge=0, allow_inf_nan=False,
-                            description="Seconds since the service started.")
-    incarnation: bytes = Field(b"", max_length=16, description="As in `sys.ready`.")
+    service: str
+    """Role of the service."""
+    uptime_s: Annotated[float, Meta(ge=0)]
+    """Seconds since the service started."""
+    incarnation: Annotated[bytes, Meta(max_length=16)] = b""
+    """As in `sys.ready`."""

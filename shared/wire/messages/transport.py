@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from msgspec import Meta
 
 from .base import U64, Message, message
 from .crypto import NodeIdBytes
@@ -11,32 +13,34 @@ from .crypto import NodeIdBytes
 class SocketAddr(Message):
     """An IP address and UDP port."""
 
-    host: str = Field(description="IP address.")
-    port: U64 = Field(description="UDP port.")
+    host: str
+    """IP address."""
+    port: U64
+    """UDP port."""
 
 
 @message("transport.info_reply", "reply")
 class InfoReply(Message):
     """Where the transport listens and whether it can authenticate peers yet."""
 
-    node_id: bytes = Field(description="This node's id (empty until crypto signed the "
-                           "transport binding).")
-    host: str = Field(description="Local UDP address.")
-    port: U64 = Field(description="Local UDP port.")
-    ready: bool = Field(description="True once the transport binding is signed.")
-    local: list[SocketAddr] = Field(default_factory=list, description="The candidates this "
-                                    "node tells peers, in order: a port mapping's address "
-                                    "(PCP/NAT-PMP), the configured advertised addresses, "
-                                    "then this socket's interface addresses.")
-    reflexive: list[SocketAddr] = Field(default_factory=list, description="The addresses "
-                                        "connected peers see this node at (behind a NAT: "
-                                        "its public mappings), most reported first.")
-    mapped: list[SocketAddr] = Field(default_factory=list, description="The public "
-                                     "address and port the home router forwards to this "
-                                     "socket at the transport's request (PCP or NAT-PMP, "
-                                     "`[transport] port_mapping`): where a peer outside "
-                                     "reaches it even behind a symmetric NAT. Empty without "
-                                     "one.")
+    node_id: bytes
+    """This node's id (empty until crypto signed the transport binding)."""
+    host: str
+    """Local UDP address."""
+    port: U64
+    """Local UDP port."""
+    ready: bool
+    """True once the transport binding is signed."""
+    local: list[SocketAddr] = []
+    """The candidates this node tells peers, in order: a port mapping's address (PCP/NAT-PMP), the
+    configured advertised addresses, then this socket's interface addresses."""
+    reflexive: list[SocketAddr] = []
+    """The addresses connected peers see this node at (behind a NAT: its public mappings), most
+    reported first."""
+    mapped: list[SocketAddr] = []
+    """The public address and port the home router forwards to this socket at the transport's
+    request (PCP or NAT-PMP, `[transport] port_mapping`): where a peer outside reaches it even
+    behind a symmetric NAT. Empty without one."""
 
 
 @message("transport.info", "request", reply=InfoReply)
@@ -64,10 +68,12 @@ class Connect(Message):
     being resolved); a malformed host (control characters, a label over 63 bytes, another
     address family) is `invalid`."""
 
-    peer: NodeIdBytes = Field(description="The node expected at that address.")
-    host: str = Field(min_length=1, max_length=255, description="IP address, or a host "
-                      "name (resolved off the event loop, with a timeout).")
-    port: int = Field(ge=1, le=65535, description="UDP port.")
+    peer: NodeIdBytes
+    """The node expected at that address."""
+    host: Annotated[str, Meta(min_length=1, max_length=255)]
+    """IP address, or a host name (resolved off the event loop, with a timeout)."""
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    """UDP port."""
 
 
 @message("transport.send_reply", "reply")
@@ -83,25 +89,33 @@ class Send(Message):
     `overloaded` while the peer's connection already holds 8 MiB not yet acknowledged
     (retry later; counted as `send_backpressure`)."""
 
-    peer: NodeIdBytes = Field(description="Recipient of this hop.")
+    peer: NodeIdBytes
+    """Recipient of this hop."""
 
 
 class PeerInfo(Message):
     """One connected peer."""
 
-    node_id: NodeIdBytes = Field(description="The authenticated peer.")
-    host: str = Field(description="Its address as seen from here.")
-    port: U64 = Field(description="Its UDP port.")
-    dialled: bool = Field(description="True if this node opened the connection.")
-    path: str = Field(description="`direct` or `relayed`.")
-    rtt_ms: float = Field(description="Smoothed round-trip time, milliseconds.")
+    node_id: NodeIdBytes
+    """The authenticated peer."""
+    host: str
+    """Its address as seen from here."""
+    port: U64
+    """Its UDP port."""
+    dialled: bool
+    """True if this node opened the connection."""
+    path: str
+    """`direct` or `relayed`."""
+    rtt_ms: float
+    """Smoothed round-trip time, milliseconds."""
 
 
 @message("transport.peers_reply", "reply")
 class PeersReply(Message):
     """The connected, authenticated peers."""
 
-    peers: list[PeerInfo] = Field(default_factory=list, description="One entry per peer.")
+    peers: list[PeerInfo] = []
+    """One entry per peer."""
 
 
 @message("transport.peers", "request", reply=PeersReply)
@@ -113,18 +127,24 @@ class Peers(Message):
 class PeerConnected(Message):
     """A peer proved its node id on a new connection."""
 
-    peer: NodeIdBytes = Field(description="The peer.")
-    host: str = Field(description="Its address.")
-    port: U64 = Field(description="Its UDP port.")
-    dialled: bool = Field(description="True if this node opened the connection.")
+    peer: NodeIdBytes
+    """The peer."""
+    host: str
+    """Its address."""
+    port: U64
+    """Its UDP port."""
+    dialled: bool
+    """True if this node opened the connection."""
 
 
 @message("transport.peer_disconnected", "event")
 class PeerDisconnected(Message):
     """A peer's connection ended."""
 
-    peer: NodeIdBytes = Field(description="The peer.")
-    reason: str = Field(description="Why it ended.")
+    peer: NodeIdBytes
+    """The peer."""
+    reason: str
+    """Why it ended."""
 
 
 @message("transport.path", "event")
@@ -134,24 +154,31 @@ class Path(Message):
     for 1.5 s and 4 smoothed RTTs, seen at the next keep-alive: about 2 s; it is dropped
     after 4 s and 8 RTTs) and when it answers again."""
 
-    peer: NodeIdBytes = Field(description="The peer.")
-    host: str = Field(description="Its address.")
-    port: U64 = Field(description="Its UDP port.")
-    path: str = Field(description="`direct`, or `stalled` while keep-alives go unanswered.")
-    rtt_ms: float = Field(description="Smoothed round-trip time, milliseconds.")
+    peer: NodeIdBytes
+    """The peer."""
+    host: str
+    """Its address."""
+    port: U64
+    """Its UDP port."""
+    path: str
+    """`direct`, or `stalled` while keep-alives go unanswered."""
+    rtt_ms: float
+    """Smoothed round-trip time, milliseconds."""
 
 
 @message("transport.punch_reply", "reply")
 class PunchReply(Message):
     """A direct, authenticated connection to the peer is up."""
 
-    host: str = Field(description="The peer's address on the direct path.")
-    port: U64 = Field(description="Its UDP port.")
-    elapsed_ms: float = Field(description="From the relay's introduction to the "
-                              "authenticated connection (0 if it was already up).")
-    opened_ms: float = Field(-1.0, description="From the relay's introduction to the first "
-                             "of the peer's probes heard here: the hole open (-1: the "
-                             "connection came up before any probe was heard).")
+    host: str
+    """The peer's address on the direct path."""
+    port: U64
+    """Its UDP port."""
+    elapsed_ms: float
+    """From the relay's introduction to the authenticated connection (0 if it was already up)."""
+    opened_ms: float = -1.0
+    """From the relay's introduction to the first of the peer's probes heard here: the hole open
+    (-1: the connection came up before any probe was heard)."""
 
 
 @message("transport.punch", "request", reply=PunchReply)
@@ -164,21 +191,30 @@ class Punch(Message):
     path comes up in time (at least 5 s from the introduction, longer over slow paths;
     symmetric NATs: keep using the relay)."""
 
-    peer: NodeIdBytes = Field(description="The node to reach directly.")
-    via: NodeIdBytes = Field(description="The connected peer that introduces.")
+    peer: NodeIdBytes
+    """The node to reach directly."""
+    via: NodeIdBytes
+    """The connected peer that introduces."""
 
 
 @message("transport.punched", "event")
 class Punched(Message):
     """A hole punch ended, on either side (the introduced peer's side too)."""
 
-    peer: NodeIdBytes = Field(description="The other node.")
-    ok: bool = Field(description="True if a direct connection came up.")
-    host: str = Field(default="", description="Its address on the direct path.")
-    port: U64 = Field(default=0, description="Its UDP port.")
-    elapsed_ms: float = Field(description="From the introduction to the end.")
-    initiator: bool = Field(description="True if this node asked for the introduction.")
-    reason: str = Field(default="", description="Why it failed.")
+    peer: NodeIdBytes
+    """The other node."""
+    ok: bool
+    """True if a direct connection came up."""
+    host: str = ""
+    """Its address on the direct path."""
+    port: U64 = 0
+    """Its UDP port."""
+    elapsed_ms: float
+    """From the introduction to the end."""
+    initiator: bool
+    """True if this node asked for the introduction."""
+    reason: str = ""
+    """Why it failed."""
 
 
 @message("transport.mapped", "event")
@@ -186,10 +222,14 @@ class Mapped(Message):
     """The home router now forwards a public port to this node's socket (PCP or NAT-PMP,
     `[transport] port_mapping`), or no longer does: the node's addresses changed."""
 
-    host: str = Field(description="The public address (empty: the mapping is gone).")
-    port: U64 = Field(description="The public UDP port (0: the mapping is gone).")
-    protocol: str = Field(description='"pcp" or "nat-pmp".')
-    reason: str = Field("", description="Why there is no mapping, when there is none.")
+    host: str
+    """The public address (empty: the mapping is gone)."""
+    port: U64
+    """The public UDP port (0: the mapping is gone)."""
+    protocol: str
+    """"pcp" or "nat-pmp"."""
+    reason: str = ""
+    """Why there is no mapping, when there is none."""
 
 
 @message("transport.reflexive", "event")
@@ -198,6 +238,9 @@ class Reflexive(Message):
     (this node's NAT mapping changed): a reason to punch again. Not sent for the first
     report of each peer (behind a symmetric NAT every peer sees another port)."""
 
-    host: str = Field(description="The address as the peer sees it.")
-    port: U64 = Field(description="Its UDP port.")
-    peer: NodeIdBytes = Field(description="The peer that reported it.")
+    host: str
+    """The address as the peer sees it."""
+    port: U64
+    """Its UDP port."""
+    peer: NodeIdBytes
+    """The peer that reported it."""

@@ -6,6 +6,8 @@ import fcntl
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from services.crypto import core, keyfile, policy
 from shared import service
 from shared.wire import ErrorCode
@@ -86,7 +88,7 @@ def frozen_status() -> None:
     real = service.Service.status
 
     def status(self: service.Service) -> Any:
-        return real(self).model_copy(update={"frames_in": 0, "frames_out": 0})
+        return msgspec.structs.replace(real(self), frames_in=0, frames_out=0)
 
     service.Service.status = status  # type: ignore[method-assign]
 
