@@ -2,8 +2,9 @@
 
 ``python -m services.<role> [--data DIR] [--config F] [--endpoints F] [--log-level L]``
 runs one service; ``python -m services [ROLE ...]`` runs several (default: all five) in one
-process over ``inproc://``, while still binding the endpoints file's addresses so that the
-CLI, apps and the contract suite reach each service exactly as in the five-process node.
+process, where they call and hear each other through a local hub (``shared/localbus.py``, no
+ZeroMQ between them), while still binding the endpoints file's addresses so that the CLI,
+apps and the contract suite reach each service exactly as in the five-process node.
 
 Exit status: 0 after SIGTERM, SIGINT or ``sys.shutdown``; 2 when the configuration, endpoints
 or identity cannot be used (the message says what to fix); 1 on a crash.
@@ -27,6 +28,7 @@ import zmq
 from . import config as cfg
 from .endpoints import ROLES, Endpoints, EndpointsError, inproc
 from .endpoints import load as load_endpoints
+from .localbus import Hub
 from .paths import DataDir, default_data_dir
 from .service import Service, ServiceContext, StartupError
 
@@ -126,7 +128,9 @@ def build(roles: list[str], context: ServiceContext, all_in_one: bool) -> list[S
     connect = Endpoints({r: (local[r] if r in roles else context.endpoints[r])
                          for r in context.endpoints.roles})
     inner = ServiceContext(context.data_dir, connect, context.config, context.env)
-    return [service_class(r)(inner, zctx=zctx, binds=[context.endpoints[r]]) for r in roles]
+    hub = Hub()  # the services call and hear each other without ZeroMQ (shared/localbus.py)
+    return [service_class(r)(inner, zctx=zctx, binds=[context.endpoints[r]], hub=hub)
+            for r in roles]
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

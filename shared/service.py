@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import heapq
 import logging
 import os
@@ -52,6 +53,7 @@ from .core import (
 )
 from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
 from .ids import MsgIds
+from .localbus import Dealer, Hub, Inbox, Sub
 from .wire import DecodeError, ErrorCode, Header, Message, decode, encode, split_routing
 from .wire.frame import pack_body
 from .wire.messages.sys import (
@@ -127,7 +129,7 @@ class Service:
     def __init__(self, context: ServiceContext, *, zctx: zmq.Context | None = None,
                  connect: Endpoints | None = None, binds: Iterable[RoleEndpoints] = (),
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, hub: Hub | None = None) -> None:
         self.context = context
         self.bus = context.bus
         self.log = logging.getLogger(f"tom.{self.role}")
@@ -146,18 +148,22 @@ class Service:
         self.errors_sent: Counter[str] = Counter()
         self._pending: dict[bytes, _Pending] = {}
         self._deadlines: list[tuple[float, bytes]] = []
-        self._dealers: dict[str, zmq.Socket] = {}
-        self._subs: dict[str, zmq.Socket] = {}
+        self.hub = hub
+        """The other services of this process (all-in-one), reached without ZeroMQ."""
+        self._local_rpc = hub.join(self.role, self.bus.hwm) if hub is not None else None
+        self._dealers: dict[str, zmq.Socket | Dealer] = {}
+        self._subs: dict[str, zmq.Socket | Sub] = {}
         self._locks: list[int] = []
-        self._outbox: list[tuple[zmq.Socket | None, list[bytes], bytes, Call | None]] = []
+        self._outbox: list[tuple[zmq.Socket | Dealer | None, list[Any], bytes,
+                                 Call | None]] = []
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
         send at the next :meth:`_flush`: the calls first, each kind in the order the core
         made it."""
         self._events: list[list[bytes]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies."""
-        self._inputs: list[tuple[zmq.Socket, Callable[[list[bytes]], None], bool]] = []
-        self._dirty: set[zmq.Socket] = set()
+        self._inputs: list[tuple[zmq.Socket | Inbox, Callable[[list[bytes]], None], bool]] = []
+        self._dirty: set[zmq.Socket | Inbox] = set()
         """Watched sockets that may hold input: their descriptor fired, or this service used
         them since they were last found empty (:meth:`_drain`)."""
         self._caller: str | None = None
@@ -201,6 +207,8 @@ class Service:
                 prepare_bind(url)
                 sock.bind(bind_address(url, self.bus.bind_host))
         self._watch(self.rpc, self._on_request, authed)
+        if self._local_rpc is not None:
+            self._watch(self._local_rpc, self._on_request)
         self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid(),
                             incarnation=self.incarnation))
@@ -300,6 +308,10 @@ class Service:
         if self._again:
             self._again.cancel()
         for sock, _, _ in self._inputs:
+            if isinstance(sock, Inbox):
+                assert self.hub is not None
+                self.hub.leave(sock)
+                continue
             self._loop.remove_reader(sock.FD)
             # a moment for replies already queued (the sys.shutdown reply) to leave
             sock.close(linger=200 if sock is self.rpc else 0)
@@ -311,17 +323,25 @@ class Service:
             os.close(fd)
         self._locks.clear()
 
-    def _watch(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None],
+    def _watch(self, sock: zmq.Socket | Inbox, handler: Callable[[list[bytes]], None],
                authed: bool = False) -> None:
         assert self._loop is not None
         self._inputs.append((sock, handler, authed))
         self._dirty.add(sock)
-        self._loop.add_reader(sock.FD, self._wake, sock)
+        if isinstance(sock, Inbox):
+            sock.wake = functools.partial(self._loop.call_soon, self._wake_inbox, sock)
+        else:
+            self._loop.add_reader(sock.FD, self._wake, sock)
 
-    def _wake(self, sock: zmq.Socket) -> None:
+    def _wake(self, sock: zmq.Socket | Inbox) -> None:
         """``sock``'s descriptor fired: it may hold input."""
         self._dirty.add(sock)
         self._drain()
+
+    def _wake_inbox(self, inbox: Inbox) -> None:
+        """A service of this process put frames in ``inbox`` (scheduled once until now)."""
+        inbox.scheduled = False
+        self._wake(inbox)
 
     # -- the drain loop ----------------------------------------------------------------------
 
@@ -350,18 +370,10 @@ class Service:
                     continue
                 dirty.discard(sock)
                 start = budget
-                while readable(sock):
-                    if budget <= 0 or self._stopped.is_set():
-                        dirty.add(sock)  # not read to the end: check it again
-                        break
-                    frames, self._caller = recv_frames_user(sock) if authed \
-                        else (recv_frames(sock), None)
-                    budget -= 1
-                    try:
-                        handler(frames)
-                    except Exception:  # a bug of ours: count it, keep serving the others
-                        self.stats["internal_errors"] += 1
-                        self.log.exception("failed to handle a message")
+                if isinstance(sock, Inbox):
+                    budget = self._read_inbox(sock, handler, budget)
+                else:
+                    budget = self._read_socket(sock, handler, authed, budget)
                 if budget < start:
                     self._perform(self.core.flush(self.clock()))
                     self._flush()
@@ -371,6 +383,39 @@ class Service:
         if dirty and budget <= 0 and self._again is None and self._loop is not None:
             self._again = self._loop.call_soon(self._drain)  # more queued: yield, then go on
         self._arm_timer()
+
+    def _read_socket(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None],
+                     authed: bool, budget: int) -> int:
+        """Handle what ``sock`` holds, within ``budget`` messages; the budget left."""
+        while readable(sock):
+            if budget <= 0 or self._stopped.is_set():
+                self._dirty.add(sock)  # not read to the end: check it again
+                break
+            frames, self._caller = recv_frames_user(sock) if authed \
+                else (recv_frames(sock), None)
+            budget -= 1
+            self._handle(handler, frames)
+        return budget
+
+    def _read_inbox(self, inbox: Inbox, handler: Callable[[list[bytes]], None],
+                    budget: int) -> int:
+        """:meth:`_read_socket` for a service of this process's frames."""
+        queue = inbox.queue
+        while queue:
+            if budget <= 0 or self._stopped.is_set():
+                self._dirty.add(inbox)
+                break
+            self._caller = None
+            budget -= 1
+            self._handle(handler, queue.popleft())
+        return budget
+
+    def _handle(self, handler: Callable[[list[bytes]], None], frames: list[bytes]) -> None:
+        try:
+            handler(frames)
+        except Exception:  # a bug of ours: count it, keep serving the others
+            self.stats["internal_errors"] += 1
+            self.log.exception("failed to handle a message")
 
     def _arm_timer(self) -> None:
         if self._stopped.is_set() or self._loop is None:
@@ -583,11 +628,18 @@ class Service:
     def _header(self, body: Message, parent_id: bytes | None) -> Header:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
-        if sock is not self.pub:
-            self._dirty.add(sock)  # the send may take in the notice of a message arriving
+    def _send(self, sock: zmq.Socket | Dealer, frames: list[Any]) -> bool:
         try:
-            send_frames(sock, frames)
+            if isinstance(sock, Dealer):  # a call to a service of this process
+                sock.send(frames)
+            elif isinstance(frames[0], Dealer):  # a reply to a service of this process
+                frames[0].put(frames[1:])
+            else:
+                if sock is not self.pub:
+                    self._dirty.add(sock)  # the send may take in the notice of a message
+                send_frames(sock, frames)
+                if sock is self.pub and self.hub is not None:
+                    self.stats["drops"] += self.hub.publish(self.role, frames)
         except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
             self.stats["drops"] += 1
             return False
@@ -675,9 +727,13 @@ class Service:
             self._flush()
         return None
 
-    def _dealer(self, role: str) -> zmq.Socket:
+    def _dealer(self, role: str) -> zmq.Socket | Dealer:
         sock = self._dealers.get(role)
-        if sock is None:
+        if sock is None and self.hub is not None and self.hub.has(role):
+            sock = self._dealers[role] = self.hub.dealer(role, self.bus.hwm)
+            self._watch(sock, lambda frames: self._on_reply(role, frames))
+            self._listen(role)
+        elif sock is None:
             url = self.connect_to[role].rpc
             sock = self._dealers[role] = socket(self.zctx, zmq.DEALER, self.bus.hwm)
             self._dial(sock, role, url)
@@ -691,14 +747,20 @@ class Service:
     def subscribe(self, role: str, prefix: str = "") -> None:
         """Receive ``role``'s events whose msg_type starts with ``prefix``."""
         sock = self._listen(role)
-        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        if isinstance(sock, Sub):
+            sock.prefixes += (prefix.encode(),)
+        else:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._dirty.add(sock)
 
-    def _listen(self, role: str) -> zmq.Socket:
+    def _listen(self, role: str) -> zmq.Socket | Sub:
         """The SUB socket to ``role``'s events; it always takes ``sys.*`` (heartbeats: who
         restarted)."""
         sock = self._subs.get(role)
-        if sock is None:
+        if sock is None and self.hub is not None and self.hub.has(role):
+            sock = self._subs[role] = self.hub.subscribe(role, self.bus.hwm, b"sys.")
+            self._watch(sock, self._on_event)
+        elif sock is None:
             sock = self._subs[role] = socket(self.zctx, zmq.SUB, self.bus.hwm)
             sock.setsockopt(zmq.SUBSCRIBE, b"sys.")
             try:
