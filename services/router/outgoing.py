@@ -95,7 +95,7 @@ class Outgoing:
             return [Fail(req.ctx, ErrorCode.TOO_LARGE, f"payload of {len(req.blobs[0])} "
                          f"bytes exceeds {MAX_PAYLOAD}")]
         if body.id is not None and (body.id in ctx.out or body.id in self.sealing
-                                    or ctx.store.get_out(body.id) is not None):
+                                    or ctx.store.has_out(body.id)):
             if body.id in self.sealing:  # the first copy is being sealed: answer later
                 return [Fail(req.ctx, ErrorCode.OVERLOADED, "this id is being stored; "
                              "retry")]

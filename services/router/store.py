@@ -154,6 +154,10 @@ class Store:
         self.db.execute("UPDATE outbox SET holders=? WHERE id=?", (holders, msg_id))
         self.dirty = True
 
+    def has_out(self, msg_id: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM outbox WHERE id=?", (msg_id,)).fetchone() \
+            is not None
+
     def get_out(self, msg_id: bytes) -> OutRow | None:
         row = self.db.execute("SELECT * FROM outbox WHERE id=?", (msg_id,)).fetchone()
         return OutRow(*row) if row else None

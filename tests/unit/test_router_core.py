@@ -107,6 +107,21 @@ def test_a_delivered_message_leaves_memory_and_its_read_receipt_still_arrives() 
     assert not a.ctx.out
 
 
+def test_sending_again_with_the_same_id_is_answered_not_sent_again() -> None:
+    """An app that lost the reply sends again with the id it chose: the same answer, one
+    message, also after the first copy was delivered and left memory (the outbox on disk
+    answers)."""
+    sim = Sim("a", "b")
+    sim.connect("a", "b")
+    mine = bytes(range(16))
+    assert send(sim, "a", "b", b"once", id=mine) == mine
+    assert not sim.nodes["a"].router.ctx.out  # delivered: on disk only
+    assert send(sim, "a", "b", b"once", id=mine) == mine
+    sim.run(5)
+    assert sim.nodes["b"].received() == [b"once"]
+    assert sim.nodes["a"].statuses(mine).count("pending") == 1
+
+
 def test_a_node_learned_by_gossip_is_reached_through_a_relay() -> None:
     sim = Sim("a", "b", "c")
     sim.connect("a", "b")
