@@ -1,16 +1,17 @@
 """The bus between services that share a process (all-in-one), without ZeroMQ.
 
 Between two processes a bus message is a ZeroMQ message; between two services of one process
-it was one too (``inproc://``), which cost each hop a message allocation, a pipe, an eventfd
-write and read, an event-loop wake-up and a ``ZMQ_EVENTS`` system call per check. Here a hop
-is a list appended to the receiver's :class:`Inbox` and, when the inbox was empty, one
-``call_soon`` of the receiver's drain. The frames are the same bytes the sockets carry
-(encoded and decoded as on any bus), so nothing above the sockets changes: a request still
-has its routing part (the caller's :class:`Dealer` stands where a ROUTER puts the peer's
-identity), replies and errors go back by it, events reach every subscriber whose prefix
-matches the topic, and an inbox holds at most the bus high-water mark (a sender then sees
-``zmq.Again``, as from a full socket). Apps and the CLI still reach the services over the
-endpoints file's sockets.
+it was one too (``inproc://``), which cost each hop an encoding and a decoding, a message
+allocation, a pipe, an eventfd write and read, an event-loop wake-up and a ``ZMQ_EVENTS``
+system call per check. Here a hop is the message as the sender built it (header, body,
+blobs: a :class:`~shared.wire.Decoded`, trusted like any value the process made itself, so
+neither encoded nor checked again) appended to the receiver's :class:`Inbox`, and, when the
+inbox was empty, one ``call_soon`` of the receiver's drain. What the services see is the same
+as over sockets: a request carries its caller (the caller's :class:`Dealer`, where a ROUTER
+puts the peer's identity), replies and errors go back by it, events reach every subscriber
+whose prefix matches the topic, and an inbox holds at most the bus high-water mark (a sender
+then sees ``zmq.Again``, as from a full socket). Apps and the CLI still reach the services
+over the endpoints file's sockets, encoded and checked.
 """
 
 from __future__ import annotations
@@ -21,26 +22,28 @@ from typing import Any
 
 import zmq
 
+from .wire import Decoded
+
 
 class Inbox:
-    """Frames waiting for one service, from the others of its process; the drain treats it
-    as a socket it watches (``ready``, ``take``)."""
+    """Messages waiting for one service, from the others of its process; the drain reads it
+    as it reads a socket it watches."""
 
     __slots__ = ("queue", "limit", "wake", "scheduled")
 
     def __init__(self, limit: int) -> None:
-        self.queue: deque[list[Any]] = deque()
+        self.queue: deque[Any] = deque()
         self.limit = limit
         self.wake: Callable[[], object] | None = None
         """Schedules the owner's drain (set when the owner watches the inbox)."""
         self.scheduled = False
 
-    def put(self, frames: list[Any]) -> None:
-        """Queue ``frames``; raises ``zmq.Again`` when the inbox is full, as a socket at its
+    def put(self, item: Any) -> None:
+        """Queue ``item``; raises ``zmq.Again`` when the inbox is full, as a socket at its
         high-water mark does."""
         if len(self.queue) >= self.limit:
             raise zmq.Again()
-        self.queue.append(frames)
+        self.queue.append(item)
         if not self.scheduled and self.wake is not None:
             self.scheduled = True
             self.wake()
@@ -56,8 +59,8 @@ class Dealer(Inbox):
         super().__init__(limit)
         self.target = target
 
-    def send(self, frames: list[Any]) -> None:
-        self.target.put([self, *frames])
+    def send(self, msg: Decoded) -> None:
+        self.target.put((self, msg))
 
 
 class Sub(Inbox):
@@ -94,14 +97,14 @@ class Hub:
         self.subscribers[role].append(sub)
         return sub
 
-    def publish(self, role: str, frames: list[bytes]) -> int:
-        """Hand an event (``[topic, ...]``) to every subscriber of ``role`` that takes its
-        topic; how many could not take it (full: dropped, as a PUB socket drops)."""
-        topic, dropped = frames[0], 0
+    def publish(self, role: str, topic: bytes, msg: Decoded) -> int:
+        """Hand an event to every subscriber of ``role`` that takes its topic; how many could
+        not take it (full: dropped, as a PUB socket drops)."""
+        dropped = 0
         for sub in self.subscribers.get(role, ()):
             if topic.startswith(sub.prefixes):
                 try:
-                    sub.put(frames)
+                    sub.put(msg)
                 except zmq.Again:
                     dropped += 1
         return dropped

@@ -54,7 +54,16 @@ from .core import (
 from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
 from .ids import MsgIds
 from .localbus import Dealer, Hub, Inbox, Sub
-from .wire import DecodeError, ErrorCode, Header, Message, decode, encode, split_routing
+from .wire import (
+    Decoded,
+    DecodeError,
+    ErrorCode,
+    Header,
+    Message,
+    decode,
+    encode,
+    split_routing,
+)
 from .wire.frame import pack_body
 from .wire.messages.sys import (
     ErrorReply,
@@ -159,10 +168,10 @@ class Service:
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
         send at the next :meth:`_flush`: the calls first, each kind in the order the core
         made it."""
-        self._events: list[list[bytes]] = []
+        self._events: list[tuple[list[bytes], Decoded]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies."""
-        self._inputs: list[tuple[zmq.Socket | Inbox, Callable[[list[bytes]], None], bool]] = []
+        self._inputs: list[tuple[zmq.Socket | Inbox, Callable[[Any], None], bool]] = []
         self._dirty: set[zmq.Socket | Inbox] = set()
         """Watched sockets that may hold input: their descriptor fired, or this service used
         them since they were last found empty (:meth:`_drain`)."""
@@ -208,7 +217,7 @@ class Service:
                 sock.bind(bind_address(url, self.bus.bind_host))
         self._watch(self.rpc, self._on_request, authed)
         if self._local_rpc is not None:
-            self._watch(self._local_rpc, self._on_request)
+            self._watch(self._local_rpc, self._on_local_request)
         self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid(),
                             incarnation=self.incarnation))
@@ -323,7 +332,7 @@ class Service:
             os.close(fd)
         self._locks.clear()
 
-    def _watch(self, sock: zmq.Socket | Inbox, handler: Callable[[list[bytes]], None],
+    def _watch(self, sock: zmq.Socket | Inbox, handler: Callable[[Any], None],
                authed: bool = False) -> None:
         assert self._loop is not None
         self._inputs.append((sock, handler, authed))
@@ -397,9 +406,10 @@ class Service:
             self._handle(handler, frames)
         return budget
 
-    def _read_inbox(self, inbox: Inbox, handler: Callable[[list[bytes]], None],
+    def _read_inbox(self, inbox: Inbox, handler: Callable[[Any], None],
                     budget: int) -> int:
-        """:meth:`_read_socket` for a service of this process's frames."""
+        """:meth:`_read_socket` for what the services of this process sent (decoded
+        messages: :mod:`shared.localbus`)."""
         queue = inbox.queue
         while queue:
             if budget <= 0 or self._stopped.is_set():
@@ -410,9 +420,9 @@ class Service:
             self._handle(handler, queue.popleft())
         return budget
 
-    def _handle(self, handler: Callable[[list[bytes]], None], frames: list[bytes]) -> None:
+    def _handle(self, handler: Callable[[Any], None], item: Any) -> None:
         try:
-            handler(frames)
+            handler(item)
         except Exception:  # a bug of ours: count it, keep serving the others
             self.stats["internal_errors"] += 1
             self.log.exception("failed to handle a message")
@@ -474,6 +484,13 @@ class Service:
         except DecodeError as e:
             self._reject(route, e.parent_id, e.code, e.message)
             return
+        self._handle_request(route, msg)
+
+    def _on_local_request(self, item: tuple[Dealer, Decoded]) -> None:
+        """A request from a service of this process: built by it, not encoded."""
+        self._handle_request([item[0]], item[1])
+
+    def _handle_request(self, route: list[Any], msg: Decoded) -> None:
         body, msg_id = msg.body, msg.header.msg_id
         if msg.header.deadline is not None and msg.header.deadline < self.wall():
             self.stats["expired_requests"] += 1  # the caller gave up: nobody waits for it
@@ -516,6 +533,9 @@ class Service:
             self.stats["decode_errors"] += 1
             self.log.warning("unreadable reply from %s: %s", role, e.message)
             return
+        self._handle_reply(role, msg)
+
+    def _handle_reply(self, role: str, msg: Decoded) -> None:
         parent = msg.header.parent_id or b""
         p = self._pending.get(parent)
         if p is None or p.role != role:
@@ -542,6 +562,9 @@ class Service:
             self.stats["decode_errors"] += 1
             self.log.warning("unreadable event: %s", e.message)
             return
+        self._handle_event(msg)
+
+    def _handle_event(self, msg: Decoded) -> None:
         body = msg.body
         if isinstance(body, (Ready, Heartbeat)):
             self._peer_seen(body.service, body.incarnation)
@@ -629,17 +652,17 @@ class Service:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
 
     def _send(self, sock: zmq.Socket | Dealer, frames: list[Any]) -> bool:
+        """Send ``frames`` on ``sock``; to a service of this process (a :class:`Dealer`, or
+        a reply whose route is one) ``frames`` is ``[route, Decoded]``: not encoded."""
         try:
             if isinstance(sock, Dealer):  # a call to a service of this process
-                sock.send(frames)
+                sock.send(frames[1])
             elif isinstance(frames[0], Dealer):  # a reply to a service of this process
-                frames[0].put(frames[1:])
+                frames[0].put(frames[1])
             else:
                 if sock is not self.pub:
                     self._dirty.add(sock)  # the send may take in the notice of a message
                 send_frames(sock, frames)
-                if sock is self.pub and self.hub is not None:
-                    self.stats["drops"] += self.hub.publish(self.role, frames)
         except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
             self.stats["drops"] += 1
             return False
@@ -654,8 +677,12 @@ class Service:
         per reply, which matters when each request takes long (crypto) on 2 cores.
         """
         route, parent_id = ctx
-        self._outbox.append((None, [*route, *encode(body, self._header(body, parent_id),
-                                                    blobs, packed)], b"", None))
+        header = self._header(body, parent_id)
+        if isinstance(route[0], Dealer):  # a service of this process: trusted, not encoded
+            frames = [route[0], Decoded(header, body, blobs)]
+        else:
+            frames = [*route, *encode(body, header, blobs, packed)]
+        self._outbox.append((None, frames, b"", None))
         if len(self._outbox) >= OUTBOX_FLUSH:
             self._flush()
 
@@ -683,8 +710,10 @@ class Service:
                                           f"queue to {call.role} is full"))
             self.flush_extra()
             events, self._events = self._events, []
-            for frames in events:
+            for frames, msg in events:
                 self._send(self.pub, frames)  # type: ignore[arg-type]
+                if self.hub is not None:
+                    self.stats["drops"] += self.hub.publish(self.role, frames[0], msg)
             for sock, frames, _, call in out:
                 if call is None or sock is None:
                     self._send(self.rpc, frames)
@@ -704,8 +733,9 @@ class Service:
         """Queue an event; events leave at the next :meth:`_flush`, after its calls, before
         its replies."""
         assert self.pub is not None
-        self._events.append([body.msg_type.encode(),
-                             *encode(body, self._header(body, None), blobs)])
+        header = self._header(body, None)
+        self._events.append(([body.msg_type.encode(), *encode(body, header, blobs)],
+                             Decoded(header, body, blobs)))
         if len(self._events) >= OUTBOX_FLUSH:
             self._flush()
 
@@ -722,7 +752,9 @@ class Service:
         header = Header(a.body.msg_type, msg_id, None, self.role, now, now + timeout)
         self._pending[msg_id] = _Pending(a.token, a.role, type(a.body), timeout)
         heapq.heappush(self._deadlines, (self.clock() + timeout, msg_id))
-        self._outbox.append((sock, [b"", *encode(a.body, header, a.blobs)], msg_id, a))
+        frames = [sock, Decoded(header, a.body, a.blobs)] if isinstance(sock, Dealer) \
+            else [b"", *encode(a.body, header, a.blobs)]
+        self._outbox.append((sock, frames, msg_id, a))
         if len(self._outbox) >= OUTBOX_FLUSH:
             self._flush()
         return None
@@ -731,7 +763,7 @@ class Service:
         sock = self._dealers.get(role)
         if sock is None and self.hub is not None and self.hub.has(role):
             sock = self._dealers[role] = self.hub.dealer(role, self.bus.hwm)
-            self._watch(sock, lambda frames: self._on_reply(role, frames))
+            self._watch(sock, lambda msg: self._handle_reply(role, msg))
             self._listen(role)
         elif sock is None:
             url = self.connect_to[role].rpc
@@ -759,7 +791,7 @@ class Service:
         sock = self._subs.get(role)
         if sock is None and self.hub is not None and self.hub.has(role):
             sock = self._subs[role] = self.hub.subscribe(role, self.bus.hwm, b"sys.")
-            self._watch(sock, self._on_event)
+            self._watch(sock, self._handle_event)
         elif sock is None:
             sock = self._subs[role] = socket(self.zctx, zmq.SUB, self.bus.hwm)
             sock.setsockopt(zmq.SUBSCRIBE, b"sys.")

@@ -16,6 +16,7 @@ from shared.bus import BusClient
 from shared.core import Action, Call, Core, Fail, Input, PeerFailed, PeerReplied, Reply, Request
 from shared.localbus import Dealer, Hub, Sub
 from shared.service import Service, ServiceContext
+from shared.wire import Decoded, Header
 from shared.wire.messages.crypto import NodeId, NodeIdReply
 from shared.wire.messages.sys import Heartbeat, Ready
 
@@ -99,21 +100,24 @@ def test_a_full_inbox_refuses_like_a_full_socket_and_events_go_by_prefix() -> No
     woken: list[int] = []
     inbox.wake = lambda: woken.append(1)
     dealer = hub.dealer("crypto", limit=2)
-    dealer.send([b"", b"a"])
-    dealer.send([b"", b"b"])
+    a, b, c = (Decoded(Header("crypto.node_id", bytes([i]), None, "router", 0.0), NodeId())
+               for i in range(3))
+    dealer.send(a)
+    dealer.send(b)
     with pytest.raises(zmq.Again):
-        dealer.send([b"", b"c"])
-    assert [f[1:] for f in inbox.queue] == [[b"", b"a"], [b"", b"b"]]
-    assert inbox.queue[0][0] is dealer  # the reply goes back by it
+        dealer.send(c)
+    assert list(inbox.queue) == [(dealer, a), (dealer, b)]  # the reply goes back by it
     assert woken == [1]  # one wake-up until the owner drains
 
     heard = hub.subscribe("crypto", limit=1, prefix=b"sys.")
     other = hub.subscribe("crypto", limit=5, prefix=b"crypto.")
-    beat, ready = [b"sys.heartbeat", b"1"], [b"sys.ready", b"2"]
-    assert hub.publish("crypto", beat) == 0
-    assert hub.publish("crypto", [b"crypto.x", b"3"]) == 0
-    assert hub.publish("crypto", ready) == 1  # `heard` is full: dropped for it alone
-    assert list(heard.queue) == [beat] and list(other.queue) == [[b"crypto.x", b"3"]]
+    beat = Decoded(Header("sys.heartbeat", b"1", None, "crypto", 0.0),
+                   Heartbeat(service="crypto", uptime_s=1.0))
+    ready = Decoded(Header("sys.ready", b"2", None, "crypto", 0.0),
+                    Ready(service="crypto", impl="x", pid=1))
+    assert hub.publish("crypto", b"sys.heartbeat", beat) == 0
+    assert hub.publish("crypto", b"crypto.x", a) == 0
+    assert hub.publish("crypto", b"sys.ready", ready) == 1  # `heard` is full: dropped there
+    assert list(heard.queue) == [beat] and list(other.queue) == [a]
     hub.leave(heard)
-    assert hub.publish("crypto", beat) == 0 and list(heard.queue) == [beat]
-    assert Heartbeat.msg_type.encode() == beat[0] and Ready.msg_type.encode() == ready[0]
+    assert hub.publish("crypto", b"sys.heartbeat", beat) == 0 and list(heard.queue) == [beat]
