@@ -136,11 +136,18 @@ def _readable(problem: str) -> str:
     return problem
 
 
+_BOOL_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
+
+
 def env_value(var: str, text: str, info: msgspec.structs.FieldInfo) -> Any:
     """An environment variable's text as the field's value: lists are a JSON list or
-    comma-separated values (empty: an empty list); scalars stay text, read as numbers and
-    booleans by :func:`validate`."""
+    comma-separated values (empty: an empty list); scalars stay text (without the spaces
+    around it), read as numbers and booleans (``true``/``false``, ``1``/``0``, ``yes``/``no``,
+    ``on``/``off``) by :func:`validate`."""
     if not is_list(info):
+        text = text.strip()
+        if info.type is bool:
+            return _BOOL_WORDS.get(text.lower(), text)
         return text
     if text.lstrip().startswith("["):
         try:

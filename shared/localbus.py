@@ -29,7 +29,7 @@ class Inbox:
     """Messages waiting for one service, from the others of its process; the drain reads it
     as it reads a socket it watches."""
 
-    __slots__ = ("queue", "limit", "wake", "scheduled")
+    __slots__ = ("queue", "limit", "wake", "scheduled", "closed")
 
     def __init__(self, limit: int) -> None:
         self.queue: deque[Any] = deque()
@@ -37,11 +37,13 @@ class Inbox:
         self.wake: Callable[[], object] | None = None
         """Schedules the owner's drain (set when the owner watches the inbox)."""
         self.scheduled = False
+        self.closed = False
+        """Its service stopped: it takes nothing more."""
 
     def put(self, item: Any) -> None:
         """Queue ``item``; raises ``zmq.Again`` when the inbox is full, as a socket at its
-        high-water mark does."""
-        if len(self.queue) >= self.limit:
+        high-water mark does, or when its service stopped (as a socket with no peer)."""
+        if self.closed or len(self.queue) >= self.limit:
             raise zmq.Again()
         self.queue.append(item)
         if not self.scheduled and self.wake is not None:
@@ -110,8 +112,9 @@ class Hub:
         return dropped
 
     def leave(self, inbox: Inbox) -> None:
-        """Stop delivering to ``inbox`` (its service stopped)."""
-        inbox.wake = None
+        """Stop delivering to ``inbox`` (its service stopped): what is sent to it from now
+        on is refused at once."""
+        inbox.wake, inbox.closed = None, True
         for subs in self.subscribers.values():
             if inbox in subs:
                 subs.remove(inbox)

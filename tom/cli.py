@@ -38,7 +38,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -68,6 +68,20 @@ EX_NOT_RUNNING = 3
 EX_USAGE = 64  # sysexits.h EX_USAGE
 EX_INTERRUPTED = 130
 EX_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+
+
+def json_values(body: msgspec.Struct) -> Any:
+    """A reply as JSON values, bytes (node ids, envelope ids) in hex as the text output
+    shows them."""
+    def hexed(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.hex()
+        if isinstance(value, dict):
+            return {k: hexed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [hexed(v) for v in value]
+        return value
+    return hexed(msgspec.to_builtins(body, builtin_types=(bytes,)))
 
 
 def client_for(data: DataDir, timeout_s: float = 2.0) -> BusClient:
@@ -135,7 +149,7 @@ def print_status(sup: node.Supervisor, client: BusClient, data: DataDir,
         print(json.dumps([{
             "service": s.role, "program": s.program, "state": s.state, "pid": s.pid,
             "ping_ms": s.ping_ms, "error": s.error,
-            "status": msgspec.to_builtins(s.status) if s.status else None,
+            "status": json_values(s.status) if s.status else None,
         } for s in rows], indent=2))
         return healthy
     print(f"{'SERVICE':10} {'STATE':9} {'PID':>7} {'UPTIME':>9} {'PING':>8} {'IN':>8} "
@@ -214,7 +228,7 @@ def cmd_backup(data: DataDir, args: argparse.Namespace) -> int:
         reply = client.request("backup", bm.Summary())
     assert isinstance(reply, bm.SummaryReply)
     if args.json:
-        print(json.dumps(msgspec.to_builtins(reply)))
+        print(json.dumps(json_values(reply)))
         return 0
     print(f"holding {reply.messages} message(s), {reply.bytes:,} bytes for offline "
           f"recipients (capacity {reply.capacity_messages:,} messages, "

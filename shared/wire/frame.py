@@ -115,7 +115,7 @@ def decode_header(raw: bytes) -> Header:
                           f"{MAX_HEADER_BYTES}")
     try:
         return _HEADER_DECODER.decode(raw)
-    except msgspec.DecodeError:  # a bad header: say which part, and answer its msg_id
+    except (msgspec.DecodeError, RecursionError):  # say which part, answer its msg_id
         return _header_problem(raw)
 
 
@@ -198,4 +198,7 @@ def decode(frames: list[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYT
     except msgspec.DecodeError as e:
         raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is not valid "
                           f"msgpack: {e}", parent_id=header.msg_id) from None
+    except RecursionError:  # msgspec's answer to values nested ~1,000 deep
+        raise DecodeError(ErrorCode.MALFORMED, f"body of {header.msg_type} is nested too "
+                          "deeply", parent_id=header.msg_id) from None
     return Decoded(header, body, tuple(frames[3:]))

@@ -64,6 +64,15 @@ def test_data_is_accepted_at_every_level() -> None:
         assert cli.build_parser().parse_args(argv).data == Path("X"), argv
 
 
+def test_json_output_shows_ids_in_hex_as_the_text_output_does() -> None:
+    from shared.wire.messages import backup as bm
+
+    reply = bm.SummaryReply(messages=1, bytes=2, receipts=0, capacity_bytes=3,
+                            capacity_messages=4, recipients=[],
+                            origins=[bm.Usage(node_id=b"\x01" * 32, messages=1, bytes=2)])
+    assert cli.json_values(reply)["origins"] == [{"node_id": "01" * 32, "messages": 1, "bytes": 2}]
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])

@@ -121,3 +121,7 @@ def test_a_full_inbox_refuses_like_a_full_socket_and_events_go_by_prefix() -> No
     assert list(heard.queue) == [beat] and list(other.queue) == [a]
     hub.leave(heard)
     assert hub.publish("crypto", b"sys.heartbeat", beat) == 0 and list(heard.queue) == [beat]
+    inbox.queue.clear()
+    hub.leave(inbox)  # a stopped service: calls to it fail at once, as to a socket without peer
+    with pytest.raises(zmq.Again):
+        dealer.send(a)

@@ -146,6 +146,20 @@ def test_every_key_is_settable_by_its_environment_variable() -> None:
             assert getattr(got, key) == value, (name, key)
 
 
+def test_a_boolean_or_number_from_the_environment_may_be_spelled_as_people_do() -> None:
+    """true/false, 1/0, yes/no, on/off in any case, and spaces around a value."""
+    transport = node.CONFIG_SECTIONS["transport"]
+    for text, want in (("yes", True), ("Off", False), (" 1 ", True), ("FALSE", False),
+                       ("on", True), ("no", False)):
+        got = cfg.section({}, "transport", transport,
+                          env={"TOM_TRANSPORT__PORT_MAPPING": text})
+        assert got.port_mapping is want, text  # type: ignore[attr-defined]
+    assert cfg.section({}, "transport", transport,
+                       env={"TOM_TRANSPORT__PORT": " 4500 "}).port == 4500  # type: ignore[attr-defined]
+    with pytest.raises(cfg.ConfigError, match=r"transport\.port_mapping: .*true or false"):
+        cfg.section({}, "transport", transport, env={"TOM_TRANSPORT__PORT_MAPPING": "maybe"})
+
+
 def test_a_list_is_a_json_list_or_comma_separated() -> None:
     router = node.CONFIG_SECTIONS["router"]
 

@@ -157,6 +157,10 @@ def test_error_codes() -> None:
     assert code_of([TAG, bad, b"\x80"]) is ErrorCode.UNSUPPORTED
     status = pack_header(Header("sys.ping_reply", b"1", None, "", 0))
     assert code_of([TAG, status, msgpack.packb({"service": 1})]) is ErrorCode.INVALID
+    beat = pack_header(Header("sys.heartbeat", b"1", None, "", 0))
+    for uptime in (float("inf"), float("nan"), -1.0):
+        assert code_of([TAG, beat, msgpack.packb({"service": "x", "uptime_s": uptime})]) \
+            is ErrorCode.INVALID
     for broken in ({"msg_type": "sys.ping"}, {"msg_type": 5, "msg_id": b"1"},
                    {"msg_type": "sys.ping", "msg_id": b"1", "ts": "now"},
                    {"msg_type": "sys.ping", "msg_id": b"1", "parent_id": 3}, [1, 2]):
@@ -203,6 +207,17 @@ def test_the_fast_header_decoder_accepts_exactly_what_the_checks_accept(h: dict)
 
     raw = msgpack.packb(h, use_bin_type=True)
     assert outcome(decode_header, raw) == outcome(_header_problem, raw)
+
+
+def test_values_nested_too_deeply_are_malformed_not_a_crash() -> None:
+    """msgspec raises RecursionError for ~1,000 levels; the codec answers `malformed`."""
+    deep = b"\x91" * 3000 + b"\x00"  # [[[...0...]]]
+    body = b"\x81\xa5other" + deep  # {"other": [[[...]]]}: an unknown field
+    with pytest.raises(DecodeError) as info:
+        decode([TAG, pack_header(HEADER), body])
+    assert info.value.code is ErrorCode.MALFORMED and info.value.parent_id == HEADER.msg_id
+    header = b"\x81\xa5other" + b"\x91" * 1010 + b"\x00"
+    assert code_of([TAG, header, b"\x80"]) is ErrorCode.MALFORMED
 
 
 def test_parent_id_survives_body_errors() -> None:

@@ -48,7 +48,7 @@ class StatusReply(Message):
     """Name and version of the implementation."""
     pid: U64
     """Operating-system process id."""
-    uptime_s: Annotated[float, Meta(ge=0)]
+    uptime_s: Annotated[float, Meta(ge=0, le=1e12)]
     """Seconds since the service started."""
     frames_in: U64
     """Messages received on all bus sockets."""
@@ -106,7 +106,7 @@ class Heartbeat(Message):
 
     service: str
     """Role of the service."""
-    uptime_s: Annotated[float, Meta(ge=0)]
+    uptime_s: Annotated[float, Meta(ge=0, le=1e12)]
     """Seconds since the service started."""
     incarnation: Annotated[bytes, Meta(max_length=16)] = b""
     """As in `sys.ready`."""
