@@ -80,6 +80,8 @@ class Context:
             return
         signal = kind in SIGNALS
         relay = self.relay(to, gid)
+        if lifetime_s is not None:  # derived from the settings (2 beats...): within bounds
+            lifetime_s = min(lifetime_s, rm.MAX_LIFETIME_S)
         # held until the commit of what made it: a crash never sends a payload whose cause
         # is undone (a key the restarted service would draw again, differently)
         self.held.append(Call("router", rm.Send(to=to, groups=True, lifetime_s=lifetime_s,

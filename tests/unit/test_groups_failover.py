@@ -12,6 +12,16 @@ from shared.wire.messages import groups as gm
 
 from .groups_sim import GroupsSim, group, hub_of, log_of, successors, texts_once
 
+
+def test_timings_set_beyond_a_day_still_give_messages_the_router_takes() -> None:
+    """Beats live two beat intervals: a beat set above 12 h would ask the router for more
+    than the 24 h a message may live (refused `invalid` between two processes)."""
+    sim = GroupsSim("a", "b", beat_s=50_000.0, claim_wait_s=50_000.0)
+    gid = sim.create("a", members=("b",))
+    sim.run(120_000)  # beats, and b's claim when a's beats seem late
+    assert sim.nodes["a"].sent and group(sim, "b", gid) is not None
+
+
 # -- gap fill ---------------------------------------------------------------------------------
 
 def test_a_member_cut_off_fills_the_gap_from_the_hub() -> None:

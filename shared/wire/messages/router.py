@@ -10,6 +10,8 @@ from .base import U64, Message, message
 from .crypto import NodeIdBytes
 
 EnvelopeId = Annotated[bytes, Meta(min_length=16, max_length=16)]
+MAX_LIFETIME_S = 86_400
+"""The longest `lifetime_s` a sender may give a message: the 24 h a backup holds it."""
 Status = Literal["pending", "sent", "relayed", "delivered", "read", "failed"]
 """Message status as the sender sees it: `pending` (accepted and stored, not yet handed to a
 peer), `sent` (handed to the first hop), `relayed` (a relay forwarded it), `delivered` (the
@@ -81,7 +83,7 @@ class Send(Message):
     groups: bool = False
     """For the recipient's groups service (envelope type `Group`) instead of its apps (`Chat`); only
     the groups service may send these (`forbidden` to other bus keys)."""
-    lifetime_s: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+    lifetime_s: Annotated[float, Meta(gt=0, le=MAX_LIFETIME_S)] | None = None
     """Fail it if it is not acknowledged within this many seconds; default `[router]
     message_lifetime_s`."""
     signal: bool = False
