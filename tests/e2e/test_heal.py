@@ -120,6 +120,9 @@ def test_simultaneous_kills_on_two_nodes_heal_without_a_command(
         pair: tuple[FixedNode, FixedNode], kill_a: str, kill_b: str) -> None:
     a, b = pair
     until("A and B connected", lambda: connected(a, b) and connected(b, a), 30)
+    # supervisord calls a service RUNNING 1 s after it started (startsecs): the nodes may
+    # connect sooner, and the pids to kill are those of running services
+    until("every service running", lambda: len(a.pids()) == len(b.pids()) == 5, 30)
     before = {a.name: a.pids(), b.name: b.pids()}
     writers = [Writer(a, b), Writer(b, a)]
     for w in writers:
