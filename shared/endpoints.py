@@ -98,14 +98,6 @@ def tcp(host_for: dict[str, str] | None = None, base_port: int = 7100) -> Endpoi
     return Endpoints(roles)
 
 
-def inproc(prefix: str = "tom") -> Endpoints:
-    """In-process endpoints for the all-in-one mode (one ZeroMQ context)."""
-    return Endpoints({
-        role: RoleEndpoints(f"inproc://{prefix}.{role}.rpc", f"inproc://{prefix}.{role}.events")
-        for role in ROLES
-    })
-
-
 def load(path: Path) -> Endpoints:
     try:
         data = tomllib.loads(path.read_text())

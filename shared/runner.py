@@ -26,7 +26,7 @@ from pathlib import Path
 import zmq
 
 from . import config as cfg
-from .endpoints import ROLES, Endpoints, EndpointsError, inproc
+from .endpoints import ROLES, EndpointsError
 from .endpoints import load as load_endpoints
 from .localbus import Hub
 from .paths import DataDir, default_data_dir
@@ -124,13 +124,8 @@ def build(roles: list[str], context: ServiceContext, all_in_one: bool) -> list[S
     if not all_in_one:
         return [service_class(roles[0])(context)]
     zctx: zmq.Context = zmq.Context.instance()
-    local = inproc()
-    connect = Endpoints({r: (local[r] if r in roles else context.endpoints[r])
-                         for r in context.endpoints.roles})
-    inner = ServiceContext(context.data_dir, connect, context.config, context.env)
     hub = Hub()  # the services call and hear each other without ZeroMQ (shared/localbus.py)
-    return [service_class(r)(inner, zctx=zctx, binds=[context.endpoints[r]], hub=hub)
-            for r in roles]
+    return [service_class(r)(context, zctx=zctx, hub=hub) for r in roles]
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -168,9 +168,9 @@ class Service:
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
         send at the next :meth:`_flush`: the calls first, each kind in the order the core
         made it."""
-        self._events: list[tuple[list[bytes], Decoded]] = []
+        self._events: list[tuple[list[bytes], Decoded | None]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
-        replies."""
+        replies (with the message as built for the services of this process, all-in-one)."""
         self._inputs: list[tuple[zmq.Socket | Inbox, Callable[[Any], None], bool]] = []
         self._dirty: set[zmq.Socket | Inbox] = set()
         """Watched sockets that may hold input: their descriptor fired, or this service used
@@ -712,7 +712,7 @@ class Service:
             events, self._events = self._events, []
             for frames, msg in events:
                 self._send(self.pub, frames)  # type: ignore[arg-type]
-                if self.hub is not None:
+                if self.hub is not None and msg is not None:
                     self.stats["drops"] += self.hub.publish(self.role, frames[0], msg)
             for sock, frames, _, call in out:
                 if call is None or sock is None:
@@ -735,7 +735,7 @@ class Service:
         assert self.pub is not None
         header = self._header(body, None)
         self._events.append(([body.msg_type.encode(), *encode(body, header, blobs)],
-                             Decoded(header, body, blobs)))
+                             Decoded(header, body, blobs) if self.hub is not None else None))
         if len(self._events) >= OUTBOX_FLUSH:
             self._flush()
 
