@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import heapq
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ import zmq
 from . import IMPL, buskeys
 from . import config as cfg
 from .bus import readable, recv_frames, recv_frames_user, send_frames, socket
+from .calls import Calls
 from .core import (
     Action,
     Call,
@@ -43,8 +43,6 @@ from .core import (
     Fail,
     Input,
     PeerFailed,
-    PeerReplied,
-    PeerRestarted,
     Publish,
     Reply,
     Request,
@@ -115,21 +113,6 @@ class ServiceContext:
         return self.section("bus", cfg.BusSection)
 
 
-@dataclass
-class _PeerService:
-    incarnation: bytes
-    heard: float
-    lost: bool = False
-
-
-@dataclass
-class _Pending:
-    token: Any
-    role: str
-    request: type[Message]
-    timeout_s: float
-
-
 class Service:
     """Base of every service shell. Subclasses set ``role`` and implement ``build_core``."""
 
@@ -155,8 +138,9 @@ class Service:
         self.started = clock()
         self.stats: Counter[str] = Counter()
         self.errors_sent: Counter[str] = Counter()
-        self._pending: dict[bytes, _Pending] = {}
-        self._deadlines: list[tuple[float, bytes]] = []
+        self.calls = Calls(self.stats, max(SILENT_HEARTBEATS * self.bus.heartbeat_s,
+                                           MIN_SILENCE_S), self.log)
+        """Calls in flight, and the services this one calls or listens to."""
         self.hub = hub
         """The other services of this process (all-in-one), reached without ZeroMQ."""
         self._local_rpc = hub.join(self.role, self.bus.hwm) if hub is not None else None
@@ -188,8 +172,6 @@ class Service:
         self._timer_at: float | None = None
         self._again: asyncio.Handle | None = None
         self._next_heartbeat = self.started + EARLY_HEARTBEATS_S[0]
-        self._peers: dict[str, _PeerService] = {}
-        """The services this one calls or listens to, as their heartbeats show them."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pong = PingReply(service=self.role, impl=IMPL, pid=os.getpid())
         self._pong_packed = pack_body(self._pong)
@@ -430,15 +412,8 @@ class Service:
     def _arm_timer(self) -> None:
         if self._stopped.is_set() or self._loop is None:
             return
-        when = min([self._next_heartbeat, *(p.heard + self._silence_s for p in
-                                             self._peers.values() if not p.lost)])
-        while self._deadlines and self._deadlines[0][1] not in self._pending:
-            heapq.heappop(self._deadlines)
-        if self._deadlines:
-            when = min(when, self._deadlines[0][0])
-        core_at = self.core.next_deadline()
-        if core_at is not None:
-            when = min(when, core_at)
+        when = min(t for t in (self._next_heartbeat, self.calls.next_deadline(),
+                               self.core.next_deadline()) if t is not None)
         if when == self._timer_at:
             return
         if self._timer:
@@ -449,27 +424,16 @@ class Service:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         now = self.clock()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, msg_id = heapq.heappop(self._deadlines)
-            p = self._pending.pop(msg_id, None)
-            if p is not None:
-                self.stats["call_timeouts"] += 1
-                self._feed(PeerFailed(p.token, ErrorCode.PEER_TIMEOUT,
-                                      f"{p.role} did not answer {p.request.msg_type} within "
-                                      f"{p.timeout_s:g} s (is it running?)"))
+        for event in self.calls.expire(now):
+            self._feed(event)
         if now >= self._next_heartbeat:
             self._publish(Heartbeat(service=self.role, uptime_s=now - self.started,
                                     incarnation=self.incarnation))
             early = [t for t in EARLY_HEARTBEATS_S if self.started + t > now]
             self._next_heartbeat = self.started + early[0] if early \
                 else now + self.bus.heartbeat_s
-        for role, peer in self._peers.items():
-            if not peer.lost and now - peer.heard >= self._silence_s:
-                peer.lost = True
-                self.stats["peer_services_lost"] += 1
-                self.log.warning("%s has been silent for %.0f s: taken for gone", role,
-                                 now - peer.heard)
-                self._peer_restarted(role, lost=True)
+        for event in self.calls.silent(now):
+            self._feed(event)
         core_at = self.core.next_deadline()
         if core_at is not None and core_at <= now:
             self._run_core(lambda: self.core.on_timer(now), None)
@@ -536,24 +500,9 @@ class Service:
         self._handle_reply(role, msg)
 
     def _handle_reply(self, role: str, msg: Decoded) -> None:
-        parent = msg.header.parent_id or b""
-        p = self._pending.get(parent)
-        if p is None or p.role != role:
-            self.stats["late_replies"] += 1
-            return
-        del self._pending[parent]
-        if not isinstance(msg.body, (ErrorReply, p.request.reply_type or ErrorReply)):
-            self.stats["unexpected_replies"] += 1
-            self._feed(PeerFailed(p.token, ErrorCode.FAILED, f"{role} answered "
-                                  f"{p.request.msg_type} with {msg.body.msg_type}"))
-        elif isinstance(msg.body, ErrorReply):
-            try:
-                code = ErrorCode(msg.body.code)
-            except ValueError:
-                code = ErrorCode.FAILED
-            self._feed(PeerFailed(p.token, code, f"{role}: {msg.body.message}"))
-        else:
-            self._feed(PeerReplied(p.token, msg.body, msg.blobs))
+        event = self.calls.answer(role, msg)
+        if event is not None:
+            self._feed(event)
 
     def _on_event(self, frames: list[bytes]) -> None:
         try:
@@ -567,43 +516,12 @@ class Service:
     def _handle_event(self, msg: Decoded) -> None:
         body = msg.body
         if isinstance(body, (Ready, Heartbeat)):
-            self._peer_seen(body.service, body.incarnation)
+            role = body.service
+            known = role in self._dealers or role in self._subs
+            for event in self.calls.heard(role, body.incarnation, self.clock(), known):
+                self._feed(event)
             return
         self._feed(EventReceived(body, msg.blobs, msg.header.src))
-
-    # -- the services this one depends on --------------------------------------------------
-
-    @property
-    def _silence_s(self) -> float:
-        return max(SILENT_HEARTBEATS * self.bus.heartbeat_s, MIN_SILENCE_S)
-
-    def _peer_seen(self, role: str, incarnation: bytes) -> None:
-        """A ``sys.ready`` or heartbeat of ``role``: a new incarnation, or a word after a
-        silence, means what lived in the process we knew is gone."""
-        peer = self._peers.get(role)
-        if peer is None:  # not a service we call or listen to (or first word: the base line)
-            if role in self._dealers or role in self._subs:
-                self._peers[role] = _PeerService(incarnation, self.clock())
-            return
-        peer.heard = self.clock()
-        restarted = peer.lost or bool(incarnation and peer.incarnation
-                                      and incarnation != peer.incarnation)
-        peer.lost = False
-        peer.incarnation = incarnation or peer.incarnation
-        if restarted:
-            self.stats["peer_services_restarted"] += 1
-            self.log.info("%s restarted: resynchronising", role)
-            self._peer_restarted(role, lost=False)
-
-    def _peer_restarted(self, role: str, lost: bool) -> None:
-        """Fail the calls in flight to ``role`` (the process that had them is gone), then
-        tell the core."""
-        for msg_id, p in list(self._pending.items()):
-            if p.role == role:
-                del self._pending[msg_id]
-                self._feed(PeerFailed(p.token, ErrorCode.UNAVAILABLE,
-                                      f"{role} {'went silent' if lost else 'restarted'}"))
-        self._feed(PeerRestarted(role, lost))
 
     def _feed(self, event: Input) -> None:
         self._run_core(lambda: self.core.handle(event, self.clock()), None)
@@ -704,8 +622,7 @@ class Service:
             out, self._outbox = self._outbox, []
             for sock, frames, msg_id, call in out:
                 if call is not None and sock is not None and not self._send(sock, frames) \
-                        and msg_id in self._pending:
-                    del self._pending[msg_id]
+                        and self.calls.cancel(msg_id) is not None:
                     self._feed(PeerFailed(call.token, ErrorCode.OVERLOADED,
                                           f"queue to {call.role} is full"))
             self.flush_extra()
@@ -750,8 +667,7 @@ class Service:
         timeout = a.timeout_s or self.bus.request_timeout_s
         now = self.wall()
         header = Header(a.body.msg_type, msg_id, None, self.role, now, now + timeout)
-        self._pending[msg_id] = _Pending(a.token, a.role, type(a.body), timeout)
-        heapq.heappush(self._deadlines, (self.clock() + timeout, msg_id))
+        self.calls.add(msg_id, a.token, a.role, type(a.body), timeout, self.clock())
         frames = [sock, Decoded(header, a.body, a.blobs)] if isinstance(sock, Dealer) \
             else [b"", *encode(a.body, header, a.blobs)]
         self._outbox.append((sock, frames, msg_id, a))
@@ -819,7 +735,7 @@ class Service:
             frames_in=s["frames_in"], frames_out=s["frames_out"],
             decode_errors=s["decode_errors"], drops=s["drops"],
             errors=dict(self.errors_sent),
-            queues={"pending_calls": len(self._pending), **self.core.queues()},
+            queues={"pending_calls": len(self.calls), **self.core.queues()},
             counters={k: v for k, v in s.items() if k not in (
                 "frames_in", "frames_out", "decode_errors", "drops")} | self._auth_counters()
             | self.core.counters(),

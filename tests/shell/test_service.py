@@ -242,7 +242,7 @@ def test_a_restarted_peer_service_fails_calls_in_flight_and_tells_the_core(
             waiting = client.send("crypto", NodeId())  # the core calls the router
             assert rpc.poll(5000)  # the call reached the fake router, which keeps it
             t0 = time.monotonic()
-            while "router" not in svc._peers and time.monotonic() - t0 < 5:
+            while not svc.calls.knows("router") and time.monotonic() - t0 < 5:
                 _heartbeat(pub, b"old incarn")  # until the service has heard it
                 time.sleep(0.02)
             _heartbeat(pub, b"new incarn")
