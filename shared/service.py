@@ -1,11 +1,13 @@
 """The service base: a thin asyncio + ZeroMQ shell around a sans-I/O core.
 
-One :class:`Service` owns a ROUTER socket (requests), a PUB socket (events), one DEALER per
-service it calls (created on the first call) and one SUB per service it listens to. The
-sockets' file descriptors are watched with ``loop.add_reader``; every wake-up *drains* the
-sockets that may hold input with non-blocking receives until none has a message left (awaiting
-each message is an order of magnitude slower, see docs/benchmarks.md). Because ZeroMQ
-descriptors are edge-triggered, every path that sends outside a drain ends by draining again.
+A :class:`Service` ties three parts together: its sockets (:mod:`shared.sockets`: a ROUTER
+for requests, a PUB for events, a DEALER per service it calls and a SUB per service it listens
+to, or the local hub's equivalents all-in-one), its calls in flight and the liveness of the
+services it depends on (:mod:`shared.calls`), and the core. Every wake-up *drains* the sockets
+that may hold input with non-blocking receives until none has a message left (awaiting each
+message is an order of magnitude slower, see docs/benchmarks.md), and what the core answers
+leaves at the end of each batch. Because ZeroMQ descriptors are edge-triggered, every path
+that sends outside a drain ends by draining again.
 
 Per inbound request the base decodes the frame, answers ``sys.ping``, ``sys.status`` and
 ``sys.shutdown`` itself, and hands anything else the core declares in ``Core.handles`` to
@@ -14,12 +16,9 @@ reply and is counted under ``decode_errors``. An exception raised by the core is
 it is logged with its traceback, answered ``internal`` and counted, and the service keeps
 serving its other clients.
 """
-
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import functools
 import logging
 import os
 import time
@@ -31,9 +30,8 @@ from typing import Any, ClassVar
 
 import zmq
 
-from . import IMPL, buskeys
+from . import IMPL
 from . import config as cfg
-from .bus import readable, recv_frames, recv_frames_user, send_frames, socket
 from .calls import Calls
 from .core import (
     Action,
@@ -49,9 +47,11 @@ from .core import (
     ServiceAction,
     ServiceInput,
 )
-from .endpoints import Endpoints, EndpointsError, RoleEndpoints, bind_address, prepare_bind
+from .endpoints import Endpoints, EndpointsError, RoleEndpoints
 from .ids import MsgIds
-from .localbus import Dealer, Hub, Inbox, Sub
+from .localbus import Dealer, Hub, Sub
+from .sockets import Sockets
+from .sockets import StartupError as StartupError  # raised while binding; shells raise it too
 from .wire import (
     Decoded,
     DecodeError,
@@ -92,10 +92,6 @@ OUTBOX_FLUSH = 16
 batch."""
 
 
-class StartupError(Exception):
-    """The service cannot start; the message tells the user what to fix."""
-
-
 @dataclass
 class ServiceContext:
     """What a service is started with: its data directory, config and endpoints."""
@@ -125,10 +121,6 @@ class Service:
         self.context = context
         self.bus = context.bus
         self.log = logging.getLogger(f"tom.{self.role}")
-        self.zctx = zctx or zmq.Context.instance()
-        self.connect_to = connect or context.endpoints
-        own = context.endpoints[self.role]
-        self.binds = [own, *binds]
         self.clock = clock
         self.wall = wall
         self.core = self.build_core(context)
@@ -143,10 +135,10 @@ class Service:
         """Calls in flight, and the services this one calls or listens to."""
         self.hub = hub
         """The other services of this process (all-in-one), reached without ZeroMQ."""
-        self._local_rpc = hub.join(self.role, self.bus.hwm) if hub is not None else None
-        self._dealers: dict[str, zmq.Socket | Dealer] = {}
-        self._subs: dict[str, zmq.Socket | Sub] = {}
-        self._locks: list[int] = []
+        self.sockets = Sockets(self.role, self.bus, context.data_dir,
+                               zctx or zmq.Context.instance(), connect or context.endpoints,
+                               [context.endpoints[self.role], *binds], hub, self.stats,
+                               self.log, self._drain)
         self._outbox: list[tuple[zmq.Socket | Dealer | None, list[Any], bytes,
                                  Call | None]] = []
         """Replies (socket None: the ROUTER) and calls (socket, frames, msg_id, call) to
@@ -155,15 +147,6 @@ class Service:
         self._events: list[tuple[list[bytes], Decoded | None]] = []
         """Events to publish at the next :meth:`_flush`, after its calls, before its
         replies (with the message as built for the services of this process, all-in-one)."""
-        self._inputs: list[tuple[zmq.Socket | Inbox, Callable[[Any], None], bool]] = []
-        self._dirty: set[zmq.Socket | Inbox] = set()
-        """Watched sockets that may hold input: their descriptor fired, or this service used
-        them since they were last found empty (:meth:`_drain`)."""
-        self._caller: str | None = None
-        """Who sent the request being handled: ``service:ROLE``, ``owner`` or ``app:NAME``
-        over an authenticated (tcp, CURVE) bus, None over ipc/inproc (docs/security.md)."""
-        self.keys: buskeys.BusKeys | None = None
-        """The node's bus keys, when any endpoint this service binds or dials is tcp."""
         self._stopped = asyncio.Event()
         self._left: asyncio.Event | None = None
         """Set once the core has handed its duties on (while leaving)."""
@@ -175,8 +158,6 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pong = PingReply(service=self.role, impl=IMPL, pid=os.getpid())
         self._pong_packed = pack_body(self._pong)
-        self.rpc: zmq.Socket | None = None
-        self.pub: zmq.Socket | None = None
 
     def build_core(self, context: ServiceContext) -> Core:
         raise NotImplementedError
@@ -186,21 +167,13 @@ class Service:
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Bind, announce readiness, serve until stopped, then close everything."""
         self._loop = asyncio.get_running_loop()
-        self.rpc = socket(self.zctx, zmq.ROUTER, self.bus.hwm)
-        self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.pub = socket(self.zctx, zmq.PUB, self.bus.hwm)
-        self._lock_ipc()
-        authed = any(u.startswith("tcp://") for ep in self.binds for u in (ep.rpc, ep.events))
-        if authed:
-            self._authenticate()
-        for ep in self.binds:
-            for sock, url in ((self.rpc, ep.rpc), (self.pub, ep.events)):
-                prepare_bind(url)
-                sock.bind(bind_address(url, self.bus.bind_host))
-        self._watch(self.rpc, self._on_request, authed)
-        if self._local_rpc is not None:
-            self._watch(self._local_rpc, self._on_local_request)
-        self.log.info("serving on %s", ", ".join(ep.rpc for ep in self.binds))
+        sockets = self.sockets
+        authed = sockets.bind(self._loop)
+        assert sockets.rpc is not None
+        sockets.watch(sockets.rpc, self._on_request, authed)
+        if sockets.local_rpc is not None:
+            sockets.watch(sockets.local_rpc, self._on_local_request)
+        self.log.info("serving on %s", ", ".join(ep.rpc for ep in sockets.binds))
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid(),
                             incarnation=self.incarnation))
         self._flush()
@@ -211,55 +184,6 @@ class Service:
             await self._stopped.wait()
         finally:
             self._close()
-
-    def _authenticate(self) -> None:
-        """CURVE on this role's server sockets: only the node's services, its owner and (for
-        the router and groups, the app APIs) the listed apps get in; the ZAP handler runs
-        before anything binds."""
-        assert self.rpc is not None and self.pub is not None
-        keys = self._bus_keys()
-        admitted = keys.node_keys()
-        if self.role in ("router", "groups"):  # the app APIs
-            admitted |= keys.app_keys()
-        buskeys.guard(self.zctx).admit(self.role, admitted)
-        for sock in (self.rpc, self.pub):
-            keys.serve(sock, self.role)
-
-    def _bus_keys(self) -> buskeys.BusKeys:
-        if self.keys is None:
-            keys = buskeys.BusKeys(self.context.data_dir / "bus")
-            try:
-                keys.pair(self.role)
-            except buskeys.BusKeyError as e:
-                raise StartupError(f"the bus runs over tcp, which needs keys: {e}") from None
-            self.keys = keys
-        return self.keys
-
-    def _dial(self, sock: zmq.Socket, role: str, url: str) -> None:
-        if url.startswith("tcp://"):
-            self._bus_keys().dial(sock, self.role, role)
-        sock.connect(url)
-
-    def _lock_ipc(self) -> None:
-        """Refuse to start beside a running instance of this role.
-
-        Binding an ipc endpoint replaces the socket file of a running instance, which would
-        keep running but be unreachable; an exclusive lock next to the socket prevents that.
-        The kernel releases it however the process ends, so a restart after kill -9 works.
-        """
-        for ep in self.binds:
-            if not ep.rpc.startswith("ipc://"):
-                continue
-            path = Path(ep.rpc[len("ipc://"):] + ".lock")
-            prepare_bind(ep.rpc)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise StartupError(f"another {self.role} service is already serving "
-                                   f"{ep.rpc} (lock {path})") from None
-            self._locks.append(fd)
 
     async def leave(self) -> None:
         """Let the core hand its duties on (``Core.leave``) while the node's other services
@@ -298,41 +222,7 @@ class Service:
             self._timer.cancel()
         if self._again:
             self._again.cancel()
-        for sock, _, _ in self._inputs:
-            if isinstance(sock, Inbox):
-                assert self.hub is not None
-                self.hub.leave(sock)
-                continue
-            self._loop.remove_reader(sock.FD)
-            # a moment for replies already queued (the sys.shutdown reply) to leave
-            sock.close(linger=200 if sock is self.rpc else 0)
-        if self.pub is not None:
-            self.pub.close(0)
-        self._inputs.clear()
-        self._dirty.clear()
-        for fd in self._locks:
-            os.close(fd)
-        self._locks.clear()
-
-    def _watch(self, sock: zmq.Socket | Inbox, handler: Callable[[Any], None],
-               authed: bool = False) -> None:
-        assert self._loop is not None
-        self._inputs.append((sock, handler, authed))
-        self._dirty.add(sock)
-        if isinstance(sock, Inbox):
-            sock.wake = functools.partial(self._loop.call_soon, self._wake_inbox, sock)
-        else:
-            self._loop.add_reader(sock.FD, self._wake, sock)
-
-    def _wake(self, sock: zmq.Socket | Inbox) -> None:
-        """``sock``'s descriptor fired: it may hold input."""
-        self._dirty.add(sock)
-        self._drain()
-
-    def _wake_inbox(self, inbox: Inbox) -> None:
-        """A service of this process put frames in ``inbox`` (scheduled once until now)."""
-        inbox.scheduled = False
-        self._wake(inbox)
+        self.sockets.close()
 
     # -- the drain loop ----------------------------------------------------------------------
 
@@ -350,21 +240,17 @@ class Service:
         """
         self._again = None
         budget = self.bus.max_batch
-        dirty = self._dirty
+        sockets, dirty = self.sockets, self.sockets.dirty
         while not self._stopped.is_set():
             self._perform(self.core.flush(self.clock()))
             self._flush()  # sends made outside a read batch (timer); reads follow
             if not dirty or budget <= 0:
                 break
-            for sock, handler, authed in tuple(self._inputs):
+            for sock, handler, authed in tuple(sockets.inputs):
                 if sock not in dirty:
                     continue
-                dirty.discard(sock)
                 start = budget
-                if isinstance(sock, Inbox):
-                    budget = self._read_inbox(sock, handler, budget)
-                else:
-                    budget = self._read_socket(sock, handler, authed, budget)
+                budget = sockets.read(sock, handler, authed, budget, self._stopped)
                 if budget < start:
                     self._perform(self.core.flush(self.clock()))
                     self._flush()
@@ -374,40 +260,6 @@ class Service:
         if dirty and budget <= 0 and self._again is None and self._loop is not None:
             self._again = self._loop.call_soon(self._drain)  # more queued: yield, then go on
         self._arm_timer()
-
-    def _read_socket(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None],
-                     authed: bool, budget: int) -> int:
-        """Handle what ``sock`` holds, within ``budget`` messages; the budget left."""
-        while readable(sock):
-            if budget <= 0 or self._stopped.is_set():
-                self._dirty.add(sock)  # not read to the end: check it again
-                break
-            frames, self._caller = recv_frames_user(sock) if authed \
-                else (recv_frames(sock), None)
-            budget -= 1
-            self._handle(handler, frames)
-        return budget
-
-    def _read_inbox(self, inbox: Inbox, handler: Callable[[Any], None],
-                    budget: int) -> int:
-        """:meth:`_read_socket` for what the services of this process sent (decoded
-        messages: :mod:`shared.localbus`)."""
-        queue = inbox.queue
-        while queue:
-            if budget <= 0 or self._stopped.is_set():
-                self._dirty.add(inbox)
-                break
-            self._caller = None
-            budget -= 1
-            self._handle(handler, queue.popleft())
-        return budget
-
-    def _handle(self, handler: Callable[[Any], None], item: Any) -> None:
-        try:
-            handler(item)
-        except Exception:  # a bug of ours: count it, keep serving the others
-            self.stats["internal_errors"] += 1
-            self.log.exception("failed to handle a message")
 
     def _arm_timer(self) -> None:
         if self._stopped.is_set() or self._loop is None:
@@ -468,7 +320,8 @@ class Service:
         elif isinstance(body, Status):
             self._reply(ctx, self.status())
         elif isinstance(body, Shutdown):
-            if self._caller is not None and self._caller.startswith("app:"):
+            caller = self.sockets.caller
+            if caller is not None and caller.startswith("app:"):
                 self.stats["refused_callers"] += 1
                 self._send_error(route, msg_id, ErrorCode.FORBIDDEN,
                                  "an app cannot stop the node's services")
@@ -476,7 +329,7 @@ class Service:
             self._reply(ctx, ShutdownReply())
             self.leave_then_stop()
         elif type(body) in self.core.handles:
-            req = Request(ctx, body, msg.blobs, msg.header.src, self._caller)
+            req = Request(ctx, body, msg.blobs, msg.header.src, self.sockets.caller)
             self._run_core(lambda: self.core.handle(req, self.clock()), ctx)
         else:
             self._reject(route, msg_id, ErrorCode.UNSUPPORTED,
@@ -517,7 +370,7 @@ class Service:
         body = msg.body
         if isinstance(body, (Ready, Heartbeat)):
             role = body.service
-            known = role in self._dealers or role in self._subs
+            known = role in self.sockets.dealers or role in self.sockets.subs
             for event in self.calls.heard(role, body.incarnation, self.clock(), known):
                 self._feed(event)
             return
@@ -569,24 +422,6 @@ class Service:
     def _header(self, body: Message, parent_id: bytes | None) -> Header:
         return Header(body.msg_type, self.ids.next(), parent_id, self.role, self.wall())
 
-    def _send(self, sock: zmq.Socket | Dealer, frames: list[Any]) -> bool:
-        """Send ``frames`` on ``sock``; to a service of this process (a :class:`Dealer`, or
-        a reply whose route is one) ``frames`` is ``[route, Decoded]``: not encoded."""
-        try:
-            if isinstance(sock, Dealer):  # a call to a service of this process
-                sock.send(frames[1])
-            elif isinstance(frames[0], Dealer):  # a reply to a service of this process
-                frames[0].put(frames[1])
-            else:
-                if sock is not self.pub:
-                    self._dirty.add(sock)  # the send may take in the notice of a message
-                send_frames(sock, frames)
-        except zmq.ZMQError:  # Again (queue full) or EHOSTUNREACH (client gone)
-            self.stats["drops"] += 1
-            return False
-        self.stats["frames_out"] += 1
-        return True
-
     def _reply(self, ctx: Any, body: Message, blobs: tuple[bytes, ...] = (),
                packed: bytes | None = None) -> None:
         """Queue a reply; replies leave together after each batch read from a socket.
@@ -618,22 +453,23 @@ class Service:
         to the core as ``overloaded``; whatever the core does about it is sent in the same
         flush.
         """
-        while self.rpc is not None:
+        pub, rpc = self.sockets.pub, self.sockets.rpc
+        while rpc is not None and pub is not None:
             out, self._outbox = self._outbox, []
             for sock, frames, msg_id, call in out:
-                if call is not None and sock is not None and not self._send(sock, frames) \
+                if call is not None and sock is not None and not self.sockets.send(sock, frames) \
                         and self.calls.cancel(msg_id) is not None:
                     self._feed(PeerFailed(call.token, ErrorCode.OVERLOADED,
                                           f"queue to {call.role} is full"))
             self.flush_extra()
             events, self._events = self._events, []
             for frames, msg in events:
-                self._send(self.pub, frames)  # type: ignore[arg-type]
+                self.sockets.send(pub, frames)
                 if self.hub is not None and msg is not None:
                     self.stats["drops"] += self.hub.publish(self.role, frames[0], msg)
             for sock, frames, _, call in out:
                 if call is None or sock is None:
-                    self._send(self.rpc, frames)
+                    self.sockets.send(rpc, frames)
             if not (self._outbox or self._events):
                 break
 
@@ -649,7 +485,6 @@ class Service:
     def _publish(self, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
         """Queue an event; events leave at the next :meth:`_flush`, after its calls, before
         its replies."""
-        assert self.pub is not None
         header = self._header(body, None)
         self._events.append(([body.msg_type.encode(), *encode(body, header, blobs)],
                              Decoded(header, body, blobs) if self.hub is not None else None))
@@ -676,56 +511,31 @@ class Service:
         return None
 
     def _dealer(self, role: str) -> zmq.Socket | Dealer:
-        sock = self._dealers.get(role)
-        if sock is None and self.hub is not None and self.hub.has(role):
-            sock = self._dealers[role] = self.hub.dealer(role, self.bus.hwm)
-            self._watch(sock, lambda msg: self._handle_reply(role, msg))
-            self._listen(role)
-        elif sock is None:
-            url = self.connect_to[role].rpc
-            sock = self._dealers[role] = socket(self.zctx, zmq.DEALER, self.bus.hwm)
-            self._dial(sock, role, url)
-            self._watch(sock, lambda frames: self._on_reply(role, frames))
-            try:
-                self._listen(role)  # its heartbeats: calls in flight fail when it restarts
-            except (KeyError, EndpointsError) as e:
-                self.log.warning("cannot listen to %s's events: %s", role, e)
+        sock, new = self.sockets.dealer(role)
+        if new:
+            if isinstance(sock, Dealer):
+                self.sockets.watch(sock, lambda msg: self._handle_reply(role, msg))
+                self._listen(role)
+            else:
+                self.sockets.watch(sock, lambda frames: self._on_reply(role, frames))
+                try:
+                    self._listen(role)  # its heartbeats: calls in flight fail when it restarts
+                except (KeyError, EndpointsError) as e:
+                    self.log.warning("cannot listen to %s's events: %s", role, e)
         return sock
 
     def subscribe(self, role: str, prefix: str = "") -> None:
         """Receive ``role``'s events whose msg_type starts with ``prefix``."""
-        sock = self._listen(role)
-        if isinstance(sock, Sub):
-            sock.prefixes += (prefix.encode(),)
-        else:
-            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._dirty.add(sock)
+        self.sockets.subscribe(self._listen(role), prefix.encode())
 
     def _listen(self, role: str) -> zmq.Socket | Sub:
-        """The SUB socket to ``role``'s events; it always takes ``sys.*`` (heartbeats: who
-        restarted)."""
-        sock = self._subs.get(role)
-        if sock is None and self.hub is not None and self.hub.has(role):
-            sock = self._subs[role] = self.hub.subscribe(role, self.bus.hwm, b"sys.")
-            self._watch(sock, self._handle_event)
-        elif sock is None:
-            sock = self._subs[role] = socket(self.zctx, zmq.SUB, self.bus.hwm)
-            sock.setsockopt(zmq.SUBSCRIBE, b"sys.")
-            try:
-                self._dial(sock, role, self.connect_to[role].events)
-            except (KeyError, EndpointsError):
-                sock.close(0)
-                del self._subs[role]
-                raise
-            self._watch(sock, self._on_event)
+        sock, new = self.sockets.sub(role)
+        if new:
+            self.sockets.watch(sock, self._handle_event if isinstance(sock, Sub)
+                               else self._on_event)
         return sock
 
     # -- status ------------------------------------------------------------------------------
-
-    def _auth_counters(self) -> dict[str, int]:
-        if self.keys is None:
-            return {}
-        return {"bus_auth_refused": buskeys.guard(self.zctx).refused[self.role]}
 
     def status(self) -> StatusReply:
         s = self.stats
@@ -737,6 +547,6 @@ class Service:
             errors=dict(self.errors_sent),
             queues={"pending_calls": len(self.calls), **self.core.queues()},
             counters={k: v for k, v in s.items() if k not in (
-                "frames_in", "frames_out", "decode_errors", "drops")} | self._auth_counters()
+                "frames_in", "frames_out", "decode_errors", "drops")} | self.sockets.auth_counters()
             | self.core.counters(),
         )

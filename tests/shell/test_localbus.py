@@ -78,8 +78,8 @@ def test_a_call_its_reply_and_events_cross_the_hub_and_apps_still_use_sockets(
         for _ in range(3):  # the app's request over ipc; the router's call over the hub
             reply = client.request("router", NodeId())
             assert isinstance(reply, NodeIdReply) and reply.node_id == b"\1" * 32
-        assert isinstance(router._dealers["crypto"], Dealer)
-        assert isinstance(router._subs["crypto"], Sub)
+        assert isinstance(router.sockets.dealers["crypto"], Dealer)
+        assert isinstance(router.sockets.subs["crypto"], Sub)
         deadline = time.monotonic() + 10  # crypto's heartbeats reach the router
         while not router.calls.knows("crypto") and time.monotonic() < deadline:
             time.sleep(0.02)

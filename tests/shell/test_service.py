@@ -233,7 +233,7 @@ def test_a_restarted_peer_service_fails_calls_in_flight_and_tells_the_core(
     core = RestartAwareCore()
     with serving(tmp_path, lambda: core, request_timeout_s=5.0, heartbeat_s=0.3) \
             as (svc, client):
-        router = svc.connect_to["router"]
+        router = svc.sockets.connect_to["router"]
         ctx = zmq.Context.instance()
         rpc, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
         try:
@@ -281,14 +281,15 @@ def test_a_socket_the_service_sent_on_is_checked_for_input_before_it_sleeps(
 
     zctx = zmq.Context()
     svc = Idle(context, zctx=zctx)
-    svc.pub = zctx.socket(zmq.PUB)
+    sockets = svc.sockets
+    sockets.pub = pub = zctx.socket(zmq.PUB)
     dealer = zctx.socket(zmq.DEALER)
     try:
-        assert not svc._dirty
-        svc._send(dealer, [b"", b"x"])
-        svc._send(svc.pub, [b"topic", b"x"])
-        assert svc._dirty == {dealer}  # the PUB socket is never read
+        assert not sockets.dirty
+        sockets.send(dealer, [b"", b"x"])
+        sockets.send(pub, [b"topic", b"x"])
+        assert sockets.dirty == {dealer}  # the PUB socket is never read
     finally:
         dealer.close(0)
-        svc.pub.close(0)
+        pub.close(0)
         zctx.term()
