@@ -11,7 +11,12 @@ On Linux the socket also takes ICMP errors (``IP_RECVERR``): after each read the
 the socket's error queue and hands the core each "port unreachable" or "host unreachable"
 with the address it concerns and the quoted datagram (:class:`~.core.Unreachable`), so a dial
 to an address where nothing listens fails at once instead of after the authentication
-timeout (the endpoint checks that the quote is its own packet).
+timeout (the endpoint checks that the quote is its own packet). Such a socket reports
+POLLERR until its error queue is read, and libuv (the uvloop event loop) answers POLLERR by
+dropping the descriptor from its watch for good, after which nothing more was read (under
+uvloop, nodes behind symmetric NATs, whose punches meet closed ports, went deaf). So the loop
+watches an epoll descriptor that holds the socket, which reports only "readable"; under both
+loops the errors are then read where they always were, after the datagrams.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import errno
 import fcntl
 import ipaddress
 import random
+import select
 import socket
 import struct
 import sys
@@ -119,15 +125,21 @@ class TransportService(Service):
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
         self._resolver_busy = 0
         self._recverr = recv_errors(self.udp)
+        watched = select.epoll() if self._recverr else None
+        if watched is not None:  # see the module docstring: POLLERR never reaches the loop
+            watched.register(self.udp.fileno(), select.EPOLLIN)
+        fd = self.udp.fileno() if watched is None else watched.fileno()
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.udp.fileno(), self._on_readable)
+        loop.add_reader(fd, self._on_readable)
         self._portmap: socket.socket | None = None
         if cfg.port_mapping:
             self._start_portmap(cfg, host, port)
         try:
             await super().run(ready)
         finally:
-            loop.remove_reader(self.udp.fileno())
+            loop.remove_reader(fd)
+            if watched is not None:
+                watched.close()
             self.udp.close()
             for key in list(self._birthday):
                 self._close_sockets(key)

@@ -5,15 +5,31 @@ makes of the resolver's failures."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import select
 import socket
 import struct
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
+import zmq
 
-from services.transport.shell import QUOTE_BYTES, icmp_reason, recv_errors, resolve_error
+from services.transport.shell import (
+    QUOTE_BYTES,
+    TransportService,
+    icmp_reason,
+    recv_errors,
+    resolve_error,
+)
+from shared import endpoints as ep
+from shared.bus import BusClient
+from shared.runner import loop_factory
+from shared.service import ServiceContext
+from shared.wire.messages.sys import Status, StatusReply
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_RECVERR is Linux's")
 
@@ -67,3 +83,48 @@ def test_a_name_that_does_not_exist_is_final_other_resolver_failures_may_pass() 
     assert resolve_error(again) == ("Temporary failure in name resolution", True)
     assert resolve_error(UnicodeError("label too long")) == ("label too long", False)
     assert resolve_error(IndexError()) == ("IndexError", False)  # no address at all
+
+
+@linux
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_the_transport_keeps_reading_its_socket_after_an_icmp_error(
+        tmp_path: Path, event_loop: str) -> None:
+    """An ICMP error makes the socket report POLLERR until its error queue is read. libuv
+    (uvloop) answers POLLERR on a watched descriptor by stopping the watch for good, so the
+    transport read nothing more after the first "port unreachable": under uvloop, nodes
+    behind symmetric NATs, whose punches meet closed ports, stopped hearing anyone. Under
+    both loops the transport must go on reading: each error of three is read (and counted)
+    only while the socket is still watched."""
+    factory = loop_factory(event_loop)
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    context = ServiceContext(tmp_path, ep.ipc(tmp_path / "run"), {"transport": {
+        "host": "127.0.0.1", "port": 0}}, env={})
+    svc = TransportService(context, zctx=zmq.Context())
+    ready = threading.Event()
+    t = threading.Thread(target=loop.run_until_complete, args=(svc.run(ready.set),),
+                         daemon=True)
+    t.start()
+    client = BusClient(context.endpoints, timeout_s=5)
+
+    def counters() -> dict[str, int]:
+        status = client.request("transport", Status())
+        assert isinstance(status, StatusReply)
+        return status.counters
+
+    def until(what: str, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while counters().get(what, 0) < n:
+            assert time.monotonic() < deadline, f"{what} stayed below {n}: {counters()}"
+            time.sleep(0.02)
+
+    try:
+        assert ready.wait(10)
+        assert svc._recverr
+        for n in range(1, 4):
+            svc.udp.sendto(b"\x00probe", ("127.0.0.1", closed_port()))
+            until("icmp_errors", n)
+    finally:
+        client.close()
+        loop.call_soon_threadsafe(svc.request_stop)
+        t.join(10)
+        assert not t.is_alive()
