@@ -80,7 +80,7 @@ def _tls(is_client: bool) -> Any:
     from aioquic.quic.configuration import QuicConfiguration
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from services.transport.endpoint import self_signed
+    from services.transport.quic import self_signed
 
     cfg = QuicConfiguration(is_client=is_client, alpn_protocols=[ALPN])
     if is_client:

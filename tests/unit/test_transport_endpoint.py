@@ -13,7 +13,6 @@ from services.crypto.core import Identity
 from services.transport import signalling
 from services.transport.admission import Limits
 from services.transport.endpoint import (
-    APP_ACK_DELAY_S,
     CONTROL,
     FRAME_COST,
     INTRO_BURST,
@@ -42,6 +41,7 @@ from services.transport.endpoint import (
     transport_public,
 )
 from services.transport.events import CloseSockets, OpenSockets
+from services.transport.quic import APP_ACK_DELAY_S
 from services.transport.signalling import BIRTHDAY_PROBES, BIRTHDAY_SOCKETS
 
 NOW_S = 1_800_000_000
