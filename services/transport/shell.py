@@ -11,12 +11,15 @@ On Linux the socket also takes ICMP errors (``IP_RECVERR``): after each read the
 the socket's error queue and hands the core each "port unreachable" or "host unreachable"
 with the address it concerns and the quoted datagram (:class:`~.core.Unreachable`), so a dial
 to an address where nothing listens fails at once instead of after the authentication
-timeout (the endpoint checks that the quote is its own packet). Such a socket reports
-POLLERR until its error queue is read, and libuv (the uvloop event loop) answers POLLERR by
-dropping the descriptor from its watch for good, after which nothing more was read (under
-uvloop, nodes behind symmetric NATs, whose punches meet closed ports, went deaf). So the loop
-watches an epoll descriptor that holds the socket, which reports only "readable"; under both
-loops the errors are then read where they always were, after the datagrams.
+timeout (the endpoint checks that the quote is its own packet).
+
+Such a socket reports POLLERR until its error queue is read, and so does the port-mapping
+socket (connected to the gateway) after a "port unreachable" until the error is read. libuv
+(the uvloop event loop) answers POLLERR by dropping the descriptor from its watch for good,
+after which nothing more was read (under uvloop, nodes behind symmetric NATs, whose punches
+meet closed ports, went deaf). So the loop watches these sockets through an epoll descriptor
+that holds the socket and reports only "readable" (:func:`watch`); the errors are read where
+they always were, under both loops.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -125,29 +128,24 @@ class TransportService(Service):
         self._resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
         self._resolver_busy = 0
         self._recverr = recv_errors(self.udp)
-        watched = select.epoll() if self._recverr else None
-        if watched is not None:  # see the module docstring: POLLERR never reaches the loop
-            watched.register(self.udp.fileno(), select.EPOLLIN)
-        fd = self.udp.fileno() if watched is None else watched.fileno()
         loop = asyncio.get_running_loop()
-        loop.add_reader(fd, self._on_readable)
+        watched = watch(loop, self.udp, self._on_readable)
         self._portmap: socket.socket | None = None
+        self._portmap_watch: Watch | None = None
         if cfg.port_mapping:
             self._start_portmap(cfg, host, port)
         try:
             await super().run(ready)
         finally:
-            loop.remove_reader(fd)
-            if watched is not None:
-                watched.close()
+            unwatch(loop, watched)
             self.udp.close()
             for key in list(self._birthday):
                 self._close_sockets(key)
             for sock in self._routes.values():
                 loop.remove_reader(sock.fileno())
                 sock.close()
-            if self._portmap is not None:
-                loop.remove_reader(self._portmap.fileno())
+            if self._portmap is not None and self._portmap_watch is not None:
+                unwatch(loop, self._portmap_watch)
                 self._portmap.close()
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
@@ -179,7 +177,7 @@ class TransportService(Service):
         self._portmap = sock
         self.core.portmap = PortMapper(internal, port, cfg.port_mapping_lifetime_s)
         loop = asyncio.get_running_loop()
-        loop.add_reader(sock.fileno(), self._on_portmap)
+        self._portmap_watch = watch(loop, sock, self._on_portmap)
         loop.call_soon(self.feed_external, PortmapStart())
         self.log.info("port mapping: asking %s:%d for UDP port %d of %s", gateway, PORT,
                       port, internal)
@@ -439,6 +437,32 @@ def resolve_error(e: BaseException) -> tuple[str, bool]:
             return "no such host", False
         return e.strerror or str(e), True
     return str(e) or type(e).__name__, isinstance(e, OSError)
+
+
+Watch = Union[int, "select.epoll"]  # noqa: UP007 (a string: select.epoll is Linux's only)
+"""What :func:`watch` registered with the loop: the socket's descriptor, or an epoll."""
+
+
+def watch(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+          callback: Callable[[], None]) -> Watch:
+    """``loop.add_reader`` for a socket that may report POLLERR (ICMP errors), through an
+    epoll descriptor holding it where there is epoll (Linux): the loop sees "readable" only,
+    and the callback reads the error (see the module docstring)."""
+    if not hasattr(select, "epoll"):
+        loop.add_reader(sock.fileno(), callback)
+        return sock.fileno()
+    holder = select.epoll()
+    holder.register(sock.fileno(), select.EPOLLIN)
+    loop.add_reader(holder.fileno(), callback)
+    return holder
+
+
+def unwatch(loop: asyncio.AbstractEventLoop, watched: Watch) -> None:
+    if isinstance(watched, int):
+        loop.remove_reader(watched)
+        return
+    loop.remove_reader(watched.fileno())
+    watched.close()
 
 
 def recv_errors(sock: socket.socket) -> bool:

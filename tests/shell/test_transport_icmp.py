@@ -92,13 +92,14 @@ def test_the_transport_keeps_reading_its_socket_after_an_icmp_error(
     """An ICMP error makes the socket report POLLERR until its error queue is read. libuv
     (uvloop) answers POLLERR on a watched descriptor by stopping the watch for good, so the
     transport read nothing more after the first "port unreachable": under uvloop, nodes
-    behind symmetric NATs, whose punches meet closed ports, stopped hearing anyone. Under
-    both loops the transport must go on reading: each error of three is read (and counted)
-    only while the socket is still watched."""
+    behind symmetric NATs, whose punches meet closed ports, stopped hearing anyone; and the
+    port-mapping socket (connected to a gateway where nothing may listen) stopped hearing the
+    gateway. Under both loops the transport must go on reading: each error of three is read
+    (and counted) only while its socket is still watched."""
     factory = loop_factory(event_loop)
     loop = factory() if factory is not None else asyncio.new_event_loop()
     context = ServiceContext(tmp_path, ep.ipc(tmp_path / "run"), {"transport": {
-        "host": "127.0.0.1", "port": 0}}, env={})
+        "host": "0.0.0.0", "port": 0, "port_mapping_gateway": "127.0.0.1"}}, env={})
     svc = TransportService(context, zctx=zmq.Context())
     ready = threading.Event()
     t = threading.Thread(target=loop.run_until_complete, args=(svc.run(ready.set),),
@@ -123,6 +124,9 @@ def test_the_transport_keeps_reading_its_socket_after_an_icmp_error(
         for n in range(1, 4):
             svc.udp.sendto(b"\x00probe", ("127.0.0.1", closed_port()))
             until("icmp_errors", n)
+        # the gateway's port 5351 is closed here: the PCP tries (0.25, 0.5, 1 s apart) each
+        # come back as "port unreachable" on the port-mapping socket
+        until("portmap_unreachable", 3)
     finally:
         client.close()
         loop.call_soon_threadsafe(svc.request_stop)
