@@ -261,6 +261,34 @@ def test_a_stranger_s_envelopes_are_taken_at_its_rate_and_none_is_lost() -> None
     assert 7.9 <= net.now - start <= 8.5
 
 
+def test_a_throttled_lane_is_read_again_at_the_node_s_own_timer() -> None:
+    """A node wakes only at its own ``next_timer`` (the simulated network wakes every
+    endpoint at anyone's). Once a stranger's lane is throttled, what it sent waits here,
+    buffered: its next turn (every 10 ms at 100 envelopes/s) must be one of this node's
+    deadlines, or the envelopes wait for unrelated ones (retransmission timers backing off to
+    tenths of seconds, the next keep-alive) and arrive in late bursts."""
+    net = rated(envelopes_per_s=100)
+    a, b = net.eps[net.addr["a"]], net.eps[net.addr["b"]]
+    for i in range(1000):
+        a.send(B_ID, bytes([i % CONTROL]) * 100, net.now)
+    net.run(2000, until=lambda: b.counters["throttled_strangers"] >= 1)
+    start = net.now
+    net.run(5000, until=lambda: net.now - start >= 0.3)  # A fills B's window meanwhile
+    got, last, gaps = len(net.of("b", Received)), net.now, []
+    end = net.now + 0.5  # A is silent from here on; B alone, on its own timer
+    while (due := b.next_timer()) is not None and due <= end:
+        net.now = max(net.now + 1e-4, due)
+        b.handle_timer(net.now)
+        b.datagrams()  # its acknowledgements and window updates: lost
+        events = b.events()
+        net.events["b"] += events
+        if any(isinstance(e, Received) for e in events):
+            gaps.append(net.now - last)
+            last = net.now
+    assert len(net.of("b", Received)) - got >= 40  # 100 a second
+    assert max(gaps) <= 0.03
+
+
 def test_a_stranger_s_bytes_are_taken_at_its_rate() -> None:
     """At 1 MB/s in bursts of 2 s, 40 envelopes of 100 kB (4 MB) take about 2 s, not one
     round trip."""
