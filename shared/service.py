@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,7 +47,7 @@ from .core import (
     ServiceAction,
     ServiceInput,
 )
-from .endpoints import Endpoints, EndpointsError, RoleEndpoints
+from .endpoints import Endpoints, EndpointsError
 from .ids import MsgIds
 from .localbus import Dealer, Hub, Sub
 from .sockets import Sockets
@@ -115,7 +115,6 @@ class Service:
     role: ClassVar[str] = ""
 
     def __init__(self, context: ServiceContext, *, zctx: zmq.Context | None = None,
-                 connect: Endpoints | None = None, binds: Iterable[RoleEndpoints] = (),
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, hub: Hub | None = None) -> None:
         self.context = context
@@ -136,8 +135,8 @@ class Service:
         self.hub = hub
         """The other services of this process (all-in-one), reached without ZeroMQ."""
         self.sockets = Sockets(self.role, self.bus, context.data_dir,
-                               zctx or zmq.Context.instance(), connect or context.endpoints,
-                               [context.endpoints[self.role], *binds], hub, self.stats,
+                               zctx or zmq.Context.instance(), context.endpoints,
+                               [context.endpoints[self.role]], hub, self.stats,
                                self.log, self._drain)
         self._outbox: list[tuple[zmq.Socket | Dealer | None, list[Any], bytes,
                                  Call | None]] = []
