@@ -63,10 +63,9 @@ class Calls:
         self._pending[msg_id] = _Pending(token, role, request, timeout_s)
         heapq.heappush(self._deadlines, (now + timeout_s, msg_id))
 
-    def cancel(self, msg_id: bytes) -> Any | None:
-        """Forget a call that could not be sent; its token, if it was in flight."""
-        p = self._pending.pop(msg_id, None)
-        return None if p is None else p.token
+    def cancel(self, msg_id: bytes) -> bool:
+        """Forget a call that could not be sent; whether it was in flight."""
+        return self._pending.pop(msg_id, None) is not None
 
     def answer(self, role: str, msg: Decoded) -> Input | None:
         """What the core hears of a reply from ``role``; None for one nobody waits for."""
@@ -122,22 +121,23 @@ class Calls:
             return []
         self.stats["peer_services_restarted"] += 1
         self.log.info("%s restarted: resynchronising", role)
-        return self._gone(role, lost=False)
+        return self.gone(role, lost=False)
 
-    def silent(self, now: float) -> list[Input]:
-        """The services not heard for ``silence_s``: taken for gone (once, until they speak
-        again)."""
-        out: list[Input] = []
+    def silent(self, now: float) -> list[str]:
+        """The services not heard for ``silence_s``, taken for gone now (once, until they
+        speak again): the caller hands the core :meth:`gone` of each in turn, so that a call
+        the core makes to the next one while hearing of the first fails with it."""
+        out: list[str] = []
         for role, peer in self._peers.items():
             if not peer.lost and now - peer.heard >= self.silence_s:
                 peer.lost = True
                 self.stats["peer_services_lost"] += 1
                 self.log.warning("%s has been silent for %.0f s: taken for gone", role,
                                  now - peer.heard)
-                out += self._gone(role, lost=True)
+                out.append(role)
         return out
 
-    def _gone(self, role: str, lost: bool) -> list[Input]:
+    def gone(self, role: str, lost: bool) -> list[Input]:
         """Fail the calls in flight to ``role`` (the process that had them is gone), then
         tell the core."""
         out: list[Input] = []

@@ -283,8 +283,9 @@ class Service:
             early = [t for t in EARLY_HEARTBEATS_S if self.started + t > now]
             self._next_heartbeat = self.started + early[0] if early \
                 else now + self.bus.heartbeat_s
-        for event in self.calls.silent(now):
-            self._feed(event)
+        for role in self.calls.silent(now):
+            for event in self.calls.gone(role, lost=True):
+                self._feed(event)
         core_at = self.core.next_deadline()
         if core_at is not None and core_at <= now:
             self._run_core(lambda: self.core.on_timer(now), None)
@@ -457,7 +458,7 @@ class Service:
             out, self._outbox = self._outbox, []
             for sock, frames, msg_id, call in out:
                 if call is not None and sock is not None and not self.sockets.send(sock, frames) \
-                        and self.calls.cancel(msg_id) is not None:
+                        and self.calls.cancel(msg_id):
                     self._feed(PeerFailed(call.token, ErrorCode.OVERLOADED,
                                           f"queue to {call.role} is full"))
             self.flush_extra()
@@ -484,6 +485,7 @@ class Service:
     def _publish(self, body: Message, blobs: tuple[bytes, ...] = ()) -> None:
         """Queue an event; events leave at the next :meth:`_flush`, after its calls, before
         its replies."""
+        assert self.sockets.pub is not None  # events are published once the service runs
         header = self._header(body, None)
         self._events.append(([body.msg_type.encode(), *encode(body, header, blobs)],
                              Decoded(header, body, blobs) if self.hub is not None else None))

@@ -38,7 +38,7 @@ class StartupError(Exception):
     """The service cannot start; the message tells the user what to fix."""
 
 
-Input = zmq.Socket | Inbox
+Readable = zmq.Socket | Inbox
 """Something a service reads: a ZeroMQ socket (frames) or its hub inbox (decoded messages)."""
 
 
@@ -67,9 +67,9 @@ class Sockets:
         self.subs: dict[str, zmq.Socket | Sub] = {}
         self.keys: buskeys.BusKeys | None = None
         """The node's bus keys, when any endpoint this service binds or dials is tcp."""
-        self.inputs: list[tuple[Input, Callable[[Any], None], bool]] = []
+        self.inputs: list[tuple[Readable, Callable[[Any], None], bool]] = []
         """What is watched: the socket, its handler, whether it carries a CURVE user id."""
-        self.dirty: set[Input] = set()
+        self.dirty: set[Readable] = set()
         """Watched sockets that may hold input: their descriptor fired, or this service used
         them since they were last found empty."""
         self.caller: str | None = None
@@ -188,7 +188,7 @@ class Sockets:
 
     # -- input -------------------------------------------------------------------------------
 
-    def watch(self, sock: Input, handler: Callable[[Any], None], authed: bool = False) -> None:
+    def watch(self, sock: Readable, handler: Callable[[Any], None], authed: bool = False) -> None:
         assert self._loop is not None
         self.inputs.append((sock, handler, authed))
         self.dirty.add(sock)
@@ -197,7 +197,7 @@ class Sockets:
         else:
             self._loop.add_reader(sock.FD, self._wake, sock)
 
-    def _wake(self, sock: Input) -> None:
+    def _wake(self, sock: Readable) -> None:
         """``sock``'s descriptor fired: it may hold input."""
         self.dirty.add(sock)
         self.on_input()
@@ -207,7 +207,7 @@ class Sockets:
         inbox.scheduled = False
         self._wake(inbox)
 
-    def read(self, sock: Input, handler: Callable[[Any], None], authed: bool, budget: int,
+    def read(self, sock: Readable, handler: Callable[[Any], None], authed: bool, budget: int,
              stopped: asyncio.Event) -> int:
         """Handle what ``sock`` holds, within ``budget`` messages; the budget left. Only a
         check that found it empty takes it off the dirty set."""

@@ -452,8 +452,12 @@ def watch(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         loop.add_reader(sock.fileno(), callback)
         return sock.fileno()
     holder = select.epoll()
-    holder.register(sock.fileno(), select.EPOLLIN)
-    loop.add_reader(holder.fileno(), callback)
+    try:
+        holder.register(sock.fileno(), select.EPOLLIN)
+        loop.add_reader(holder.fileno(), callback)
+    except BaseException:
+        holder.close()
+        raise
     return holder
 
 

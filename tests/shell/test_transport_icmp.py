@@ -100,7 +100,8 @@ def test_the_transport_keeps_reading_its_socket_after_an_icmp_error(
     loop = factory() if factory is not None else asyncio.new_event_loop()
     context = ServiceContext(tmp_path, ep.ipc(tmp_path / "run"), {"transport": {
         "host": "0.0.0.0", "port": 0, "port_mapping_gateway": "127.0.0.1"}}, env={})
-    svc = TransportService(context, zctx=zmq.Context())
+    zctx = zmq.Context()
+    svc = TransportService(context, zctx=zctx)
     ready = threading.Event()
     t = threading.Thread(target=loop.run_until_complete, args=(svc.run(ready.set),),
                          daemon=True)
@@ -124,11 +125,13 @@ def test_the_transport_keeps_reading_its_socket_after_an_icmp_error(
         for n in range(1, 4):
             svc.udp.sendto(b"\x00probe", ("127.0.0.1", closed_port()))
             until("icmp_errors", n)
-        # the gateway's port 5351 is closed here: the PCP tries (0.25, 0.5, 1 s apart) each
-        # come back as "port unreachable" on the port-mapping socket
+        # nothing listens on 127.0.0.1:5351 (the lab's gateways run in namespaces): the PCP
+        # tries (0.25, 0.5, 1 s apart) each come back as "port unreachable"
         until("portmap_unreachable", 3)
     finally:
         client.close()
         loop.call_soon_threadsafe(svc.request_stop)
         t.join(10)
         assert not t.is_alive()
+        loop.close()
+        zctx.destroy(linger=0)

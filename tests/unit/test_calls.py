@@ -70,7 +70,7 @@ def test_a_call_times_out_at_its_deadline_and_not_before() -> None:
                                 "router did not answer crypto.node_id within 2 s "
                                 "(is it running?)")
     assert c.stats["call_timeouts"] == 1 and len(c) == 1
-    assert c.cancel(b"2") == "later" and c.cancel(b"2") is None
+    assert c.cancel(b"2") and not c.cancel(b"2")
     assert c.next_deadline() is None  # the cancelled call's deadline is gone too
 
 
@@ -88,14 +88,33 @@ def test_a_restart_fails_the_calls_to_that_service_only_then_tells_the_core() ->
     assert len(c) == 1 and c.stats["peer_services_restarted"] == 1
 
 
+def test_a_call_made_while_the_core_hears_of_one_silent_service_fails_with_the_next() -> None:
+    """Two services fall silent in one tick: whatever the core calls while it hears of the
+    first, to the second, fails with the second (the caller takes :meth:`Calls.gone` of
+    each in turn), instead of waiting out its timeout for a service known to be gone."""
+    c = calls()
+    c.heard("groups", b"g", 0.0, known=True)
+    c.heard("router", b"r", 0.0, known=True)
+    fed = []
+    for role in c.silent(5.0):
+        for event in c.gone(role, lost=True):
+            fed.append(event)
+            if event == PeerRestarted("groups", lost=True):  # the core calls the router
+                c.add(b"new", "retry", "router", NodeId, 60.0, now=5.0)
+    assert PeerFailed("retry", ErrorCode.UNAVAILABLE, "router went silent") in fed
+    assert len(c) == 0
+
+
 def test_a_silent_service_is_gone_once_and_back_when_it_speaks() -> None:
     c = calls()
     c.heard("router", b"one", 0.0, known=True)
     c.add(b"1", "r", "router", NodeId, 60.0, now=0.0)
     assert c.next_deadline() == 5.0  # the silence comes before the call's timeout
     assert c.silent(4.9) == []
-    assert c.silent(5.0) == [PeerFailed("r", ErrorCode.UNAVAILABLE, "router went silent"),
-                             PeerRestarted("router", lost=True)]
+    assert c.silent(5.0) == ["router"]
+    assert c.gone("router", lost=True) == [
+        PeerFailed("r", ErrorCode.UNAVAILABLE, "router went silent"),
+        PeerRestarted("router", lost=True)]
     assert c.silent(50.0) == []  # once
     assert c.next_deadline() is None
     # it speaks again (same incarnation): what we held about it was dropped, so resync
