@@ -135,8 +135,7 @@ class Service:
         self.hub = hub
         """The other services of this process (all-in-one), reached without ZeroMQ."""
         self.sockets = Sockets(self.role, self.bus, context.data_dir,
-                               zctx or zmq.Context.instance(), context.endpoints,
-                               [context.endpoints[self.role]], hub, self.stats,
+                               zctx or zmq.Context.instance(), context.endpoints, hub, self.stats,
                                self.log, self._drain)
         self._outbox: list[tuple[zmq.Socket | Dealer | None, list[Any], bytes,
                                  Call | None]] = []
@@ -172,7 +171,7 @@ class Service:
         sockets.watch(sockets.rpc, self._on_request, authed)
         if sockets.local_rpc is not None:
             sockets.watch(sockets.local_rpc, self._on_local_request)
-        self.log.info("serving on %s", ", ".join(ep.rpc for ep in sockets.binds))
+        self.log.info("serving on %s", sockets.own.rpc)
         self._publish(Ready(service=self.role, impl=IMPL, pid=os.getpid(),
                             incarnation=self.incarnation))
         self._flush()

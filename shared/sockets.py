@@ -46,7 +46,7 @@ class Sockets:
     """The sockets of the service ``role``; ``on_input`` is called when one may hold input."""
 
     def __init__(self, role: str, bus: cfg.BusSection, data_dir: Path, zctx: zmq.Context,
-                 connect_to: Endpoints, binds: list[RoleEndpoints], hub: Hub | None,
+                 connect_to: Endpoints, hub: Hub | None,
                  stats: Counter[str], log: logging.Logger,
                  on_input: Callable[[], None]) -> None:
         self.role = role
@@ -54,7 +54,8 @@ class Sockets:
         self.data_dir = data_dir
         self.zctx = zctx
         self.connect_to = connect_to
-        self.binds = binds
+        self.own: RoleEndpoints = connect_to[role]
+        """The endpoints this service binds (its entry in the endpoints file)."""
         self.hub = hub
         """The other services of this process (all-in-one), reached without ZeroMQ."""
         self.stats = stats
@@ -88,13 +89,13 @@ class Sockets:
         self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.pub = socket(self.zctx, zmq.PUB, self.bus.hwm)
         self._lock_ipc()
-        authed = any(u.startswith("tcp://") for ep in self.binds for u in (ep.rpc, ep.events))
+        own = self.own
+        authed = own.rpc.startswith("tcp://") or own.events.startswith("tcp://")
         if authed:
             self._authenticate()
-        for ep in self.binds:
-            for sock, url in ((self.rpc, ep.rpc), (self.pub, ep.events)):
-                prepare_bind(url)
-                sock.bind(bind_address(url, self.bus.bind_host))
+        for sock, url in ((self.rpc, own.rpc), (self.pub, own.events)):
+            prepare_bind(url)
+            sock.bind(bind_address(url, self.bus.bind_host))
         return authed
 
     def _authenticate(self) -> None:
@@ -132,19 +133,19 @@ class Sockets:
         keep running but be unreachable; an exclusive lock next to the socket prevents that.
         The kernel releases it however the process ends, so a restart after kill -9 works.
         """
-        for ep in self.binds:
-            if not ep.rpc.startswith("ipc://"):
-                continue
-            path = Path(ep.rpc[len("ipc://"):] + ".lock")
-            prepare_bind(ep.rpc)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise StartupError(f"another {self.role} service is already serving "
-                                   f"{ep.rpc} (lock {path})") from None
-            self._locks.append(fd)
+        rpc = self.own.rpc
+        if not rpc.startswith("ipc://"):
+            return
+        path = Path(rpc[len("ipc://"):] + ".lock")
+        prepare_bind(rpc)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"another {self.role} service is already serving "
+                               f"{rpc} (lock {path})") from None
+        self._locks.append(fd)
 
     def dealer(self, role: str) -> tuple[zmq.Socket | Dealer, bool]:
         """The socket that calls ``role``, and whether it was made just now (the caller then
